@@ -1,0 +1,141 @@
+"""The Bayes by Backprop guide: a factorised Gaussian with ``sigma = softplus(rho)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from operator import attrgetter
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor
+
+from .initialization import init_to_module
+
+__all__ = ["BBBNormal"]
+
+
+class BBBNormal(AutoGuide):
+    r"""Fully factorised Gaussian guide of Blundell et al. (2015).
+
+    Each latent site ``w`` (real support) gets ``q(w) = N(mu, sigma^2)`` elementwise with
+    ``sigma = log(1 + exp(rho))``; ``mu`` and ``rho`` are the optimised parameters (``rho`` is the
+    unconstrained value of a ``softplus_positive`` ``PyroParam``), and ``w = mu + sigma * eps``
+    with ``eps ~ N(0, I)``, so backpropagation gives the paper's gradients
+    ``d/dmu = df/dw + df/dmu`` and ``d/drho = df/dw * eps / (1 + exp(-rho)) + df/drho``.
+
+    Args:
+        model: A Pyro model, e.g. a :class:`~pyro_dwp.bnn.BNN`.
+        init_loc_fn: Per-site initialiser of ``mu``; by default the network's own
+            initialisation (:func:`~pyro_dwp.guides.init_to_module`).
+        init_scale: Initial ``sigma`` (> 0); the paper needs it small.
+        create_plates: As in :class:`~pyro.infer.autoguide.AutoNormal`.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        init_loc_fn: Callable[[dict], Tensor] = init_to_module,
+        init_scale: float = 1e-3,
+        create_plates: Callable | None = None,
+    ) -> None:
+        if not isinstance(init_scale, int | float) or not init_scale > 0:
+            raise ValueError(f"init_scale must be a float > 0, got {init_scale!r}")
+        self.init_loc_fn = init_loc_fn
+        self._init_scale = float(init_scale)
+        super().__init__(InitMessenger(init_loc_fn)(model), create_plates=create_plates)
+
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        super()._setup_prototype(*args, **kwargs)
+        self.locs = PyroModule()
+        self.scales = PyroModule()
+        self._event_dims: dict[str, int] = {}
+        self._frames: dict[str, list] = {}
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            support = site["fn"].support
+            while isinstance(support, constraints.independent):
+                support = support.base_constraint
+            if support is not constraints.real:
+                raise ValueError(
+                    f"BBBNormal needs real-valued sites, but {name!r} has support "
+                    f"{site['fn'].support}"
+                )
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized and (frame.full_size or frame.size) != frame.size:
+                    raise ValueError(
+                        f"BBBNormal does not support subsampled plates around latent site {name!r}"
+                    )
+            loc = site["value"].detach().clone()
+            self._event_dims[name] = site["fn"].event_dim
+            self._frames[name] = [f for f in site["cond_indep_stack"] if f.vectorized]
+            event_dim = site["fn"].event_dim
+            deep_setattr(self.locs, name, PyroParam(loc, constraints.real, event_dim))
+            scale = torch.full_like(loc, self._init_scale)
+            deep_setattr(
+                self.scales, name, PyroParam(scale, constraints.softplus_positive, event_dim)
+            )
+
+    @property
+    def site_names(self) -> list[str]:
+        """Names of the latent sites this guide covers (after its first call)."""
+        self._check_ready()
+        return list(self._event_dims)
+
+    def loc(self, name: str) -> Tensor:
+        """Posterior mean ``mu`` of site ``name`` (same shape as the site)."""
+        self._check_ready(name)
+        return attrgetter(name)(self.locs)
+
+    def scale(self, name: str) -> Tensor:
+        """Posterior standard deviation ``sigma = softplus(rho)`` of site ``name``."""
+        self._check_ready(name)
+        return attrgetter(name)(self.scales)
+
+    def rho(self, name: str) -> Tensor:
+        """The unconstrained ``rho`` of site ``name``, the parameter actually optimised."""
+        self._check_ready(name)
+        self.scale(name)  # syncs the module with the param store
+        path, _, attr = name.rpartition(".")
+        owner = attrgetter(path)(self.scales) if path else self.scales
+        return getattr(owner, attr + "_unconstrained")
+
+    def _check_ready(self, name: str | None = None) -> None:
+        if self.prototype_trace is None:
+            raise RuntimeError("the guide has not been run yet: call it once with model inputs")
+        if name is not None and name not in self._event_dims:
+            raise KeyError(f"no site {name!r}; the guide's sites are {list(self._event_dims)}")
+
+    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        """Sample every latent site: ``w = mu + softplus(rho) * eps``.
+
+        Returns:
+            ``{site name: sampled value}``.
+        """
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        result = {}
+        for name, event_dim in self._event_dims.items():
+            with ExitStack() as stack:
+                for frame in self._frames[name]:
+                    stack.enter_context(plates[frame.name])
+                q = dist.Normal(self.loc(name), self.scale(name)).to_event(event_dim)
+                result[name] = pyro.sample(name, q)
+        return result
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, Tensor]:
+        """Posterior means ``{site: mu}`` (the median of a Gaussian)."""
+        return {name: self.loc(name).detach() for name in self.site_names}
+
+    @torch.no_grad()
+    def signal_to_noise(self) -> dict[str, Tensor]:
+        """``|mu| / sigma`` per weight, the pruning criterion of Blundell et al. (2015)."""
+        return {n: self.loc(n).abs() / self.scale(n) for n in self.site_names}

@@ -1,0 +1,13 @@
+"""pyro_dwp: Bayes by Backprop and the Deep Weight Prior on Pyro.
+
+Build a Bayesian network from a ``torch.nn`` module with :class:`BNN`, pick priors from
+:mod:`pyro_dwp.distributions`, a guide from :mod:`pyro_dwp.guides`, train with
+:func:`pyro_dwp.infer.fit` and inspect with :mod:`pyro_dwp.diagnostics`.
+"""
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.likelihoods import Categorical, Gaussian, Likelihood
+from pyro_dwp.priors import Prior, SelectorPrior
+
+__all__ = ["BNN", "Categorical", "Gaussian", "Likelihood", "Prior", "SelectorPrior"]
+__version__ = "0.1.0"

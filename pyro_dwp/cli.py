@@ -1,0 +1,47 @@
+"""The ``pyro-dwp`` command: ``pyro-dwp <job> [options]``; ``pyro-dwp <job> --help`` for each."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+__all__ = ["main"]
+
+# job name -> (module under pyro_dwp.jobs, one-line help)
+JOBS = {
+    "regression": ("regression", "BBB curve regression (Blundell et al. 2015, Fig. 5)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-dwp", description=__doc__)
+    sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    for name, (module, help_) in JOBS.items():
+        job = importlib.import_module(f"pyro_dwp.jobs.{module}")
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=job.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        job.add_arguments(p)
+        p.set_defaults(run=job.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.run(args)
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+        print(f"pyro-dwp {args.job}: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The deep weight prior: an implicit prior over convolutional kernels (Atanov et al., 2019)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution
+from pyro.infer.reparam.reparam import Reparam
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from pyro_dwp.models.kernel_vae import KernelVAE, iwae_log_marginal
+
+__all__ = ["DeepWeightPrior"]
+
+
+class DeepWeightPrior(TorchDistribution, nn.Module):
+    r"""The deep weight prior over ``k x k`` kernels, :math:`p(w) = \int p(w \mid z) p(z) dz`.
+
+    :math:`p(z) = \mathcal{N}(0, I_{z\_dim})` and :math:`p(w \mid z)` is the diagonal Gaussian
+    given by a kernel VAE's decoder (Section 3.1 of *The Deep Weight Prior*, Atanov et al.,
+    2019). The event shape is ``(k, k)`` and the batch shape ``()``; use ``expand`` /
+    ``to_event`` (or :func:`pyro_dwp.priors.expand_to_param`) for a layer's ``(out, in, k, k)``
+    weight.
+
+    The marginal density is intractable. For variational inference use :meth:`make_reparam`:
+    under ``poutine.reparam`` the weight site becomes ``z ~ p(z)``, ``w ~ p(w | z)``, and with a
+    reverse model :math:`r(z \mid w)` in the guide (``pyro_dwp.guides.reverse``)
+    ``Trace_ELBO`` optimises the auxiliary bound :math:`\mathcal{L}^{aux}` of eq. 8.
+    :meth:`log_prob` is only an *estimate* (see there) and needs an encoder.
+
+    Like GPyTorch priors this is also an :class:`torch.nn.Module`: ``.to(device)`` moves the
+    networks and the latent prior's buffers, and ``state_dict`` / ``load_state_dict`` save and
+    restore the networks. The networks are deep-copied and frozen (``requires_grad=False``):
+    the prior is fixed during variational inference (Section 3.2).
+
+    Args:
+        decoder: ``(..., z_dim) -> (loc, scale)`` of :math:`p(w \mid z)`, each ``(..., k, k)``;
+            must have integer attributes ``kernel_size`` and ``z_dim`` (as
+            :class:`~pyro_dwp.models.kernel_vae.KernelDecoder`).
+        encoder: Optional ``(..., k, k) -> (loc, scale)`` of :math:`q(z \mid w)`, each
+            ``(..., z_dim)``; needed by :meth:`log_prob` only.
+        num_samples: Importance samples ``K`` per kernel in :meth:`log_prob`.
+        chunk_size: Importance samples evaluated at once in :meth:`log_prob`.
+        sample_mean: If true, :meth:`sample` returns the decoder mean :math:`\mu(z)` instead of
+            a draw from :math:`p(w \mid z)`: noise-free kernels, e.g. for plots or initialisation.
+        validate_args: Whether to validate values passed to :meth:`log_prob`.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = False
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        encoder: nn.Module | None = None,
+        *,
+        num_samples: int = 100,
+        chunk_size: int = 1024,
+        sample_mean: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        kernel_size, z_dim = int(decoder.kernel_size), int(decoder.z_dim)
+        if num_samples < 1 or chunk_size < 1:
+            raise ValueError(
+                f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
+            )
+        # Module first. Distribution.__init__ ends with super().__init__(), which reaches
+        # Module.__init__ again through the MRO: harmless, as nothing is registered yet.
+        nn.Module.__init__(self)
+        TorchDistribution.__init__(
+            self, torch.Size(), torch.Size((kernel_size, kernel_size)), validate_args=validate_args
+        )
+        self.kernel_size, self.z_dim = kernel_size, z_dim
+        self.num_samples, self.chunk_size, self.sample_mean = num_samples, chunk_size, sample_mean
+        self.decoder = copy.deepcopy(decoder).requires_grad_(False)
+        self.encoder = None if encoder is None else copy.deepcopy(encoder).requires_grad_(False)
+        # The latent prior N(0, I) as buffers, so that .to() moves it with the networks.
+        ref = next(self.decoder.parameters(), torch.empty(0))
+        self.register_buffer("latent_loc", ref.new_zeros(z_dim), persistent=False)
+        self.register_buffer("latent_scale", ref.new_ones(z_dim), persistent=False)
+
+    @classmethod
+    def from_vae(
+        cls, vae: KernelVAE, *, with_encoder: bool = True, **kwargs: Any
+    ) -> DeepWeightPrior:
+        """The prior of a trained :class:`~pyro_dwp.models.kernel_vae.KernelVAE`.
+
+        Args:
+            vae: The kernel VAE (copied, so later training of ``vae`` does not change the prior).
+            with_encoder: Keep the encoder too (for :meth:`log_prob`).
+            **kwargs: Keyword arguments of :class:`DeepWeightPrior`.
+        """
+        return cls(vae.decoder, vae.encoder if with_encoder else None, **kwargs)
+
+    def latent(self, batch_shape: tuple[int, ...] = ()) -> dist.Independent:
+        """:math:`p(z) = \\mathcal{N}(0, I)`: batch shape ``batch_shape``, event ``(z_dim,)``."""
+        base = dist.Normal(self.latent_loc, self.latent_scale)
+        return base.expand(torch.Size(batch_shape) + (self.z_dim,)).to_event(1)
+
+    def conditional(self, z: Tensor) -> dist.Independent:
+        """:math:`p(w \\mid z)`: codes ``(..., z_dim)`` to batch ``(...)``, event ``(k, k)``."""
+        self._check_device(z)
+        return dist.Normal(*self.decoder(z)).to_event(2)
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        """Draw ``z ~ p(z)`` then ``w ~ p(w | z)`` (or its mean): ``sample_shape + (k, k)``."""
+        with torch.no_grad():
+            z = self.latent(torch.Size(sample_shape) + self.batch_shape).sample()
+            p_w = self.conditional(z)
+            return p_w.mean if self.sample_mean else p_w.sample()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        r"""Importance-weighted (IWAE) estimate of :math:`\log p(w)`, ``(..., k, k) -> (...)``.
+
+        The estimator of Burda et al. (2016, *Importance Weighted Autoencoders*) with the
+        encoder :math:`q(z \mid w)` as proposal and ``K = num_samples``:
+        :math:`\log \frac{1}{K} \sum_k p(w \mid z_k) p(z_k) / q(z_k \mid w)`. It is random, and a
+        *lower bound* on :math:`\log p(w)` in expectation (its exponential is unbiased), tight
+        as ``K`` grows or when :math:`q(z \mid w)` is the exact posterior (Appendix F of the
+        paper estimates the bound gap this way with ``K = 10,000``). It is a diagnostic, not a
+        training objective: see :meth:`make_reparam`.
+
+        Raises:
+            RuntimeError: If the prior has no encoder, or ``value`` is on another device.
+            ValueError: If ``value``'s last two dimensions are not ``(k, k)``.
+        """
+        self._check_kernels(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        if self.encoder is None:
+            raise RuntimeError(
+                "DeepWeightPrior.log_prob needs an encoder q(z|w) for its importance-weighted "
+                "estimate: build the prior with DeepWeightPrior.from_vae(vae) or encoder=...; "
+                "variational inference uses make_reparam() instead, which needs no encoder"
+            )
+        return iwae_log_marginal(
+            self.encoder, self.decoder, value, self.num_samples, chunk_size=self.chunk_size
+        )
+
+    def make_reparam(self) -> Reparam:
+        """The :class:`~pyro_dwp.infer.reparam.DeepWeightPriorReparam` for this prior's sites."""
+        # Imported here: pyro_dwp.infer.reparam imports this module.
+        from pyro_dwp.infer.reparam import DeepWeightPriorReparam
+
+        return DeepWeightPriorReparam()
+
+    def _check_kernels(self, value: Tensor) -> None:
+        k = self.kernel_size
+        if value.dim() < 2 or tuple(value.shape[-2:]) != (k, k):
+            got = "x".join(map(str, value.shape[-2:])) if value.dim() >= 2 else "non-matrix"
+            raise ValueError(
+                f"DeepWeightPrior for {k}x{k} kernels applied to {got} kernels "
+                f"(value of shape {tuple(value.shape)})"
+            )
+        self._check_device(value)
+
+    def _check_device(self, value: Tensor) -> None:
+        device = self.latent_loc.device
+        if value.device != device:
+            raise RuntimeError(
+                f"DeepWeightPrior is on {device} but its input is on {value.device}: "
+                f"move the prior with .to({str(value.device)!r}) (or the value to {device})"
+            )

@@ -1,0 +1,282 @@
+"""Training with SVI: minibatches, KL weighting, checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.poutine.messenger import Messenger
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .kl import KLScaleMessenger, KLScheme, kl_weights
+
+__all__ = ["CheckpointError", "fit", "load_checkpoint", "save_checkpoint"]
+
+_CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not belong to this run."""
+
+
+class _DataTermMessenger(Messenger):
+    """Record the scaled log-likelihood of observed sites (no gradient), averaged over calls.
+
+    Under ``Trace_ELBO(vectorize_particles=True)`` the particles form a plate named
+    ``num_particles_vectorized``; the record is divided by its size.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        self.total: Tensor | float = 0.0
+        self.calls = 0
+
+    def __enter__(self):
+        self.calls += 1
+        return super().__enter__()
+
+    def _postprocess_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and msg["is_observed"]:
+            particles = math.prod(
+                f.size for f in msg["cond_indep_stack"] if f.name == "num_particles_vectorized"
+            )
+            with torch.no_grad():
+                log_p = msg["fn"].log_prob(msg["value"]).sum() * msg["scale"]
+            self.total = self.total + log_p / particles
+
+    def mean(self) -> Tensor | float:
+        return self.total / max(1, self.calls)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` atomically: a temporary file, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (only load files you trust).
+
+    Raises:
+        FileNotFoundError: if there is no file.
+        CheckpointError: if the file is truncated, corrupt or not a pyro_dwp checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for truncated/corrupt files
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}); "
+            "delete it to start afresh"
+        ) from e
+    if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint")
+    return state
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    optim: pyro.optim.PyroOptim | None = None,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    kl_scheme: KLScheme = "uniform",
+    device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    callback: Callable[[dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Fit ``guide`` to the posterior of ``model(x, y)`` with SVI and ``Trace_ELBO``.
+
+    Each epoch shuffles the data (a seeded generator) into ``M = ceil(N / batch_size)``
+    minibatches. The data term is scaled by ``N / B`` by the model's subsampled plate; the KL
+    term (every latent site, in model and guide) by ``M * pi_i`` from :func:`kl_weights`, through
+    :class:`~pyro_dwp.infer.KLScaleMessenger`, an effect handler.
+
+    Args:
+        model: ``model(x_batch, y_batch)``, e.g. a :class:`~pyro_dwp.bnn.BNN`.
+        guide: Its guide, e.g. :class:`~pyro_dwp.guides.BBBNormal`.
+        x: Inputs ``(N, *in_shape)``.
+        y: Targets ``(N, ...)``.
+        epochs: Total number of epochs (a resumed run continues up to it).
+        batch_size: Minibatch size B.
+        lr: Adam learning rate (ignored if ``optim`` is given).
+        optim: A Pyro optimiser; default ``pyro.optim.Adam({"lr": lr})``.
+        num_particles: Monte Carlo samples of the weights per step.
+        vectorize_particles: Draw the particles in one vectorised pass.
+        kl_scheme: ``"uniform"`` or ``"blundell"`` minibatch KL weights.
+        device: ``"cpu"`` or ``"cuda"``; model, guide and data are moved there.
+        checkpoint: File to write (atomically) every ``checkpoint_every`` epochs and at the end.
+        checkpoint_every: Epochs between checkpoints.
+        resume: Continue from ``checkpoint`` if it exists.
+        seed: Seed of Pyro's RNGs and of the shuffling.
+        progress: Show a tqdm bar.
+        callback: Called with each epoch's record.
+
+    Returns:
+        One record per epoch: ``epoch``, ``loss`` (-ELBO), ``nll`` (data term), ``kl``
+        (KL term, ``loss = nll + kl``), ``seconds``; averaged over the epoch's steps.
+
+    Raises:
+        FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint on
+            disk is the last good state and is left untouched.
+    """
+    _check_fit_args(x, y, epochs, batch_size, num_particles, checkpoint_every, resume, checkpoint)
+    device = torch.device(device)
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+    if isinstance(guide, torch.nn.Module):
+        guide.to(device)
+    x, y = x.to(device), y.to(device)
+    n = x.shape[0]
+    num_batches = math.ceil(n / batch_size)
+    scales = (kl_weights(num_batches, kl_scheme) * num_batches).tolist()
+    fingerprint = {
+        "n": n,
+        "batch_size": batch_size,
+        "kl_scheme": kl_scheme,
+        "seed": seed,
+        "num_particles": num_particles,
+    }
+
+    optim = optim if optim is not None else pyro.optim.Adam({"lr": lr})
+    kl_scale, data_term = KLScaleMessenger(), _DataTermMessenger()
+    elbo = Trace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=1 if vectorize_particles else float("inf"),
+    )
+    svi = SVI(data_term(kl_scale(model)), kl_scale(guide), optim, elbo)
+    shuffle = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint)
+        if state["fingerprint"] != fingerprint:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} was written by a run with {state['fingerprint']}, "
+                f"not {fingerprint}"
+            )
+        pyro.clear_param_store()
+        pyro.get_param_store().set_state(state["params"])
+        with torch.no_grad(), pyro.poutine.block():
+            guide(x[:1], y[:1])  # set the guide up (its parameters come from the param store)
+        optim.set_state(state["optim"])
+        pyro.util.set_rng_state(state["rng"])
+        shuffle.set_state(state["shuffle_rng"])
+        history, start = state["history"], state["epoch"]
+    else:
+        pyro.set_rng_seed(seed)
+
+    bar = tqdm(
+        range(start, epochs), desc="epochs", disable=not progress, initial=start, total=epochs
+    )
+    last_saved = start if resume else None
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss_sum, nll_sum = 0.0, torch.zeros((), device=device)
+        order = torch.randperm(n, generator=shuffle).to(device)
+        for i in range(num_batches):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            kl_scale.scale = scales[i]
+            data_term.reset()
+            loss = svi.step(x[idx], y[idx])
+            if not math.isfinite(loss):
+                kept = (
+                    f"the last good checkpoint, {checkpoint} (epoch {last_saved}), is kept"
+                    if last_saved is not None
+                    else "no checkpoint was written"
+                )
+                raise FloatingPointError(
+                    f"loss is {loss} at epoch {epoch + 1}, step {i + 1} of {num_batches}; {kept}"
+                )
+            loss_sum += loss
+            nll_sum -= data_term.mean()
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / num_batches,
+            "nll": float(nll_sum) / num_batches,
+        }
+        record.update(kl=record["loss"] - record["nll"], seconds=time.perf_counter() - t0)
+        history.append(record)
+        bar.set_postfix(
+            loss=f"{record['loss']:.4g}", nll=f"{record['nll']:.4g}", kl=f"{record['kl']:.4g}"
+        )
+        if callback is not None:
+            callback(record)
+        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            save_checkpoint(
+                checkpoint,
+                {
+                    "version": _CHECKPOINT_VERSION,
+                    "epoch": epoch + 1,
+                    "fingerprint": fingerprint,
+                    "params": pyro.get_param_store().get_state(),
+                    "optim": optim.get_state(),
+                    "rng": pyro.util.get_rng_state(),
+                    "shuffle_rng": shuffle.get_state(),
+                    "history": history,
+                },
+            )
+            last_saved = epoch + 1
+    return history
+
+
+def _check_fit_args(
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    batch_size: int,
+    num_particles: int,
+    checkpoint_every: int,
+    resume: bool,
+    checkpoint: str | os.PathLike | None,
+) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError("no training data: x is empty")
+    for label, v in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("num_particles", num_particles),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{label} must be a positive integer, got {v!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")

@@ -1,0 +1,71 @@
+"""Reparameterisation of deep-weight-prior sites into latent codes and conditional weights."""
+
+from __future__ import annotations
+
+import pyro
+from pyro.distributions import ExpandedDistribution
+from pyro.infer.reparam.reparam import Reparam, ReparamMessage, ReparamResult
+from torch.distributions import Independent
+
+from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
+
+__all__ = ["DeepWeightPriorReparam", "latent_site_name"]
+
+
+def latent_site_name(name: str) -> str:
+    """Name of the latent-code site that :class:`DeepWeightPriorReparam` adds for site ``name``.
+
+    ``"conv1.weight" -> "conv1.weight_z"``.
+    """
+    return f"{name}_z"
+
+
+class DeepWeightPriorReparam(Reparam):
+    r"""Rewrites a weight site ``w ~ DWP`` into ``z ~ p(z)`` and ``w ~ p(w | z)``.
+
+    The site's distribution must be a
+    :class:`~pyro_dwp.distributions.deep_weight_prior.DeepWeightPrior`, possibly expanded and
+    wrapped in ``Independent``: typically ``DWP.expand((out, in)).to_event(2)`` with event shape
+    ``(out, in, k, k)``. Under ``poutine.reparam(config={name: prior.make_reparam()})`` the site
+    ``name`` becomes
+
+    - a new latent site :func:`latent_site_name` (``f"{name}_z"``) with distribution
+      :math:`\mathcal{N}(0, I)` over ``(out, in, z_dim)``, all of it event (in general: the
+      original batch shape, and the original event shape with ``(k, k)`` replaced by
+      ``(z_dim,)``), followed by
+    - the original site ``name``, still latent (or observed, as it was), with its value left
+      alone (``None``, or the value a guide replays or an initialiser sets) and its distribution
+      replaced by the decoder's :math:`p(w \mid z)`: an ``Independent`` Normal with the original
+      event shape.
+
+    The model's joint density is then :math:`p(z) p(w \mid z)` instead of the intractable
+    :math:`p(w)`. With a guide :math:`q(w) r(z \mid w)` (see
+    :class:`~pyro_dwp.guides.reverse.ReverseModelGuide`), ``pyro.infer.Trace_ELBO`` is exactly
+    the auxiliary bound :math:`\mathcal{L}^{aux}` (eq. 8 / 14 of Atanov et al., 2019), one
+    Monte Carlo sample per particle. ``TraceMeanField_ELBO`` is *not* valid here: the guide's
+    ``z`` depends on ``w``, so the analytic ``KL(q(w) || p(w | z))`` it would use is wrong.
+
+    Leading batch dimensions (vectorised particles) are supported: ``z`` of shape
+    ``(P, out, in, z_dim)`` gives :math:`p(w \mid z)` a batch shape ``(P,)``.
+    """
+
+    def apply(self, msg: ReparamMessage) -> ReparamResult:
+        name, fn = msg["name"], msg["fn"]
+        batched = fn
+        while isinstance(batched, Independent):
+            batched = batched.base_dist
+        prior = batched
+        while isinstance(prior, ExpandedDistribution):
+            prior = prior.base_dist
+        if not isinstance(prior, DeepWeightPrior):
+            raise TypeError(
+                f"DeepWeightPriorReparam at site {name!r} expects a DeepWeightPrior, possibly "
+                f"expanded and wrapped in Independent; got {fn}"
+            )
+        # Batch dimensions of the prior that the site reinterprets as event dimensions.
+        extra_event_dims = fn.event_dim - prior.event_dim
+        z = pyro.sample(
+            latent_site_name(name), prior.latent(batched.batch_shape).to_event(extra_event_dims)
+        )
+        new_fn = prior.conditional(z).to_event(extra_event_dims)
+        return {"fn": new_fn, "value": msg["value"], "is_observed": msg["is_observed"]}

@@ -1,0 +1,1 @@
+"""Command-line jobs: each module has ``add_arguments(parser)`` and ``main(args) -> dict``."""

@@ -1,0 +1,119 @@
+"""Training loop: resume equals an uninterrupted run, checkpoint errors, NaN losses."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.distributions import ScaleMixtureNormal
+from pyro_dwp.guides import BBBNormal
+from pyro_dwp.infer import CheckpointError, fit, load_checkpoint
+from pyro_dwp.likelihoods import Gaussian
+
+X = torch.linspace(0, 1, 30)[:, None]
+Y = torch.sin(3 * X)
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    model = BNN(net, ScaleMixtureNormal(0.5, 1.0, math.exp(-6)), Gaussian(len(X), 0.1))
+    return model, BBBNormal(model, init_scale=0.01)
+
+
+def params():
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+KW = dict(batch_size=8, lr=0.01, kl_scheme="blundell", seed=3, progress=False)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    model, guide = make()
+    full = fit(model, guide, X, Y, epochs=4, **KW)
+    expected = params()
+
+    pyro.clear_param_store()
+    model, guide = make()
+    ck = tmp_path / "ck.pt"
+    fit(model, guide, X, Y, epochs=2, checkpoint=ck, **KW)
+    pyro.clear_param_store()
+    model, guide = make(seed=123)  # fresh objects: everything must come from the checkpoint
+    resumed = fit(model, guide, X, Y, epochs=4, checkpoint=ck, resume=True, **KW)
+    got = params()
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+    assert load_checkpoint(ck)["epoch"] == 4
+
+
+def test_history_terms_add_up():
+    model, guide = make()
+    hist = fit(model, guide, X, Y, epochs=2, **KW)
+    assert [r["epoch"] for r in hist] == [1, 2]
+    for r in hist:
+        assert r["loss"] == pytest.approx(r["nll"] + r["kl"])
+        assert r["kl"] > 0
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    model, guide = make()
+    ck = tmp_path / "ck.pt"
+    fit(model, guide, X, Y, epochs=1, checkpoint=ck, **KW)
+    ck.write_bytes(ck.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        fit(model, guide, X, Y, epochs=2, checkpoint=ck, resume=True, **KW)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    model, guide = make()
+    ck = tmp_path / "ck.pt"
+    fit(model, guide, X, Y, epochs=1, checkpoint=ck, **KW)
+    with pytest.raises(CheckpointError, match="written by a run with"):
+        fit(model, guide, X, Y, epochs=2, checkpoint=ck, resume=True, **{**KW, "batch_size": 5})
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro warns before fit raises
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def model(x, y):
+        calls["n"] += 1
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        loc = w * x[:, 0] if calls["n"] < 8 else torch.full_like(x[:, 0], math.nan)
+        with pyro.plate("data", len(X), subsample_size=len(x)):
+            pyro.sample("obs", dist.Normal(loc, 1.0, validate_args=False), obs=y[:, 0])
+
+    guide = BBBNormal(model, init_loc_fn=lambda s: torch.tensor(0.0))
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step \d of 4.*epoch 1"):
+        fit(model, guide, X, Y, epochs=3, checkpoint=ck, **KW)
+    state = load_checkpoint(ck)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["params"]["params"].values())
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(epochs=0, batch_size=4), "epochs"),
+        (dict(epochs=1, batch_size=0), "batch_size"),
+        (dict(epochs=1, batch_size=4, num_particles=0), "num_particles"),
+        (dict(epochs=1, batch_size=4, resume=True), "checkpoint path"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    model, guide = make()
+    with pytest.raises(ValueError, match=match):
+        fit(model, guide, X, Y, progress=False, **kwargs)
+
+
+def test_mismatched_data_lengths():
+    model, guide = make()
+    with pytest.raises(ValueError, match="30 examples but y has 29"):
+        fit(model, guide, X, Y[:-1], epochs=1, batch_size=4, progress=False)

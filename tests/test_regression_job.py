@@ -1,0 +1,53 @@
+"""The ``pyro-dwp regression`` job end to end with tiny settings."""
+
+import json
+
+import arviz as az
+import pytest
+
+from pyro_dwp.cli import main
+
+TINY = [
+    "--n-train",
+    "40",
+    "--hidden",
+    "8",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "20",
+    "--samples",
+    "20",
+    "--no-progress",
+]
+
+
+def test_regression_job_writes_its_files(tmp_path, capsys):
+    assert main(["regression", "--out", str(tmp_path), *TINY]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("seconds", "test_rmse", "band_width_in", "band_width_out"):
+        assert isinstance(metrics[key], float) and metrics[key] > 0
+    assert json.loads(capsys.readouterr().out)["test_rmse"] == metrics["test_rmse"]
+    assert (tmp_path / "regression.png").stat().st_size > 10_000
+    idata = az.from_netcdf(tmp_path / "posterior.nc")
+    assert {"posterior", "posterior_predictive", "observed_data", "log_likelihood"} <= set(
+        idata.groups()
+    )
+    assert idata.log_likelihood["obs"].shape == (2, 10, 40)
+
+
+def test_regression_job_resumes(tmp_path):
+    assert main(["regression", "--out", str(tmp_path), *TINY]) == 0
+    # argparse keeps the last --epochs: continue the 3-epoch checkpoint up to 5 epochs
+    assert main(["regression", "--out", str(tmp_path), *TINY, "--epochs", "5", "--resume"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 5
+
+
+def test_regression_job_bad_input_is_reported(tmp_path, capsys):
+    assert main(["regression", "--out", str(tmp_path), *TINY, "--pi", "1.5"]) == 1
+    assert "pi" in capsys.readouterr().err
+
+
+def test_unknown_job():
+    with pytest.raises(SystemExit):
+        main(["nope"])

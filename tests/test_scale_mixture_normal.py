@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+from scipy import integrate
+from torch.distributions import Normal
+
+from pyro_dwp.distributions import ScaleMixtureNormal
+
+CASES = [(0.5, 1.0, math.exp(-6)), (0.25, math.exp(-1), math.exp(-7)), (0.75, 2.0, 0.1)]
+
+
+@pytest.mark.parametrize("pi,s1,s2", CASES)
+def test_density_integrates_to_one(pi, s1, s2):
+    d = ScaleMixtureNormal(torch.tensor(pi, dtype=torch.float64), s1, s2)
+
+    def pdf(w):
+        return math.exp(d.log_prob(torch.tensor(w, dtype=torch.float64)))
+
+    # integrate piecewise so quadrature resolves the narrow component at 0
+    edges = [-12 * s1, -12 * s2, 0.0, 12 * s2, 12 * s1]
+    pieces = zip(edges[:-1], edges[1:], strict=True)
+    total = sum(integrate.quad(pdf, a, b, limit=200)[0] for a, b in pieces)
+    assert total == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("pi,s1,s2", CASES)
+def test_matches_mixture_of_two_normals(pi, s1, s2):
+    w = torch.linspace(-3, 3, 101, dtype=torch.float64)
+    n1, n2 = (Normal(0.0, torch.tensor(s, dtype=torch.float64)) for s in (s1, s2))
+    expected = torch.log(pi * n1.log_prob(w).exp() + (1 - pi) * n2.log_prob(w).exp())
+    got = ScaleMixtureNormal(torch.tensor(pi, dtype=torch.float64), s1, s2).log_prob(w)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_finite_far_in_tails():
+    d = ScaleMixtureNormal(0.5, 1.0, math.exp(-8))
+    w = torch.tensor([-1e3, -50.0, 1e-12, 0.0, 50.0, 1e3])
+    lp = d.log_prob(w)
+    assert torch.isfinite(lp).all()
+    # far away the wide component dominates: log(pi) + N(w | 0, 1)
+    assert lp[-1].item() == pytest.approx(math.log(0.5) - 0.5e6 - 0.5 * math.log(2 * math.pi))
+
+
+def test_moments_and_sampling():
+    d = ScaleMixtureNormal(0.3, 2.0, 0.1)
+    assert d.mean.item() == 0.0
+    assert d.variance.item() == pytest.approx(0.3 * 4 + 0.7 * 0.01)
+    torch.manual_seed(0)
+    s = d.sample((200_000,))
+    assert s.mean().item() == pytest.approx(0.0, abs=0.02)
+    assert s.var().item() == pytest.approx(d.variance.item(), rel=0.03)
+    # fraction of samples outside the narrow component's reach ~ pi * P(|N(0,4)| > 1)
+    frac = (s.abs() > 1.0).float().mean().item()
+    assert frac == pytest.approx(
+        0.3 * 2 * Normal(0.0, 2.0).cdf(torch.tensor(-1.0)).item(), abs=0.01
+    )
+
+
+def test_shapes_and_expand():
+    d = ScaleMixtureNormal(torch.full((3,), 0.5), 1.0, 0.1)
+    assert d.batch_shape == (3,) and d.event_shape == ()
+    assert d.sample((4,)).shape == (4, 3)
+    e = ScaleMixtureNormal(0.5, 1.0, 0.1).expand((2, 5))
+    assert e.batch_shape == (2, 5)
+    assert e.log_prob(torch.zeros(2, 5)).shape == (2, 5)
+    assert e.to_event(2).log_prob(torch.zeros(2, 5)).shape == ()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(pi=0.0, sigma1=1.0, sigma2=0.1), "pi"),
+        (dict(pi=1.0, sigma1=1.0, sigma2=0.1), "pi"),
+        (dict(pi=1.5, sigma1=1.0, sigma2=0.1), "pi"),
+        (dict(pi=0.5, sigma1=-1.0, sigma2=0.1), "sigma1"),
+        (dict(pi=0.5, sigma1=1.0, sigma2=0.0), "sigma2"),
+    ],
+)
+def test_invalid_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ScaleMixtureNormal(**kwargs, validate_args=True)
