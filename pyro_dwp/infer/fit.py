@@ -13,7 +13,7 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -109,6 +109,7 @@ def fit(
     batch_size: int,
     lr: float = 1e-3,
     optim: pyro.optim.PyroOptim | None = None,
+    elbo: type[ELBO] = Trace_ELBO,
     num_particles: int = 1,
     vectorize_particles: bool = False,
     kl_scheme: KLScheme = "uniform",
@@ -136,6 +137,8 @@ def fit(
         batch_size: Minibatch size B.
         lr: Adam learning rate (ignored if ``optim`` is given).
         optim: A Pyro optimiser; default ``pyro.optim.Adam({"lr": lr})``.
+        elbo: The ELBO class: ``Trace_ELBO`` (Monte Carlo, any prior) or, for priors whose KL
+            against the guide is registered (e.g. ``LogUniform``), ``TraceMeanField_ELBO``.
         num_particles: Monte Carlo samples of the weights per step.
         vectorize_particles: Draw the particles in one vectorised pass.
         kl_scheme: ``"uniform"`` or ``"blundell"`` minibatch KL weights.
@@ -175,12 +178,12 @@ def fit(
 
     optim = optim if optim is not None else pyro.optim.Adam({"lr": lr})
     kl_scale, data_term = KLScaleMessenger(), _DataTermMessenger()
-    elbo = Trace_ELBO(
+    loss = elbo(
         num_particles=num_particles,
         vectorize_particles=vectorize_particles,
         max_plate_nesting=1 if vectorize_particles else float("inf"),
     )
-    svi = SVI(data_term(kl_scale(model)), kl_scale(guide), optim, elbo)
+    svi = SVI(data_term(kl_scale(model)), kl_scale(guide), optim, loss)
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     start = 0
@@ -214,17 +217,18 @@ def fit(
             idx = order[i * batch_size : (i + 1) * batch_size]
             kl_scale.scale = scales[i]
             data_term.reset()
-            loss = svi.step(x[idx], y[idx])
-            if not math.isfinite(loss):
+            step_loss = svi.step(x[idx], y[idx])
+            if not math.isfinite(step_loss):
                 kept = (
                     f"the last good checkpoint, {checkpoint} (epoch {last_saved}), is kept"
                     if last_saved is not None
                     else "no checkpoint was written"
                 )
                 raise FloatingPointError(
-                    f"loss is {loss} at epoch {epoch + 1}, step {i + 1} of {num_batches}; {kept}"
+                    f"loss is {step_loss} at epoch {epoch + 1}, "
+                    f"step {i + 1} of {num_batches}; {kept}"
                 )
-            loss_sum += loss
+            loss_sum += step_loss
             nll_sum -= data_term.mean()
         record = {
             "epoch": epoch + 1,
