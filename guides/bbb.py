@@ -36,7 +36,14 @@ class BBBNormal(AutoGuide):
             initialisation (:func:`~pyro_dwp.guides.init_to_module`).
         init_scale: Initial ``sigma`` (> 0); the paper needs it small.
         create_plates: As in :class:`~pyro.infer.autoguide.AutoNormal`.
+
+    Subclasses change the scale parameterisation by overriding :attr:`scale_constraint`, whose
+    ``biject_to`` transform maps the optimised unconstrained parameter to ``sigma`` (see
+    :class:`~pyro_dwp.guides.LogVarianceNormal`).
     """
+
+    scale_constraint: constraints.Constraint = constraints.softplus_positive
+    """Constraint of ``sigma``; its bijection defines the optimised parameter (here ``rho``)."""
 
     def __init__(
         self,
@@ -78,9 +85,7 @@ class BBBNormal(AutoGuide):
             event_dim = site["fn"].event_dim
             deep_setattr(self.locs, name, PyroParam(loc, constraints.real, event_dim))
             scale = torch.full_like(loc, self._init_scale)
-            deep_setattr(
-                self.scales, name, PyroParam(scale, constraints.softplus_positive, event_dim)
-            )
+            deep_setattr(self.scales, name, PyroParam(scale, self.scale_constraint, event_dim))
 
     @property
     def site_names(self) -> list[str]:
@@ -99,7 +104,11 @@ class BBBNormal(AutoGuide):
         return attrgetter(name)(self.scales)
 
     def rho(self, name: str) -> Tensor:
-        """The unconstrained ``rho`` of site ``name``, the parameter actually optimised."""
+        """The unconstrained scale parameter of site ``name``, the one actually optimised.
+
+        ``rho`` with ``sigma = softplus(rho)`` here; in general ``biject_to(scale_constraint)``
+        maps it to ``sigma``.
+        """
         self._check_ready(name)
         self.scale(name)  # syncs the module with the param store
         path, _, attr = name.rpartition(".")

@@ -6,7 +6,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,7 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[dict[str, float]], None] | None = None,
+    handlers: Sequence[AbstractContextManager] = (),
 ) -> list[dict[str, float]]:
     """Fit ``guide`` to the posterior of ``model(x, y)`` with SVI and ``Trace_ELBO``.
 
@@ -149,6 +151,9 @@ def fit(
         seed: Seed of Pyro's RNGs and of the shuffling.
         progress: Show a tqdm bar.
         callback: Called with each epoch's record.
+        handlers: Context managers entered, in order, around each SVI step (guide and model
+            together), e.g. ``[LocalReparameterizationMessenger()]``
+            (:class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`).
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (-ELBO), ``nll`` (data term), ``kl``
@@ -217,7 +222,10 @@ def fit(
             idx = order[i * batch_size : (i + 1) * batch_size]
             kl_scale.scale = scales[i]
             data_term.reset()
-            step_loss = svi.step(x[idx], y[idx])
+            with ExitStack() as stack:
+                for handler in handlers:
+                    stack.enter_context(handler)
+                step_loss = svi.step(x[idx], y[idx])
             if not math.isfinite(step_loss):
                 kept = (
                     f"the last good checkpoint, {checkpoint} (epoch {last_saved}), is kept"
