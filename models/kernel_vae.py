@@ -12,6 +12,9 @@ the paper; their small architecture here is our own choice, built the same way.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -20,7 +23,15 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-__all__ = ["KernelDecoder", "KernelEncoder", "KernelVAE", "fit_kernel_vae", "iwae_log_marginal"]
+__all__ = [
+    "KernelDecoder",
+    "KernelEncoder",
+    "KernelVAE",
+    "fit_kernel_vae",
+    "iwae_log_marginal",
+    "load_kernel_vae",
+    "save_kernel_vae",
+]
 
 # (z_dim, hidden) of the paper for each kernel size; 3x3 is our own choice.
 _DEFAULTS = {3: (2, 32), 5: (4, 64), 7: (2, 32)}
@@ -326,3 +337,87 @@ def fit_kernel_vae(
             with torch.no_grad():
                 history["valid_elbo"].append(vae.elbo(valid).mean().item())
     return history
+
+
+_FILE_FORMAT = "pyro_dwp.kernel_vae"
+_FILE_VERSION = 1
+# Keys of a kernel VAE file that describe the network; everything else is the caller's metadata.
+_RESERVED = ("format", "version", "state_dict", "kernel_size", "z_dim", "hidden")
+
+
+def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -> None:
+    """Write a trained :class:`KernelVAE` and metadata to ``path`` (atomically).
+
+    The file is a ``torch.save`` dict ``{"format": "pyro_dwp.kernel_vae", "version": 1,
+    "state_dict", "kernel_size", "z_dim", "hidden", **meta}`` (tensors on the CPU), read back by
+    :func:`load_kernel_vae`. ``meta`` should hold plain Python values and tensors only (e.g.
+    ``layer``, ``provenance``, ``history``), so that it loads with ``weights_only=True``.
+
+    Raises:
+        ValueError: If a ``meta`` key is one of the reserved keys above.
+    """
+    clash = sorted(set(meta) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"metadata keys {clash} are reserved in a kernel VAE file")
+    # Imported here: pyro_dwp.infer imports the deep weight prior, which imports this module.
+    from pyro_dwp.infer.fit import save_checkpoint
+
+    state = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
+    save_checkpoint(
+        path,
+        {
+            "format": _FILE_FORMAT,
+            "version": _FILE_VERSION,
+            "state_dict": state,
+            "kernel_size": vae.kernel_size,
+            "z_dim": vae.z_dim,
+            "hidden": vae.hidden,
+            **meta,
+        },
+    )
+
+
+def load_kernel_vae(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[KernelVAE, dict[str, Any]]:
+    """Read a :class:`KernelVAE` written by :func:`save_kernel_vae` (``pyro-dwp dwp-prior``).
+
+    Args:
+        path: The file, e.g. ``runs/dwp_prior/vae_conv1.pt``.
+        map_location: Device of the returned VAE.
+
+    Returns:
+        The VAE (in eval mode) and its metadata: ``kernel_size``, ``z_dim``, ``hidden`` and the
+        ``meta`` passed to :func:`save_kernel_vae`.
+
+    Raises:
+        FileNotFoundError: If there is no file at ``path`` (the message says how to make one).
+        ValueError: If the file is truncated, corrupt or not a kernel VAE file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no kernel VAE file at {path}: train the prior first with "
+            f"`pyro-dwp dwp-prior --kernels KERNEL_DIR --out {path.parent}`"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated / corrupt files
+        raise ValueError(
+            f"kernel VAE file {path} is unreadable (truncated or corrupt: {type(e).__name__}: "
+            f"{e}); run `pyro-dwp dwp-prior` again to rewrite it"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != _FILE_FORMAT:
+        raise ValueError(f"{path} is not a kernel VAE file written by save_kernel_vae")
+    if state.get("version") != _FILE_VERSION:
+        raise ValueError(
+            f"kernel VAE file {path} has version {state.get('version')!r}; this code reads "
+            f"version {_FILE_VERSION}"
+        )
+    try:
+        vae = KernelVAE(state["kernel_size"], state["z_dim"], state["hidden"])
+        vae.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"kernel VAE file {path} is inconsistent: {type(e).__name__}: {e}") from e
+    meta = {k: v for k, v in state.items() if k not in ("format", "version", "state_dict")}
+    return vae.to(map_location).eval(), meta

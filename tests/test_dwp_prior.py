@@ -1,0 +1,132 @@
+"""The ``pyro-dwp dwp-prior`` job and the kernel VAE files it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_dwp.cli import main
+from pyro_dwp.infer.fit import save_checkpoint
+from pyro_dwp.jobs.dwp_prior import evaluate_kernel_vae, load_kernel_set
+from pyro_dwp.models import KernelVAE, fit_kernel_vae, load_kernel_vae, save_kernel_vae
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions: one intra-op thread is faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_kernel_set(path: Path, k: int, n_train: int = 40, n_test: int = 10) -> None:
+    g = torch.Generator().manual_seed(k)
+    save_checkpoint(
+        path,
+        {
+            "train": 0.1 * torch.randn(n_train, k, k, generator=g),
+            "test": 0.1 * torch.randn(n_test, k, k, generator=g),
+            "layer": path.stem.removeprefix("kernels_"),
+            "kernel_size": k,
+            "provenance": {"seeds": [0, 1], "kept_of_total": f"kept {n_train + n_test} of 60"},
+        },
+    )
+
+
+@pytest.fixture
+def kernel_dir(tmp_path: Path) -> Path:
+    """A folder like dwp-source's output: 7x7 ``conv1`` and 5x5 ``conv2`` kernel sets."""
+    folder = tmp_path / "source"
+    _write_kernel_set(folder / "kernels_conv1.pt", 7)
+    _write_kernel_set(folder / "kernels_conv2.pt", 5)
+    return folder
+
+
+def test_tiny_run_writes_vae_files_plots_and_report(tmp_path, kernel_dir):
+    out = tmp_path / "prior"
+    argv = ["dwp-prior", "--kernels", str(kernel_dir), "--out", str(out), "--epochs", "1"]
+    assert main([*argv, "--iwae-samples", "5", "--no-progress"]) == 0
+    report = json.loads((out / "prior_report.json").read_text())
+    for layer, k, z_dim in (("conv1", 7, 2), ("conv2", 5, 4)):
+        entry = report["layers"][layer]
+        assert (entry["kernel_size"], entry["z_dim"], entry["n_train"]) == (k, z_dim, 40)
+        assert entry["iwae_samples"] == 5 and entry["vae_file"] == f"vae_{layer}.pt"
+        assert (out / f"samples_{layer}.png").stat().st_size > 5_000
+        vae, meta = load_kernel_vae(out / f"vae_{layer}.pt")
+        assert (vae.kernel_size, vae.z_dim, meta["layer"]) == (k, z_dim, layer)
+        assert meta["provenance"]["seeds"] == [0, 1]
+        assert meta["provenance"]["kernels_file"] == str(kernel_dir / f"kernels_{layer}.pt")
+        assert len(meta["history"]["train_elbo"]) == 1 and meta["training"]["epochs"] == 1
+        assert meta["test_elbo"] == entry["test_elbo"] and meta["test_iwae"] == entry["test_iwae"]
+    assert report["layers"]["conv1"]["latent_plot"] == "latent_conv1.png"
+    assert (out / "latent_conv1.png").stat().st_size > 5_000
+    assert report["layers"]["conv2"]["latent_plot"] is None
+    assert not (out / "latent_conv2.png").exists()
+
+
+def test_save_load_round_trip(tmp_path):
+    vae = KernelVAE(7, z_dim=2, hidden=4)
+    path = tmp_path / "vae.pt"
+    save_kernel_vae(path, vae, layer="conv1", history={"train_elbo": [1.0]})
+    loaded, meta = load_kernel_vae(path)
+    assert meta == {
+        "kernel_size": 7,
+        "z_dim": 2,
+        "hidden": 4,
+        "layer": "conv1",
+        "history": {"train_elbo": [1.0]},
+    }
+    assert not loaded.training
+    for name, value in vae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value)
+    with pytest.raises(ValueError, match="reserved"):
+        save_kernel_vae(path, vae, z_dim=3)
+
+
+def test_load_kernel_vae_errors_name_the_file(tmp_path):
+    missing = tmp_path / "vae_conv1.pt"
+    with pytest.raises(FileNotFoundError, match=r"vae_conv1\.pt.*pyro-dwp dwp-prior"):
+        load_kernel_vae(missing)
+    save_kernel_vae(missing, KernelVAE(7, z_dim=2, hidden=4))
+    corrupt = tmp_path / "vae_corrupt.pt"
+    corrupt.write_bytes(missing.read_bytes()[:200])  # truncated
+    with pytest.raises(ValueError, match=r"vae_corrupt\.pt is unreadable"):
+        load_kernel_vae(corrupt)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(ValueError, match=r"other\.pt is not a kernel VAE file"):
+        load_kernel_vae(other)
+
+
+def test_missing_kernel_set_names_the_file_and_the_command(tmp_path, capsys):
+    argv = ["dwp-prior", "--kernels", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "kernels_conv1.pt" in err and "pyro-dwp dwp-source --out" in err
+    assert not (tmp_path / "out").exists()  # nothing started
+    corrupt = tmp_path / "kernels_conv1.pt"
+    corrupt.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"kernels_conv1\.pt is unreadable"):
+        load_kernel_set(corrupt)
+
+
+def test_7x7_vae_on_5x5_kernels_is_a_clear_error(tmp_path, kernel_dir):
+    vae = KernelVAE.for_kernel_size(7)
+    train, test, k, _ = load_kernel_set(kernel_dir / "kernels_conv2.pt")
+    assert k == 5
+    with pytest.raises(
+        ValueError, match=r"7x7 kernels cannot evaluate kernels of shape \(10, 5, 5\)"
+    ):
+        evaluate_kernel_vae(vae, test, iwae_samples=2)
+    with pytest.raises(ValueError, match="7x7 kernels applied to 5x5"):
+        fit_kernel_vae(vae, train, None, epochs=1, progress=False)
+    # a kernel set whose declared size disagrees with its tensors
+    bad = tmp_path / "kernels_conv1.pt"
+    state = torch.load(kernel_dir / "kernels_conv2.pt", weights_only=True)
+    save_checkpoint(bad, {**state, "kernel_size": 7})
+    with pytest.raises(ValueError, match=r"'train' must be 7x7 kernels"):
+        load_kernel_set(bad)

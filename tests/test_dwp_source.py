@@ -1,0 +1,208 @@
+"""The DWP ConvNet and the ``pyro-dwp dwp-source`` job, on a tiny learnable synthetic notMNIST."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_dwp.cli import main
+from pyro_dwp.data import CACHE_ENV_VAR, DATA_ENV_VAR
+from pyro_dwp.jobs import dwp_source
+from pyro_dwp.jobs.dwp_source import CHANCE_ACCURACY, select_kernels, split_kernels
+from pyro_dwp.models import DWPConvNet, conv_layers
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions: one intra-op thread is faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_idx_gz(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(f">I{array.ndim}I", 0x0800 + array.ndim, *array.shape)
+    with gzip.open(path, "wb") as out:
+        out.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``notmnist/`` of 200 train / 100 test images: class c is a bright bar at rows 2c+4..2c+6."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("data")
+    (root / "notmnist").mkdir()
+    for prefix, size in (("train", 200), ("t10k", 100)):
+        labels = np.arange(size) % 10
+        images = rng.integers(0, 60, size=(size, 28, 28))
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 4 : 2 * c + 7, 4:24] = 255
+        _write_idx_gz(root / "notmnist" / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx_gz(root / "notmnist" / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
+
+
+def _tiny(out: Path, data_dir: Path) -> list[str]:
+    return [
+        "dwp-source",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--num-nets",
+        "2",
+        "--channels",
+        "4",
+        "8",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "50",
+        "--lr",
+        "1e-2",
+        "--n-train-subset",
+        "100",
+        "--no-progress",
+    ]
+
+
+# --- the network ----------------------------------------------------------------------------
+
+
+def test_dwp_convnet_layout_and_names():
+    net = DWPConvNet()
+    shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
+    assert shapes == {
+        "conv1.weight": (32, 1, 7, 7),
+        "conv1.bias": (32,),
+        "conv2.weight": (128, 32, 5, 5),
+        "conv2.bias": (128,),
+        "fc.weight": (10, 128 * 3 * 3),
+        "fc.bias": (10,),
+    }
+    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert conv_layers(net) == {"conv1": 7, "conv2": 5}
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        net(torch.randn(3, 784))
+    with pytest.raises(ValueError, match="channels"):
+        DWPConvNet((0, 4))
+
+
+# --- kernel selection -----------------------------------------------------------------------
+
+
+def test_norm_filter_drops_exactly_the_kernels_below_ratio_times_median():
+    norms = torch.tensor([0.01, 3.0, 0.04, 1.0, 0.05, 2.0, 5.0, 4.0])
+    kernels = torch.zeros(8, 5, 5)
+    kernels[:, 2, 2] = norms  # each kernel's L2 norm is its entry of `norms`
+    # torch.median of 8 values is the lower middle one: sorted norms[3] = 1.0
+    keep, threshold = select_kernels(kernels, 0.05)
+    assert threshold == pytest.approx(0.05)
+    assert keep.tolist() == [False, True, False, True, True, True, True, True]  # 0.05 stays
+    keep, threshold = select_kernels(kernels, 0.0)
+    assert keep.all() and threshold == 0.0
+    with pytest.raises(ValueError, match="min_norm_ratio"):
+        select_kernels(kernels, -0.1)
+
+
+def test_split_kernels_is_a_seeded_partition():
+    kernels = torch.arange(10.0)[:, None, None].expand(10, 3, 3)
+    train, test = split_kernels(kernels, 0.2, seed=3)
+    assert train.shape == (8, 3, 3) and test.shape == (2, 3, 3)
+    values = sorted(train[:, 0, 0].tolist() + test[:, 0, 0].tolist())
+    assert values == list(range(10))
+    again = split_kernels(kernels, 0.2, seed=3)
+    assert torch.equal(again[1], test)
+
+
+# --- the job --------------------------------------------------------------------------------
+
+
+def test_tiny_run_writes_kernel_sets_with_provenance(tmp_path, data_dir):
+    out = tmp_path / "source"
+    assert main(_tiny(out, data_dir)) == 0
+    report = json.loads((out / "source_report.json").read_text())
+    assert [net["seed"] for net in report["nets"]] == [0, 1]
+    assert all(net["test_accuracy"] > CHANCE_ACCURACY for net in report["nets"])
+    assert report["warnings"] == []
+    nets = []
+    for seed in (0, 1):
+        state = torch.load(out / "source_nets" / f"net_seed{seed}.pt", weights_only=True)
+        net = DWPConvNet((4, 8))
+        net.load_state_dict(state["state_dict"])
+        nets.append(net)
+    for layer, k, total in (("conv1", 7, 2 * 4 * 1), ("conv2", 5, 2 * 8 * 4)):
+        data = torch.load(out / f"kernels_{layer}.pt", weights_only=True)
+        assert data["layer"] == layer and data["kernel_size"] == k
+        # "kept n of m" follows the documented rule applied to the saved nets' weights
+        all_kernels = torch.cat(
+            [n.get_submodule(layer).weight.detach().reshape(-1, k, k) for n in nets]
+        )
+        keep, threshold = select_kernels(all_kernels, 0.05)
+        prov = data["provenance"]
+        assert (prov["kept"], prov["total"]) == (int(keep.sum()), total)
+        assert prov["kept_of_total"] == f"kept {int(keep.sum())} of {total}"
+        assert prov["norm_threshold"] == pytest.approx(threshold)
+        assert report["layers"][layer]["kept_of_total"] == prov["kept_of_total"]
+        # train + test are exactly the kept kernels, 80 / 20
+        both = torch.cat([data["train"], data["test"]])
+        assert data["train"].shape[1:] == (k, k) and len(data["test"]) == round(0.2 * len(both))
+        assert torch.equal(
+            both.flatten(1).sort(0).values, all_kernels[keep].flatten(1).sort(0).values
+        )
+        assert prov["seeds"] == [0, 1] and prov["excluded_seeds"] == []
+        assert prov["channels"] == [4, 8] and prov["epochs"] == 4
+        assert prov["weight_decay"] == 1e-3 and prov["n_train"] == 100
+        assert set(prov["test_accuracy"]) == {0, 1} and "median" in prov["rule"]
+
+
+def test_rerun_resumes_and_rejects_other_settings(tmp_path, data_dir, capsys):
+    out = tmp_path / "source"
+    args = _tiny(out, data_dir)
+    assert main(args) == 0
+    first = torch.load(out / "kernels_conv2.pt", weights_only=True)
+    assert main(args) == 0
+    report = json.loads((out / "source_report.json").read_text())
+    assert all(net["resumed"] for net in report["nets"])
+    assert torch.equal(
+        torch.load(out / "kernels_conv2.pt", weights_only=True)["train"], first["train"]
+    )
+    capsys.readouterr()
+    assert main([*args, "--epochs", "5"]) == 1
+    assert "other settings" in capsys.readouterr().err
+    (out / "source_nets" / "net_seed0.pt").write_bytes(b"not a checkpoint")
+    assert main(args) == 1
+    assert "net_seed0.pt" in capsys.readouterr().err
+
+
+def test_net_at_chance_is_excluded_with_a_warning(tmp_path, data_dir, monkeypatch):
+    accuracies = iter([0.9, 0.1])  # the second net (seed 1) is at chance
+    monkeypatch.setattr(dwp_source, "_accuracy", lambda *args: next(accuracies))
+    out = tmp_path / "source"
+    with pytest.warns(UserWarning, match="seed 1 is at chance"):
+        assert main(_tiny(out, data_dir)) == 0
+    report = json.loads((out / "source_report.json").read_text())
+    assert len(report["warnings"]) == 1 and "seed 1" in report["warnings"][0]
+    prov = torch.load(out / "kernels_conv1.pt", weights_only=True)["provenance"]
+    assert prov["seeds"] == [0] and prov["excluded_seeds"] == [1]
+    assert prov["total"] == 4  # conv1 kernels of one 4-channel net
+
+
+def test_all_nets_at_chance_is_an_error(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setattr(dwp_source, "_accuracy", lambda *args: 0.1)
+    with pytest.warns(UserWarning, match="at chance"):
+        assert main(_tiny(tmp_path / "source", data_dir)) == 1
+    assert "all 2 source nets are at chance" in capsys.readouterr().err
