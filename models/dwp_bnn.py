@@ -1,0 +1,153 @@
+"""The Bayesian ConvNet of the deep weight prior's experiments: model, guide and ELBO per prior."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Literal, NamedTuple
+
+import pyro.distributions as dist
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
+from torch.distributions import Distribution
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
+from pyro_dwp.distributions.log_uniform import LogUniform
+from pyro_dwp.guides import LogVarianceNormal, ReverseModelGuide, init_to_module
+from pyro_dwp.guides.initialization import init_to_prior_sample
+from pyro_dwp.likelihoods import Categorical
+
+from .dwp_cnn import conv_layers
+from .kernel_vae import KernelVAE
+
+__all__ = ["PRIORS", "DWPSetup", "PriorName", "make_dwp_cnn_model"]
+
+PriorName = Literal["dwp", "normal", "log-uniform"]
+PRIORS: tuple[PriorName, ...] = ("dwp", "normal", "log-uniform")
+"""The priors of the paper's comparison (Section 4.1, Figure 2)."""
+
+
+class DWPSetup(NamedTuple):
+    """What :func:`make_dwp_cnn_model` builds: ``fit(model, guide, ..., elbo=elbo)``."""
+
+    model: BNN
+    guide: nn.Module
+    elbo: type[ELBO]
+
+
+def make_dwp_cnn_model(
+    net: nn.Module,
+    prior: PriorName = "dwp",
+    *,
+    dataset_size: int,
+    vaes: Mapping[str, KernelVAE] | None = None,
+    trainable_reverse: bool = True,
+    init: Literal["module", "dwp"] = "module",
+    init_log_variance: float = -10.0,
+) -> DWPSetup:
+    r"""The Bayesian ConvNet of Section 4.1 of Atanov et al. (2019) with one of its priors.
+
+    The kernels of every square ``nn.Conv2d`` of ``net`` (``conv1.weight`` ``(c1, 1, 7, 7)``,
+    ``conv2.weight`` ``(c2, c1, 5, 5)`` for :class:`~pyro_dwp.models.DWPConvNet`) are Bayesian;
+    the convolutions' biases and the classifier stay point estimates. The guide is the paper's
+    :class:`~pyro_dwp.guides.LogVarianceNormal` (``mu``, ``log sigma^2``); the data term's local
+    reparameterisation is a separate handler,
+    :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`.
+
+    - ``"dwp"``: a :class:`~pyro_dwp.distributions.DeepWeightPrior` per layer from ``vaes``,
+      rewritten into :math:`p(z) p(w \mid z)`; the guide is a
+      :class:`~pyro_dwp.guides.ReverseModelGuide` whose reverse models start at the VAEs'
+      encoders; ``Trace_ELBO`` is then the auxiliary bound :math:`\mathcal{L}^{aux}`.
+    - ``"normal"``: :math:`\mathcal{N}(0, 1)` per weight, ``Trace_ELBO``.
+    - ``"log-uniform"``: :class:`~pyro_dwp.distributions.LogUniform`, ``TraceMeanField_ELBO``
+      (the improper prior needs the registered approximate KL of Molchanov et al., 2017).
+
+    Args:
+        net: The deterministic network, e.g. ``DWPConvNet()``; its current parameters are the
+            point estimates' and (``init="module"``) the guide means' initial values.
+        prior: ``"dwp"``, ``"normal"`` or ``"log-uniform"``.
+        dataset_size: Number of training examples ``N`` (scales the data term by ``N / B``).
+        vaes: ``{weight name: KernelVAE}`` for every Bayesian kernel, on ``net``'s device, e.g.
+            ``{"conv1.weight": vae7, "conv2.weight": vae5}``; needed by ``prior="dwp"`` and
+            ``init="dwp"``, ignored otherwise.
+        trainable_reverse: Train the reverse models :math:`r(z \mid w; \psi)` jointly with
+            :math:`q` (the paper) or keep them frozen at the VAE encoders (the public code).
+        init: Guide means from the network's initialisation (``"module"``) or from the decoder
+            means of deep-weight-prior samples (``"dwp"``, any prior; biases and classifier keep
+            the module's values).
+        init_log_variance: Initial ``log sigma^2`` of every Bayesian weight.
+
+    Returns:
+        ``DWPSetup(model, guide, elbo)``.
+
+    Raises:
+        ValueError: On an unknown prior or init, a missing or extra VAE, a VAE whose kernel size
+            differs from its layer's, or a VAE on another device than ``net``.
+    """
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; choose one of {PRIORS}")
+    if init not in ("module", "dwp"):
+        raise ValueError(f"unknown init {init!r}; choose 'module' or 'dwp'")
+    kernels = {f"{name}.weight": k for name, k in conv_layers(net).items()}
+    if not kernels:
+        raise ValueError(f"{type(net).__name__} has no square nn.Conv2d layer to make Bayesian")
+    needs_vaes = prior == "dwp" or init == "dwp"
+    dwps = _deep_weight_priors(net, kernels, vaes) if needs_vaes else {}
+    rules: dict[str, Distribution | None]
+    if prior == "dwp":
+        rules = dict(dwps)
+    elif prior == "normal":
+        rules = dict.fromkeys(kernels, dist.Normal(0.0, 1.0))
+    else:
+        rules = dict.fromkeys(kernels, LogUniform())
+    model = BNN(net, rules, Categorical(dataset_size))
+    if init == "dwp":
+        means = {
+            n: DeepWeightPrior.from_vae(vaes[n], with_encoder=False, sample_mean=True)
+            for n in kernels
+        }
+        init_loc_fn = partial(init_to_prior_sample, priors=means)
+    else:
+        init_loc_fn = init_to_module
+    builder = partial(
+        LogVarianceNormal, init_loc_fn=init_loc_fn, init_log_variance=init_log_variance
+    )
+    if prior == "dwp":
+        encoders = {n: vaes[n].encoder for n in kernels}
+        guide = ReverseModelGuide(model, builder, encoders, trainable=trainable_reverse)
+        return DWPSetup(model, guide, Trace_ELBO)
+    elbo = TraceMeanField_ELBO if prior == "log-uniform" else Trace_ELBO
+    return DWPSetup(model, builder(model), elbo)
+
+
+def _deep_weight_priors(
+    net: nn.Module, kernels: dict[str, int], vaes: Mapping[str, KernelVAE] | None
+) -> dict[str, DeepWeightPrior]:
+    """Check ``vaes`` against the Bayesian kernels of ``net`` and build their priors."""
+    if vaes is None:
+        raise ValueError(
+            f"the deep weight prior needs a kernel VAE for each of {list(kernels)}: pass "
+            "vaes={weight name: KernelVAE} (e.g. from load_kernel_vae on dwp-prior's outputs)"
+        )
+    missing, extra = set(kernels) - set(vaes), set(vaes) - set(kernels)
+    if missing or extra:
+        raise ValueError(
+            f"vaes must have one KernelVAE per Bayesian kernel {list(kernels)}; "
+            f"missing {sorted(missing)}, unknown {sorted(extra)}"
+        )
+    device = next(net.parameters()).device
+    for name, k in kernels.items():
+        vae = vaes[name]
+        if vae.kernel_size != k:
+            raise ValueError(
+                f"the VAE for {name} models {vae.kernel_size}x{vae.kernel_size} kernels but "
+                f"{name} has {k}x{k} kernels: pass the VAE trained on that layer's kernels"
+            )
+        vae_device = next(vae.parameters()).device
+        if vae_device != device:
+            raise ValueError(
+                f"the VAE for {name} is on {vae_device} but the network is on {device}: move it "
+                f"with vae.to({str(device)!r}) (or load it with map_location)"
+            )
+    return {n: DeepWeightPrior.from_vae(vaes[n]) for n in kernels}

@@ -1,0 +1,143 @@
+"""The gap between the ELBO and its auxiliary bound (Appendix F of the DWP paper)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from torch import Tensor, nn
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
+from pyro_dwp.guides.reverse import ReverseModelGuide
+
+__all__ = ["dwp_bound_gap", "kernel_bound_terms"]
+
+
+@torch.no_grad()
+def kernel_bound_terms(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    w: Tensor,
+    num_samples: int,
+    *,
+    chunk_size: int = 65_536,
+) -> tuple[Tensor, Tensor]:
+    r"""Per kernel, the IWAE estimate of :math:`\log p(w)` and the auxiliary term, jointly.
+
+    With ``K = num_samples`` codes :math:`z_k \sim r(z \mid w)` (the reverse model, ``encoder``)
+    and log-weights :math:`\ell_k = \log p(w \mid z_k) + \log p(z_k) - \log r(z_k \mid w)`,
+    :math:`p(z) = \mathcal{N}(0, I)`:
+
+    - ``iwae`` :math:`= \log \frac{1}{K} \sum_k e^{\ell_k}`, the importance-weighted bound of
+      Burda et al. (2016) on :math:`\log p(w)` (eq. 18), tight as ``K`` grows;
+    - ``aux`` :math:`= \frac{1}{K} \sum_k \ell_k`, an unbiased estimate of the auxiliary bound's
+      per-kernel prior term :math:`\mathbb{E}_r[\log p(w \mid z) + \log p(z) - \log r(z \mid w)]`.
+
+    ``iwae - aux >= 0`` for every draw (Jensen), and its expectation is a lower bound on the
+    per-kernel gap :math:`\mathrm{KL}(r(z \mid w) \,\|\, p(z \mid w))` that tends to it as ``K``
+    grows.
+
+    Args:
+        encoder: ``(..., k, k) -> (loc, scale)`` of :math:`r(z \mid w)`, each ``(..., z_dim)``.
+        decoder: ``(..., z_dim) -> (loc, scale)`` of :math:`p(w \mid z)`, each ``(..., k, k)``.
+        w: Kernels ``(..., k, k)``.
+        num_samples: ``K`` (>= 1).
+        chunk_size: Decoder evaluations (samples x kernels) per chunk, to bound memory.
+
+    Returns:
+        ``(iwae, aux)``, each of shape ``(...)``.
+    """
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
+        )
+    r = dist.Normal(*encoder(w)).to_event(1)
+    per_chunk = max(1, chunk_size // max(1, math.prod(w.shape[:-2])))
+    log_sum_exp, total = None, torch.zeros(w.shape[:-2], dtype=w.dtype, device=w.device)
+    for start in range(0, num_samples, per_chunk):
+        z = r.sample((min(per_chunk, num_samples - start),))
+        log_w = (
+            dist.Normal(*decoder(z)).to_event(2).log_prob(w)
+            + dist.Normal(torch.zeros_like(z), 1.0).to_event(1).log_prob(z)
+            - r.log_prob(z)
+        )
+        chunk = log_w.logsumexp(0)
+        log_sum_exp = chunk if log_sum_exp is None else torch.logaddexp(log_sum_exp, chunk)
+        total = total + log_w.sum(0)
+    return log_sum_exp - math.log(num_samples), total / num_samples
+
+
+@torch.no_grad()
+def dwp_bound_gap(
+    model: BNN,
+    guide: ReverseModelGuide,
+    *args: Any,
+    num_samples: int = 1000,
+    num_weight_samples: int = 1,
+    chunk_size: int = 65_536,
+) -> dict[str, dict[str, float]]:
+    r"""Estimate :math:`G = \mathcal{L} - \mathcal{L}^{aux}` per deep-weight-prior layer (App. F).
+
+    The data term and :math:`H(q)` are common to both bounds, so (eq. 16-19)
+
+    .. math::
+
+        G \ge \sum_{ij} \mathbb{E}_{q(w_{ij})} \Big[ \mathcal{L}^{IWAE}_K(w_{ij})
+        - \mathbb{E}_{r(z \mid w_{ij})} \big( \log p(w_{ij} \mid z) + \log p(z)
+        - \log r(z \mid w_{ij}) \big) \Big],
+
+    estimated by :func:`kernel_bound_terms` with the guide's reverse model as the proposal, for
+    ``num_weight_samples`` draws of the weights from the guide's :math:`q(w)`. If the prior keeps
+    its VAE encoder (``DeepWeightPrior.from_vae(vae)``), the same is done with that encoder as
+    :math:`r`: the gap of a reverse model frozen at the VAE encoder (the public code), against
+    which a trained reverse model (the paper) can be compared on the same :math:`q(w)`.
+
+    Args:
+        model: The :class:`~pyro_dwp.bnn.BNN` with deep-weight-prior sites.
+        guide: Its fitted :class:`~pyro_dwp.guides.ReverseModelGuide`.
+        *args: Model inputs, e.g. ``(x[:1], y[:1])`` (only used to run the guide).
+        num_samples: ``K`` codes per kernel (the paper uses 10,000).
+        num_weight_samples: Draws of the weights from :math:`q(w)`.
+        chunk_size: See :func:`kernel_bound_terms`.
+
+    Returns:
+        ``{site: {"log_p_w": ..., "aux": ..., "gap": ..., "kernels": ...}}`` in nats, summed over
+        the layer's kernels and averaged over the weight draws, plus ``"aux_frozen"``,
+        ``"gap_frozen"`` (and the IWAE value ``"log_p_w_frozen"``) when the prior has an
+        encoder, and a ``"total"`` entry summing the layers.
+
+    Raises:
+        ValueError: If a site of the guide has no deep weight prior in ``model``.
+    """
+    if num_weight_samples < 1:
+        raise ValueError(f"num_weight_samples must be >= 1, got {num_weight_samples}")
+    results: dict[str, dict[str, float]] = {}
+    for _ in range(num_weight_samples):
+        with poutine.block():
+            weights = guide.base(*args)
+        for site, encoder in zip(guide.site_names, guide.encoders.values(), strict=True):
+            prior = model.priors.get(site)
+            if not isinstance(prior, DeepWeightPrior):
+                raise ValueError(f"site {site!r} has no DeepWeightPrior in the model")
+            w = weights[site]
+            row = results.setdefault(site, {"kernels": float(math.prod(w.shape[:-2]))})
+            proposals = {"": encoder}
+            if prior.encoder is not None:
+                proposals["_frozen"] = prior.encoder
+            for suffix, proposal in proposals.items():
+                iwae, aux = kernel_bound_terms(
+                    proposal, prior.decoder, w, num_samples, chunk_size=chunk_size
+                )
+                for key, value in (("log_p_w", iwae), ("aux", aux), ("gap", iwae - aux)):
+                    name = key + suffix
+                    row[name] = row.get(name, 0.0) + value.sum().item() / num_weight_samples
+    total: dict[str, float] = {}
+    for row in results.values():
+        for key, value in row.items():
+            total[key] = total.get(key, 0.0) + value
+    results["total"] = total
+    return results
