@@ -26,6 +26,7 @@ def to_inference_data(
     max_elements: int = 20,
     obs_site: str = "obs",
     output_name: str | None = None,
+    output_fn: Callable[[Tensor], Tensor] | None = None,
     num_chains: int = 2,
 ) -> az.InferenceData:
     """Build an ``InferenceData`` for ``model(x, y)`` under the fitted ``guide``.
@@ -37,7 +38,9 @@ def to_inference_data(
       ``max_elements`` entries in row-major order, dim ``"<site>_element"`` (the full posterior
       of a large network is too big for ArviZ summaries; the guide keeps all of it).
     - ``posterior_predictive``: ``obs`` sampled from the likelihood, dims ``("example", ...)``,
-      and, if ``output_name`` is given, the network output under that name (e.g. ``"logits"``).
+      and, if ``output_name`` is given, the network output under that name (e.g. ``"logits"``),
+      or ``output_fn`` of it (e.g. class probabilities, ``"probs"`` with
+      ``output_fn=partial(torch.softmax, dim=-1)``).
     - ``observed_data``: ``y``.
     - ``log_likelihood``: ``log p(y_i | x_i, w_s)`` per draw and example, so that ``az.loo`` and
       ``az.waic`` work.
@@ -53,8 +56,12 @@ def to_inference_data(
         max_elements: Entries kept per site (>= 1).
         obs_site: Name of the observed site.
         output_name: Name for the network output in ``posterior_predictive``, or ``None``.
+        output_fn: Applied to the network output ``(S, B, *out_shape)`` before it is stored
+            under ``output_name``; ``None`` stores it as is.
         num_chains: Number of chains; must divide ``num_samples``.
     """
+    if output_fn is not None and output_name is None:
+        raise ValueError("output_fn needs an output_name to store its result under")
     if num_samples % num_chains:
         raise ValueError(f"num_chains={num_chains} must divide num_samples={num_samples}")
     if max_elements < 1:
@@ -85,6 +92,7 @@ def to_inference_data(
     pp = {obs_site: _np(predicted, num_chains)}
     if output_name is not None:
         out = trace.nodes["_RETURN"]["value"]
+        out = out if output_fn is None else output_fn(out)
         pp[output_name] = _np(out, num_chains)
         dims[output_name] = ["example", *[f"{output_name}_dim_{i}" for i in range(out.dim() - 2)]]
     return az.from_dict(

@@ -1,0 +1,106 @@
+"""The ``pyro-dwp mnist`` and ``pyro-dwp prune`` jobs end to end on a slice of the real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyro_dwp.cli import main
+from pyro_dwp.data import DATA_ENV_VAR
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-eval", "200"]
+TINY += ["--eval-samples", "4", "--data-dir", str(SHARED_DATA), "--no-progress"]
+METRICS = (
+    "test_error_mean",
+    "test_error_ensemble",
+    "test_nll_mean",
+    "test_nll_ensemble",
+    "ece",
+    "ood_auroc",
+    "seconds",
+)
+FILES = (
+    "metrics.json",
+    "learning_curves.json",
+    "learning_curves.png",
+    "reliability.png",
+    "model.pt",
+    "checkpoint.pt",
+)
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "notmnist").is_dir(),
+    reason=f"the bundled MNIST/notMNIST files are not in {SHARED_DATA}",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
+
+
+@pytest.mark.parametrize("method", ["bbb", "sgd", "dropout"])
+def test_mnist_job_writes_its_files(method: str, tmp_path: Path) -> None:
+    assert main(["mnist", "--method", method, "--out", str(tmp_path), *TINY]) == 0
+    assert all((tmp_path / f).stat().st_size > 0 for f in FILES)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in METRICS:
+        assert isinstance(metrics[key], float) and metrics[key] >= 0, key
+    assert 0 <= metrics["test_error_mean"] <= 1 and 0 <= metrics["ood_auroc"] <= 1
+    assert metrics["epochs"] == 1 and metrics["config"]["method"] == method
+    (record,) = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert {"epoch", "loss", "nll", "kl", "valid_error"} <= set(record)
+    assert record["loss"] == pytest.approx(record["nll"] + record["kl"])
+
+
+@pytest.mark.parametrize("method", ["bbb", "sgd"])
+def test_mnist_job_resumes(method: str, tmp_path: Path) -> None:
+    args = ["mnist", "--method", method, "--out", str(tmp_path), *TINY]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    curves = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert [r["epoch"] for r in curves] == [1, 2] and curves[0] == first[0]
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_mnist_job_refuses_to_resume_other_settings(tmp_path: Path, capsys) -> None:
+    args = ["mnist", "--method", "sgd", "--out", str(tmp_path), *TINY]
+    assert main(args) == 0
+    assert main([*args, "--hidden", "8", "--resume"]) == 1
+    assert "hidden" in capsys.readouterr().err
+
+
+def test_mnist_job_bad_input_is_reported(tmp_path: Path, capsys) -> None:
+    assert main(["mnist", "--out", str(tmp_path), *TINY, "--dropout", "1.0"]) == 1
+    assert "--dropout" in capsys.readouterr().err
+
+
+def test_prune_job(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["mnist", "--method", "bbb", "--out", str(run), *TINY]) == 0
+    assert main(["prune", "--run", str(run), "--fractions", "0.5", "0.95"]) == 0
+    table = json.loads((run / "prune" / "pruning.json").read_text())
+    rows = table["rows"]
+    assert [r["fraction"] for r in rows] == [0.0, 0.5, 0.95]
+    total = rows[0]["total_weights"]
+    assert total == 784 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
+    assert [r["kept_weights"] for r in rows] == [total, total - round(0.5 * total), 650]
+    assert rows[-1]["sparse_bytes"] < rows[-1]["dense_bytes"]
+    md = (run / "prune" / "pruning.md").read_text()
+    assert len(md.strip().splitlines()) == 5  # header, rule, 3 rows
+    assert (run / "prune" / "snr.png").stat().st_size > 10_000
+    assert (run / "prune" / "pruned_95.pt").is_file()
+
+
+def test_prune_job_rejects_baselines_and_bad_fractions(tmp_path: Path, capsys) -> None:
+    assert main(["mnist", "--method", "sgd", "--out", str(tmp_path), *TINY]) == 0
+    assert main(["prune", "--run", str(tmp_path)]) == 1
+    assert "only BBB runs" in capsys.readouterr().err
+    assert main(["prune", "--run", str(tmp_path), "--fractions", "1.0"]) == 1
+    assert "[0, 1)" in capsys.readouterr().err
+    assert main(["prune", "--run", str(tmp_path / "nothing")]) == 1
+    assert "no model.pt" in capsys.readouterr().err
