@@ -16,6 +16,7 @@ JOBS = {
     "prune": ("prune", "prune a BBB mnist run by signal-to-noise ratio (Blundell et al. 2015)"),
     "dwp-source": ("dwp_source", "DWP source nets on notMNIST and their kernel sets"),
     "dwp-prior": ("dwp_prior", "DWP kernel VAEs (the prior) fitted to the source kernels"),
+    "dwp-classify": ("dwp_classify", "DWP vs normal vs log-uniform priors on small MNIST (Fig. 2)"),
 }
 
 

@@ -1,0 +1,71 @@
+"""``pyro-dwp dwp-classify``: a tiny run writes its files, resumes by cell, rejects bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyro_dwp.cli import main
+from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(
+    not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST files in {SHARED_DATA}"
+)
+
+
+def _args(out, vae_dir, *extra):
+    return [
+        "dwp-classify",
+        "--out", str(out),
+        "--vae-dir", str(vae_dir),
+        "--data-dir", str(SHARED_DATA),
+        "--n-train", "20",
+        "--seeds", "0",
+        "--epochs", "1",
+        "--n-test", "200",
+        "--channels", "2", "3",
+        "--test-samples", "2",
+        "--priors", "dwp", "log-uniform",
+        "--no-progress",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def vae_dir(tmp_path):
+    save_kernel_vae(tmp_path / "vae_conv1.pt", KernelVAE(7, 2, 4))
+    save_kernel_vae(tmp_path / "vae_conv2.pt", KernelVAE(5, 2, 4))
+    return tmp_path
+
+
+@needs_data
+@pytest.mark.slow
+def test_tiny_run_writes_its_files_and_resumes(tmp_path, vae_dir, capsys):
+    out = tmp_path / "out"
+    assert main(_args(out, vae_dir, "--gap-samples", "4")) == 0
+    for name in ("dwp_classify.json", "dwp_classify.md", "figure2.png"):
+        assert (out / name).is_file()
+    results = json.loads((out / "dwp_classify.json").read_text())
+    cells = {c["prior"]: c for c in results["cells"]}
+    assert sorted(cells) == ["dwp", "log-uniform"]
+    for c in cells.values():
+        assert 0 <= c["accuracy"] <= 1 and c["nll"] > 0 and c["n"] == 20
+    assert cells["dwp"]["gap"]["gap"] >= 0 and "gap" not in cells["log-uniform"]
+    assert "| dwp | " in (out / "dwp_classify.md").read_text()
+    assert not list((out / "cells").iterdir())  # checkpoints of finished cells are removed
+    # A rerun finds every cell done and only rewrites the summaries.
+    capsys.readouterr()
+    assert main(_args(out, vae_dir, "--gap-samples", "4")) == 0
+    assert json.loads((out / "dwp_classify.json").read_text()) == results
+    # Other settings in the same folder are refused.
+    assert main(_args(out, vae_dir, "--gap-samples", "4", "--epochs", "2")) == 1
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_bad_input_is_reported(tmp_path, vae_dir, capsys):
+    assert main(_args(tmp_path / "o", tmp_path / "missing")) == 1
+    assert "no kernel VAE file" in capsys.readouterr().err
+    save_kernel_vae(vae_dir / "vae_conv2.pt", KernelVAE(7, 2, 4))
+    assert main(_args(tmp_path / "o", vae_dir)) == 1
+    assert "models 7x7 kernels but conv2.weight has 5x5" in capsys.readouterr().err
