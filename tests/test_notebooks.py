@@ -1,5 +1,6 @@
 """Every notebook runs top to bottom in smoke mode (``CI`` set), as Pyro's CI does."""
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -7,6 +8,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_notebooks_exist():
@@ -18,6 +20,8 @@ def test_notebooks_exist():
 def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("CI", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    if SHARED_DATA.is_dir() and not os.environ.get("PYRO_DWP_DATA"):
+        monkeypatch.setenv("PYRO_DWP_DATA", str(SHARED_DATA))  # MNIST / notMNIST notebooks
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

@@ -1,0 +1,218 @@
+"""MNIST benchmark of Blundell et al. (2015), Table 1, and the pruning table of Section 5.1.
+
+Trains the 2 x H (default 1200) scale-mixture BBB network, then the SGD and dropout baselines for
+the same number of epochs, through ``pyro-dwp mnist`` (:mod:`pyro_dwp.jobs.mnist`), and prunes the
+BBB run with ``pyro-dwp prune`` (:mod:`pyro_dwp.jobs.prune`). Writes ``bbb_mnist.md`` and
+``bbb_mnist.json`` to ``--results-dir``: the paper's numbers beside ours, the command line, the
+date, the device, the epochs done by each method and the pruning table.
+
+With ``--time-budget-minutes T`` the whole benchmark fits in about T minutes: 15% is kept for data
+loading, evaluation and pruning; BBB (the slowest) trains in half of the rest; the baselines then
+train at most as many epochs as BBB did, sharing what is left. Each method records the epochs it
+actually did.
+
+Example (one GPU, about 8 minutes)::
+
+    python benchmarks/bbb_mnist.py --device cuda --epochs 600 --time-budget-minutes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_dwp.jobs import mnist, prune
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+EVAL_RESERVE = 0.15
+BBB_SHARE = 0.5
+# Table 1 of Blundell et al. (2015): test error (%) by hidden units, and the pruning table (H=1200).
+PAPER_TABLE1 = {
+    "sgd": {400: 1.83, 800: 1.84, 1200: 1.88},
+    "dropout": {400: 1.51, 800: 1.33, 1200: 1.36},
+    "bbb_gaussian": {400: 1.82, 800: 1.99, 1200: 2.04},
+    "bbb": {400: 1.36, 800: 1.34, 1200: 1.32},
+}
+PAPER_PRUNING = {0.0: 1.24, 0.5: 1.24, 0.75: 1.24, 0.95: 1.29, 0.98: 1.39}
+_LABELS = {
+    "sgd": "SGD (no dropout)",
+    "dropout": "SGD + dropout",
+    "bbb_gaussian": "BBB, Gaussian prior",
+    "bbb": "BBB, scale-mixture prior",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--epochs", type=int, default=600, help="epochs per method (upper bound)")
+    p.add_argument("--time-budget-minutes", type=float, default=None, help="whole benchmark")
+    p.add_argument("--hidden", type=int, default=1200)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--samples", type=int, default=1, help="BBB weight samples per step")
+    p.add_argument("--init-scale", type=float, default=1e-3, help="BBB initial posterior sigma")
+    p.add_argument("--eval-samples", type=int, default=10)
+    p.add_argument("--fractions", type=float, nargs="+", default=list(prune.DEFAULT_FRACTIONS))
+    p.add_argument("--n-train", type=int, default=None, help="training subset (tiny runs only)")
+    p.add_argument("--n-eval", type=int, default=None, help="test subset (tiny runs only)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/bbb_mnist"), help="job outputs")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the three methods and the pruning; write and return the results."""
+    t0 = time.perf_counter()
+    if args.time_budget_minutes is not None and not args.time_budget_minutes > 0:
+        raise ValueError(f"--time-budget-minutes must be > 0, got {args.time_budget_minutes}")
+    deadline = None
+    if args.time_budget_minutes is not None:
+        deadline = t0 + 60 * args.time_budget_minutes * (1 - EVAL_RESERVE)
+    results: dict[str, dict[str, Any]] = {}
+    epochs = args.epochs
+    for method, share in (("bbb", BBB_SHARE), ("sgd", 0.5), ("dropout", 1.0)):
+        budget = None if deadline is None else share * (deadline - time.perf_counter()) / 60
+        results[method] = _run_job(mnist, _mnist_argv(args, method, epochs, budget))
+        if method == "bbb":
+            epochs = min(epochs, results["bbb"]["epochs"])  # the baselines: the same epochs
+    pruning = _run_job(prune, _prune_argv(args))
+    report = {
+        "command": "python benchmarks/bbb_mnist.py " + shlex.join(_argv(args)),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": _device_name(args.device),
+        "hidden": args.hidden,
+        "epochs": {m: r["epochs"] for m, r in results.items()},
+        "train_seconds": {m: r["train_seconds"] for m, r in results.items()},
+        "paper_table1": {k: v[args.hidden] for k, v in PAPER_TABLE1.items() if args.hidden in v},
+        "paper_pruning": PAPER_PRUNING,
+        "ours": {m: {k: v for k, v in r.items() if k != "config"} for m, r in results.items()},
+        "test_examples": pruning["test_examples"],
+        "pruning": pruning["rows"],
+        "seconds": time.perf_counter() - t0,
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "bbb_mnist.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.results_dir / "bbb_mnist.md").write_text(_markdown(report))
+    return report
+
+
+def _run_job(job: Any, argv: list[str]) -> dict[str, Any]:
+    """Parse ``argv`` with the job's own options and run its ``main``."""
+    parser = argparse.ArgumentParser()
+    job.add_arguments(parser)
+    return job.main(parser.parse_args(argv))
+
+
+def _mnist_argv(
+    args: argparse.Namespace, method: str, epochs: int, minutes: float | None
+) -> list[str]:
+    argv = ["--method", method, "--out", str(args.runs_dir / method), "--epochs", str(epochs)]
+    argv += ["--hidden", str(args.hidden), "--batch-size", str(args.batch_size)]
+    argv += ["--lr", str(args.lr), "--eval-samples", str(args.eval_samples)]
+    argv += ["--device", args.device, "--seed", str(args.seed)]
+    if method == "bbb":
+        argv += ["--prior", "scale-mixture", "--samples", str(args.samples)]
+        argv += ["--init-scale", str(args.init_scale)]
+    if minutes is not None:
+        argv += ["--max-train-minutes", str(max(minutes, 1e-3))]
+    return argv + _common(args)
+
+
+def _prune_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--run", str(args.runs_dir / "bbb"), "--device", args.device]
+    argv += ["--fractions", *map(str, args.fractions), "--eval-samples", str(args.eval_samples)]
+    if args.n_eval is not None:
+        argv += ["--n-eval", str(args.n_eval)]
+    if args.data_dir is not None:
+        argv += ["--data-dir", str(args.data_dir)]
+    return argv
+
+
+def _common(args: argparse.Namespace) -> list[str]:
+    argv = []
+    for key in ("n_train", "n_eval", "data_dir"):
+        if getattr(args, key) is not None:
+            argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    return argv + (["--no-progress"] if args.no_progress else [])
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The options of ``args`` as a command line (defaults included)."""
+    argv = []
+    for key, value in vars(args).items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"CPU {platform.processor() or platform.machine()} (torch {torch.__version__})"
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    ours, hidden = r["ours"], r["hidden"]
+    lines = [
+        f"# BBB on MNIST, 2 x {hidden} ReLU (Blundell et al. 2015, Table 1)",
+        "",
+        f"- command: `{r['command']}`",
+        f"- date: {r['date']}",
+        f"- device: {r['device']}",
+        "- epochs done: " + ", ".join(f"{m} {e}" for m, e in r["epochs"].items()),
+        "- training seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in r["train_seconds"].items()),
+        "- all methods: Adam, the same learning rate, batch size and epochs; the paper trained "
+        "up to 600 epochs with SGD",
+        "",
+        "Test error (%). Ours: the mean network (posterior mean / trained / weight-scaled) and the "
+        "ensemble (BBB weight samples, MC dropout, the single SGD network), "
+        f"{r['test_examples']:,} test images.",
+        "",
+        "| method | paper | ours, mean net | ours, ensemble | test NLL (ensemble) | ECE "
+        "| OOD AUROC (notMNIST) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in _LABELS.items():
+        paper = r["paper_table1"].get(key)
+        paper_cell = "n/a" if paper is None else f"{paper:.2f}"
+        if key in ours:
+            m = ours[key]
+            lines.append(
+                f"| {label} | {paper_cell} | {100 * m['test_error_mean']:.2f} "
+                f"| {100 * m['test_error_ensemble']:.2f} | {m['test_nll_ensemble']:.4f} "
+                f"| {m['ece']:.4f} | {m['ood_auroc']:.4f} |"
+            )
+        else:
+            lines.append(f"| {label} | {paper_cell} | not run | | | | |")
+    lines += [
+        "",
+        "## Pruning the BBB network by signal-to-noise |mu| / sigma",
+        "",
+        "Paper (H = 1200, test error %, as recalled in PAPERS.md): "
+        + ", ".join(f"{f:.0%} {e:.2f}" for f, e in r["paper_pruning"].items()),
+        "",
+        prune.markdown_table(r["pruning"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
