@@ -1,0 +1,190 @@
+"""One training step of the DWP ConvNet: deep weight prior vs standard-normal prior.
+
+The same :class:`~pyro_dwp.models.DWPConvNet` (channels 32 / 128, batch 256 of MNIST-shaped
+inputs, ``dataset_size`` 1,000), built by :func:`~pyro_dwp.models.dwp_bnn.make_dwp_cnn_model`
+once with ``prior="dwp"`` (paper-sized kernel VAEs, randomly initialised: the cost does not depend
+on their training; trainable reverse model) and once with ``prior="normal"``; each step is one
+``svi.step`` under :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`, as
+``pyro-dwp dwp-classify`` takes it. Both live in one process (each with its own parameter store,
+swapped outside the timed region) and are timed in interleaved rounds; the median over rounds
+of the mean step time is reported. A breakdown times the prior's networks alone (forward and
+backward of the decoder on all codes and of the reverse model on all kernels of each layer).
+
+Writes (merging devices) ``benchmarks/results/dwp_step_time.{json,md}``; ``--profile`` prints
+the top operators of ``torch.profiler`` for the DWP step.
+
+    python benchmarks/dwp_step_time.py --device cpu --threads 2
+    python benchmarks/dwp_step_time.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI
+
+from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
+from pyro_dwp.models.dwp_bnn import make_dwp_cnn_model
+from pyro_dwp.models.dwp_cnn import DWPConvNet
+from pyro_dwp.models.kernel_vae import KernelVAE
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_step(
+    prior: str, device: torch.device, x: torch.Tensor, y: torch.Tensor, channels: tuple[int, int]
+) -> tuple[Callable[[], float], dict]:
+    """A closure running one SVI step, and the parameter-store state it owns."""
+    pyro.clear_param_store()
+    vaes = {
+        "conv1.weight": KernelVAE.for_kernel_size(7).to(device),
+        "conv2.weight": KernelVAE.for_kernel_size(5).to(device),
+    }
+    model, guide, elbo = make_dwp_cnn_model(
+        DWPConvNet(channels).to(device), prior, dataset_size=1000, vaes=vaes
+    )
+    model.to(device)
+    guide.to(device)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo())
+    lrt = LocalReparameterizationMessenger()
+
+    def step() -> float:
+        with lrt:
+            return svi.step(x, y)
+
+    step()  # set up the guide and the optimiser
+    return step, pyro.get_param_store().get_state()
+
+
+def _time_networks(device: torch.device, channels: tuple[int, int], repeats: int) -> dict:
+    """Forward + backward of each prior network on all of a layer's codes / kernels (ms)."""
+    out = {}
+    for layer, k, n in (("conv1", 7, channels[0]), ("conv2", 5, channels[0] * channels[1])):
+        vae = KernelVAE.for_kernel_size(k).to(device)
+        z = torch.randn(n, vae.z_dim, device=device, requires_grad=True)
+        w = torch.randn(n, k, k, device=device, requires_grad=True)
+        for name, net, inp in (("decoder", vae.decoder, z), ("reverse model", vae.encoder, w)):
+            times = []
+            for _ in range(repeats + 1):
+                _sync(device)
+                t0 = time.perf_counter()
+                loc, scale = net(inp)
+                (loc.sum() + scale.sum()).backward()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            out[f"{layer} {name} ({n} kernels)"] = 1e3 * statistics.median(times[1:])
+    return out
+
+
+def main(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    channels = tuple(args.channels)
+    x = torch.randn(args.batch, 1, 28, 28, device=device).clamp_min(0)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    steps, states = {}, {}
+    for prior in ("dwp", "normal"):
+        steps[prior], states[prior] = _make_step(prior, device, x, y, channels)
+    store = pyro.get_param_store()
+    times: dict[str, list[float]] = {p: [] for p in steps}
+    for r in range(args.rounds):
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))
+        for prior in order:
+            store.set_state(states[prior])
+            steps[prior]()  # warm-up after the swap
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                steps[prior]()
+            _sync(device)
+            times[prior].append((time.perf_counter() - t0) / args.steps)
+    median = {p: 1e3 * statistics.median(t) for p, t in times.items()}
+    if args.profile:
+        store.set_state(states["dwp"])
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(3):
+                steps["dwp"]()
+            _sync(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=15))
+    label = f"{device.type}" + (f" ({args.threads} threads)" if device.type == "cpu" else "")
+    result = {
+        "device": label,
+        "hardware": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+        "batch": args.batch,
+        "channels": list(channels),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "step_ms": median,
+        "ratio_dwp_to_normal": median["dwp"] / median["normal"],
+        "prior_networks_ms": _time_networks(device, channels, args.steps),
+    }
+    _write(result)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _write(result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "dwp_step_time.json"
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[result["device"].split(" ")[0]] = result
+    path.write_text(json.dumps(runs, indent=2) + "\n")
+    lines = [
+        "# DWP ConvNet: one training step, deep weight prior vs standard-normal prior",
+        "",
+        "`python benchmarks/dwp_step_time.py` (median over interleaved rounds; batch, channels "
+        "and hardware per row). Target: DWP step <= 1.3x normal step.",
+        "",
+        "| device | hardware | batch | channels | DWP step (ms) | normal step (ms) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs.values():
+        lines.append(
+            f"| {r['device']} | {r['hardware']} | {r['batch']} | {r['channels']} | "
+            f"{r['step_ms']['dwp']:.1f} | {r['step_ms']['normal']:.1f} | "
+            f"{r['ratio_dwp_to_normal']:.2f} |"
+        )
+    lines += ["", "Prior networks alone, forward + backward (ms):", ""]
+    lines += ["| device | " + " | ".join(next(iter(runs.values()))["prior_networks_ms"]) + " |"]
+    lines += ["|---|" + "---|" * len(next(iter(runs.values()))["prior_networks_ms"])]
+    for r in runs.values():
+        cells = " | ".join(f"{v:.1f}" for v in r["prior_networks_ms"].values())
+        lines.append(f"| {r['device']} | {cells} |")
+    (RESULTS / "dwp_step_time.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="steps per round and contender")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--channels", type=int, nargs=2, default=[32, 128])
+    parser.add_argument("--profile", action="store_true")
+    main(parser.parse_args())
