@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import ExitStack
 from operator import attrgetter
@@ -19,6 +20,33 @@ from torch import Tensor
 from .initialization import init_to_module
 
 __all__ = ["BBBNormal"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class _ReparameterizedNormal(dist.Normal):
+    """A ``Normal`` that keeps the noise of its last draw ``w = loc + scale * eps``.
+
+    At that draw ``log_prob`` is ``-eps^2 / 2 - log(scale) - log(2 pi) / 2``: the same value as
+    the generic formula and the same gradients (through ``w``, the terms in ``loc`` cancel and
+    ``d/dscale = -1/scale``), in three passes over the weights instead of about eight. Any other
+    value takes the generic formula.
+    """
+
+    _draw: tuple[Tensor, Tensor] | None = None
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        w = torch.addcmul(self.loc, self.scale, eps)
+        self._draw = (w, eps)
+        return w
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._draw is None or value is not self._draw[0]:
+            return super().log_prob(value)
+        eps = self._draw[1]
+        return torch.addcmul(self.scale.log().neg_().sub_(_HALF_LOG_2PI), eps, eps, value=-0.5)
 
 
 class BBBNormal(AutoGuide):
@@ -135,7 +163,8 @@ class BBBNormal(AutoGuide):
             with ExitStack() as stack:
                 for frame in self._frames[name]:
                     stack.enter_context(plates[frame.name])
-                q = dist.Normal(self.loc(name), self.scale(name)).to_event(event_dim)
+                q = _ReparameterizedNormal(self.loc(name), self.scale(name), validate_args=False)
+                q = q.to_event(event_dim)
                 result[name] = pyro.sample(name, q)
         return result
 

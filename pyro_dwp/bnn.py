@@ -97,10 +97,18 @@ class BNN(nn.Module):
         ref = next(iter(params.values()))
         key = (ref.device, ref.dtype)
         if key not in self._site_fns:
-            self._site_fns[key] = {
-                n: expand_to_param(move_distribution(d, ref.device), params[n].shape, n)
-                for n, d in self.priors.items()
-            }
+            fns = {}
+            for n, d in self.priors.items():
+                prior = move_distribution(d, ref.device)
+                fn = expand_to_param(prior, params[n].shape, n)
+                # The prior's parameters were validated when it was built; checking every
+                # weight sample against the support each step costs two passes over the weights.
+                part = fn
+                while part is not None and part is not prior:
+                    part._validate_args = False
+                    part = getattr(part, "base_dist", None)
+                fns[n] = fn
+            self._site_fns[key] = fns
         return self._site_fns[key]
 
     def _apply(self, fn, recurse=True):
