@@ -104,18 +104,22 @@ def test_dwp_convnet_layout_and_names():
 # --- kernel selection -----------------------------------------------------------------------
 
 
-def test_norm_filter_drops_exactly_the_kernels_below_ratio_times_median():
-    norms = torch.tensor([0.01, 3.0, 0.04, 1.0, 0.05, 2.0, 5.0, 4.0])
-    kernels = torch.zeros(8, 5, 5)
+def test_norm_filter_drops_exactly_the_kernels_below_ratio_times_reference_quantile():
+    norms = torch.tensor([0.5, 3.0, 0.4, 1.0, 0.9, 2.0, 5.0, 4.0, 0.1])
+    kernels = torch.zeros(9, 5, 5)
     kernels[:, 2, 2] = norms  # each kernel's L2 norm is its entry of `norms`
-    # torch.median of 8 values is the lower middle one: sorted norms[3] = 1.0
-    keep, threshold = select_kernels(kernels, 0.05)
-    assert threshold == pytest.approx(0.05)
-    assert keep.tolist() == [False, True, False, True, True, True, True, True]  # 0.05 stays
+    # 9 norms: the 0.75-quantile is the 7th smallest, 3.0, so the threshold is 0.3 * 3.0 = 0.9
+    keep, threshold = select_kernels(kernels, 0.3, reference_quantile=0.75)
+    assert threshold == pytest.approx(0.9)
+    assert keep.tolist() == [False, True, False, True, True, True, True, True, False]  # 0.9 stays
+    keep, threshold = select_kernels(kernels, 0.5, reference_quantile=0.5)  # half the median
+    assert threshold == pytest.approx(0.5) and int(keep.sum()) == 7
     keep, threshold = select_kernels(kernels, 0.0)
     assert keep.all() and threshold == 0.0
     with pytest.raises(ValueError, match="min_norm_ratio"):
         select_kernels(kernels, -0.1)
+    with pytest.raises(ValueError, match="reference_quantile"):
+        select_kernels(kernels, 0.1, reference_quantile=1.5)
 
 
 def test_split_kernels_is_a_seeded_partition():
@@ -151,7 +155,7 @@ def test_tiny_run_writes_kernel_sets_with_provenance(tmp_path, data_dir):
         all_kernels = torch.cat(
             [n.get_submodule(layer).weight.detach().reshape(-1, k, k) for n in nets]
         )
-        keep, threshold = select_kernels(all_kernels, 0.05)
+        keep, threshold = select_kernels(all_kernels, 0.2, 0.95)
         prov = data["provenance"]
         assert (prov["kept"], prov["total"]) == (int(keep.sum()), total)
         assert prov["kept_of_total"] == f"kept {int(keep.sum())} of {total}"
@@ -166,7 +170,7 @@ def test_tiny_run_writes_kernel_sets_with_provenance(tmp_path, data_dir):
         assert prov["seeds"] == [0, 1] and prov["excluded_seeds"] == []
         assert prov["channels"] == [4, 8] and prov["epochs"] == 4
         assert prov["weight_decay"] == 1e-3 and prov["n_train"] == 100
-        assert set(prov["test_accuracy"]) == {0, 1} and "median" in prov["rule"]
+        assert set(prov["test_accuracy"]) == {0, 1} and "quantile" in prov["rule"]
 
 
 def test_rerun_resumes_and_rejects_other_settings(tmp_path, data_dir, capsys):

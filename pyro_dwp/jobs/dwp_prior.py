@@ -20,6 +20,10 @@ Writes to ``--out``, per layer:
 
 and ``prior_report.json`` with the held-out ELBO and IWAE bound (``--iwae-samples``, K=100)
 per kernel of each layer.
+
+With the defaults (300 epochs) and dwp-source's default kernel sets (about 600 7x7 and 16,000
+5x5 training kernels) this takes about 4 minutes on one H100 (``--device cuda``), mostly for
+``conv2``.
 """
 
 from __future__ import annotations

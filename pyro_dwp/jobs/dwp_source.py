@@ -9,14 +9,19 @@ kept nets' ``conv1`` (7x7) and ``conv2`` (5x5) weights is one kernel.
 
 Norm filter: weight decay drives the kernels that a net does not use towards zero; they would
 form a spike at 0 that the VAE wastes capacity on. Per layer, the kernels whose L2 norm is below
-``--min-norm-ratio`` times the median norm of that layer's kernels (pooled over the kept nets) are
-dropped (``--min-norm-ratio 0`` keeps all). A relative threshold rather than a quantile: it drops
-nothing when no kernel is small. If more than ``--max-kernels`` remain, a seeded random subset of
-that size is kept (``conv2`` of wide nets yields hundreds of thousands of kernels, more than the
-VAE needs). The rest is split per layer into train / test (``--test-fraction``, seeded).
+``--min-norm-ratio`` (r) times the ``--norm-reference-quantile`` (q) of that layer's kernel norms
+(pooled over the kept nets) are dropped: the q-quantile measures the norm of the layer's active
+kernels, and a kernel r times smaller than that is taken as unused (``--min-norm-ratio 0`` keeps
+all; q = 0.5 makes the threshold relative to the median). Unlike dropping a fixed share, it drops
+nothing from a layer with no small kernels. With all defaults (r = 0.2, q = 0.95) one run kept
+758 of 1,024 ``conv1`` and 114,110 of 524,288 ``conv2`` kernels (test accuracies 0.870-0.878).
+If more than ``--max-kernels`` remain, a seeded random subset of that size is kept (``conv2``
+of wide nets yields hundreds of thousands of kernels, more than the VAE needs). The rest is
+split per layer into train / test (``--test-fraction``, seeded).
 
-Defaults (4 nets of 256 / 512 channels, the public code's widths, 10 epochs) take a few minutes
-on one GPU (``--device cuda``). A quick CPU preset::
+Defaults: 4 nets of 256 / 512 channels (the public code's widths), 40 epochs: about 45 s on one
+H100 (``--device cuda``); after 10 epochs the 7x7 kernels still look like their random
+initialisation, after 40 they show strokes and edges. A quick CPU preset::
 
     pyro-dwp dwp-source --out runs/dwp_source --num-nets 2 --channels 16 32 --epochs 2 \\
         --n-train-subset 5000
@@ -61,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--num-nets", type=int, default=4, help="number K of source networks")
     p.add_argument("--channels", type=int, nargs=2, default=[256, 512], metavar=("C1", "C2"))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-3, help="L2 weight decay")
@@ -75,8 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-norm-ratio",
         type=float,
-        default=0.05,
-        help="drop kernels whose L2 norm is below this times the layer's median norm",
+        default=0.2,
+        help="drop kernels whose L2 norm is below this times the reference quantile of the layer",
+    )
+    p.add_argument(
+        "--norm-reference-quantile",
+        type=float,
+        default=0.95,
+        help="quantile of the layer's kernel norms that --min-norm-ratio is relative to",
     )
     p.add_argument("--max-kernels", type=int, default=20_000, help="per layer, after the filter")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out kernels per layer")
@@ -91,9 +102,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     The ``provenance`` dict of ``kernels_<layer>.pt`` holds: ``source_data``, ``n_train``,
     ``seeds`` (of the kept nets), ``excluded_seeds``, ``test_accuracy`` (``{seed: accuracy}`` of
     all nets), ``channels``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``rule`` (in
-    words), ``min_norm_ratio``, ``norm_threshold``, ``kept``, ``total``, ``kept_of_total``
-    (``"kept n of m"``), ``max_kernels``, ``subsampled`` (kernels after the cap),
-    ``test_fraction`` and ``split_seed``.
+    words), ``min_norm_ratio``, ``norm_reference_quantile``, ``norm_threshold``, ``kept``,
+    ``total``, ``kept_of_total`` (``"kept n of m"``), ``max_kernels``, ``subsampled`` (kernels
+    after the cap), ``test_fraction`` and ``split_seed``.
     """
     t0 = time.perf_counter()
     _check_args(args)
@@ -140,8 +151,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "excluded_seeds": [r["seed"] for r in records if r["test_accuracy"] <= CHANCE_ACCURACY],
         "test_accuracy": {r["seed"]: r["test_accuracy"] for r in records},
         **{k: settings[k] for k in ("channels", "epochs", "batch_size", "lr", "weight_decay")},
-        "rule": "drop kernels with L2 norm < min_norm_ratio * median L2 norm of the layer",
+        "rule": (
+            "drop kernels with L2 norm < min_norm_ratio * (norm_reference_quantile)-quantile "
+            "of the layer's kernel L2 norms"
+        ),
         "min_norm_ratio": args.min_norm_ratio,
+        "norm_reference_quantile": args.norm_reference_quantile,
         "max_kernels": args.max_kernels,
         "test_fraction": args.test_fraction,
         "split_seed": args.seed,
@@ -160,17 +175,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def select_kernels(kernels: Tensor, min_norm_ratio: float) -> tuple[Tensor, float]:
+def select_kernels(
+    kernels: Tensor, min_norm_ratio: float, reference_quantile: float = 0.95
+) -> tuple[Tensor, float]:
     """The norm filter: which kernels ``(N, k, k)`` to keep, ``-> ((N,) bool mask, threshold)``.
 
-    A kernel is kept iff its L2 (Frobenius) norm is ``>= min_norm_ratio * median`` of the ``N``
-    norms (``torch.median``: the lower of the two middle values for even ``N``); the threshold
-    is returned with the mask. ``min_norm_ratio = 0`` keeps every kernel.
+    A kernel is kept iff its L2 (Frobenius) norm is ``>= min_norm_ratio * Q``, where ``Q`` is
+    the ``reference_quantile`` of the ``N`` norms (``torch.quantile``, linear interpolation);
+    the threshold is returned with the mask. ``min_norm_ratio = 0`` keeps every kernel.
     """
-    if min_norm_ratio < 0:
-        raise ValueError(f"min_norm_ratio must be >= 0, got {min_norm_ratio}")
+    if min_norm_ratio < 0 or not 0 <= reference_quantile <= 1:
+        raise ValueError(
+            f"min_norm_ratio must be >= 0 and reference_quantile in [0, 1], got "
+            f"{min_norm_ratio}, {reference_quantile}"
+        )
     norms = kernels.flatten(1).norm(dim=1)
-    threshold = min_norm_ratio * norms.median().item()
+    threshold = min_norm_ratio * torch.quantile(norms, reference_quantile).item()
     return norms >= threshold, threshold
 
 
@@ -195,8 +215,11 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not 0 < args.test_fraction < 1:
         raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
-    if args.min_norm_ratio < 0:
-        raise ValueError(f"--min-norm-ratio must be >= 0, got {args.min_norm_ratio}")
+    if args.min_norm_ratio < 0 or not 0 <= args.norm_reference_quantile <= 1:
+        raise ValueError(
+            f"--min-norm-ratio must be >= 0 and --norm-reference-quantile in [0, 1], got "
+            f"{args.min_norm_ratio}, {args.norm_reference_quantile}"
+        )
     if args.lr < 0 or args.weight_decay < 0:
         raise ValueError(
             f"--lr and --weight-decay must be >= 0, got {args.lr}, {args.weight_decay}"
@@ -320,7 +343,7 @@ def _write_kernel_set(
 ) -> dict[str, Any]:
     """Filter, cap and split one layer's kernels; write ``kernels_<layer>.pt``; its summary."""
     kernels = torch.cat([w.reshape(-1, kernel_size, kernel_size) for w in weights])
-    keep, threshold = select_kernels(kernels, args.min_norm_ratio)
+    keep, threshold = select_kernels(kernels, args.min_norm_ratio, args.norm_reference_quantile)
     kept = kernels[keep]
     if len(kept) > args.max_kernels:
         generator = torch.Generator().manual_seed(args.seed)
