@@ -1,14 +1,22 @@
-"""Inference helpers: minibatch KL weights, training, prediction."""
+"""Inference helpers: minibatch KL weights, training, prediction, reparameterisations.
+
+Modules that build on the guides are imported by path: :mod:`pyro_dwp.infer.pruning`
+(signal-to-noise pruning) and :mod:`pyro_dwp.infer.dwp_gap` (the auxiliary bound's gap).
+"""
 
 from .fit import CheckpointError, fit, load_checkpoint, save_checkpoint
 from .kl import KLScaleMessenger, kl_weights
+from .local_reparam import LocalReparameterizationMessenger
+from .optim import JointAdam
 from .predict import predict
 from .reparam import DeepWeightPriorReparam, latent_site_name
 
 __all__ = [
     "CheckpointError",
     "DeepWeightPriorReparam",
+    "JointAdam",
     "KLScaleMessenger",
+    "LocalReparameterizationMessenger",
     "fit",
     "kl_weights",
     "latent_site_name",

@@ -15,11 +15,13 @@ import pyro
 import pyro.optim
 import torch
 from pyro.infer import ELBO, SVI, Trace_ELBO
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .kl import KLScaleMessenger, KLScheme, kl_weights
+from .optim import JointAdam
 
 __all__ = ["CheckpointError", "fit", "load_checkpoint", "save_checkpoint"]
 
@@ -78,8 +80,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (only load files you trust).
+
+    Tensors are loaded onto ``map_location``.
 
     Raises:
         FileNotFoundError: if there is no file.
@@ -89,7 +95,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises several types for truncated/corrupt files
         raise CheckpointError(
             f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}); "
@@ -138,8 +144,8 @@ def fit(
         epochs: Total number of epochs (a resumed run continues up to it).
         batch_size: Minibatch size B.
         lr: Adam learning rate (ignored if ``optim`` is given).
-        optim: A Pyro optimiser; default ``pyro.optim.Adam({"lr": lr, "fused": True})`` (one
-            fused kernel per parameter instead of about ten elementwise passes).
+        optim: A Pyro optimiser; default :class:`~pyro_dwp.infer.JointAdam` (Adam, one fused
+            update of all parameters per step).
         elbo: The ELBO class: ``Trace_ELBO`` (Monte Carlo, any prior) or, for priors whose KL
             against the guide is registered (e.g. ``LogUniform``), ``TraceMeanField_ELBO``.
         num_particles: Monte Carlo samples of the weights per step.
@@ -182,7 +188,7 @@ def fit(
         "num_particles": num_particles,
     }
 
-    optim = optim if optim is not None else pyro.optim.Adam({"lr": lr, "fused": True})
+    optim = optim if optim is not None else JointAdam(lr)
     kl_scale, data_term = KLScaleMessenger(), _DataTermMessenger()
     loss = elbo(
         num_particles=num_particles,
@@ -191,6 +197,7 @@ def fit(
     )
     svi = SVI(data_term(kl_scale(model)), kl_scale(guide), optim, loss)
     shuffle = torch.Generator().manual_seed(seed)
+    validate = is_validation_enabled()
     history: list[dict[str, float]] = []
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -201,11 +208,14 @@ def fit(
                 f"not {fingerprint}"
             )
         pyro.clear_param_store()
-        pyro.get_param_store().set_state(state["params"])
+        params = {k: v.to(device) for k, v in state["params"]["params"].items()}
+        pyro.get_param_store().set_state({**state["params"], "params": params})
         with torch.no_grad(), pyro.poutine.block():
             guide(x[:1], y[:1])  # set the guide up (its parameters come from the param store)
         optim.set_state(state["optim"])
         pyro.util.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         shuffle.set_state(state["shuffle_rng"])
         history, start = state["history"], state["epoch"]
     else:
@@ -226,6 +236,9 @@ def fit(
             with ExitStack() as stack:
                 for handler in handlers:
                     stack.enter_context(handler)
+                # Validate the model on the first step only: Pyro's checks synchronise the GPU
+            # several times per step and add passes over every weight.
+            with pyro.validation_enabled(validate and epoch == start and i == 0):
                 step_loss = svi.step(x[idx], y[idx])
             if not math.isfinite(step_loss):
                 kept = (
@@ -261,6 +274,7 @@ def fit(
                     "params": pyro.get_param_store().get_state(),
                     "optim": optim.get_state(),
                     "rng": pyro.util.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "shuffle_rng": shuffle.get_state(),
                     "history": history,
                 },
