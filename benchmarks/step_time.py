@@ -6,7 +6,8 @@ Contenders, built in one process and timed in interleaved rounds (median of roun
 - ``deterministic_fused_adam``: the same with ``Adam(fused=True)``, which our step uses, to show
   how much of our ratio the optimiser alone explains.
 - ``pyro_dwp_bbb``: ``BNN`` + ``ScaleMixtureNormal`` prior + ``BBBNormal`` guide, one SVI step of
-  ``Trace_ELBO`` exactly as :func:`pyro_dwp.infer.fit` takes it (KL weighting handler included).
+  ``Trace_ELBO`` as :func:`pyro_dwp.infer.fit` takes it (KL weighting handler, ``JointAdam``,
+  Pyro's validation off after the first step).
 - ``pyro_autonormal``: Pyro's own ``PyroSample`` MLP + ``AutoNormal`` (Gaussian prior).
 - ``blitz`` / ``bayesian_torch``: the peer libraries, where installed
   (``pip install --no-deps blitz-bayesian-pytorch bayesian-torch``).
@@ -42,7 +43,7 @@ from torch import nn
 from pyro_dwp import BNN, Categorical
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import KLScaleMessenger
+from pyro_dwp.infer import JointAdam, KLScaleMessenger
 from pyro_dwp.models import mlp
 
 N = 60_000  # dataset size that scales the data term
@@ -67,9 +68,13 @@ def pyro_dwp_bbb(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
     model = BNN(mlp(784, [h, h], 10), prior, Categorical(N)).to(x.device)
     guide = BBBNormal(model, init_scale=math.log1p(math.exp(-5)))
     kl = KLScaleMessenger(1.0)
-    optim = pyro.optim.Adam({"lr": 1e-3, "fused": True})  # fit's default
-    svi = SVI(kl(model), kl(guide), optim, Trace_ELBO())
-    return lambda: svi.step(x, y)
+    svi = SVI(kl(model), kl(guide), JointAdam(1e-3), Trace_ELBO())  # fit's default optimiser
+
+    def step() -> None:
+        with pyro.validation_enabled(False):  # as fit runs every step after the first
+            svi.step(x, y)
+
+    return step
 
 
 def pyro_autonormal(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:

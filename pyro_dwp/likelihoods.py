@@ -32,6 +32,7 @@ class Likelihood(ABC):
         self.dataset_size = int(dataset_size)
         self.event_dim = event_dim
         self.site = site
+        self._arange: dict[tuple[int, torch.device], Tensor] = {}
 
     @abstractmethod
     def distribution(self, out: Tensor) -> Distribution:
@@ -52,8 +53,15 @@ class Likelihood(ABC):
         if y is not None and y.shape[0] != batch:
             raise ValueError(f"got {batch} network outputs but {y.shape[0]} targets")
         size = max(self.dataset_size, batch)
-        with pyro.plate("data", size, subsample_size=batch, dim=-1):
+        # The minibatch is already drawn: a given subsample spares the plate a randperm of N.
+        with pyro.plate("data", size, subsample=self._positions(batch, out.device), dim=-1):
             return pyro.sample(self.site, d, obs=y)
+
+    def _positions(self, batch: int, device: torch.device) -> Tensor:
+        key = (batch, device)
+        if key not in self._arange:
+            self._arange[key] = torch.arange(batch, device=device)
+        return self._arange[key]
 
 
 class Gaussian(Likelihood):

@@ -130,6 +130,8 @@ class ScaleMixtureNormal(TorchDistribution):
             self._validate_sample(value)
         if self._consts is not None:
             out = _MixtureLogDensity.apply(value, *self._consts)
+            if out.shape[out.dim() - len(self.batch_shape) :] == self.batch_shape:
+                return out
             return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
         a = torch.log(self.pi) - torch.log(self.sigma1) - 0.5 * (value / self.sigma1) ** 2
         b = torch.log1p(-self.pi) - torch.log(self.sigma2) - 0.5 * (value / self.sigma2) ** 2

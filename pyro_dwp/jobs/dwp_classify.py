@@ -104,9 +104,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     needs_vaes = "dwp" in args.priors or args.init == "dwp"
     vaes = _load_vaes(args.vae_dir, args.device) if needs_vaes else None
     x_test, y_test = load_mnist("test", args.data_dir, n=args.n_test, seed=0, flatten=False)
-    for prior in args.priors:
-        for n in args.n_train:
-            for seed in args.seeds:
+    # N outermost, priors innermost: an interrupted grid still compares the priors.
+    for n in args.n_train:
+        for seed in args.seeds:
+            for prior in args.priors:
                 if (prior, n, seed) in done:
                     continue
                 cell = _run_cell(args, prior, n, seed, vaes, x_test, y_test)

@@ -30,20 +30,21 @@ __all__ = ["add_arguments", "main"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--n-train", type=int, default=200, help="training points in [0, 0.5]")
-    p.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="hidden layer sizes")
-    p.add_argument("--epochs", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--n-train", type=int, default=1000, help="training points in [0, 0.5]")
+    p.add_argument("--hidden", type=int, nargs="+", default=[50, 50], help="hidden layer sizes")
+    p.add_argument("--epochs", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="minibatch size (default: the full training set, the steadiest)")
+    p.add_argument("--lr", type=float, default=2e-2)
     p.add_argument("--pi", type=float, default=0.5, help="scale-mixture weight pi")
     p.add_argument("--neg-log-sigma1", type=float, default=0.0, help="-log sigma1")
     p.add_argument("--neg-log-sigma2", type=float, default=6.0, help="-log sigma2")
-    p.add_argument("--init-scale", type=float, default=0.05, help="initial posterior sigma")
+    p.add_argument("--init-scale", type=float, default=0.01, help="initial posterior sigma")
     p.add_argument(
         "--noise",
         type=float,
-        default=None,
-        help="likelihood noise std (default: learned point estimate)",
+        default=0.02,
+        help="fixed likelihood noise std (default 0.02, the data's noise level)",
     )
     p.add_argument("--kl-scheme", choices=["uniform", "blundell"], default="uniform")
     p.add_argument("--samples", type=int, default=200, help="posterior predictive samples")
