@@ -51,3 +51,10 @@ def test_regression_job_bad_input_is_reported(tmp_path, capsys):
 def test_unknown_job():
     with pytest.raises(SystemExit):
         main(["nope"])
+
+
+def test_regression_job_can_learn_the_noise(tmp_path):
+    import pyro
+
+    assert main(["regression", "--out", str(tmp_path), *TINY, "--learn-noise"]) == 0
+    assert "noise_scale" in pyro.get_param_store()

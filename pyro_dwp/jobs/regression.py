@@ -33,8 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=1000, help="training points in [0, 0.5]")
     p.add_argument("--hidden", type=int, nargs="+", default=[50, 50], help="hidden layer sizes")
     p.add_argument("--epochs", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=1000,
-                   help="minibatch size (default: the full training set, the steadiest)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1000,
+        help="minibatch size (default: the full training set, the steadiest)",
+    )
     p.add_argument("--lr", type=float, default=2e-2)
     p.add_argument("--pi", type=float, default=0.5, help="scale-mixture weight pi")
     p.add_argument("--neg-log-sigma1", type=float, default=0.0, help="-log sigma1")
@@ -45,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.02,
         help="fixed likelihood noise std (default 0.02, the data's noise level)",
+    )
+    p.add_argument(
+        "--learn-noise",
+        action="store_true",
+        help="learn the noise std as a point estimate instead (starts at --noise)",
     )
     p.add_argument("--kl-scheme", choices=["uniform", "blundell"], default="uniform")
     p.add_argument("--samples", type=int, default=200, help="posterior predictive samples")
@@ -65,7 +74,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     prior = ScaleMixtureNormal(
         args.pi, math.exp(-args.neg_log_sigma1), math.exp(-args.neg_log_sigma2)
     )
-    model = BNN(mlp(1, args.hidden, 1), prior, Gaussian(args.n_train, args.noise))
+    model = BNN(
+        mlp(1, args.hidden, 1),
+        prior,
+        Gaussian(args.n_train, None if args.learn_noise else args.noise, init_scale=args.noise),
+    )
     guide = BBBNormal(model, init_scale=args.init_scale)
     history = fit(
         model,
