@@ -1,0 +1,151 @@
+"""The Deep Weight Prior's Figure 2 on MNIST: source nets -> kernel VAEs -> the prior grid.
+
+Runs ``pyro-dwp dwp-source``, ``dwp-prior`` and ``dwp-classify`` (each resumable; ``--reuse``
+skips a stage whose outputs exist) and writes ``benchmarks/results/dwp_mnist.{md,json}``: our
+test accuracy (10-sample ensemble, mean and std over data seeds) beside the paper's, with the
+command, date, device and epochs. Meant for a GPU::
+
+    python benchmarks/dwp_mnist.py --device cuda --work-dir runs/dwp_mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_dwp.cli import main as cli
+from pyro_dwp.jobs.dwp_classify import PAPER, RESULTS, _summarise, _table
+
+__all__ = ["main"]
+
+
+def _stage(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    if cli([str(a) for a in argv]) != 0:
+        raise RuntimeError(f"stage failed: pyro-dwp {' '.join(map(str, argv))}")
+    return time.perf_counter() - t0
+
+
+def main(args: argparse.Namespace) -> dict:
+    work = Path(args.work_dir)
+    common = ["--device", args.device, "--no-progress"]
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    seconds = {}
+    if not (args.reuse and (work / "source" / "kernels_conv2.pt").exists()):
+        seconds["source"] = _stage(
+            [
+                "dwp-source",
+                "--out",
+                work / "source",
+                "--num-nets",
+                args.source_nets,
+                "--epochs",
+                args.source_epochs,
+                *data,
+                *common,
+            ]
+        )
+    if not (args.reuse and (work / "prior" / "vae_conv2.pt").exists()):
+        seconds["prior"] = _stage(
+            [
+                "dwp-prior",
+                "--kernels",
+                work / "source",
+                "--out",
+                work / "prior",
+                "--epochs",
+                args.prior_epochs,
+                *common,
+            ]
+        )
+    seconds["classify"] = _stage(
+        [
+            "dwp-classify",
+            "--out",
+            work / "classify",
+            "--vae-dir",
+            work / "prior",
+            "--n-train",
+            *args.n_train,
+            "--seeds",
+            *args.seeds,
+            "--epochs",
+            args.epochs,
+            "--init",
+            args.init,
+            "--reverse",
+            args.reverse,
+            *data,
+            *common,
+        ]
+    )
+    cells = json.loads((work / "classify" / RESULTS).read_text())["cells"]
+    summary = _summarise(cells)
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "epochs": args.epochs,
+        "seconds": seconds,
+        "paper": PAPER,
+        "ours": {f"{p} N={n}": s for (p, n), s in sorted(summary.items())},
+        "cells": cells,
+    }
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dwp_mnist.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "dwp_mnist.md").write_text(_markdown(result, summary))
+    return result
+
+
+def _markdown(result: dict, summary: dict) -> str:
+    sizes = sorted({n for _, n in summary})
+    lines = [
+        "# Deep Weight Prior, MNIST with N training examples (Atanov et al. 2019, Figure 2)",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}; device: {result['device']}; epochs per cell: "
+        f"{result['epochs']} (the paper: 10,000 on the small sets)",
+        f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
+        "",
+        "## Paper (Figure 2, mean test accuracy)",
+        "",
+        "| prior | " + " | ".join(f"N={n}" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for p, row in PAPER.items():
+        lines.append(
+            f"| {p} | " + " | ".join(f"{row.get(n, float('nan')):.3f}" for n in sizes) + " |"
+        )
+    lines += ["", "## Ours", "", _table(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--work-dir", default="runs/dwp_mnist")
+    p.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--source-nets", type=int, default=16)
+    p.add_argument("--source-epochs", type=int, default=20)
+    p.add_argument("--prior-epochs", type=int, default=150)
+    p.add_argument("--epochs", type=int, default=300, help="per (prior, N, seed) cell")
+    p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--init", choices=["module", "dwp"], default="module")
+    p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
+    p.add_argument("--reuse", action="store_true", help="skip stages whose outputs exist")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
