@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
+from pyro_dwp.io import read_torch_file
+
 __all__ = [
     "KernelDecoder",
     "KernelEncoder",
@@ -395,18 +397,12 @@ def load_kernel_vae(
         ValueError: If the file is truncated, corrupt or not a kernel VAE file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no kernel VAE file at {path}: train the prior first with "
-            f"`pyro-dwp dwp-prior --kernels KERNEL_DIR --out {path.parent}`"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / corrupt files
-        raise ValueError(
-            f"kernel VAE file {path} is unreadable (truncated or corrupt: {type(e).__name__}: "
-            f"{e}); run `pyro-dwp dwp-prior` again to rewrite it"
-        ) from e
+    state = read_torch_file(
+        path,
+        what="kernel VAE file",
+        remedy="train the prior with "
+        f"`pyro-dwp dwp-prior --kernels KERNEL_DIR --out {path.parent}`",
+    )
     if not isinstance(state, dict) or state.get("format") != _FILE_FORMAT:
         raise ValueError(f"{path} is not a kernel VAE file written by save_kernel_vae")
     if state.get("version") != _FILE_VERSION:

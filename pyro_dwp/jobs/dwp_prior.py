@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.kernel_vae import KernelVAE, fit_kernel_vae, save_kernel_vae
 
 __all__ = ["add_arguments", "evaluate_kernel_vae", "load_kernel_set", "main"]
@@ -132,18 +133,11 @@ def load_kernel_set(path: Path) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
         FileNotFoundError: If there is no file (the message names the command that makes it).
         ValueError: If the file is unreadable or not a kernel set of consistent shapes.
     """
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"kernel dataset {path} not found: make it with "
-            f"`pyro-dwp dwp-source --out {path.parent}`"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / corrupt files
-        raise ValueError(
-            f"kernel dataset {path} is unreadable (truncated or corrupt: {type(e).__name__}: "
-            f"{e}); make it again with `pyro-dwp dwp-source --out {path.parent}`"
-        ) from e
+    state = read_torch_file(
+        path,
+        what="kernel dataset",
+        remedy=f"make it with `pyro-dwp dwp-source --out {path.parent}`",
+    )
     if not isinstance(state, dict) or not {"train", "test", "kernel_size"} <= set(state):
         raise ValueError(f"{path} is not a kernel dataset written by pyro-dwp dwp-source")
     k = state["kernel_size"]

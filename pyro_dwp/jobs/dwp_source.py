@@ -15,9 +15,9 @@ kernels, and a kernel r times smaller than that is taken as unused (``--min-norm
 all; q = 0.5 makes the threshold relative to the median). Unlike dropping a fixed share, it drops
 nothing from a layer with no small kernels. With r = 0.2, q = 0.95 and 4 nets of 256 / 512
 channels, one run kept 758 of 1,024 ``conv1`` and 114,110 of 524,288 ``conv2`` kernels (test
-accuracies 0.870-0.878). If more than ``--max-kernels`` remain, a seeded random subset of that size is kept (``conv2``
-of wide nets yields hundreds of thousands of kernels, more than the VAE needs). The rest is
-split per layer into train / test (``--test-fraction``, seeded).
+accuracies 0.870-0.878). If more than ``--max-kernels`` remain, a seeded random subset of that
+size is kept (``conv2`` of wide nets yields hundreds of thousands of kernels, more than the VAE
+needs). The rest is split per layer into train / test (``--test-fraction``, seeded).
 
 Defaults: 16 nets of 32 / 128 channels, the widths of the target CNN, 20 epochs. The widths matter:
 a trained kernel keeps roughly the scale of its initialisation, ``1 / sqrt(fan_in)``, so kernels
@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from pyro_dwp.data import load_notmnist
 from pyro_dwp.infer.fit import save_checkpoint
+from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
 __all__ = ["CHANCE_ACCURACY", "add_arguments", "main", "select_kernels", "split_kernels"]
@@ -287,13 +288,9 @@ def _trained_net(
 
 
 def _load_net_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / corrupt files
-        raise ValueError(
-            f"source net checkpoint {path} is unreadable (truncated or corrupt: "
-            f"{type(e).__name__}: {e}); delete it to train that net again"
-        ) from e
+    state = read_torch_file(
+        path, what="source net checkpoint", remedy="delete it to train that net again"
+    )
     if not isinstance(state, dict) or state.get("format") != _NET_FORMAT:
         raise ValueError(f"{path} is not a source net checkpoint of pyro-dwp dwp-source")
     return state

@@ -1,0 +1,33 @@
+"""Reading files written with ``torch.save``, with errors that name the file and the remedy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["read_torch_file"]
+
+
+def read_torch_file(path: Path, *, what: str, remedy: str, weights_only: bool = True) -> Any:
+    """``torch.load`` a file onto the CPU.
+
+    Args:
+        path: The file.
+        what: What the file is, for messages (e.g. ``"kernel dataset"``).
+        remedy: What to do about a missing or broken file (e.g. the command that writes it).
+        weights_only: Passed to ``torch.load``.
+
+    Raises:
+        FileNotFoundError: If there is no file.
+        ValueError: If the file is truncated or corrupt.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found: {remedy}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # torch raises several types for truncated / corrupt files
+        raise ValueError(
+            f"{what} {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}); {remedy}"
+        ) from e
