@@ -10,6 +10,7 @@ from torch.distributions import kl_divergence
 
 from pyro_dwp.distributions.log_uniform import _kl_normal_log_uniform
 from pyro_dwp.guides import LogVarianceNormal, ReverseModelGuide
+from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.models.dwp_bnn import PRIORS, make_dwp_cnn_model
 from pyro_dwp.models.dwp_cnn import DWPConvNet
@@ -28,7 +29,8 @@ def test_one_svi_step_per_prior(prior, init):
     net = DWPConvNet((2, 3))
     model, guide, elbo = make_dwp_cnn_model(net, prior, dataset_size=20, vaes=_vaes(), init=init)
     assert elbo is (TraceMeanField_ELBO if prior == "log-uniform" else Trace_ELBO)
-    assert isinstance(guide, ReverseModelGuide if prior == "dwp" else LogVarianceNormal)
+    expected = {"dwp": ReverseModelGuide, "log-uniform": TruncatedAlphaNormal}
+    assert isinstance(guide, expected.get(prior, LogVarianceNormal))
     assert sorted(model.priors) == ["conv1.weight", "conv2.weight"]
     assert model.deterministic == ["conv1.bias", "conv2.bias", "fc.weight", "fc.bias"]
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo())
@@ -37,9 +39,13 @@ def test_one_svi_step_per_prior(prior, init):
     assert torch.isfinite(torch.tensor(loss))
     base = guide.base if prior == "dwp" else guide
     mu = base.loc("conv1.weight")
-    torch.testing.assert_close(
-        base.log_variance("conv2.weight").mean(), torch.tensor(-10.0), atol=1e-2, rtol=0
-    )
+    if prior == "log-uniform":  # alpha = sigmoid(-2), the authors' initial w_alpha
+        alpha = base.alpha("conv2.weight").mean()
+        torch.testing.assert_close(alpha, torch.tensor(0.1192), atol=2e-3, rtol=0)
+    else:
+        torch.testing.assert_close(
+            base.log_variance("conv2.weight").mean(), torch.tensor(-10.0), atol=1e-2, rtol=0
+        )
     if init == "module":
         torch.testing.assert_close(mu, net.conv1.weight, atol=2e-3, rtol=0)  # one Adam step
     else:
@@ -74,6 +80,34 @@ def test_log_uniform_uses_the_registered_kl():
             kl_divergence(q, p), _kl_normal_log_uniform(q.base_dist, p.base_dist).sum()
         )
     torch.testing.assert_close(loss, kl - data)
+
+
+@pytest.mark.parametrize("family", ["truncated-alpha", "additive"])
+def test_log_uniform_family_kl_pull_on_the_means(family):
+    """The additive family's KL pulls every mean to 0 (d KL / d mu ~ 1 / mu: sparse VD, which
+    collapses the network on few examples); the truncated-alpha family's KL depends on alpha only.
+    """
+    model, guide, elbo = make_dwp_cnn_model(
+        DWPConvNet((2, 3)), "log-uniform", dataset_size=20, log_uniform_family=family
+    )
+    guide(X, Y)
+    kl = 0.0
+    guide_trace = poutine.trace(guide).get_trace(X, Y)
+    model_trace = poutine.trace(poutine.replay(model, guide_trace)).get_trace(X, Y)
+    for name in ("conv1.weight", "conv2.weight"):
+        kl = kl + kl_divergence(guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"])
+    mu = guide.loc("conv2.weight")
+    (g,) = torch.autograd.grad(kl, [mu])
+    if family == "additive":
+        assert (g * mu > 0).all()  # towards 0 everywhere
+        small = guide.scale("conv2.weight") ** 2 / mu**2 < 1e-2  # alpha << 1: KL ~ log|mu|
+        assert small.sum() > 10
+        torch.testing.assert_close(g[small], 1 / mu[small], rtol=0.03, atol=0)
+    else:
+        assert g.abs().max() < 1e-3 * (1 / mu).abs().min()
+        alpha = guide.alpha("conv2.weight")
+        assert ((alpha > 0) & (alpha < 1)).all()
+        torch.testing.assert_close(guide.scale("conv2.weight"), alpha.sqrt() * mu.abs())
 
 
 def test_bad_input_is_explained():

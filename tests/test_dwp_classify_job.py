@@ -65,7 +65,8 @@ def test_tiny_run_writes_its_files_and_resumes(tmp_path, vae_dir, capsys):
 
 def test_bad_input_is_reported(tmp_path, vae_dir, capsys):
     assert main(_args(tmp_path / "o", tmp_path / "missing")) == 1
-    assert "no kernel VAE file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kernel VAE file" in err and "dwp-prior" in err  # the message says how to make one
     save_kernel_vae(vae_dir / "vae_conv2.pt", KernelVAE(7, 2, 4))
     assert main(_args(tmp_path / "o", vae_dir)) == 1
     assert "models 7x7 kernels but conv2.weight has 5x5" in capsys.readouterr().err

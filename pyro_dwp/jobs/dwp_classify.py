@@ -41,7 +41,7 @@ from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fit import fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
-from pyro_dwp.models.dwp_bnn import PRIORS, make_dwp_cnn_model
+from pyro_dwp.models.dwp_bnn import LOG_UNIFORM_FAMILIES, PRIORS, make_dwp_cnn_model
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 
@@ -63,6 +63,7 @@ _CONFIG_KEYS = (
     "init",
     "reverse",
     "init_log_variance",
+    "log_uniform_guide",
     "test_samples",
     "n_test",
     "gap_samples",
@@ -86,6 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
     p.add_argument("--init-log-variance", type=float, default=-10.0)
+    p.add_argument(
+        "--log-uniform-guide",
+        choices=list(LOG_UNIFORM_FAMILIES),
+        default="truncated-alpha",
+        help="log-uniform prior's guide: N(mu, alpha mu^2) with alpha <= 1 (the DWP authors' "
+        "baseline) or (mu, log sigma^2) (sparse VD: collapses to chance on few examples)",
+    )
     p.add_argument("--test-samples", type=int, default=10, help="ensemble size at test time")
     p.add_argument("--n-test", type=int, default=None, help="test subset (default: all 10,000)")
     p.add_argument("--gap-samples", type=int, default=0, help="K of the gap estimate (0: off)")
@@ -193,6 +201,7 @@ def _run_cell(
         trainable_reverse=args.reverse == "trainable",
         init=args.init,
         init_log_variance=args.init_log_variance,
+        log_uniform_family=args.log_uniform_guide,
     )
     epochs = args.epochs
     optim = pyro.optim.LambdaLR(
