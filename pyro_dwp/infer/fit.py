@@ -20,6 +20,8 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_dwp.io import read_torch_file
+
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
 
@@ -80,27 +82,19 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (only load files you trust).
-
-    Tensors are loaded onto ``map_location``.
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU (only load files you
+    trust).
 
     Raises:
         FileNotFoundError: if there is no file.
         CheckpointError: if the file is truncated, corrupt or not a pyro_dwp checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    remedy = "run without resume to write a new one"
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises several types for truncated/corrupt files
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}); "
-            "delete it to start afresh"
-        ) from e
+        state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint")
     return state
