@@ -90,10 +90,17 @@ class BNN(nn.Module):
             n: d.make_reparam() for n, d in priors.items() if hasattr(d, "make_reparam")
         }
         self._site_fns: dict[tuple[torch.device, torch.dtype], dict[str, Distribution]] = {}
+        self._params: dict[str, Tensor] | None = None
+
+    def _net_params(self) -> dict[str, Tensor]:
+        """``net``'s parameters by name, looked up once (and again after ``.to()``)."""
+        if self._params is None:
+            self._params = dict(self.net.named_parameters())
+        return self._params
 
     def site_distributions(self) -> dict[str, Distribution]:
         """The prior of each weight site, expanded to the parameter's shape, on its device."""
-        params = dict(self.net.named_parameters())
+        params = self._net_params()
         ref = next(iter(params.values()))
         key = (ref.device, ref.dtype)
         if key not in self._site_fns:
@@ -111,13 +118,14 @@ class BNN(nn.Module):
             self._site_fns[key] = fns
         return self._site_fns[key]
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .double()...: rebuild the caches
         self._site_fns.clear()
+        self._params = None
         return super()._apply(fn, recurse)
 
     def sample_weights(self) -> dict[str, Tensor]:
         """Sample every weight site; values ``(*particles, *param_shape)``."""
-        params = dict(self.net.named_parameters())
+        params = self._net_params()
         return {
             n: pyro.sample(n, d, infer={"init_value": params[n].detach()})
             for n, d in self.site_distributions().items()
@@ -125,7 +133,7 @@ class BNN(nn.Module):
 
     def network(self, x: Tensor) -> Tensor:
         """Run the network with sampled weights: ``(B, *in) -> (*particles, B, *out)``."""
-        params = dict(self.net.named_parameters())
+        params = self._net_params()
         fixed = {n: pyro.param(n, params[n]) for n in self.deterministic}
         if self._reparam:
             with poutine.reparam(config=self._reparam):
