@@ -158,3 +158,20 @@ def test_invalid_prior_specs(spec, err):
 def test_bad_likelihood(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Gaussian(**kwargs)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_predict_uses_posterior_draws_even_with_an_improper_prior(parallel):
+    """Predictive must never sample the prior: LogUniform cannot be sampled."""
+    from pyro_dwp.distributions import LogUniform
+
+    model = BNN(nn.Linear(3, 2), {"weight": LogUniform()}, Gaussian(10, 0.1))
+    guide = BBBNormal(model, init_scale=1e-3)
+    x = torch.randn(5, 3)
+    guide(x, torch.zeros(5, 2))
+    out = predict(model, guide, x, num_samples=4, parallel=parallel)["_RETURN"]
+    assert out.shape == (4, 5, 2)
+    # every draw differs (posterior draws, not one conditioned draw repeated)
+    assert not torch.allclose(out[0], out[1])
+    mean_net = x @ guide.loc("weight").detach().T + model.net.bias.detach()
+    torch.testing.assert_close(out.mean(0), mean_net, atol=0.05, rtol=0)

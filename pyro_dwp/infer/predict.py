@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import pyro.poutine as poutine
 import torch
 from pyro.infer import Predictive
 from torch import Tensor
@@ -41,8 +42,12 @@ def predict(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     weights = Predictive(guide, num_samples=num_samples, parallel=parallel)(x[:1])
     weights.pop("_RETURN", None)
+    # Predictive first traces the model once to count its plates; conditioning that trace on one
+    # posterior draw keeps it from sampling the prior, which an improper prior (LogUniform)
+    # cannot do. Predictive's own conditioning on every draw takes precedence.
+    first = poutine.condition(model, data={k: v[0] for k, v in weights.items()})
     predictive = Predictive(
-        model, posterior_samples=weights, return_sites=list(return_sites), parallel=parallel
+        first, posterior_samples=weights, return_sites=list(return_sites), parallel=parallel
     )
     chunks = [x] if batch_size is None else list(torch.split(x, batch_size))
     parts = [predictive(chunk) for chunk in chunks]
