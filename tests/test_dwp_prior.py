@@ -13,14 +13,7 @@ from pyro_dwp.infer.fit import save_checkpoint
 from pyro_dwp.jobs.dwp_prior import evaluate_kernel_vae, load_kernel_set
 from pyro_dwp.models import KernelVAE, fit_kernel_vae, load_kernel_vae, save_kernel_vae
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: one intra-op thread is faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_kernel_set(path: Path, k: int, n_train: int = 40, n_test: int = 10) -> None:

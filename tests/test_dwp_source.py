@@ -17,14 +17,7 @@ from pyro_dwp.jobs import dwp_source
 from pyro_dwp.jobs.dwp_source import CHANCE_ACCURACY, select_kernels, split_kernels
 from pyro_dwp.models import DWPConvNet, conv_layers
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: one intra-op thread is faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_idx_gz(path: Path, array: np.ndarray) -> None:

@@ -25,9 +25,10 @@ from pyro_dwp.io import read_torch_file
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
 
-__all__ = ["CheckpointError", "fit", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "fit", "load_checkpoint", "save_checkpoint"]
 
-_CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1
+"""Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
 
 
 class CheckpointError(RuntimeError):
@@ -95,7 +96,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
-    if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint")
     return state
 
@@ -262,7 +263,7 @@ def fit(
             save_checkpoint(
                 checkpoint,
                 {
-                    "version": _CHECKPOINT_VERSION,
+                    "version": CHECKPOINT_VERSION,
                     "epoch": epoch + 1,
                     "fingerprint": fingerprint,
                     "params": pyro.get_param_store().get_state(),

@@ -55,7 +55,7 @@ from pyro_dwp.diagnostics import (
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
-from pyro_dwp.infer.fit import _CHECKPOINT_VERSION  # baseline checkpoints share fit's format
+from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
 from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
@@ -498,7 +498,7 @@ def _train_baseline(
             save_checkpoint(
                 checkpoint,
                 {
-                    "version": _CHECKPOINT_VERSION,
+                    "version": CHECKPOINT_VERSION,
                     "epoch": epoch + 1,
                     "fingerprint": fingerprint,
                     "state_dict": net.state_dict(),
