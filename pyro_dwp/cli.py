@@ -17,6 +17,7 @@ JOBS = {
     "dwp-source": ("dwp_source", "DWP source nets on notMNIST and their kernel sets"),
     "dwp-prior": ("dwp_prior", "DWP kernel VAEs (the prior) fitted to the source kernels"),
     "dwp-classify": ("dwp_classify", "DWP vs normal vs log-uniform priors on small MNIST (Fig. 2)"),
+    "dwp-gap": ("dwp_gap", "DWP bound gap L - L_aux, trainable vs frozen reverse model (App. F)"),
 }
 
 

@@ -41,11 +41,17 @@ from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fit import fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
-from pyro_dwp.models.dwp_bnn import LOG_UNIFORM_FAMILIES, PRIORS, make_dwp_cnn_model
+from pyro_dwp.models.dwp_bnn import (
+    LOG_UNIFORM_FAMILIES,
+    PRIORS,
+    DWPSetup,
+    PriorName,
+    make_dwp_cnn_model,
+)
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "build_cell", "load_vaes", "main", "train_cell", "write_json"]
 
 RESULTS, TABLE, FIGURE = "dwp_classify.json", "dwp_classify.md", "figure2.png"
 # Figure 2 of the paper (mean test accuracy over data splits), for the plot.
@@ -110,7 +116,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     results = _load_results(out / RESULTS, config)
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
     needs_vaes = "dwp" in args.priors or args.init == "dwp"
-    vaes = _load_vaes(args.vae_dir, args.device) if needs_vaes else None
+    vaes = load_vaes(args.vae_dir, args.device) if needs_vaes else None
     x_test, y_test = load_mnist("test", args.data_dir, n=args.n_test, seed=0, flatten=False)
     # N outermost, priors innermost: an interrupted grid still compares the priors.
     for n in args.n_train:
@@ -120,7 +126,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 cell = _run_cell(args, prior, n, seed, vaes, x_test, y_test)
                 results["cells"].append(cell)
-                _write_json(out / RESULTS, results)
+                write_json(out / RESULTS, results)
     summary = _summarise(results["cells"])
     (out / TABLE).write_text(_table(summary))
     _plot(out / FIGURE, summary)
@@ -146,7 +152,12 @@ def _jsonable(v: Any) -> Any:
     return str(v) if isinstance(v, Path) else v
 
 
-def _load_vaes(vae_dir: Path, device: str) -> dict[str, KernelVAE]:
+def load_vaes(vae_dir: Path, device: str) -> dict[str, KernelVAE]:
+    """``{"conv1.weight": VAE, "conv2.weight": VAE}`` from ``vae_conv{1,2}.pt`` in ``vae_dir``.
+
+    Raises:
+        FileNotFoundError: If a file is missing (the message names it and how to make it).
+    """
     return {
         f"{layer}.weight": load_kernel_vae(vae_dir / f"vae_{layer}.pt", map_location=device)[0]
         for layer in ("conv1", "conv2")
@@ -165,7 +176,7 @@ def _load_results(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically: a temporary file, then ``os.replace``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -178,22 +189,27 @@ def _write_json(path: Path, data: Any) -> None:
         raise
 
 
-def _run_cell(
+def build_cell(
     args: argparse.Namespace,
-    prior: str,
+    prior: PriorName,
     n: int,
     seed: int,
     vaes: dict[str, KernelVAE] | None,
-    x_test: Tensor,
-    y_test: Tensor,
-) -> dict[str, Any]:
-    """Train one (prior, N, seed) cell and evaluate it on the test set."""
-    t0 = time.perf_counter()
+) -> tuple[DWPSetup, Tensor, Tensor]:
+    """Seed, load the ``N`` training examples of ``seed`` and build the untrained cell.
+
+    Reads ``args.data_dir``, ``channels``, ``device``, ``reverse``, ``init``,
+    ``init_log_variance`` and ``log_uniform_guide``. Clears the Pyro param store.
+
+    Returns:
+        ``(DWPSetup(model, guide, elbo), x, y)``, with ``x`` ``(N, 1, 28, 28)`` and ``y``
+        ``(N,)`` on the CPU.
+    """
     pyro.clear_param_store()
     torch.manual_seed(seed)
     x, y = load_mnist("train", args.data_dir, n=n, seed=seed, flatten=False)
     net = DWPConvNet(tuple(args.channels)).to(args.device)
-    model, guide, elbo = make_dwp_cnn_model(
+    setup = make_dwp_cnn_model(
         net,
         prior,
         dataset_size=n,
@@ -203,6 +219,25 @@ def _run_cell(
         init_log_variance=args.init_log_variance,
         log_uniform_family=args.log_uniform_guide,
     )
+    return setup, x, y
+
+
+def train_cell(
+    args: argparse.Namespace,
+    setup: DWPSetup,
+    x: Tensor,
+    y: Tensor,
+    seed: int,
+    checkpoint: Path | None,
+) -> list[dict[str, float]]:
+    """Fit a cell of :func:`build_cell`: Adam, the rate decayed linearly to 0 over the epochs.
+
+    Reads ``args.epochs``, ``lr``, ``batch_size``, ``device`` and ``no_progress``. With a
+    ``checkpoint`` the fit resumes from it if it exists.
+
+    Returns:
+        ``fit``'s history, one record per epoch.
+    """
     epochs = args.epochs
     optim = pyro.optim.LambdaLR(
         {
@@ -211,26 +246,42 @@ def _run_cell(
             "lr_lambda": lambda epoch: 1 - epoch / epochs,
         }
     )
-    checkpoint = args.out / "cells" / f"{prior}_n{n}_seed{seed}.pt"
-    history = fit(
-        model,
-        guide,
+    return fit(
+        setup.model,
+        setup.guide,
         x,
         y,
         epochs=epochs,
-        batch_size=min(args.batch_size, n),
+        batch_size=min(args.batch_size, len(x)),
         optim=optim,
-        elbo=elbo,
+        elbo=setup.elbo,
         kl_scheme="uniform",
         device=args.device,
         checkpoint=checkpoint,
         checkpoint_every=max(1, epochs // 10),
-        resume=True,
+        resume=checkpoint is not None,
         seed=seed,
         progress=not args.no_progress,
         callback=lambda record: optim.step(),  # the linear decay, once per epoch
         handlers=[LocalReparameterizationMessenger()],
     )
+
+
+def _run_cell(
+    args: argparse.Namespace,
+    prior: PriorName,
+    n: int,
+    seed: int,
+    vaes: dict[str, KernelVAE] | None,
+    x_test: Tensor,
+    y_test: Tensor,
+) -> dict[str, Any]:
+    """Train one (prior, N, seed) cell and evaluate it on the test set."""
+    t0 = time.perf_counter()
+    setup, x, y = build_cell(args, prior, n, seed, vaes)
+    model, guide = setup.model, setup.guide
+    checkpoint = args.out / "cells" / f"{prior}_n{n}_seed{seed}.pt"
+    history = train_cell(args, setup, x, y, seed, checkpoint)
     x_test, y_test = x_test.to(args.device), y_test.to(args.device)
     accuracy, nll = _evaluate(model, guide, x_test, y_test, args.test_samples)
     cell = {
