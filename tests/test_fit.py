@@ -61,6 +61,26 @@ def test_history_terms_add_up():
         assert r["kl"] > 0
 
 
+class _SiteRecorder(pyro.poutine.messenger.Messenger):
+    """Counts the sample sites that run while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites = 0
+
+    def _pyro_sample(self, msg):
+        self.sites += 1
+
+
+def test_handlers_wrap_every_svi_step():
+    # Each step runs the guide's and the model's 4 weight sites under the handler: >= 8.
+    model, guide = make()
+    recorder = _SiteRecorder()
+    fit(model, guide, X, Y, epochs=2, handlers=[recorder], **KW)
+    steps = 2 * math.ceil(len(X) / KW["batch_size"])
+    assert recorder.sites >= steps * 8
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     model, guide = make()
     ck = tmp_path / "ck.pt"

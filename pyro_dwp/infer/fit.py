@@ -232,9 +232,9 @@ def fit(
                 for handler in handlers:
                     stack.enter_context(handler)
                 # Validate the model on the first step only: Pyro's checks synchronise the GPU
-            # several times per step and add passes over every weight.
-            with pyro.validation_enabled(validate and epoch == start and i == 0):
-                step_loss = svi.step(x[idx], y[idx])
+                # several times per step and add passes over every weight.
+                with pyro.validation_enabled(validate and epoch == start and i == 0):
+                    step_loss = svi.step(x[idx], y[idx])
             if not math.isfinite(step_loss):
                 kept = (
                     f"the last good checkpoint, {checkpoint} (epoch {last_saved}), is kept"
