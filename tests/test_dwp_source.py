@@ -203,3 +203,17 @@ def test_all_nets_at_chance_is_an_error(tmp_path, data_dir, monkeypatch, capsys)
     with pytest.warns(UserWarning, match="at chance"):
         assert main(_tiny(tmp_path / "source", data_dir)) == 1
     assert "all 2 source nets are at chance" in capsys.readouterr().err
+
+
+def test_xavier_init_draws_weights_with_the_xavier_normal_std():
+    torch.manual_seed(0)
+    net = DWPConvNet((32, 128))
+    dwp_source.INITS["xavier"](net)
+    for module in (net.conv1, net.conv2, net.fc):
+        w = module.weight.detach()
+        fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+        assert w.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.05)
+    default = DWPConvNet((4, 8))
+    before = {k: v.clone() for k, v in default.state_dict().items()}
+    dwp_source.INITS["torch"](default)
+    assert all(torch.equal(v, before[k]) for k, v in default.state_dict().items())

@@ -45,12 +45,13 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_dwp.data import load_notmnist
@@ -66,6 +67,19 @@ CHANCE_ACCURACY = 0.15
 _NET_FORMAT = "pyro_dwp.dwp_source_net"
 
 
+def _xavier_normal_init(net: nn.Module) -> None:
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+
+
+INITS: dict[str, Callable[[nn.Module], None]] = {
+    "torch": lambda net: None,
+    "xavier": _xavier_normal_init,
+}
+"""``--init`` choices: functions that re-initialise a freshly built net's weights in place."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--num-nets", type=int, default=16, help="number K of source networks")
@@ -78,6 +92,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="source widths; keep the target CNN's: a kernel's scale follows its layer's fan-in",
     )
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--init",
+        choices=list(INITS),
+        default="torch",
+        help="weights' initialisation: PyTorch's default (Kaiming uniform) or Xavier normal "
+        "(the DWP authors' code); biases keep PyTorch's",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-3, help="L2 weight decay")
@@ -132,6 +153,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
+        "init": args.init,
         "n_train": len(x),
         "n_train_subset": args.n_train_subset,
     }
@@ -161,7 +183,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": [seed for seed, _ in nets],
         "excluded_seeds": [r["seed"] for r in records if r["test_accuracy"] <= CHANCE_ACCURACY],
         "test_accuracy": {r["seed"]: r["test_accuracy"] for r in records},
-        **{k: settings[k] for k in ("channels", "epochs", "batch_size", "lr", "weight_decay")},
+        **{
+            k: settings[k]
+            for k in ("channels", "epochs", "batch_size", "lr", "weight_decay", "init")
+        },
         "rule": (
             "drop kernels with L2 norm < min_norm_ratio * (norm_reference_quantile)-quantile "
             "of the layer's kernel L2 norms"
@@ -264,7 +289,9 @@ def _trained_net(
         net.load_state_dict(state["state_dict"])
         return net, {**state["record"], "resumed": True}
     torch.manual_seed(seed)
-    net = DWPConvNet(tuple(args.channels)).to(device)
+    net = DWPConvNet(tuple(args.channels))
+    INITS[args.init](net)
+    net.to(device)
     losses = _train(net, x, y, seed, args, device)
     accuracy = _accuracy(net, x_test, y_test, args.batch_size, device)
     net.cpu()
