@@ -14,22 +14,18 @@ import argparse
 import datetime
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from pyro_dwp.cli import main as cli
 from pyro_dwp.jobs.dwp_classify import PAPER, RESULTS, _summarise, _table
+from pyro_dwp.jobs.dwp_pipeline import classify_runs, run_stage
 
 __all__ = ["main"]
 
 
-def _stage(argv: list[str]) -> float:
-    t0 = time.perf_counter()
-    if cli([str(a) for a in argv]) != 0:
-        raise RuntimeError(f"stage failed: pyro-dwp {' '.join(map(str, argv))}")
-    return time.perf_counter() - t0
+def _stage(argv: list[object]) -> float:
+    return run_stage(argv)[1]
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -67,12 +63,9 @@ def main(args: argparse.Namespace) -> dict:
     # The baselines start from the network's own initialisation, the deep weight prior from
     # its own samples (``--dwp-init``): two runs of dwp-classify, cells merged.
     grid = ["--n-train", *args.n_train, "--seeds", *args.seeds, "--epochs", args.epochs]
-    runs = {
-        "classify_baselines": ["--priors", "normal", "log-uniform", "--init", "module"],
-        "classify_dwp": ["--priors", "dwp", "--init", args.dwp_init, "--reverse", args.reverse],
-    }
     cells = []
-    for name, extra in runs.items():
+    for run, extra in classify_runs(args.dwp_init, args.reverse).items():
+        name = f"classify_{run}"
         out_dir = work / name
         argv = ["dwp-classify", "--out", out_dir, "--vae-dir", work / "prior", *grid, *extra]
         seconds[name] = _stage([*argv, *data, *common])

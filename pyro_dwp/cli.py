@@ -14,6 +14,7 @@ JOBS = {
     "regression": ("regression", "BBB curve regression (Blundell et al. 2015, Fig. 5)"),
     "mnist": ("mnist", "BBB / SGD / dropout MLPs on MNIST (Blundell et al. 2015, Table 1)"),
     "prune": ("prune", "prune a BBB mnist run by signal-to-noise ratio (Blundell et al. 2015)"),
+    "dwp": ("dwp_pipeline", "the whole DWP pipeline: source -> prior -> classify, one table"),
     "dwp-source": ("dwp_source", "DWP source nets on notMNIST and their kernel sets"),
     "dwp-prior": ("dwp_prior", "DWP kernel VAEs (the prior) fitted to the source kernels"),
     "dwp-classify": ("dwp_classify", "DWP vs normal vs log-uniform priors on small MNIST (Fig. 2)"),

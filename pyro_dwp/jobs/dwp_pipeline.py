@@ -1,0 +1,344 @@
+"""``pyro-dwp dwp``: the whole deep weight prior pipeline (Atanov et al., 2019), end to end.
+
+Runs the three stages in this process, each into its own folder of ``--out``:
+
+1. ``dwp-source`` -> ``OUT/source``: source ConvNets on notMNIST and their kernel sets;
+2. ``dwp-prior`` -> ``OUT/prior``: one kernel VAE per layer (the prior), with plots of prior
+   samples beside real kernels (``samples_conv1.png``, ``samples_conv2.png``) and of the
+   ``conv1`` latent space (``latent_conv1.png``);
+3. ``dwp-classify`` -> ``OUT/classify``: a Bayesian ConvNet on N MNIST examples under the deep
+   weight prior, a standard normal and a log-uniform prior. It is two runs of the job, as in
+   ``benchmarks/dwp_mnist.py``: ``OUT/classify/baselines`` (normal and log-uniform, guide means
+   from the network's initialisation) and ``OUT/classify/dwp`` (guide means from samples of the
+   deep weight prior, ``--dwp-init``). Their cells are merged into ``OUT/classify/dwp_classify.md``
+   (test accuracy and NLL per prior and N, mean +- std over seeds; also printed) and
+   ``OUT/classify/figure2.png`` (accuracy vs N beside the paper's Figure 2).
+
+``OUT/dwp.json`` records each finished stage (its options and seconds), the settings, the
+results and the paths of all outputs. A rerun with the same settings skips the stages recorded
+there; an interrupted stage resumes (``dwp-source`` loads the nets it trained, ``dwp-classify``
+skips finished cells and resumes the unfinished one from its checkpoint; ``dwp-prior`` starts
+again). Other source or prior settings in the same ``--out`` are refused.
+
+Presets (the options below override single values):
+
+- ``quick`` (default; about 4 minutes on 2 CPU cores): 4 source nets of 16 / 32 channels,
+  8 epochs on 5,000 notMNIST images, at most 1,000 kernels per layer; kernel VAEs 100 epochs
+  (the 5x5 VAE takes most of the time, in proportion to its kernels); the target ConvNet of
+  the same 16 / 32 channels, N = 100, data seed 0, 300 epochs, tested on 2,000 MNIST images.
+  The target must have the source nets' widths: a kernel's scale follows its layer's fan-in
+  (see ``pyro-dwp dwp-source --help``). Small nets and short training: the numbers show the
+  pipeline at work, not the paper's accuracies.
+- ``paper``: every stage's own defaults (16 source nets of 32 / 128 channels, 20 epochs; VAEs
+  300 epochs; N in 50 ... 1000, seeds 0 1 2, 1,000 epochs per cell), for a GPU
+  (``--device cuda``; stage times on an H100 in ``benchmarks/results/dwp_mnist.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_dwp.data import DATA_ENV_VAR, find_data_dir
+from pyro_dwp.jobs import dwp_classify, dwp_prior, dwp_source
+from pyro_dwp.jobs.dwp_classify import RESULTS, _plot, _summarise, _table
+
+__all__ = ["PRESETS", "add_arguments", "classify_runs", "main", "run_stage"]
+
+SUMMARY = "dwp.json"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "source_nets": 4,
+        "channels": [16, 32],
+        "source_epochs": 8,
+        "source_subset": 5000,
+        "max_kernels": 1000,
+        "prior_epochs": 100,
+        "n_train": [100],
+        "seeds": [0],
+        "epochs": 300,
+        "n_test": 2000,
+    },
+    "paper": {},  # every stage's defaults
+}
+"""Option values of each preset; an option missing from a preset takes its stage's default."""
+
+# option -> (stage, flag of the stage's job); ``channels`` goes to both ends of the pipeline.
+_OPTIONS = {
+    "source_nets": (("source", "--num-nets"),),
+    "channels": (("source", "--channels"), ("classify", "--channels")),
+    "source_epochs": (("source", "--epochs"),),
+    "source_subset": (("source", "--n-train-subset"),),
+    "max_kernels": (("source", "--max-kernels"),),
+    "prior_epochs": (("prior", "--epochs"),),
+    "n_train": (("classify", "--n-train"),),
+    "seeds": (("classify", "--seeds"),),
+    "epochs": (("classify", "--epochs"),),
+    "n_test": (("classify", "--n-test"),),
+}
+_STAGE_JOBS = {"dwp-source": dwp_source, "dwp-prior": dwp_prior, "dwp-classify": dwp_classify}
+# Files a finished stage leaves, relative to its folder.
+_STAGE_FILES = {
+    "source": ("kernels_conv1.pt", "kernels_conv2.pt", "source_report.json"),
+    "prior": ("vae_conv1.pt", "vae_conv2.pt", "prior_report.json"),
+    "classify": (RESULTS,),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument(
+        "--data-dir", type=Path, help="folder with mnist/ and notmnist/ (else PYRO_DWP_DATA)"
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    o = p.add_argument_group("overrides of the preset (default: the preset's value)")
+    o.add_argument("--source-nets", type=int, help="number of source nets")
+    o.add_argument(
+        "--channels", type=int, nargs=2, metavar=("C1", "C2"), help="source and target widths"
+    )
+    o.add_argument("--source-epochs", type=int, help="epochs of each source net")
+    o.add_argument("--source-subset", type=int, help="notMNIST images the source nets train on")
+    o.add_argument("--max-kernels", type=int, help="source kernels per layer the VAEs fit")
+    o.add_argument("--prior-epochs", type=int, help="epochs of each kernel VAE")
+    o.add_argument("--n-train", type=int, nargs="+", help="MNIST training set sizes N")
+    o.add_argument("--seeds", type=int, nargs="+", help="data seeds of the classifier")
+    o.add_argument("--epochs", type=int, help="classifier epochs per (prior, N, seed) cell")
+    o.add_argument("--n-test", type=int, help="MNIST test images")
+    o.add_argument(
+        "--dwp-init",
+        choices=["dwp", "module"],
+        default="dwp",
+        help="the DWP classifier's guide means: samples of the prior or the net's initialisation",
+    )
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the missing stages, merge the classifier runs, print the table; return the summary."""
+    t0 = time.perf_counter()
+    settings = _settings(args)
+    out: Path = args.out
+    summary_path = out / SUMMARY
+    state = _load_state(summary_path)
+    plan = _plan(out, settings, args.dwp_init)
+    todo = [name for name, _ in plan if not _finished(out, state, name, _argv(plan, name))]
+    if "source" in todo or "prior" in todo:
+        _refuse_other_settings(out, state, plan)
+    _check_data(args.data_dir, needs_notmnist="source" in todo)
+    out.mkdir(parents=True, exist_ok=True)
+    state.update(preset=args.preset, settings=settings)
+    runtime = ["--device", args.device, *(["--no-progress"] if args.no_progress else [])]
+    data = ["--data-dir", args.data_dir] if args.data_dir is not None else []
+    for i, (name, argv) in enumerate(plan, 1):
+        step = f"pyro-dwp dwp: [{i}/{len(plan)}] {name}"
+        if name not in todo:
+            seconds = state["stages"][name]["seconds"]
+            print(f"{step}: finished in an earlier run ({seconds:.0f} s), skipped", file=sys.stderr)
+            continue
+        print(f"{step}: pyro-dwp {' '.join(map(str, argv))}", file=sys.stderr, flush=True)
+        _, seconds = run_stage([*argv, *runtime, *(data if argv[0] != "dwp-prior" else [])])
+        state["stages"][name] = {"argv": [str(a) for a in argv], "seconds": seconds}
+        _write_json(summary_path, state)
+    classify = out / "classify"
+    cells = [c for run in classify_runs() for c in _cells(classify / run)]
+    summary = _summarise(cells)
+    table = _table(summary)
+    (classify / dwp_classify.TABLE).write_text(table)
+    _plot(classify / dwp_classify.FIGURE, summary)
+    state["results"] = {
+        f"{p} N={n}": {m: summary[p, n][m][0] for m in ("accuracy", "nll")}
+        for p, n in sorted(summary)
+    }
+    state["outputs"] = _outputs(out)
+    state["seconds"] = {
+        "stages": {k: round(v["seconds"], 1) for k, v in state["stages"].items()},
+        "this_run": round(time.perf_counter() - t0, 1),
+    }
+    _write_json(summary_path, state)
+    print(f"Deep weight prior vs normal vs log-uniform on MNIST ({args.preset} preset)\n")
+    print(table)
+    return {
+        "summary": str(summary_path),
+        "table": str(classify / dwp_classify.TABLE),
+        "figure": str(classify / dwp_classify.FIGURE),
+        "results": state["results"],
+        "seconds": state["seconds"],
+    }
+
+
+def run_stage(argv: Sequence[object]) -> tuple[dict[str, Any], float]:
+    """Run one stage, ``pyro-dwp JOB [options]`` with ``argv = [JOB, *options]``, in this process.
+
+    ``JOB`` is ``dwp-source``, ``dwp-prior`` or ``dwp-classify``. The job's errors propagate.
+
+    Returns:
+        The job's result dict and the seconds it took.
+    """
+    job, *options = (str(a) for a in argv)
+    if job not in _STAGE_JOBS:
+        raise ValueError(f"a stage is one of {sorted(_STAGE_JOBS)}, got {job!r}")
+    module = _STAGE_JOBS[job]
+    parser = argparse.ArgumentParser(prog=f"pyro-dwp {job}")
+    module.add_arguments(parser)
+    args = parser.parse_args(options)
+    t0 = time.perf_counter()
+    result = module.main(args)
+    return result, time.perf_counter() - t0
+
+
+def classify_runs(dwp_init: str = "dwp", reverse: str = "trainable") -> dict[str, list[str]]:
+    """The ``dwp-classify`` options of the two runs whose cells make up the comparison.
+
+    ``"baselines"``: the normal and log-uniform priors, guide means from the network's own
+    initialisation; ``"dwp"``: the deep weight prior, guide means from ``dwp_init`` (``"dwp"``:
+    samples of the prior) and its reverse model ``reverse`` (``"trainable"`` or ``"frozen"``).
+    """
+    return {
+        "baselines": ["--priors", "normal", "log-uniform", "--init", "module"],
+        "dwp": ["--priors", "dwp", "--init", dwp_init, "--reverse", reverse],
+    }
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The preset's option values with the given overrides; checked."""
+    preset = PRESETS[args.preset]
+    settings = {}
+    for key in _OPTIONS:
+        value = getattr(args, key)
+        settings[key] = preset.get(key) if value is None else value
+    for key, value in settings.items():
+        values = value if isinstance(value, list) else [value]
+        if value is not None and key != "seeds" and min(values) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    return settings
+
+
+def _plan(out: Path, settings: dict[str, Any], dwp_init: str) -> list[tuple[str, list[object]]]:
+    """``[(stage name, [job, *options])]`` without the runtime options (device, data, progress)."""
+    options: dict[str, list[object]] = {"source": [], "prior": [], "classify": []}
+    for key, targets in _OPTIONS.items():
+        value = settings[key]
+        if value is None:
+            continue
+        for stage, flag in targets:
+            options[stage] += [flag, *(value if isinstance(value, list) else [value])]
+    plan: list[tuple[str, list[object]]] = [
+        ("source", ["dwp-source", "--out", out / "source", *options["source"]]),
+        (
+            "prior",
+            ["dwp-prior", "--kernels", out / "source", "--out", out / "prior", *options["prior"]],
+        ),
+    ]
+    for run, extra in classify_runs(dwp_init).items():
+        folder = out / "classify" / run
+        argv = ["dwp-classify", "--out", folder, "--vae-dir", out / "prior", *options["classify"]]
+        plan.append((f"classify/{run}", [*argv, *extra]))
+    return plan
+
+
+def _argv(plan: list[tuple[str, list[object]]], name: str) -> list[str]:
+    return [str(a) for a in dict(plan)[name]]
+
+
+def _finished(out: Path, state: dict[str, Any], name: str, argv: list[str]) -> bool:
+    """Whether ``state`` records stage ``name`` as finished with ``argv`` and its files exist."""
+    record = state["stages"].get(name)
+    files = _STAGE_FILES[name.split("/")[0]]
+    return (
+        record is not None
+        and record["argv"] == argv
+        and all((out / name / f).is_file() for f in files)
+    )
+
+
+def _refuse_other_settings(
+    out: Path, state: dict[str, Any], plan: list[tuple[str, list[object]]]
+) -> None:
+    """Stop before a source or prior stage reruns under results made with other settings."""
+    for name in ("source", "prior"):
+        record = state["stages"].get(name)
+        if record is not None and record["argv"] != _argv(plan, name):
+            raise ValueError(
+                f"{out / name} was made with other settings ({' '.join(record['argv'])}) than "
+                f"this run ({' '.join(_argv(plan, name))}): use another --out, or delete {out}"
+            )
+
+
+def _check_data(data_dir: Path | None, *, needs_notmnist: bool) -> None:
+    """Fail before any training if the data cannot be found (the messages say where to put it)."""
+    if data_dir is not None and not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"--data-dir {data_dir} is not a directory: give the folder that holds mnist/ and "
+            f"notmnist/ (the bundled data: ../shared/data beside the repository)"
+        )
+    if needs_notmnist:
+        find_data_dir("notmnist", data_dir)
+    if data_dir is not None or os.environ.get(DATA_ENV_VAR):
+        find_data_dir("mnist", data_dir)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): delete it to run every stage") from e
+    if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+        raise ValueError(f"{path} is not a summary of pyro-dwp dwp: use another --out")
+    return state
+
+
+def _cells(folder: Path) -> list[dict[str, Any]]:
+    return json.loads((folder / RESULTS).read_text())["cells"]
+
+
+def _outputs(out: Path) -> dict[str, Any]:
+    """Paths of every output of the pipeline, by stage."""
+    prior_report = json.loads((out / "prior" / "prior_report.json").read_text())
+    prior_files = [
+        out / "prior" / layer[key]
+        for layer in prior_report["layers"].values()
+        for key in ("vae_file", "samples_plot", "latent_plot")
+        if layer.get(key)
+    ]
+    classify = out / "classify"
+    runs = {
+        run: [str(classify / run / f) for f in (RESULTS, dwp_classify.TABLE, dwp_classify.FIGURE)]
+        for run in classify_runs()
+    }
+    return {
+        "summary": str(out / SUMMARY),
+        "source": [
+            str(out / "source" / f)
+            for f in ("kernels_conv1.pt", "kernels_conv2.pt", "source_report.json", "source_nets")
+        ],
+        "prior": [str(p) for p in prior_files] + [str(out / "prior" / "prior_report.json")],
+        "classify": {
+            "table": str(classify / dwp_classify.TABLE),
+            "figure": str(classify / dwp_classify.FIGURE),
+            **runs,
+        },
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically: a temporary file, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,98 @@
+"""``pyro-dwp dwp``: a tiny pipeline writes every output and the table, a rerun skips it all."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyro_dwp.cli import main
+from pyro_dwp.data import DATA_ENV_VAR
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(
+    not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "notmnist").is_dir(),
+    reason=f"no MNIST / notMNIST files in {SHARED_DATA}",
+)
+
+
+def _args(out, *extra):
+    return [
+        "dwp",
+        "--out", str(out),
+        "--data-dir", str(SHARED_DATA),
+        "--source-nets", "2",
+        "--channels", "4", "8",
+        "--source-epochs", "5",
+        "--source-subset", "2000",
+        "--prior-epochs", "1",
+        "--n-train", "20",
+        "--seeds", "0",
+        "--epochs", "1",
+        "--n-test", "100",
+        "--no-progress",
+        *extra,
+    ]  # fmt: skip
+
+
+@needs_data
+@pytest.mark.slow
+def test_tiny_pipeline_writes_everything_and_a_rerun_skips_it(tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    assert main(_args(out)) == 0
+    captured = capsys.readouterr()
+    table = captured.out.split("\n{")[0]  # the table, then the job's JSON result
+    for prior in ("dwp", "normal", "log-uniform"):
+        assert f"| {prior} | " in table
+    assert "Test accuracy" in table and "Test NLL" in table and "N=20" in table
+    summary = json.loads((out / "dwp.json").read_text())
+    assert summary["preset"] == "quick" and summary["settings"]["channels"] == [4, 8]
+    assert set(summary["stages"]) == {"source", "prior", "classify/baselines", "classify/dwp"}
+    assert set(summary["results"]) == {"dwp N=20", "normal N=20", "log-uniform N=20"}
+    outputs = summary["outputs"]
+    paths = [*outputs["source"], *outputs["prior"], outputs["classify"]["table"]]
+    paths += [outputs["classify"]["figure"], *outputs["classify"]["baselines"]]
+    for path in paths:
+        assert Path(path).exists(), path
+    for plot in ("samples_conv1.png", "samples_conv2.png", "latent_conv1.png"):
+        assert str(out / "prior" / plot) in outputs["prior"]
+    assert (out / "classify" / "figure2.png").stat().st_size > 10_000
+    # The source nets of the two runs' channels are the target's: the VAEs' inputs match.
+    assert "--channels 4 8" in " ".join(summary["stages"]["source"]["argv"])
+    # A rerun with the same settings skips every stage and rewrites only the summaries.
+    watched = [out / "source" / "kernels_conv2.pt", out / "prior" / "vae_conv2.pt"]
+    watched.append(out / "classify" / "dwp" / "dwp_classify.json")
+    mtimes = [p.stat().st_mtime_ns for p in watched]
+    assert main(_args(out)) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("finished in an earlier run") == 4
+    assert [p.stat().st_mtime_ns for p in watched] == mtimes
+    rerun = json.loads((out / "dwp.json").read_text())
+    assert rerun["stages"] == summary["stages"] and rerun["results"] == summary["results"]
+    # Other source settings in the same folder are refused before anything runs.
+    assert main(_args(out, "--source-epochs", "2")) == 1
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_unknown_preset_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["dwp", "--out", str(tmp_path), "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_missing_data_is_reported_before_any_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
+    missing = tmp_path / "nowhere"
+    assert main(["dwp", "--out", str(tmp_path / "o"), "--data-dir", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"--data-dir {missing} is not a directory" in err and "notmnist/" in err
+    assert main(["dwp", "--out", str(tmp_path / "o")]) == 1
+    assert "No data directory" in capsys.readouterr().err
+    (missing / "notmnist").mkdir(parents=True)
+    assert main(["dwp", "--out", str(tmp_path / "o"), "--data-dir", str(missing)]) == 1
+    assert "notMNIST file(s) not found" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "source").exists()
+
+
+def test_bad_override_is_reported(tmp_path, capsys):
+    assert main(["dwp", "--out", str(tmp_path), "--epochs", "0"]) == 1
+    assert "--epochs must be >= 1" in capsys.readouterr().err
