@@ -1,7 +1,8 @@
 """The Deep Weight Prior's Figure 2 on MNIST: source nets -> kernel VAEs -> the prior grid.
 
 Runs ``pyro-dwp dwp-source``, ``dwp-prior`` and ``dwp-classify`` (each resumable; ``--reuse``
-skips a stage whose outputs exist) and writes ``benchmarks/results/dwp_mnist.{md,json}``: our
+skips a stage whose outputs exist) and writes ``benchmarks/results/dwp_mnist.{md,json}`` and
+``dwp_mnist_figure2.png``: our
 test accuracy (10-sample ensemble, mean and std over data seeds) beside the paper's, with the
 command, date, device and epochs. Meant for a GPU::
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_dwp.jobs.dwp_classify import PAPER, RESULTS, _summarise, _table
+from pyro_dwp.jobs.dwp_classify import PAPER, RESULTS, _plot, _summarise, _table
 from pyro_dwp.jobs.dwp_pipeline import classify_runs, run_stage
 
 __all__ = ["main"]
@@ -103,6 +104,7 @@ def main(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "dwp_mnist.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "dwp_mnist.md").write_text(_markdown(result, summary))
+    _plot(out / "dwp_mnist_figure2.png", summary)
     return result
 
 
