@@ -22,16 +22,15 @@ again). Other source or prior settings in the same ``--out`` are refused.
 
 Presets (the options below override single values):
 
-- ``quick`` (default; about 4 minutes on 2 CPU cores): 4 source nets of 16 / 32 channels,
-  8 epochs on 5,000 notMNIST images, at most 1,000 kernels per layer; kernel VAEs 100 epochs
-  (the 5x5 VAE takes most of the time, in proportion to its kernels); the target ConvNet of
-  the same 16 / 32 channels, N = 100, data seed 0, 300 epochs, tested on 2,000 MNIST images.
-  The target must have the source nets' widths: a kernel's scale follows its layer's fan-in
-  (see ``pyro-dwp dwp-source --help``). Small nets and short training: the numbers show the
-  pipeline at work, not the paper's accuracies.
+- ``quick`` (default; 3 minutes on 2 idle CPU cores, 6 on busy ones): 4 source nets of
+  16 / 32 channels, 8 epochs on 5,000 notMNIST images, at most 1,000 kernels per layer;
+  kernel VAEs 100 epochs; the target ConvNet of the same 16 / 32 channels, N = 100, data seed
+  0, 300 epochs, tested on 2,000 MNIST images. The target must have the source nets' widths:
+  a kernel's scale follows its layer's fan-in (see ``pyro-dwp dwp-source --help``). Small nets
+  and short training: the numbers show the pipeline at work, not the paper's accuracies.
 - ``paper``: every stage's own defaults (16 source nets of 32 / 128 channels, 20 epochs; VAEs
   300 epochs; N in 50 ... 1000, seeds 0 1 2, 1,000 epochs per cell), for a GPU
-  (``--device cuda``; stage times on an H100 in ``benchmarks/results/dwp_mnist.md``).
+  (``--device cuda``; ``benchmarks/results/dwp_mnist.md`` has such a grid on an H100).
 """
 
 from __future__ import annotations
