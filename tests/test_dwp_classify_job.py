@@ -32,13 +32,6 @@ def _args(out, vae_dir, *extra):
     ]  # fmt: skip
 
 
-@pytest.fixture
-def vae_dir(tmp_path):
-    save_kernel_vae(tmp_path / "vae_conv1.pt", KernelVAE(7, 2, 4))
-    save_kernel_vae(tmp_path / "vae_conv2.pt", KernelVAE(5, 2, 4))
-    return tmp_path
-
-
 @needs_data
 @pytest.mark.slow
 def test_tiny_run_writes_its_files_and_resumes(tmp_path, vae_dir, capsys):

@@ -9,7 +9,7 @@ import torch
 
 from pyro_dwp.cli import main
 from pyro_dwp.infer.dwp_gap import kernel_bound_terms
-from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
+from pyro_dwp.models.kernel_vae import KernelVAE
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(
@@ -30,13 +30,6 @@ def _args(out, vae_dir, *extra):
         "--no-progress",
         *extra,
     ]  # fmt: skip
-
-
-@pytest.fixture
-def vae_dir(tmp_path):
-    save_kernel_vae(tmp_path / "vae_conv1.pt", KernelVAE(7, 2, 4))
-    save_kernel_vae(tmp_path / "vae_conv2.pt", KernelVAE(5, 2, 4))
-    return tmp_path
 
 
 @needs_data

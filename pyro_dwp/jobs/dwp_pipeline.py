@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,7 +145,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{step}: pyro-dwp {' '.join(map(str, argv))}", file=sys.stderr, flush=True)
         _, seconds = run_stage([*argv, *runtime, *(data if argv[0] != "dwp-prior" else [])])
         state["stages"][name] = {"argv": [str(a) for a in argv], "seconds": seconds}
-        _write_json(summary_path, state)
+        dwp_classify.write_json(summary_path, state)
     classify = out / "classify"
     cells = [c for run in classify_runs() for c in _cells(classify / run)]
     summary = _summarise(cells)
@@ -162,7 +161,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "stages": {k: round(v["seconds"], 1) for k, v in state["stages"].items()},
         "this_run": round(time.perf_counter() - t0, 1),
     }
-    _write_json(summary_path, state)
+    dwp_classify.write_json(summary_path, state)
     print(f"Deep weight prior vs normal vs log-uniform on MNIST ({args.preset} preset)\n")
     print(table)
     return {
@@ -328,16 +327,3 @@ def _outputs(out: Path) -> dict[str, Any]:
             **runs,
         },
     }
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically: a temporary file, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
