@@ -42,7 +42,7 @@ class DWPSetup(NamedTuple):
 
 def make_dwp_cnn_model(
     net: nn.Module,
-    prior: PriorName = "dwp",
+    prior: PriorName | Mapping[str, PriorName] = "dwp",
     *,
     dataset_size: int,
     vaes: Mapping[str, KernelVAE] | None = None,
@@ -78,7 +78,11 @@ def make_dwp_cnn_model(
     Args:
         net: The deterministic network, e.g. ``DWPConvNet()``; its current parameters are the
             point estimates' and (``init="module"``) the guide means' initial values.
-        prior: ``"dwp"``, ``"normal"`` or ``"log-uniform"``.
+        prior: ``"dwp"``, ``"normal"`` or ``"log-uniform"`` for every Bayesian kernel, or one per
+            layer, ``{layer name: prior}`` with every square convolution named, e.g.
+            ``{"conv1": "dwp", "conv2": "normal"}`` (the deep weight prior on some layers only;
+            the reverse models then cover those layers). ``"log-uniform"`` cannot be mixed with
+            the others: its guide family and ELBO differ.
         dataset_size: Number of training examples ``N`` (scales the data term by ``N / B``).
         vaes: ``{weight name: KernelVAE}`` for every Bayesian kernel, on ``net``'s device, e.g.
             ``{"conv1.weight": vae7, "conv2.weight": vae5}``; needed by ``prior="dwp"`` and
@@ -98,11 +102,10 @@ def make_dwp_cnn_model(
         ``DWPSetup(model, guide, elbo)``.
 
     Raises:
-        ValueError: On an unknown prior or init, a missing or extra VAE, a VAE whose kernel size
-            differs from its layer's, or a VAE on another device than ``net``.
+        ValueError: On an unknown prior or init, a per-layer ``prior`` that misses or invents a
+            layer or mixes ``"log-uniform"`` with other priors, a missing or unknown VAE, a VAE
+            whose kernel size differs from its layer's, or a VAE on another device than ``net``.
     """
-    if prior not in PRIORS:
-        raise ValueError(f"unknown prior {prior!r}; choose one of {PRIORS}")
     if log_uniform_family not in LOG_UNIFORM_FAMILIES:
         raise ValueError(
             f"unknown log_uniform_family {log_uniform_family!r}; choose one of "
@@ -113,15 +116,14 @@ def make_dwp_cnn_model(
     kernels = {f"{name}.weight": k for name, k in conv_layers(net).items()}
     if not kernels:
         raise ValueError(f"{type(net).__name__} has no square nn.Conv2d layer to make Bayesian")
-    needs_vaes = prior == "dwp" or init == "dwp"
-    dwps = _deep_weight_priors(net, kernels, vaes) if needs_vaes else {}
-    rules: dict[str, Distribution | None]
-    if prior == "dwp":
-        rules = dict(dwps)
-    elif prior == "normal":
-        rules = dict.fromkeys(kernels, dist.Normal(0.0, 1.0))
-    else:
-        rules = dict.fromkeys(kernels, LogUniform())
+    layer_priors = _layer_priors(prior, kernels)
+    dwp_sites = [n for n, p in layer_priors.items() if p == "dwp"]
+    needs_vaes = list(kernels) if init == "dwp" else dwp_sites
+    dwps = _deep_weight_priors(net, kernels, needs_vaes, vaes) if needs_vaes else {}
+    rules: dict[str, Distribution | None] = {
+        n: dwps[n] if p == "dwp" else dist.Normal(0.0, 1.0) if p == "normal" else LogUniform()
+        for n, p in layer_priors.items()
+    }
     model = BNN(net, rules, Categorical(dataset_size))
     if init == "dwp":
         means = {
@@ -134,11 +136,11 @@ def make_dwp_cnn_model(
     builder = partial(
         LogVarianceNormal, init_loc_fn=init_loc_fn, init_log_variance=init_log_variance
     )
-    if prior == "dwp":
-        encoders = {n: vaes[n].encoder for n in kernels}
+    if dwp_sites:
+        encoders = {n: vaes[n].encoder for n in dwp_sites}
         guide = ReverseModelGuide(model, builder, encoders, trainable=trainable_reverse)
         return DWPSetup(model, guide, Trace_ELBO)
-    if prior == "log-uniform":
+    if "log-uniform" in layer_priors.values():
         if log_uniform_family == "truncated-alpha":
             guide = TruncatedAlphaNormal(
                 model, init_loc_fn=init_loc_fn, init_alpha_logit=init_alpha_logit
@@ -149,24 +151,53 @@ def make_dwp_cnn_model(
     return DWPSetup(model, builder(model), Trace_ELBO)
 
 
+def _layer_priors(
+    prior: PriorName | Mapping[str, PriorName], kernels: dict[str, int]
+) -> dict[str, PriorName]:
+    """``{weight name: prior name}`` of every Bayesian kernel from ``prior`` (one or per layer)."""
+    if isinstance(prior, str):
+        per_layer = {n.removesuffix(".weight"): prior for n in kernels}
+    else:
+        per_layer = dict(prior)
+        layers = [n.removesuffix(".weight") for n in kernels]
+        missing, extra = set(layers) - set(per_layer), set(per_layer) - set(layers)
+        if missing or extra:
+            raise ValueError(
+                f"a per-layer prior must name every Bayesian layer {layers}; missing "
+                f"{sorted(missing)}, unknown {sorted(extra)}"
+            )
+    for name, p in per_layer.items():
+        if p not in PRIORS:
+            raise ValueError(f"unknown prior {p!r} for {name}; choose one of {PRIORS}")
+    if "log-uniform" in per_layer.values() and len(set(per_layer.values())) > 1:
+        raise ValueError(
+            f"the log-uniform prior cannot be mixed with other priors ({per_layer}): it needs "
+            "its own guide family and TraceMeanField_ELBO"
+        )
+    return {f"{name}.weight": p for name, p in per_layer.items()}
+
+
 def _deep_weight_priors(
-    net: nn.Module, kernels: dict[str, int], vaes: Mapping[str, KernelVAE] | None
+    net: nn.Module,
+    kernels: dict[str, int],
+    needed: list[str],
+    vaes: Mapping[str, KernelVAE] | None,
 ) -> dict[str, DeepWeightPrior]:
-    """Check ``vaes`` against the Bayesian kernels of ``net`` and build their priors."""
+    """Check ``vaes`` for the kernels ``needed`` of ``net`` and build their priors."""
     if vaes is None:
         raise ValueError(
-            f"the deep weight prior needs a kernel VAE for each of {list(kernels)}: pass "
+            f"the deep weight prior needs a kernel VAE for each of {needed}: pass "
             "vaes={weight name: KernelVAE} (e.g. from load_kernel_vae on dwp-prior's outputs)"
         )
-    missing, extra = set(kernels) - set(vaes), set(vaes) - set(kernels)
+    missing, extra = set(needed) - set(vaes), set(vaes) - set(kernels)
     if missing or extra:
         raise ValueError(
-            f"vaes must have one KernelVAE per Bayesian kernel {list(kernels)}; "
+            f"vaes must have one KernelVAE per deep-weight-prior kernel {needed}; "
             f"missing {sorted(missing)}, unknown {sorted(extra)}"
         )
     device = next(net.parameters()).device
-    for name, k in kernels.items():
-        vae = vaes[name]
+    for name in needed:
+        k, vae = kernels[name], vaes[name]
         if vae.kernel_size != k:
             raise ValueError(
                 f"the VAE for {name} models {vae.kernel_size}x{vae.kernel_size} kernels but "
@@ -178,4 +209,4 @@ def _deep_weight_priors(
                 f"the VAE for {name} is on {vae_device} but the network is on {device}: move it "
                 f"with vae.to({str(device)!r}) (or load it with map_location)"
             )
-    return {n: DeepWeightPrior.from_vae(vaes[n]) for n in kernels}
+    return {n: DeepWeightPrior.from_vae(vaes[n]) for n in needed}

@@ -62,6 +62,40 @@ def test_reverse_model_trainable_or_frozen(trainable):
     assert any(n.startswith("reverse_model$$$") for n in names) == trainable
 
 
+def test_per_layer_prior_puts_the_deep_weight_prior_on_named_layers_only():
+    vaes = {"conv1.weight": KernelVAE(7, 2, 4)}  # conv2 keeps the standard normal: no VAE needed
+    net = DWPConvNet((2, 3))
+    model, guide, elbo = make_dwp_cnn_model(
+        net, {"conv1": "dwp", "conv2": "normal"}, dataset_size=20, vaes=vaes
+    )
+    assert elbo is Trace_ELBO and guide.site_names == ("conv1.weight",)
+    trace = pyro.poutine.trace(
+        pyro.poutine.replay(model, pyro.poutine.trace(guide).get_trace(X, Y))
+    )
+    sites = trace.get_trace(X, Y).nodes
+    assert "conv1.weight_z" in sites and "conv2.weight_z" not in sites
+    w2 = sites["conv2.weight"]
+    torch.testing.assert_close(
+        w2["fn"].log_prob(w2["value"]),
+        torch.distributions.Normal(0.0, 1.0).log_prob(w2["value"]).sum(),
+    )
+    SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo()).step(X, Y)
+
+
+@pytest.mark.parametrize(
+    "prior, match",
+    [
+        ({"conv1": "dwp"}, "missing \\['conv2'\\]"),
+        ({"conv1": "dwp", "conv2": "normal", "fc": "normal"}, "unknown \\['fc'\\]"),
+        ({"conv1": "log-uniform", "conv2": "normal"}, "cannot be mixed"),
+        ({"conv1": "laplace", "conv2": "normal"}, "unknown prior 'laplace' for conv1"),
+    ],
+)
+def test_bad_per_layer_prior_is_explained(prior, match):
+    with pytest.raises(ValueError, match=match):
+        make_dwp_cnn_model(DWPConvNet((2, 3)), prior, dataset_size=20, vaes=_vaes())
+
+
 def test_log_uniform_uses_the_registered_kl():
     model, guide, elbo = make_dwp_cnn_model(DWPConvNet((2, 3)), "log-uniform", dataset_size=20)
     guide(X, Y)
