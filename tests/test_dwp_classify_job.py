@@ -63,3 +63,13 @@ def test_bad_input_is_reported(tmp_path, vae_dir, capsys):
     save_kernel_vae(vae_dir / "vae_conv2.pt", KernelVAE(7, 2, 4))
     assert main(_args(tmp_path / "o", vae_dir)) == 1
     assert "models 7x7 kernels but conv2.weight has 5x5" in capsys.readouterr().err
+
+
+@needs_data
+@pytest.mark.slow
+def test_dwp_layers_puts_the_deep_weight_prior_on_those_layers_only(tmp_path, vae_dir):
+    out = tmp_path / "out"
+    argv = _args(out, vae_dir, "--gap-samples", "4", "--priors", "dwp", "--dwp-layers", "conv1")
+    assert main(argv) == 0
+    (cell,) = json.loads((out / "dwp_classify.json").read_text())["cells"]
+    assert cell["gap"]["kernels"] == 2 * 1  # conv1's (2, 1) kernels; conv2 keeps N(0, 1)

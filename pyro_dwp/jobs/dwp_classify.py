@@ -74,7 +74,10 @@ _CONFIG_KEYS = (
     "n_test",
     "gap_samples",
     "vae_dir",
+    "dwp_layers",
 )
+DWP_LAYERS = ("conv1", "conv2")
+"""The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,6 +95,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--init", choices=["module", "dwp"], default="module", help="guide means' initialisation"
     )
     p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
+    p.add_argument(
+        "--dwp-layers",
+        nargs="+",
+        choices=DWP_LAYERS,
+        default=None,
+        help="the prior 'dwp' on these layers only, the standard normal on the others "
+        "(default: all layers)",
+    )
     p.add_argument("--init-log-variance", type=float, default=-10.0)
     p.add_argument(
         "--log-uniform-guide",
@@ -191,7 +202,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def build_cell(
     args: argparse.Namespace,
-    prior: PriorName,
+    prior: PriorName | dict[str, PriorName],
     n: int,
     seed: int,
     vaes: dict[str, KernelVAE] | None,
@@ -278,7 +289,10 @@ def _run_cell(
 ) -> dict[str, Any]:
     """Train one (prior, N, seed) cell and evaluate it on the test set."""
     t0 = time.perf_counter()
-    setup, x, y = build_cell(args, prior, n, seed, vaes)
+    layer_prior: PriorName | dict[str, PriorName] = prior
+    if prior == "dwp" and args.dwp_layers is not None:
+        layer_prior = {k: "dwp" if k in args.dwp_layers else "normal" for k in DWP_LAYERS}
+    setup, x, y = build_cell(args, layer_prior, n, seed, vaes)
     model, guide = setup.model, setup.guide
     checkpoint = args.out / "cells" / f"{prior}_n{n}_seed{seed}.pt"
     history = train_cell(args, setup, x, y, seed, checkpoint)
