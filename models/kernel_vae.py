@@ -233,14 +233,15 @@ class KernelVAE(nn.Module):
         self.decoder = KernelDecoder(kernel_size, z_dim, hidden)
 
     @classmethod
-    def for_kernel_size(cls, kernel_size: int) -> KernelVAE:
+    def for_kernel_size(cls, kernel_size: int, z_dim: int | None = None) -> KernelVAE:
         """The paper's VAE for ``k x k`` kernels: 7 -> (z_dim 2, hidden 32), 5 -> (4, 64).
 
-        3x3 (not in the paper) gets z_dim 2, hidden 32.
+        3x3 (not in the paper) gets z_dim 2, hidden 32. ``z_dim`` overrides the latent
+        dimension (the width stays the paper's).
         """
         _check_kernel_size(kernel_size)
-        z_dim, hidden = _DEFAULTS[kernel_size]
-        return cls(kernel_size, z_dim, hidden)
+        default_z_dim, hidden = _DEFAULTS[kernel_size]
+        return cls(kernel_size, default_z_dim if z_dim is None else z_dim, hidden)
 
     def encode(self, w: Tensor) -> dist.Independent:
         """:math:`q(z \\mid w)`: kernels ``(..., k, k)`` to a Normal with batch shape ``(...)``

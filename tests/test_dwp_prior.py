@@ -123,3 +123,14 @@ def test_7x7_vae_on_5x5_kernels_is_a_clear_error(tmp_path, kernel_dir):
     save_checkpoint(bad, {**state, "kernel_size": 7})
     with pytest.raises(ValueError, match=r"'train' must be 7x7 kernels"):
         load_kernel_set(bad)
+
+
+def test_z_dim_overrides_the_latent_dimension(tmp_path, kernel_dir, capsys):
+    out = tmp_path / "prior"
+    argv = ["dwp-prior", "--kernels", str(kernel_dir), "--out", str(out), "--epochs", "1"]
+    argv += ["--layers", "conv2", "--iwae-samples", "2", "--no-progress"]
+    assert main([*argv, "--z-dim", "8"]) == 0
+    vae, _ = load_kernel_vae(out / "vae_conv2.pt")
+    assert (vae.z_dim, vae.hidden) == (8, 64)
+    assert main([*argv, "--z-dim", "0"]) == 1
+    assert "--z-dim must be >= 1" in capsys.readouterr().err

@@ -52,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--layers", nargs="+", default=["conv1", "conv2"], help="kernel sets to fit")
     p.add_argument("--epochs", type=int, default=300)
+    p.add_argument(
+        "--z-dim",
+        type=int,
+        default=None,
+        help="latent dimension of every layer's VAE (default: the paper's, 2 for 7x7, 4 for 5x5)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--iwae-samples", type=int, default=100, help="K of the held-out IWAE bound")
@@ -67,6 +73,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--device cuda given, but CUDA is not available")
     if args.iwae_samples < 1:
         raise ValueError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
+    if args.z_dim is not None and args.z_dim < 1:
+        raise ValueError(f"--z-dim must be >= 1, got {args.z_dim}")
     # Read every kernel set first, so that a missing one fails before any training.
     sets = {layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt") for layer in args.layers}
     out: Path = args.out
@@ -74,7 +82,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     layers = {}
     for layer, (train, test, kernel_size, provenance) in sets.items():
         torch.manual_seed(args.seed)
-        vae = KernelVAE.for_kernel_size(kernel_size).to(args.device)
+        vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim).to(args.device)
         history = fit_kernel_vae(
             vae,
             train,
