@@ -59,7 +59,7 @@ from pyro_dwp.infer.fit import save_checkpoint
 from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
-__all__ = ["CHANCE_ACCURACY", "add_arguments", "main", "select_kernels", "split_kernels"]
+__all__ = ["CHANCE_ACCURACY", "INITS", "add_arguments", "main", "select_kernels", "split_kernels"]
 
 CHANCE_ACCURACY = 0.15
 """A source net with test accuracy at or below this (10 classes) is excluded."""
