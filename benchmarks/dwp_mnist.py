@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_dwp.jobs.dwp_classify import PAPER, RESULTS, _plot, _summarise, _table
+from pyro_dwp.jobs.dwp_classify import PAPER, RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.jobs.dwp_pipeline import classify_runs, run_stage
 
 __all__ = ["main"]
@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> dict:
     else:
         seconds["classify"], out_dirs = _parallel_cells(runs, args)
     cells = [c for d in out_dirs for c in json.loads((d / RESULTS).read_text())["cells"]]
-    summary = _summarise(cells)
+    summary = summarise(cells)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join(sys.argv),
@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "dwp_mnist.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "dwp_mnist.md").write_text(_markdown(result, summary))
-    _plot(out / "dwp_mnist_figure2.png", summary)
+    plot_figure2(out / "dwp_mnist_figure2.png", summary)
     return result
 
 
@@ -156,7 +156,7 @@ def _markdown(result: dict, summary: dict) -> str:
         lines.append(
             f"| {p} | " + " | ".join(f"{row.get(n, float('nan')):.3f}" for n in sizes) + " |"
         )
-    lines += ["", "## Ours", "", _table(summary)]
+    lines += ["", "## Ours", "", summary_table(summary)]
     return "\n".join(lines) + "\n"
 
 

@@ -51,7 +51,17 @@ from pyro_dwp.models.dwp_bnn import (
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 
-__all__ = ["add_arguments", "build_cell", "load_vaes", "main", "train_cell", "write_json"]
+__all__ = [
+    "add_arguments",
+    "build_cell",
+    "load_vaes",
+    "main",
+    "plot_figure2",
+    "summarise",
+    "summary_table",
+    "train_cell",
+    "write_json",
+]
 
 RESULTS, TABLE, FIGURE = "dwp_classify.json", "dwp_classify.md", "figure2.png"
 # Figure 2 of the paper (mean test accuracy over data splits), for the plot.
@@ -138,9 +148,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 cell = _run_cell(args, prior, n, seed, vaes, x_test, y_test)
                 results["cells"].append(cell)
                 write_json(out / RESULTS, results)
-    summary = _summarise(results["cells"])
-    (out / TABLE).write_text(_table(summary))
-    _plot(out / FIGURE, summary)
+    summary = summarise(results["cells"])
+    (out / TABLE).write_text(summary_table(summary))
+    plot_figure2(out / FIGURE, summary)
     return {
         "results": str(out / RESULTS),
         "table": str(out / TABLE),
@@ -345,7 +355,7 @@ def _evaluate(
     return accuracy, nll.item()
 
 
-def _summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tuple]]:
+def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tuple]]:
     """``{(prior, N): {metric: (mean, std, seeds)}}`` over the seeds of each cell."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for c in cells:
@@ -360,7 +370,8 @@ def _summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, t
     return summary
 
 
-def _table(summary: dict[tuple[str, int], dict[str, tuple]]) -> str:
+def summary_table(summary: dict[tuple[str, int], dict[str, tuple]]) -> str:
+    """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`."""
     priors = sorted({p for p, _ in summary}, key=PRIORS.index)
     sizes = sorted({n for _, n in summary})
     lines = []
@@ -384,7 +395,8 @@ def _table(summary: dict[tuple[str, int], dict[str, tuple]]) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: Path, summary: dict[tuple[str, int], dict[str, tuple]]) -> None:
+def plot_figure2(path: Path, summary: dict[tuple[str, int], dict[str, tuple]]) -> None:
+    """Save accuracy vs N per prior (mean, a ± std band) beside the paper's Figure 2 as ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

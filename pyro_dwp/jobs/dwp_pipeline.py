@@ -46,7 +46,7 @@ from typing import Any
 
 from pyro_dwp.data import DATA_ENV_VAR, find_data_dir
 from pyro_dwp.jobs import dwp_classify, dwp_prior, dwp_source
-from pyro_dwp.jobs.dwp_classify import RESULTS, _plot, _summarise, _table
+from pyro_dwp.jobs.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 
 __all__ = ["PRESETS", "add_arguments", "classify_runs", "main", "run_stage"]
 
@@ -148,10 +148,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dwp_classify.write_json(summary_path, state)
     classify = out / "classify"
     cells = [c for run in classify_runs() for c in _cells(classify / run)]
-    summary = _summarise(cells)
-    table = _table(summary)
+    summary = summarise(cells)
+    table = summary_table(summary)
     (classify / dwp_classify.TABLE).write_text(table)
-    _plot(classify / dwp_classify.FIGURE, summary)
+    plot_figure2(classify / dwp_classify.FIGURE, summary)
     state["results"] = {
         f"{p} N={n}": {m: summary[p, n][m][0] for m in ("accuracy", "nll")}
         for p, n in sorted(summary)
