@@ -61,6 +61,13 @@ def test_tiny_run_reports_both_reverse_models(tmp_path, vae_dir, capsys, one_thr
     for name in ("trainable", "frozen", "init"):
         assert f"| {name} | " in table
     assert "gap conv1.weight" in table and "gap per kernel" in table
+    assert not list((out / "cells").glob("*.pt"))  # the training checkpoints are removed
+    # A rerun finds every row done; other settings in the same folder are refused.
+    assert main(_args(out, vae_dir)) == 0
+    assert json.loads((out / "dwp_gap.json").read_text()) == results
+    capsys.readouterr()
+    assert main(_args(out, vae_dir, "--epochs", "3")) == 1
+    assert "other settings" in capsys.readouterr().err
 
 
 def test_bad_input_is_reported(tmp_path, vae_dir, capsys):

@@ -54,6 +54,7 @@ from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 __all__ = [
     "add_arguments",
     "build_cell",
+    "load_results",
     "load_vaes",
     "main",
     "plot_figure2",
@@ -134,7 +135,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
-    results = _load_results(out / RESULTS, config)
+    results = load_results(out / RESULTS, config, {"config": config, "cells": []})
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
     needs_vaes = "dwp" in args.priors or args.init == "dwp"
     vaes = load_vaes(args.vae_dir, args.device) if needs_vaes else None
@@ -185,9 +186,14 @@ def load_vaes(vae_dir: Path, device: str) -> dict[str, KernelVAE]:
     }
 
 
-def _load_results(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def load_results(path: Path, config: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """The results JSON at ``path`` if it exists, else ``fresh`` (its ``"config"``, ``config``).
+
+    Raises:
+        ValueError: If the file was written with another ``"config"`` than ``config``.
+    """
     if not path.exists():
-        return {"config": config, "cells": []}
+        return fresh
     results = json.loads(path.read_text())
     if results.get("config") != config:
         raise ValueError(

@@ -14,7 +14,8 @@ Writes to ``--out``: ``dwp_gap.json`` (configuration and, for the rows ``init``,
 and ``frozen``, the estimates of every layer and their total and ``reverse_shift``, the largest
 change of a reverse-model parameter from the VAE encoder's, 0 unless trained; atomically
 rewritten after each row) and ``dwp_gap.md`` (the gaps in nats per layer, in total and per
-kernel).
+kernel). A rerun with the same settings skips the finished rows and resumes an interrupted
+training from its checkpoint in ``cells/``; other settings in the same ``--out`` are refused.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ import torch
 
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
-from pyro_dwp.jobs.dwp_classify import build_cell, load_vaes, train_cell, write_json
+from pyro_dwp.jobs.dwp_classify import (
+    build_cell,
+    load_results,
+    load_vaes,
+    train_cell,
+    write_json,
+)
 from pyro_dwp.models.dwp_bnn import LOG_UNIFORM_FAMILIES
 from pyro_dwp.models.kernel_vae import KernelVAE
 
@@ -87,9 +94,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
-    results: dict[str, Any] = {"config": config, "rows": {}}
+    results = load_results(out / RESULTS, config, {"config": config, "rows": {}})
     for row in ("init", *REVERSE):
-        results["rows"][row] = _run_row(args, row, vaes)
+        if row in results["rows"]:  # finished in an earlier run with the same settings
+            continue
+        results["rows"][row] = _run_row(args, row, vaes, out / "cells" / f"{row}.pt")
         write_json(out / RESULTS, results)
     (out / TABLE).write_text(_table(results))
     rows = results["rows"]
@@ -117,8 +126,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--channels must be >= 1")
 
 
-def _run_row(args: argparse.Namespace, row: str, vaes: dict[str, KernelVAE]) -> dict[str, Any]:
+def _run_row(
+    args: argparse.Namespace, row: str, vaes: dict[str, KernelVAE], checkpoint: Path
+) -> dict[str, Any]:
     """Build (and, unless ``row == "init"``, train) the cell, then estimate its gap.
+
+    Training checkpoints to ``checkpoint`` and resumes from it; the file is removed once the
+    row is done.
 
     Returns:
         ``"estimates"``: :func:`~pyro_dwp.infer.dwp_gap.dwp_bound_gap`'s ``{site or "total":
@@ -137,7 +151,7 @@ def _run_row(args: argparse.Namespace, row: str, vaes: dict[str, KernelVAE]) -> 
     setup, x, y = build_cell(cell_args, "dwp", args.n_train, args.seed, vaes)
     record: dict[str, Any] = {}
     if row != "init":
-        history = train_cell(cell_args, setup, x, y, args.seed, checkpoint=None)
+        history = train_cell(cell_args, setup, x, y, args.seed, checkpoint=checkpoint)
         record.update(final_loss=history[-1]["loss"], final_kl=history[-1]["kl"])
     x1, y1 = x[:1].to(args.device), y[:1].to(args.device)  # only run the guide
     with torch.no_grad(), poutine.block():
@@ -153,6 +167,7 @@ def _run_row(args: argparse.Namespace, row: str, vaes: dict[str, KernelVAE]) -> 
     )
     record["reverse_shift"] = _reverse_shift(setup.guide, vaes)
     record["seconds"] = time.perf_counter() - t0
+    checkpoint.unlink(missing_ok=True)
     return record
 
 
