@@ -53,6 +53,7 @@ from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 
 __all__ = [
     "add_arguments",
+    "add_training_arguments",
     "build_cell",
     "load_results",
     "load_vaes",
@@ -98,13 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data seeds")
-    p.add_argument("--epochs", type=int, default=1000, help="the paper trains 10,000")
-    p.add_argument("--batch-size", type=int, default=256, help="capped at N")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
-    p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
-    p.add_argument(
-        "--init", choices=["module", "dwp"], default="module", help="guide means' initialisation"
-    )
+    add_training_arguments(p)
     p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
     p.add_argument(
         "--dwp-layers",
@@ -114,7 +109,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the prior 'dwp' on these layers only, the standard normal on the others "
         "(default: all layers)",
     )
-    p.add_argument("--init-log-variance", type=float, default=-10.0)
     p.add_argument(
         "--log-uniform-guide",
         choices=list(LOG_UNIFORM_FAMILIES),
@@ -127,6 +121,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gap-samples", type=int, default=0, help="K of the gap estimate (0: off)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a cell's network, guide and training, read by :func:`build_cell` and
+    :func:`train_cell` (shared with ``pyro-dwp dwp-gap``)."""
+    p.add_argument("--epochs", type=int, default=1000, help="the paper trains 10,000")
+    p.add_argument("--batch-size", type=int, default=256, help="capped at N")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
+    p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
+    p.add_argument(
+        "--init", choices=["module", "dwp"], default="module", help="guide means' initialisation"
+    )
+    p.add_argument("--init-log-variance", type=float, default=-10.0)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

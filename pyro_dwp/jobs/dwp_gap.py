@@ -32,6 +32,7 @@ import torch
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.jobs.dwp_classify import (
+    add_training_arguments,
     build_cell,
     load_results,
     load_vaes,
@@ -71,14 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="folder with mnist/ (else PYRO_DWP_DATA)")
     p.add_argument("--n-train", type=int, default=100, help="training examples N")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and estimate seed")
-    p.add_argument("--epochs", type=int, default=1000, help="the paper trains 10,000")
-    p.add_argument("--batch-size", type=int, default=256, help="capped at N")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
-    p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
-    p.add_argument(
-        "--init", choices=["module", "dwp"], default="module", help="guide means' initialisation"
-    )
-    p.add_argument("--init-log-variance", type=float, default=-10.0)
+    add_training_arguments(p)
     p.add_argument(
         "--gap-samples", type=int, default=1000, help="K codes per kernel (the paper: 10,000)"
     )
