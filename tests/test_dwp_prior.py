@@ -46,7 +46,11 @@ def test_tiny_run_writes_vae_files_plots_and_report(tmp_path, kernel_dir):
     report = json.loads((out / "prior_report.json").read_text())
     for layer, k, z_dim in (("conv1", 7, 2), ("conv2", 5, 4)):
         entry = report["layers"][layer]
-        assert (entry["kernel_size"], entry["z_dim"], entry["n_train"]) == (k, z_dim, 40)
+        assert (entry["kernel_size"], entry["z_dim"]) == (k, z_dim)
+        assert (entry["n_train"], entry["n_valid"], entry["n_test"]) == (36, 4, 10)
+        assert entry["best_epoch"] == 1 and entry["epochs"] == 1
+        assert report["recon_over_std"][layer] == entry["recon_over_std"] > 0
+        assert set(report["smoothness"][layer]) == {"source", "prior_samples", "prior_means"}
         assert entry["iwae_samples"] == 5 and entry["vae_file"] == f"vae_{layer}.pt"
         assert (out / f"samples_{layer}.png").stat().st_size > 5_000
         vae, meta = load_kernel_vae(out / f"vae_{layer}.pt")
@@ -134,3 +138,39 @@ def test_z_dim_overrides_the_latent_dimension(tmp_path, kernel_dir, capsys):
     assert (vae.z_dim, vae.hidden) == (8, 64)
     assert main([*argv, "--z-dim", "0"]) == 1
     assert "--z-dim must be >= 1" in capsys.readouterr().err
+
+
+def test_kernel_fit_figures_follow_their_definitions():
+    torch.manual_seed(0)
+    vae = KernelVAE(5, z_dim=4, hidden=4).eval()
+    kernels = 0.1 * torch.randn(30, 5, 5)
+    figures = evaluate_kernel_vae(vae, kernels, iwae_samples=3)
+    with torch.no_grad():
+        loc, scale = vae.decoder(vae.encoder(kernels)[0])
+    std = kernels.std()
+    assert figures["recon_over_std"] == pytest.approx(
+        ((kernels - loc).square().mean().sqrt() / std).item(), rel=1e-5
+    )
+    assert figures["decoder_scale_over_std"] == pytest.approx(
+        (scale.square().mean().sqrt() / std).item(), rel=1e-5
+    )
+    from pyro_dwp.diagnostics import kernel_smoothness
+
+    assert figures["smoothness"]["source"] == pytest.approx(kernel_smoothness(kernels))
+    # the decoder scale of an untrained VAE (~softplus(0) = 0.69) dwarfs these kernels (std
+    # 0.1): prior samples are nearly white noise
+    assert figures["sample_std_over_std"] > 3
+    assert abs(figures["smoothness"]["prior_samples"]) < 0.1
+
+
+def test_steps_set_the_length_and_augment_is_recorded(tmp_path, kernel_dir):
+    out = tmp_path / "prior"
+    argv = ["dwp-prior", "--kernels", str(kernel_dir), "--out", str(out), "--steps", "3"]
+    argv += ["--layers", "conv1", "--iwae-samples", "2", "--no-progress", "--augment"]
+    argv += ["--batch-size", "16", "--valid-fraction", "0.25"]
+    assert main(argv) == 0
+    entry = json.loads((out / "prior_report.json").read_text())["layers"]["conv1"]
+    assert (entry["n_train"], entry["n_valid"]) == (30, 10)
+    assert (entry["epochs"], entry["steps"]) == (2, 4)  # 2 steps an epoch, 3 rounded up
+    _, meta = load_kernel_vae(out / "vae_conv1.pt")
+    assert meta["training"]["augment"] is True and meta["training"]["steps"] == 3

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pyro_dwp.cli import main
-from pyro_dwp.data import CACHE_ENV_VAR, DATA_ENV_VAR
+from pyro_dwp.data import CACHE_ENV_VAR, DATA_ENV_VAR, split_kernels
 from pyro_dwp.jobs import dwp_source
-from pyro_dwp.jobs.dwp_source import CHANCE_ACCURACY, select_kernels, split_kernels
+from pyro_dwp.jobs.dwp_source import CHANCE_ACCURACY, select_kernels
 from pyro_dwp.models import DWPConvNet, conv_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,22 +97,72 @@ def test_dwp_convnet_layout_and_names():
 # --- kernel selection -----------------------------------------------------------------------
 
 
-def test_norm_filter_drops_exactly_the_kernels_below_ratio_times_reference_quantile():
-    norms = torch.tensor([0.5, 3.0, 0.4, 1.0, 0.9, 2.0, 5.0, 4.0, 0.1])
-    kernels = torch.zeros(9, 5, 5)
-    kernels[:, 2, 2] = norms  # each kernel's L2 norm is its entry of `norms`
-    # 9 norms: the 0.75-quantile is the 7th smallest, 3.0, so the threshold is 0.3 * 3.0 = 0.9
-    keep, threshold = select_kernels(kernels, 0.3, reference_quantile=0.75)
-    assert threshold == pytest.approx(0.9)
-    assert keep.tolist() == [False, True, False, True, True, True, True, True, False]  # 0.9 stays
-    keep, threshold = select_kernels(kernels, 0.5, reference_quantile=0.5)  # half the median
-    assert threshold == pytest.approx(0.5) and int(keep.sum()) == 7
-    keep, threshold = select_kernels(kernels, 0.0)
-    assert keep.all() and threshold == 0.0
-    with pytest.raises(ValueError, match="min_norm_ratio"):
-        select_kernels(kernels, -0.1)
-    with pytest.raises(ValueError, match="reference_quantile"):
-        select_kernels(kernels, 0.1, reference_quantile=1.5)
+def _kernels_of_norms(norms: list[float]) -> torch.Tensor:
+    kernels = torch.zeros(len(norms), 5, 5)
+    kernels[:, 2, 2] = torch.tensor(norms)  # each kernel's L2 norm is its entry of `norms`
+    return kernels
+
+
+def test_norm_filter_keeps_the_largest_fraction_or_the_kernels_above_a_floor():
+    kernels = _kernels_of_norms([0.5, 3.0, 0.4, 1.0, 0.9, 2.0, 5.0, 4.0, 0.1])
+    keep, floor = select_kernels(kernels, keep_fraction=1 / 3)  # the 3 largest
+    assert keep.tolist() == [False, True, False, False, False, False, True, True, False]
+    assert floor == pytest.approx(3.0)
+    keep, floor = select_kernels(kernels, keep_fraction=1.0)
+    assert keep.all() and floor == pytest.approx(0.1)
+    keep, floor = select_kernels(kernels, min_norm=0.9)  # 0.9 stays
+    assert keep.tolist() == [False, True, False, True, True, True, True, True, False]
+    assert floor == 0.9
+    with pytest.raises(ValueError, match="exactly one"):
+        select_kernels(kernels)
+    with pytest.raises(ValueError, match="exactly one"):
+        select_kernels(kernels, keep_fraction=0.5, min_norm=0.1)
+    with pytest.raises(ValueError, match="keep_fraction"):
+        select_kernels(kernels, keep_fraction=1.5)
+    with pytest.raises(ValueError, match="min_norm"):
+        select_kernels(kernels, min_norm=-0.1)
+
+
+def test_norm_filter_that_keeps_nothing_is_an_error_naming_the_floor():
+    kernels = _kernels_of_norms([0.5, 3.0, 0.4])
+    with pytest.raises(ValueError, match=r"keeps none of 3 kernels \(floor 10, largest norm 3"):
+        select_kernels(kernels, min_norm=10.0)
+    with pytest.raises(ValueError, match="keeps none of 3"):
+        select_kernels(kernels, keep_fraction=0.1)  # round(0.3) = 0
+
+
+def test_l2_penalty_decays_the_conv_weights_only():
+    net = DWPConvNet((4, 8))
+    dwp_source.l2_penalty(net, "conv").backward()
+    for name, p in net.named_parameters():
+        if name in ("conv1.weight", "conv2.weight"):
+            assert torch.allclose(p.grad, 2 * p.detach())  # d/dw sum(w^2)
+        else:
+            assert p.grad is None
+    net.zero_grad(set_to_none=True)
+    total = dwp_source.l2_penalty(net, "all")
+    assert total.item() == pytest.approx(sum(p.square().sum().item() for p in net.parameters()))
+    with pytest.raises(ValueError, match="params"):
+        dwp_source.l2_penalty(net, "fc")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "factors"), [("linear", [1, 0.75, 0.5, 0.25]), ("constant", [1, 1, 1, 1])]
+)
+def test_source_learning_rate_schedule(tmp_path, data_dir, monkeypatch, schedule, factors):
+    rates = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    argv = _tiny(tmp_path / "source", data_dir)  # 100 images, batch 50: 2 steps an epoch
+    argv[argv.index("--epochs") + 1] = "2"
+    argv[argv.index("--num-nets") + 1] = "1"
+    assert main([*argv, "--lr-schedule", schedule]) == 0
+    assert rates == pytest.approx([1e-2 * f for f in factors])
 
 
 def test_split_kernels_is_a_seeded_partition():
@@ -141,14 +191,15 @@ def test_tiny_run_writes_kernel_sets_with_provenance(tmp_path, data_dir):
         net = DWPConvNet((4, 8))
         net.load_state_dict(state["state_dict"])
         nets.append(net)
-    for layer, k, total in (("conv1", 7, 2 * 4 * 1), ("conv2", 5, 2 * 8 * 4)):
+    layers = (("conv1", 7, 2 * 4 * 1, 0.85), ("conv2", 5, 2 * 8 * 4, 0.08))  # default fractions
+    for layer, k, total, fraction in layers:
         data = torch.load(out / f"kernels_{layer}.pt", weights_only=True)
         assert data["layer"] == layer and data["kernel_size"] == k
         # "kept n of m" follows the documented rule applied to the saved nets' weights
         all_kernels = torch.cat(
             [n.get_submodule(layer).weight.detach().reshape(-1, k, k) for n in nets]
         )
-        keep, threshold = select_kernels(all_kernels, 0.2, 0.95)
+        keep, threshold = select_kernels(all_kernels, keep_fraction=fraction)
         prov = data["provenance"]
         assert (prov["kept"], prov["total"]) == (int(keep.sum()), total)
         assert prov["kept_of_total"] == f"kept {int(keep.sum())} of {total}"
@@ -162,8 +213,12 @@ def test_tiny_run_writes_kernel_sets_with_provenance(tmp_path, data_dir):
         )
         assert prov["seeds"] == [0, 1] and prov["excluded_seeds"] == []
         assert prov["channels"] == [4, 8] and prov["epochs"] == 4
-        assert prov["weight_decay"] == 1e-3 and prov["n_train"] == 100
-        assert set(prov["test_accuracy"]) == {0, 1} and "quantile" in prov["rule"]
+        assert prov["l2"] == 1e-3 and prov["l2_params"] == "conv" and prov["n_train"] == 100
+        assert prov["init"] == "xavier" and prov["pixel_scale"] == 255
+        assert set(prov["test_accuracy"]) == {0, 1} and "fraction" in prov["rule"]
+        assert prov["keep_fraction"] == fraction
+        stats = report["layers"][layer]["kept_kernels"]
+        assert stats["n"] == int(keep.sum()) and -1 <= stats["smoothness"] <= 1
 
 
 def test_rerun_resumes_and_rejects_other_settings(tmp_path, data_dir, capsys):
@@ -179,7 +234,9 @@ def test_rerun_resumes_and_rejects_other_settings(tmp_path, data_dir, capsys):
     )
     capsys.readouterr()
     assert main([*args, "--epochs", "5"]) == 1
-    assert "other settings" in capsys.readouterr().err
+    assert "'epochs': (4, 5)" in capsys.readouterr().err
+    assert main([*args, "--l2-params", "all"]) == 1
+    assert "'l2_params': ('conv', 'all')" in capsys.readouterr().err
     (out / "source_nets" / "net_seed0.pt").write_bytes(b"not a checkpoint")
     assert main(args) == 1
     assert "net_seed0.pt" in capsys.readouterr().err
@@ -217,3 +274,47 @@ def test_xavier_init_draws_weights_with_the_xavier_normal_std():
     before = {k: v.clone() for k, v in default.state_dict().items()}
     dwp_source.INITS["torch"](default)
     assert all(torch.equal(v, before[k]) for k, v in default.state_dict().items())
+
+
+def test_train_only_writes_nets_and_no_kernel_sets_then_a_full_run_reuses_them(tmp_path, data_dir):
+    out = tmp_path / "source"
+    argv = _tiny(out, data_dir)
+    one_net = argv.index("--num-nets") + 1
+    for seed in ("0", "1"):  # e.g. one process per GPU
+        single = [*argv[:one_net], "1", *argv[one_net + 1 :], "--seed", seed, "--train-only"]
+        assert main(single) == 0
+    assert not (out / "kernels_conv1.pt").exists()
+    assert sorted(p.name for p in (out / "source_nets").iterdir()) == [
+        "net_seed0.pt",
+        "net_seed1.pt",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "source_report.json").read_text())
+    assert [n["resumed"] for n in report["nets"]] == [True, True]
+    assert (out / "kernels_conv1.pt").exists()
+
+
+def test_a_floor_that_empties_a_layer_is_an_error_naming_it(tmp_path, data_dir, capsys):
+    argv = [*_tiny(tmp_path / "source", data_dir), "--min-norm", "0", "1000"]
+    assert main(argv) == 1
+    assert "conv2: the norm filter keeps none of 64 kernels" in capsys.readouterr().err
+
+
+def test_kernel_smoothness_separates_noise_bars_and_checkerboards():
+    from pyro_dwp.diagnostics import kernel_smoothness
+
+    torch.manual_seed(0)
+    noise = torch.randn(2000, 7, 7)
+    assert abs(kernel_smoothness(noise)) < 0.03
+    # a random mix of horizontal and vertical ramps: adjacent pixels along a ramp are equal or
+    # one step apart, so the correlation is close to 1
+    ramp = torch.linspace(-1, 1, 7)
+    bars = torch.where(
+        torch.rand(500, 1, 1) < 0.5, ramp[None, :, None].expand(500, 7, 7), ramp.expand(500, 7, 7)
+    ) * torch.randn(500, 1, 1)
+    assert kernel_smoothness(bars) > 0.6
+    checker = (-1.0) ** (torch.arange(7)[:, None] + torch.arange(7))
+    signs = torch.randn(100, 1, 1).sign()
+    assert kernel_smoothness(checker * signs) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match=r"\(N, k, k\)"):
+        kernel_smoothness(torch.randn(7, 7))

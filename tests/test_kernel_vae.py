@@ -111,3 +111,61 @@ def test_bad_kernel_sizes_raise():
         vae.decode(torch.randn(3, 4))
     with pytest.raises(ValueError, match="kernel_size must be one of"):
         KernelVAE(4, z_dim=2, hidden=8)
+
+
+def test_steps_set_the_length_in_whole_epochs():
+    train = _synthetic_kernels(64, 3, seed=0)
+    vae = KernelVAE(3, z_dim=2, hidden=4)
+    history = fit_kernel_vae(vae, train, None, steps=5, batch_size=32, progress=False)
+    assert (history["epochs"], history["steps"]) == (3, 6)  # 2 steps an epoch, 5 rounded up
+    assert len(history["train_elbo"]) == 3
+    for kwargs in ({}, {"epochs": 1, "steps": 1}):
+        with pytest.raises(ValueError, match="exactly one of epochs and steps"):
+            fit_kernel_vae(vae, train, None, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(("select", "kept_epoch"), [(True, 2), (False, 3)])
+def test_selection_restores_the_state_of_the_best_validation_epoch(monkeypatch, select, kept_epoch):
+    train, valid = _synthetic_kernels(32, 3, seed=0), _synthetic_kernels(10, 3, seed=1)
+    vae = KernelVAE(3, z_dim=2, hidden=4)
+    scores, states = iter([1.0, 3.0, 2.0]), []  # validation ELBO after epochs 1, 2, 3
+    train_elbo = vae.elbo
+
+    def elbo(w: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        if w is not valid:
+            return train_elbo(w, num_samples)
+        states.append({k: v.clone() for k, v in vae.state_dict().items()})
+        return torch.full((len(w),), next(scores))
+
+    monkeypatch.setattr(vae, "elbo", elbo)
+    history = fit_kernel_vae(
+        vae, train, valid, epochs=3, batch_size=16, lr=1e-2, select=select, progress=False
+    )
+    assert history["valid_elbo"] == [1.0, 3.0, 2.0]
+    assert history["best_epoch"] == kept_epoch
+    assert not torch.equal(states[1]["decoder.loc.weight"], states[2]["decoder.loc.weight"])
+    for name, value in vae.state_dict().items():
+        assert torch.equal(value, states[kept_epoch - 1][name]), name
+
+
+def test_dihedral_augment_draws_each_of_the_eight_symmetries():
+    from pyro_dwp.models import dihedral_augment
+
+    torch.manual_seed(0)
+    w = torch.arange(9.0).reshape(3, 3)
+    images = {
+        tuple(v.flatten().tolist())
+        for t in (w, w.T)
+        for v in (t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2))
+    }
+    assert len(images) == 8
+    out = dihedral_augment(w.expand(400, 3, 3))
+    seen = [tuple(v.flatten().tolist()) for v in out]
+    assert set(seen) == images
+    assert min(seen.count(i) for i in images) > 25  # about 50 each
+
+
+def test_an_empty_kernel_set_is_an_error_naming_it():
+    vae = KernelVAE(3, z_dim=2, hidden=4)
+    with pytest.raises(ValueError, match="train_kernels is empty"):
+        fit_kernel_vae(vae, torch.zeros(0, 3, 3), None, epochs=1, progress=False)

@@ -1,21 +1,27 @@
-"""Data of the papers' experiments: MNIST and notMNIST images, and the 1-D regression curve."""
+"""Data of the papers' experiments: MNIST and notMNIST images, kernel sets, the regression curve."""
 
 from pyro_dwp.data.images import (
+    BBB_PIXEL_SCALE,
     CACHE_ENV_VAR,
     DATA_ENV_VAR,
+    DWP_PIXEL_SCALE,
     find_data_dir,
     load_mnist,
     load_notmnist,
 )
+from pyro_dwp.data.kernels import split_kernels
 from pyro_dwp.data.regression import curve, make_regression_data, true_curve
 
 __all__ = [
+    "BBB_PIXEL_SCALE",
     "CACHE_ENV_VAR",
     "DATA_ENV_VAR",
+    "DWP_PIXEL_SCALE",
     "curve",
     "find_data_dir",
     "load_mnist",
     "load_notmnist",
     "make_regression_data",
+    "split_kernels",
     "true_curve",
 ]

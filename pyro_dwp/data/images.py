@@ -34,7 +34,15 @@ from torch import Tensor
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-__all__ = ["CACHE_ENV_VAR", "DATA_ENV_VAR", "find_data_dir", "load_mnist", "load_notmnist"]
+__all__ = [
+    "BBB_PIXEL_SCALE",
+    "CACHE_ENV_VAR",
+    "DATA_ENV_VAR",
+    "DWP_PIXEL_SCALE",
+    "find_data_dir",
+    "load_mnist",
+    "load_notmnist",
+]
 
 DATA_ENV_VAR = "PYRO_DWP_DATA"
 """Environment variable naming the directory that holds ``mnist/`` and ``notmnist/``."""
@@ -51,7 +59,10 @@ _GZ_FILES = (
 # Display names, also the cache subfolders that torchvision reads (``<cache>/<title>/raw``).
 _TITLES = {"mnist": "MNIST", "notmnist": "notMNIST"}
 _MNIST_VALID_SIZE = 10_000
-_PIXEL_SCALE = 126.0
+BBB_PIXEL_SCALE = 126.0
+"""Pixels are divided by this in Blundell et al. (2015): values in ``[0, 255 / 126]``."""
+DWP_PIXEL_SCALE = 255.0
+"""Pixels are divided by this in the DWP authors' code (source and target nets): ``[0, 1]``."""
 _NUM_CLASSES = 10
 _IMAGE_SHAPE = (28, 28)
 _CHUNK_BYTES = 1 << 20
@@ -127,8 +138,9 @@ def load_mnist(
     seed: int = 0,
     flatten: bool = True,
     cache_dir: _PathLike | None = None,
+    pixel_scale: float = BBB_PIXEL_SCALE,
 ) -> tuple[Tensor, Tensor]:
-    """Load a split of MNIST with the preprocessing of Blundell et al. (2015): pixels / 126.
+    """Load a split of MNIST, pixels divided by ``pixel_scale`` (Blundell et al. (2015): 126).
 
     The splits are those of the paper: ``"train"`` is the first 50,000 images of the official
     training set, ``"valid"`` its last 10,000, ``"test"`` the official 10,000 test images.
@@ -144,9 +156,11 @@ def load_mnist(
         flatten: Return images of shape ``(N, 784)`` if true, else ``(N, 1, 28, 28)``.
         cache_dir: Directory for the decompressed files; default ``PYRO_DWP_CACHE`` or
             ``~/.cache/pyro_dwp``.
+        pixel_scale: Divisor of the 0..255 pixel values (> 0): :data:`BBB_PIXEL_SCALE` (126) or
+            :data:`DWP_PIXEL_SCALE` (255, the deep weight prior's experiments).
 
     Returns:
-        Images, float32 in ``[0, 255 / 126]``, shape ``(N, 784)`` or ``(N, 1, 28, 28)``, and
+        Images, float32 in ``[0, 255 / pixel_scale]``, shape ``(N, 784)`` or ``(N, 1, 28, 28)``, and
         labels, int64 in ``0..9``, shape ``(N,)``.
 
     Raises:
@@ -165,7 +179,7 @@ def load_mnist(
         n_train = len(labels) - _MNIST_VALID_SIZE
         part = slice(0, n_train) if split == "train" else slice(n_train, None)
         images, labels = images[part], labels[part]
-    return _prepare(images, labels, n=n, seed=seed, flatten=flatten)
+    return _prepare(images, labels, n=n, seed=seed, flatten=flatten, pixel_scale=pixel_scale)
 
 
 def load_notmnist(
@@ -176,8 +190,9 @@ def load_notmnist(
     seed: int = 0,
     flatten: bool = True,
     cache_dir: _PathLike | None = None,
+    pixel_scale: float = BBB_PIXEL_SCALE,
 ) -> tuple[Tensor, Tensor]:
-    """Load a split of notMNIST (letters A-J as labels 0-9), scaled like MNIST: pixels / 126.
+    """Load a split of notMNIST (letters A-J as labels 0-9), pixels divided by ``pixel_scale``.
 
     ``"train"`` is the whole of notMNIST_small (18,724 images), ``"test"`` a separate set of
     3,493 letters. There is no download: the files must be found through ``data_dir`` or
@@ -192,9 +207,11 @@ def load_notmnist(
         flatten: Return images of shape ``(N, 784)`` if true, else ``(N, 1, 28, 28)``.
         cache_dir: Directory for the decompressed files; default ``PYRO_DWP_CACHE`` or
             ``~/.cache/pyro_dwp``.
+        pixel_scale: Divisor of the 0..255 pixel values (> 0): :data:`BBB_PIXEL_SCALE` (126) or
+            :data:`DWP_PIXEL_SCALE` (255, the deep weight prior's experiments).
 
     Returns:
-        Images, float32 in ``[0, 255 / 126]``, shape ``(N, 784)`` or ``(N, 1, 28, 28)``, and
+        Images, float32 in ``[0, 255 / pixel_scale]``, shape ``(N, 784)`` or ``(N, 1, 28, 28)``, and
         labels, int64 in ``0..9``, shape ``(N,)``.
 
     Raises:
@@ -203,7 +220,7 @@ def load_notmnist(
     """
     _check_split(split, ("train", "test"))
     images, labels = _raw_split("notmnist", split == "train", data_dir, cache_dir)
-    return _prepare(images, labels, n=n, seed=seed, flatten=flatten)
+    return _prepare(images, labels, n=n, seed=seed, flatten=flatten, pixel_scale=pixel_scale)
 
 
 def _check_split(split: str, allowed: tuple[str, ...]) -> None:
@@ -340,15 +357,17 @@ def _decompress(src: Path, dest: Path) -> None:
 
 
 def _prepare(
-    images: Tensor, labels: Tensor, *, n: int | None, seed: int, flatten: bool
+    images: Tensor, labels: Tensor, *, n: int | None, seed: int, flatten: bool, pixel_scale: float
 ) -> tuple[Tensor, Tensor]:
     """Subset, scale and shape ``(N, 28, 28)`` uint8 images and ``(N,)`` labels (new tensors)."""
+    if not pixel_scale > 0:
+        raise ValueError(f"pixel_scale must be > 0, got {pixel_scale}")
     if n is None:
         labels = labels.clone()
     else:
         index = _subset_indices(labels, n, seed)
         images, labels = images[index], labels[index]
-    x = images.to(torch.float32).div_(_PIXEL_SCALE)
+    x = images.to(torch.float32).div_(pixel_scale)
     return (x.reshape(len(x), -1) if flatten else x.unsqueeze(1)), labels
 
 

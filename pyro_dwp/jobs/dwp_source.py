@@ -1,30 +1,27 @@
 """``pyro-dwp dwp-source``: the source kernels of the deep weight prior (Atanov et al., 2019).
 
 Trains ``--num-nets`` ConvNets of the paper's layout (:class:`~pyro_dwp.models.DWPConvNet`) on
-notMNIST (train split, pixels / 126) with Adam, batch 256 and L2 weight decay 1e-3 (Adam's
-coupled ``weight_decay``: ``weight_decay * w`` is added to every parameter's gradient), net ``i``
-seeded with ``--seed + i``, and evaluates each on the notMNIST test split. A net whose test
-accuracy is at chance (``<= 0.15``) is excluded with a warning. Every ``(out, in)`` slice of the
-kept nets' ``conv1`` (7x7) and ``conv2`` (5x5) weights is one kernel.
+notMNIST, net ``i`` seeded with ``--seed + i``, evaluates each on the notMNIST test split, and
+writes every ``(out, in)`` slice of the kept nets' ``conv1`` (7x7) and ``conv2`` (5x5) weights
+as one kernel. The defaults are the DWP authors' public recipe (``train-net.py --data not-mnist
+--bs 256 --hid_dim 256 512 --l2 0.001 --model fconv``): 10 nets of 256 / 512 channels,
+Xavier-normal initialisation, 100 epochs of Adam at 1e-3 decayed linearly to 0, batch 256, loss =
+mean cross-entropy + ``--l2`` (1e-3) x the sum of the squared conv weights (``--l2-params
+conv``: neither the biases nor the classifier are decayed), pixels / 255 (the same scaling as
+``dwp-classify``'s MNIST), the whole notMNIST training set. A net whose test accuracy is at chance
+(``<= 0.15``) is excluded with a warning.
 
-Norm filter: weight decay drives the kernels that a net does not use towards zero; they would
-form a spike at 0 that the VAE wastes capacity on. Per layer, the kernels whose L2 norm is below
-``--min-norm-ratio`` (r) times the ``--norm-reference-quantile`` (q) of that layer's kernel norms
-(pooled over the kept nets) are dropped: the q-quantile measures the norm of the layer's active
-kernels, and a kernel r times smaller than that is taken as unused (``--min-norm-ratio 0`` keeps
-all; q = 0.5 makes the threshold relative to the median). Unlike dropping a fixed share, it drops
-nothing from a layer with no small kernels. With r = 0.2, q = 0.95 and 4 nets of 256 / 512
-channels, one run kept 758 of 1,024 ``conv1`` and 114,110 of 524,288 ``conv2`` kernels (test
-accuracies 0.870-0.878). If more than ``--max-kernels`` remain, a seeded random subset of that
-size is kept (``conv2`` of wide nets yields hundreds of thousands of kernels, more than the VAE
-needs). The rest is split per layer into train / test (``--test-fraction``, seeded).
+Norm filter: the L2 penalty drives the kernels that a net does not use to zero; the public
+kernel sets keep only the upper tail of the norms (hard floors at 0.392 for 7x7 and 0.131 for
+5x5: about 86% of the 7x7 and 8% of the 5x5 kernels). Per layer, either the ``--keep-fraction``
+largest-norm kernels are kept (default 0.85 for ``conv1``, 0.08 for ``conv2``) or those of norm
+``>= --min-norm``; the report says "kept n of m" and the floor. If more than ``--max-kernels``
+remain, a seeded random subset of that size is kept. The rest is split per layer into train /
+test (``--test-fraction``, seeded). A floor that keeps no kernel is an error.
 
-Defaults: 16 nets of 32 / 128 channels, the widths of the target CNN, 20 epochs. The widths matter:
-a trained kernel keeps roughly the scale of its initialisation, ``1 / sqrt(fan_in)``, so kernels
-of 256-channel source nets have a ``conv2`` std of ~0.012, three times smaller than a 32-channel
-target's (~0.036, the std of the public kernel set), and a prior fitted to them pulls the target's
-kernels towards a scale its classifier cannot use (measured: DWP at chance on MNIST with N <= 200).
-A quick CPU preset::
+On one GPU the recipe takes about a minute per net. ``--train-only`` trains (or loads) the nets
+and stops before the kernel sets, so that one process per GPU can train disjoint nets (``--seed
+S --num-nets 1``) before one run writes the kernel sets from all of them. A quick CPU run::
 
     pyro-dwp dwp-source --out runs/dwp_source --num-nets 2 --channels 16 32 --epochs 2 \\
         --n-train-subset 5000
@@ -33,7 +30,8 @@ Writes to ``--out``:
 
 - ``kernels_conv1.pt``, ``kernels_conv2.pt``: ``{"train": (n, k, k), "test": (m, k, k),
   "layer", "kernel_size", "provenance": {...}}`` (float32, CPU; see :func:`main`);
-- ``source_report.json``: per-net accuracies, per-layer "kept n of m", warnings;
+- ``source_report.json``: per-net accuracies, per-layer "kept n of m", the floor, the kernels'
+  std and smoothness, warnings;
 - ``source_nets/net_seed<S>.pt``: each trained net; a re-run with the same settings loads it
   instead of training again (resume).
 """
@@ -54,12 +52,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_dwp.data import load_notmnist
+from pyro_dwp.data import DWP_PIXEL_SCALE, load_notmnist, split_kernels
+from pyro_dwp.diagnostics.kernels import kernel_stats
 from pyro_dwp.infer.fit import save_checkpoint
 from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
-__all__ = ["CHANCE_ACCURACY", "INITS", "add_arguments", "main", "select_kernels", "split_kernels"]
+__all__ = [
+    "CHANCE_ACCURACY",
+    "INITS",
+    "L2_PARAMS",
+    "add_arguments",
+    "l2_penalty",
+    "main",
+    "select_kernels",
+]
 
 CHANCE_ACCURACY = 0.15
 """A source net with test accuracy at or below this (10 classes) is excluded."""
@@ -80,28 +87,55 @@ INITS: dict[str, Callable[[nn.Module], None]] = {
 """``--init`` choices: functions that re-initialise a freshly built net's weights in place."""
 
 
+L2_PARAMS = ("conv", "all")
+"""``--l2-params`` choices: the conv weights only (the DWP authors') or every parameter."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--num-nets", type=int, default=16, help="number K of source networks")
+    p.add_argument("--num-nets", type=int, default=10, help="number K of source networks")
     p.add_argument(
         "--channels",
         type=int,
         nargs=2,
-        default=[32, 128],
+        default=[256, 512],
         metavar=("C1", "C2"),
-        help="source widths; keep the target CNN's: a kernel's scale follows its layer's fan-in",
+        help="source widths (default: the DWP authors' 256 / 512)",
     )
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument(
+        "--lr-schedule",
+        choices=["linear", "constant"],
+        default="linear",
+        help="Adam's rate decayed linearly to 0 over the epochs, or constant (default: linear)",
+    )
     p.add_argument(
         "--init",
         choices=list(INITS),
-        default="torch",
-        help="weights' initialisation: PyTorch's default (Kaiming uniform) or Xavier normal "
-        "(the DWP authors' code); biases keep PyTorch's",
+        default="xavier",
+        help="weights' initialisation: Xavier normal (the DWP authors', default) or PyTorch's "
+        "default (Kaiming uniform); biases keep PyTorch's",
     )
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-3, help="L2 weight decay")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's initial learning rate")
+    p.add_argument(
+        "--l2",
+        type=float,
+        default=1e-3,
+        help="L2 coefficient: the loss is the mean cross-entropy + L2 x sum of squared weights",
+    )
+    p.add_argument(
+        "--l2-params",
+        choices=L2_PARAMS,
+        default="conv",
+        help="which weights --l2 penalises: the conv weights only (default) or all parameters",
+    )
+    p.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=DWP_PIXEL_SCALE,
+        help="images are divided by this (default 255, as dwp-classify's MNIST)",
+    )
     p.add_argument("--seed", type=int, default=0, help="net i is seeded with SEED + i")
     p.add_argument(
         "--n-train-subset",
@@ -109,23 +143,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="train on a seeded class-balanced subset of this many notMNIST images",
     )
-    p.add_argument(
-        "--min-norm-ratio",
+    floor = p.add_mutually_exclusive_group()
+    floor.add_argument(
+        "--keep-fraction",
         type=float,
-        default=0.2,
-        help="drop kernels whose L2 norm is below this times the reference quantile of the layer",
+        nargs=2,
+        default=None,
+        metavar=("F1", "F2"),
+        help="per layer (conv1, conv2), keep this fraction of the kernels, those of largest L2 "
+        "norm (default 0.85 0.08, like the published kernel sets)",
     )
-    p.add_argument(
-        "--norm-reference-quantile",
+    floor.add_argument(
+        "--min-norm",
         type=float,
-        default=0.95,
-        help="quantile of the layer's kernel norms that --min-norm-ratio is relative to",
+        nargs=2,
+        default=None,
+        metavar=("M1", "M2"),
+        help="per layer (conv1, conv2), keep the kernels of L2 norm >= this floor instead",
     )
     p.add_argument("--max-kernels", type=int, default=20_000, help="per layer, after the filter")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out kernels per layer")
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train (or load) the nets, write no kernel sets (one process per GPU)",
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="folder with notmnist/")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-progress", action="store_true")
+
+
+_DEFAULT_KEEP_FRACTION = (0.85, 0.08)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,10 +181,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     The ``provenance`` dict of ``kernels_<layer>.pt`` holds: ``source_data``, ``n_train``,
     ``seeds`` (of the kept nets), ``excluded_seeds``, ``test_accuracy`` (``{seed: accuracy}`` of
-    all nets), ``channels``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``rule`` (in
-    words), ``min_norm_ratio``, ``norm_reference_quantile``, ``norm_threshold``, ``kept``,
-    ``total``, ``kept_of_total`` (``"kept n of m"``), ``max_kernels``, ``subsampled`` (kernels
-    after the cap), ``test_fraction`` and ``split_seed``.
+    all nets), the training settings (``channels``, ``epochs``, ``lr_schedule``, ``batch_size``,
+    ``lr``, ``l2``, ``l2_params``, ``init``, ``pixel_scale``), ``rule`` (in words),
+    ``keep_fraction`` or ``min_norm`` (this layer's), ``norm_threshold`` (the smallest kept
+    norm or the floor), ``kept``, ``total``, ``kept_of_total`` (``"kept n of m"``),
+    ``max_kernels``, ``subsampled`` (kernels after the cap), ``test_fraction`` and ``split_seed``.
+    With ``--train-only`` no kernel set is written and the report has no ``"layers"``.
     """
     t0 = time.perf_counter()
     _check_args(args)
@@ -144,19 +194,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     x, y = load_notmnist(
-        "train", args.data_dir, n=args.n_train_subset, seed=args.seed, flatten=False
+        "train",
+        args.data_dir,
+        n=args.n_train_subset,
+        seed=args.seed,
+        flatten=False,
+        pixel_scale=args.pixel_scale,
     )
-    x_test, y_test = load_notmnist("test", args.data_dir, flatten=False)
-    settings = {
-        "channels": list(args.channels),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "init": args.init,
-        "n_train": len(x),
-        "n_train_subset": args.n_train_subset,
-    }
+    x_test, y_test = load_notmnist(
+        "test", args.data_dir, flatten=False, pixel_scale=args.pixel_scale
+    )
+    settings = {k: getattr(args, k) for k in _SETTINGS}
+    settings.update(channels=list(args.channels), n_train=len(x))
     nets, records, messages = [], [], []
     for i in range(args.num_nets):
         seed = args.seed + i
@@ -172,70 +221,100 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             messages.append(message)
         else:
             nets.append((seed, net))
-    if not nets:
-        raise ValueError(
-            f"all {args.num_nets} source nets are at chance accuracy (<= {CHANCE_ACCURACY}); "
-            "train longer or with another --lr"
-        )
-    provenance = {
-        "source_data": "notMNIST_small train split, pixels / 126",
-        "n_train": len(x),
-        "seeds": [seed for seed, _ in nets],
-        "excluded_seeds": [r["seed"] for r in records if r["test_accuracy"] <= CHANCE_ACCURACY],
-        "test_accuracy": {r["seed"]: r["test_accuracy"] for r in records},
-        **{
-            k: settings[k]
-            for k in ("channels", "epochs", "batch_size", "lr", "weight_decay", "init")
-        },
-        "rule": (
-            "drop kernels with L2 norm < min_norm_ratio * (norm_reference_quantile)-quantile "
-            "of the layer's kernel L2 norms"
-        ),
-        "min_norm_ratio": args.min_norm_ratio,
-        "norm_reference_quantile": args.norm_reference_quantile,
-        "max_kernels": args.max_kernels,
-        "test_fraction": args.test_fraction,
-        "split_seed": args.seed,
-    }
-    layers = {}
-    for layer, k in conv_layers(nets[0][1]).items():
-        weights = [net.get_submodule(layer).weight.detach().cpu() for _, net in nets]
-        layers[layer] = _write_kernel_set(out, layer, k, weights, provenance, args)
-    report = {
-        "nets": records,
-        "layers": layers,
-        "warnings": messages,
-        "seconds": time.perf_counter() - t0,
-    }
+    report: dict[str, Any] = {"nets": records, "warnings": messages}
+    if not args.train_only:
+        if not nets:
+            raise ValueError(
+                f"all {args.num_nets} source nets are at chance accuracy (<= {CHANCE_ACCURACY}); "
+                "train longer or with another --lr"
+            )
+        provenance = {
+            "source_data": f"notMNIST_small train split, pixels / {args.pixel_scale:g}",
+            "seeds": [seed for seed, _ in nets],
+            "excluded_seeds": [r["seed"] for r in records if r["test_accuracy"] <= CHANCE_ACCURACY],
+            "test_accuracy": {r["seed"]: r["test_accuracy"] for r in records},
+            **settings,
+            "max_kernels": args.max_kernels,
+            "test_fraction": args.test_fraction,
+            "split_seed": args.seed,
+        }
+        report["layers"] = {
+            layer: _write_kernel_set(
+                out,
+                layer,
+                k,
+                [net.get_submodule(layer).weight.detach().cpu() for _, net in nets],
+                provenance,
+                _floor(args, i),
+                args,
+            )
+            for i, (layer, k) in enumerate(conv_layers(nets[0][1]).items())
+        }
+    report["seconds"] = time.perf_counter() - t0
     (out / "source_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
+# Options that change a trained net (with ``channels`` and ``n_train``): a net trained with
+# others is not reused.
+_SETTINGS = (
+    "epochs",
+    "lr_schedule",
+    "batch_size",
+    "lr",
+    "l2",
+    "l2_params",
+    "init",
+    "pixel_scale",
+    "n_train_subset",
+)
+
+
+def _floor(args: argparse.Namespace, layer_index: int) -> dict[str, float]:
+    """The norm filter of the ``layer_index``-th conv layer: ``{"keep_fraction": f}`` or
+    ``{"min_norm": m}``."""
+    if args.min_norm is not None:
+        return {"min_norm": args.min_norm[layer_index]}
+    fractions = args.keep_fraction or _DEFAULT_KEEP_FRACTION
+    return {"keep_fraction": fractions[layer_index]}
+
+
 def select_kernels(
-    kernels: Tensor, min_norm_ratio: float, reference_quantile: float = 0.95
+    kernels: Tensor, *, keep_fraction: float | None = None, min_norm: float | None = None
 ) -> tuple[Tensor, float]:
-    """The norm filter: which kernels ``(N, k, k)`` to keep, ``-> ((N,) bool mask, threshold)``.
+    """The norm filter: which kernels ``(N, k, k)`` to keep, ``-> ((N,) bool mask, floor)``.
 
-    A kernel is kept iff its L2 (Frobenius) norm is ``>= min_norm_ratio * Q``, where ``Q`` is
-    the ``reference_quantile`` of the ``N`` norms (``torch.quantile``, linear interpolation);
-    the threshold is returned with the mask. ``min_norm_ratio = 0`` keeps every kernel.
+    Exactly one of the two rules:
+
+    - ``keep_fraction=f``: the ``round(f * N)`` kernels of largest L2 (Frobenius) norm (ties
+      broken by index); the floor returned is the smallest kept norm;
+    - ``min_norm=m``: the kernels of norm ``>= m``; the floor returned is ``m``.
+
+    Raises:
+        ValueError: If not exactly one rule is given, ``f`` is not in ``(0, 1]``, ``m < 0``, or
+            the rule keeps no kernel (the message names the floor and the largest norm).
     """
-    if min_norm_ratio < 0 or not 0 <= reference_quantile <= 1:
-        raise ValueError(
-            f"min_norm_ratio must be >= 0 and reference_quantile in [0, 1], got "
-            f"{min_norm_ratio}, {reference_quantile}"
-        )
+    if (keep_fraction is None) == (min_norm is None):
+        raise ValueError("select_kernels needs exactly one of keep_fraction and min_norm")
     norms = kernels.flatten(1).norm(dim=1)
-    threshold = min_norm_ratio * torch.quantile(norms, reference_quantile).item()
-    return norms >= threshold, threshold
-
-
-def split_kernels(kernels: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded random split of kernels ``(N, k, k)`` into train ``(N - m, k, k)`` and test
-    ``(m, k, k)``, ``m = round(test_fraction * N)``."""
-    perm = torch.randperm(len(kernels), generator=torch.Generator().manual_seed(seed))
-    n_test = round(test_fraction * len(kernels))
-    return kernels[perm[n_test:]].clone(), kernels[perm[:n_test]].clone()
+    if keep_fraction is not None:
+        if not 0 < keep_fraction <= 1:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+        n_keep = round(keep_fraction * len(kernels))
+        keep = torch.zeros(len(kernels), dtype=torch.bool)
+        keep[norms.argsort(descending=True, stable=True)[:n_keep]] = True
+        floor = norms[keep].min().item() if n_keep else float("inf")
+    else:
+        if min_norm < 0:
+            raise ValueError(f"min_norm must be >= 0, got {min_norm}")
+        keep, floor = norms >= min_norm, min_norm
+    if not keep.any():
+        largest = norms.max().item() if len(norms) else float("nan")
+        raise ValueError(
+            f"the norm filter keeps none of {len(kernels)} kernels (floor {floor:.4g}, largest "
+            f"norm {largest:.4g}): lower --min-norm or raise --keep-fraction"
+        )
+    return keep, floor
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -251,14 +330,14 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not 0 < args.test_fraction < 1:
         raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
-    if args.min_norm_ratio < 0 or not 0 <= args.norm_reference_quantile <= 1:
+    if args.keep_fraction is not None and not all(0 < f <= 1 for f in args.keep_fraction):
+        raise ValueError(f"--keep-fraction must be in (0, 1], got {args.keep_fraction}")
+    if args.min_norm is not None and min(args.min_norm) < 0:
+        raise ValueError(f"--min-norm must be >= 0, got {args.min_norm}")
+    if args.lr < 0 or args.l2 < 0 or not args.pixel_scale > 0:
         raise ValueError(
-            f"--min-norm-ratio must be >= 0 and --norm-reference-quantile in [0, 1], got "
-            f"{args.min_norm_ratio}, {args.norm_reference_quantile}"
-        )
-    if args.lr < 0 or args.weight_decay < 0:
-        raise ValueError(
-            f"--lr and --weight-decay must be >= 0, got {args.lr}, {args.weight_decay}"
+            f"--lr and --l2 must be >= 0 and --pixel-scale > 0, got {args.lr}, {args.l2}, "
+            f"{args.pixel_scale}"
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda given, but CUDA is not available")
@@ -280,10 +359,13 @@ def _trained_net(
     if path.is_file():
         state = _load_net_checkpoint(path)
         if state["settings"] != settings or state["seed"] != seed:
+            old = {**state["settings"], "seed": state["seed"]}
+            new = {**settings, "seed": seed}
+            differ = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys()}
+            differ = {k: v for k, v in sorted(differ.items()) if v[0] != v[1]}
             raise ValueError(
-                f"source net checkpoint {path} was trained with other settings "
-                f"({state['settings']}, seed {state['seed']}) than this run ({settings}, seed "
-                f"{seed}): delete {path.parent} or choose another --out"
+                f"source net checkpoint {path} was trained with other settings (checkpoint vs "
+                f"this run: {differ}): delete {path.parent} or choose another --out"
             )
         net = DWPConvNet(tuple(args.channels))
         net.load_state_dict(state["state_dict"])
@@ -323,6 +405,19 @@ def _load_net_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def l2_penalty(net: nn.Module, params: str) -> Tensor:
+    """Sum of the squared weights of ``net``'s convolutions (``params="conv"``, the DWP
+    authors' ``--l2`` term; biases and the classifier are not included) or of all its
+    parameters (``"all"``); a scalar."""
+    if params not in L2_PARAMS:
+        raise ValueError(f"params must be one of {L2_PARAMS}, got {params!r}")
+    if params == "all":
+        tensors = list(net.parameters())
+    else:
+        tensors = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+    return sum(t.square().sum() for t in tensors)
+
+
 def _train(
     net: DWPConvNet,
     x: Tensor,
@@ -331,22 +426,32 @@ def _train(
     args: argparse.Namespace,
     device: torch.device,
 ) -> list[float]:
-    """Adam with L2 weight decay on the mean cross-entropy; the mean loss of each epoch."""
+    """Adam on the mean cross-entropy + ``args.l2`` x :func:`l2_penalty`, the rate decayed
+    linearly to 0 over all steps (``--lr-schedule linear``) or constant; the mean loss of each
+    epoch."""
     x, y = x.to(device), y.to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    total_steps = args.epochs * math.ceil(len(x) / args.batch_size)
+    decay = args.lr_schedule == "linear"
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1 - step / total_steps if decay else 1.0
+    )
     generator = torch.Generator().manual_seed(seed)
     losses = []
     bar = tqdm(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
     for _ in bar:
-        total = 0.0
+        total = torch.zeros((), device=device)
         for idx in torch.randperm(len(x), generator=generator).split(args.batch_size):
             idx = idx.to(device)
             loss = F.cross_entropy(net(x[idx]), y[idx])
+            if args.l2:
+                loss = loss + args.l2 * l2_penalty(net, args.l2_params)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(x))
+            schedule.step()
+            total += loss.detach() * len(idx)
+        losses.append(total.item() / len(x))
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"source net seed {seed}: training loss is {losses[-1]}")
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -373,11 +478,17 @@ def _write_kernel_set(
     kernel_size: int,
     weights: list[Tensor],
     provenance: dict[str, Any],
+    floor: dict[str, float],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Filter, cap and split one layer's kernels; write ``kernels_<layer>.pt``; its summary."""
+    """Filter (``floor``: :func:`select_kernels`'s rule), cap and split one layer's kernels;
+    write ``kernels_<layer>.pt``; return its summary (with :func:`kernel_stats` of all and of
+    the kept kernels)."""
     kernels = torch.cat([w.reshape(-1, kernel_size, kernel_size) for w in weights])
-    keep, threshold = select_kernels(kernels, args.min_norm_ratio, args.norm_reference_quantile)
+    try:
+        keep, threshold = select_kernels(kernels, **floor)
+    except ValueError as e:
+        raise ValueError(f"{layer}: {e}") from e
     kept = kernels[keep]
     if len(kept) > args.max_kernels:
         generator = torch.Generator().manual_seed(args.seed)
@@ -385,6 +496,7 @@ def _write_kernel_set(
     train, test = split_kernels(kept, args.test_fraction, args.seed)
     summary = {
         "kernel_size": kernel_size,
+        **floor,
         "kept": int(keep.sum()),
         "total": len(kernels),
         "kept_of_total": f"kept {int(keep.sum())} of {len(kernels)}",
@@ -392,12 +504,19 @@ def _write_kernel_set(
         "subsampled": len(kept),
         "n_train": len(train),
         "n_test": len(test),
-        "std": kept.std().item() if len(kept) > 1 else float("nan"),
+        "all_kernels": kernel_stats(kernels),
+        "kept_kernels": kernel_stats(kept),
         "file": f"kernels_{layer}.pt",
     }
+    rule = (
+        f"keep the {floor['keep_fraction']:g} fraction of largest L2 norm"
+        if "keep_fraction" in floor
+        else f"keep L2 norm >= {floor['min_norm']:g}"
+    )
     layer_provenance = {
         **provenance,
-        **{k: summary[k] for k in ("kept", "total", "kept_of_total", "subsampled")},
+        "rule": rule,
+        **{k: summary[k] for k in (*floor, "kept", "total", "kept_of_total", "subsampled")},
         "norm_threshold": threshold,
     }
     save_checkpoint(
