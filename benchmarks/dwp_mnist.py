@@ -1,12 +1,15 @@
 """The Deep Weight Prior's Figure 2 on MNIST: source nets -> kernel VAEs -> the prior grid.
 
-Runs ``pyro-dwp dwp-source``, ``dwp-prior`` and ``dwp-classify`` (each resumable; ``--reuse``
-skips a stage whose outputs exist) and writes ``benchmarks/results/dwp_mnist.{md,json}`` and
-``dwp_mnist_figure2.png``: our
-test accuracy (10-sample ensemble, mean and std over data seeds) beside the paper's, with the
-command, date, device and epochs. Meant for a GPU::
+Runs the ``--stages`` ``pyro-dwp dwp-source``, ``dwp-prior`` and ``dwp-classify`` (each
+resumable) and writes ``benchmarks/results/dwp_mnist.{md,json}`` and ``dwp_mnist_figure2.png``:
+our test accuracy (mean and std over data seeds; the test-time ensemble of ``--evaluation``)
+beside the paper's, with the command, date, device, epochs and evaluation. The defaults are the
+paper's protocol (10,000 one-step epochs at N <= 256, the authors' 10-member ensemble with the
+local reparameterisation at test time). On several GPUs the source nets (one process each),
+the two kernel VAEs and the classifier cells (one process per (N, seed) and run) are spread
+over the devices, ``--workers`` processes at a time::
 
-    python benchmarks/dwp_mnist.py --device cuda --work-dir runs/dwp_mnist
+    python benchmarks/dwp_mnist.py --device cuda --work-dir runs/dwp_mnist --workers 40
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +27,14 @@ from pathlib import Path
 
 import torch
 
-from pyro_dwp.jobs.dwp_classify import PAPER, RESULTS, plot_figure2, summarise, summary_table
+from pyro_dwp.jobs.dwp_classify import (
+    EVALUATIONS,
+    PAPER,
+    RESULTS,
+    plot_figure2,
+    summarise,
+    summary_table,
+)
 from pyro_dwp.jobs.dwp_pipeline import classify_runs, run_stage
 
 __all__ = ["main"]
@@ -32,47 +44,79 @@ def _stage(argv: list[object]) -> float:
     return run_stage(argv)[1]
 
 
+def _gpus(device: str) -> int:
+    return torch.cuda.device_count() if device == "cuda" else 0
+
+
+def _run_processes(jobs: list[list[object]], workers: int, gpus: int) -> float:
+    """Run ``pyro-dwp`` argvs as separate processes, ``workers`` at a time, job ``i`` on GPU
+    ``i % gpus`` (``CUDA_VISIBLE_DEVICES``; all devices when ``gpus`` is 0); the wall seconds.
+
+    Raises:
+        RuntimeError: If a process fails (its command and the end of its stderr).
+    """
+
+    def run(i: int) -> None:
+        command = [sys.executable, "-m", "pyro_dwp.cli", *map(str, jobs[i])]
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {})}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"stage failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, range(len(jobs))))
+    return time.perf_counter() - t0
+
+
 def main(args: argparse.Namespace) -> dict:
     work = Path(args.work_dir)
     common = ["--device", args.device, "--no-progress"]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
+    gpus = _gpus(args.device)
     seconds = {}
-    if not (args.reuse and (work / "source" / "kernels_conv2.pt").exists()):
-        seconds["source"] = _stage(
-            [
-                "dwp-source",
-                "--out",
-                work / "source",
-                "--num-nets",
-                args.source_nets,
-                "--epochs",
-                args.source_epochs,
-                *data,
-                *common,
+    source = work / "source"
+    prior = work / args.prior_dir
+    if "source" in args.stages:
+        base = ["dwp-source", "--out", source, "--epochs", args.source_epochs, *data, *common]
+        base += ["--bf16"] if args.source_bf16 else []
+        if gpus > 1:  # one process per net, spread over the GPUs; then one run writes the sets
+            nets = [
+                [*base, "--seed", seed, "--num-nets", 1, "--train-only"]
+                for seed in range(args.source_nets)
             ]
-        )
-    if not (args.reuse and (work / "prior" / "vae_conv2.pt").exists()):
-        seconds["prior"] = _stage(
-            [
-                "dwp-prior",
-                "--kernels",
-                work / "source",
-                "--out",
-                work / "prior",
-                "--epochs",
-                args.prior_epochs,
-                *common,
-            ]
-        )
+            seconds["source_nets"] = _run_processes(nets, args.workers, gpus)
+        seconds["source"] = _stage([*base, "--num-nets", args.source_nets])
+    if "prior" in args.stages:
+        base = ["dwp-prior", "--kernels", source, "--steps", args.prior_steps, *common]
+        base += ["--augment"] if args.prior_augment else []
+        layers = ("conv1", "conv2")
+        # one process per layer, each into its own folder; the VAE files are then gathered
+        jobs = [[*base, "--out", prior / layer, "--layers", layer] for layer in layers]
+        seconds["prior"] = _run_processes(jobs, len(jobs), gpus)
+        report = {"layers": {}, "recon_over_std": {}, "smoothness": {}}
+        for layer in layers:
+            part = json.loads((prior / layer / "prior_report.json").read_text())
+            for key in report:
+                report[key].update(part[key])
+            report["training"] = part["training"]
+            for name in (f"vae_{layer}.pt", f"samples_{layer}.png", f"latent_{layer}.png"):
+                if (prior / layer / name).exists():
+                    shutil.copyfile(prior / layer / name, prior / name)
+        (prior / "prior_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if "classify" not in args.stages:
+        return {"seconds": seconds}
     # The baselines start from the network's own initialisation, the deep weight prior from
     # its own samples (``--dwp-init``): two runs of dwp-classify, cells merged.
     runs = {
         work / f"classify_{run}": [
             "dwp-classify",
             "--vae-dir",
-            work / "prior",
+            prior,
             "--epochs",
             args.epochs,
+            "--evaluation",
+            args.evaluation,
             *extra,
             *data,
             *common,
@@ -85,16 +129,28 @@ def main(args: argparse.Namespace) -> dict:
             seconds[out_dir.name] = _stage([*base, "--out", out_dir, *grid])
         out_dirs = list(runs)
     else:
-        seconds["classify"], out_dirs = _parallel_cells(runs, args)
+        # one process per (run, N, seed), the slow DWP cells first
+        cells = {
+            out / f"n{n}_s{seed}": [*base, "--n-train", n, "--seeds", seed, "--out"]
+            for out, base in sorted(runs.items(), key=lambda r: "dwp" not in r[0].name)
+            for n in args.n_train
+            for seed in args.seeds
+        }
+        jobs = [[*argv, out] for out, argv in cells.items()]
+        seconds["classify"] = _run_processes(jobs, args.workers, gpus)
+        out_dirs = list(cells)
     cells = [c for d in out_dirs for c in json.loads((d / RESULTS).read_text())["cells"]]
     summary = summarise(cells)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join(sys.argv),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "gpus": gpus,
         "epochs": args.epochs,
+        "evaluation": EVALUATIONS[args.evaluation],
         "dwp_init": args.dwp_init,
         "reverse": args.reverse,
+        "prior": str(prior),
         "seconds": seconds,
         "paper": PAPER,
         "ours": {f"{p} N={n}": s for (p, n), s in sorted(summary.items())},
@@ -108,41 +164,15 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
-def _parallel_cells(
-    runs: dict[Path, list[object]], args: argparse.Namespace
-) -> tuple[float, list[Path]]:
-    """Run each ``{out: dwp-classify argv}`` once per (N, seed), into ``out/n<N>_s<seed>``,
-    ``--workers`` processes at a time: a GPU runs small cells faster side by side than one after
-    the other (one cell keeps it busy a fraction of the time). Returns the wall seconds and the
-    cells' output folders."""
-    jobs = {
-        out / f"n{n}_s{seed}": [*base, "--n-train", n, "--seeds", seed]
-        for out, base in runs.items()
-        for n in args.n_train
-        for seed in args.seeds
-    }
-
-    def run(out: Path) -> None:
-        argv = [*jobs[out], "--out", out]
-        command = [sys.executable, "-m", "pyro_dwp.cli", *map(str, argv)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"stage failed: {' '.join(command)}\n{done.stderr[-2000:]}")
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.workers) as pool:
-        list(pool.map(run, jobs))
-    return time.perf_counter() - t0, list(jobs)
-
-
 def _markdown(result: dict, summary: dict) -> str:
     sizes = sorted({n for _, n in summary})
     lines = [
         "# Deep Weight Prior, MNIST with N training examples (Atanov et al. 2019, Figure 2)",
         "",
         f"- command: `{result['command']}`",
-        f"- date: {result['date']}; device: {result['device']}; epochs per cell: "
-        f"{result['epochs']} (the paper: 10,000 on the small sets); DWP means initialised from "
+        f"- date: {result['date']}; device: {result['gpus']} x {result['device']}; epochs per "
+        f"cell: {result['epochs']} (the paper: 10,000 on the small sets); test-time evaluation: "
+        f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation; reverse "
         f"model {result['reverse']}",
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
@@ -168,22 +198,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="runs/dwp_mnist")
     p.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--source-nets", type=int, default=16)
-    p.add_argument("--source-epochs", type=int, default=20)
-    p.add_argument("--prior-epochs", type=int, default=150)
-    p.add_argument("--epochs", type=int, default=300, help="per (prior, N, seed) cell")
-    p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=["source", "prior", "classify"],
+        default=["source", "prior", "classify"],
+        help="stages to run; the others' outputs must exist in --work-dir",
+    )
+    p.add_argument("--source-nets", type=int, default=10)
+    p.add_argument("--source-epochs", type=int, default=100)
+    p.add_argument("--source-bf16", action="store_true", help="dwp-source --bf16")
+    p.add_argument("--prior-dir", default="prior", help="the VAEs' folder in --work-dir")
+    p.add_argument("--prior-steps", type=int, default=40_000)
+    p.add_argument("--prior-augment", action="store_true", help="dwp-prior --augment")
+    p.add_argument("--epochs", type=int, default=10_000, help="per (prior, N, seed) cell")
+    p.add_argument("--evaluation", choices=list(EVALUATIONS), default="lrt")
+    p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
         "--dwp-init", choices=["module", "dwp"], default="dwp", help="the DWP prior's q means"
     )
     p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
-    p.add_argument("--reuse", action="store_true", help="skip stages whose outputs exist")
     p.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="dwp-classify processes side by side, one per (N, seed) (on a GPU: 8-16)",
+        help="pyro-dwp processes side by side (source nets, classify cells), spread over the "
+        "visible GPUs (a GPU: 8-16 each)",
     )
     args = p.parse_args(argv)
     if args.workers < 1:

@@ -154,7 +154,7 @@ def test_kernel_fit_figures_follow_their_definitions():
     assert figures["decoder_scale_over_std"] == pytest.approx(
         (scale.square().mean().sqrt() / std).item(), rel=1e-5
     )
-    from pyro_dwp.diagnostics import kernel_smoothness
+    from pyro_dwp.data import kernel_smoothness
 
     assert figures["smoothness"]["source"] == pytest.approx(kernel_smoothness(kernels))
     # the decoder scale of an untrained VAE (~softplus(0) = 0.69) dwarfs these kernels (std

@@ -301,7 +301,7 @@ def test_a_floor_that_empties_a_layer_is_an_error_naming_it(tmp_path, data_dir, 
 
 
 def test_kernel_smoothness_separates_noise_bars_and_checkerboards():
-    from pyro_dwp.diagnostics import kernel_smoothness
+    from pyro_dwp.data import kernel_smoothness
 
     torch.manual_seed(0)
     noise = torch.randn(2000, 7, 7)

@@ -9,7 +9,7 @@ from pyro_dwp.data.images import (
     load_mnist,
     load_notmnist,
 )
-from pyro_dwp.data.kernels import split_kernels
+from pyro_dwp.data.kernels import kernel_smoothness, kernel_stats, split_kernels
 from pyro_dwp.data.regression import curve, make_regression_data, true_curve
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "DWP_PIXEL_SCALE",
     "curve",
     "find_data_dir",
+    "kernel_smoothness",
+    "kernel_stats",
     "load_mnist",
     "load_notmnist",
     "make_regression_data",

@@ -1,4 +1,4 @@
-"""Diagnostics: ArviZ conversion, calibration and kernel statistics."""
+"""Diagnostics: ArviZ conversion and calibration."""
 
 from .calibration import (
     auroc,
@@ -8,13 +8,10 @@ from .calibration import (
     reliability_curve,
 )
 from .inference_data import to_inference_data
-from .kernels import kernel_smoothness, kernel_stats
 
 __all__ = [
     "auroc",
     "expected_calibration_error",
-    "kernel_smoothness",
-    "kernel_stats",
     "plot_reliability_diagram",
     "predictive_entropy",
     "reliability_curve",

@@ -7,8 +7,12 @@ a log-uniform prior, for every number of training examples ``N`` and data seed: 
 decayed linearly to 0 over the epochs, minibatches of ``min(256, N)``. The loss of a step is the
 summed cross-entropy times ``N / B`` plus the full KL term (the paper's weighting: ``fit``'s
 uniform scheme gives every step KL weight ``M * (1 / M) = 1``, so each step is an unbiased
-estimate of the full negative ELBO). The test accuracy and NLL are those of the 10-sample
-ensemble (predictive probabilities averaged over weight draws).
+estimate of the full negative ELBO). Images are pixels / 255, as the source nets of
+``dwp-source`` see notMNIST (``--pixel-scale``). The test accuracy and NLL are those of an
+ensemble of ``--test-samples`` members (predictive probabilities averaged), by ``--evaluation``:
+``lrt`` (default, the DWP authors'): each member keeps the local reparameterisation at test
+time, fresh noise for every activation; ``weights``: each member is one draw of the weights
+from q, shared by all test images.
 
 Writes to ``--out``: ``dwp_classify.json`` (one record per (prior, N, seed) cell, appended
 atomically: a rerun skips finished cells and resumes an unfinished one from its checkpoint in
@@ -20,6 +24,7 @@ the paper's values dashed). ``--gap-samples K`` adds the Appendix F estimate of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -36,7 +41,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.data import load_mnist
+from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fit import fit
@@ -52,9 +57,11 @@ from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 
 __all__ = [
+    "EVALUATIONS",
     "add_arguments",
     "add_training_arguments",
     "build_cell",
+    "ensemble_probs",
     "load_results",
     "load_vaes",
     "main",
@@ -72,8 +79,16 @@ PAPER = {
     "log-uniform": {50: 0.766, 100: 0.839, 200: 0.894, 500: 0.938, 1000: 0.958},
     "normal": {50: 0.717, 100: 0.816, 200: 0.890, 500: 0.938, 1000: 0.959},
 }
+EVALUATIONS = {
+    "lrt": "ensemble with the local reparameterisation at test time (fresh noise per activation, "
+    "the DWP authors')",
+    "weights": "ensemble of weight draws from q (one draw per member, shared by all test images)",
+}
+"""``--evaluation`` choices: the test-time ensemble, in words."""
 # Settings that must match for a rerun to reuse finished cells.
 _CONFIG_KEYS = (
+    "evaluation",
+    "pixel_scale",
     "epochs",
     "batch_size",
     "lr",
@@ -117,6 +132,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "baseline) or (mu, log sigma^2) (sparse VD: collapses to chance on few examples)",
     )
     p.add_argument("--test-samples", type=int, default=10, help="ensemble size at test time")
+    p.add_argument(
+        "--evaluation",
+        choices=list(EVALUATIONS),
+        default="lrt",
+        help="test-time ensemble: local reparameterisation (fresh noise per activation, the "
+        "DWP authors') or one weight draw per member",
+    )
+    p.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=DWP_PIXEL_SCALE,
+        help="images are divided by this (default 255, as dwp-source's notMNIST)",
+    )
     p.add_argument("--n-test", type=int, default=None, help="test subset (default: all 10,000)")
     p.add_argument("--gap-samples", type=int, default=0, help="K of the gap estimate (0: off)")
     p.add_argument("--device", default="cpu")
@@ -146,7 +174,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
     needs_vaes = "dwp" in args.priors or args.init == "dwp"
     vaes = load_vaes(args.vae_dir, args.device) if needs_vaes else None
-    x_test, y_test = load_mnist("test", args.data_dir, n=args.n_test, seed=0, flatten=False)
+    x_test, y_test = load_mnist(
+        "test", args.data_dir, n=args.n_test, seed=0, flatten=False, pixel_scale=args.pixel_scale
+    )
     # N outermost, priors innermost: an interrupted grid still compares the priors.
     for n in args.n_train:
         for seed in args.seeds:
@@ -232,7 +262,7 @@ def build_cell(
 ) -> tuple[DWPSetup, Tensor, Tensor]:
     """Seed, load the ``N`` training examples of ``seed`` and build the untrained cell.
 
-    Reads ``args.data_dir``, ``channels``, ``device``, ``reverse``, ``init``,
+    Reads ``args.data_dir``, ``pixel_scale``, ``channels``, ``device``, ``reverse``, ``init``,
     ``init_log_variance`` and ``log_uniform_guide``. Clears the Pyro param store.
 
     Returns:
@@ -241,7 +271,9 @@ def build_cell(
     """
     pyro.clear_param_store()
     torch.manual_seed(seed)
-    x, y = load_mnist("train", args.data_dir, n=n, seed=seed, flatten=False)
+    x, y = load_mnist(
+        "train", args.data_dir, n=n, seed=seed, flatten=False, pixel_scale=args.pixel_scale
+    )
     net = DWPConvNet(tuple(args.channels)).to(args.device)
     setup = make_dwp_cnn_model(
         net,
@@ -320,13 +352,15 @@ def _run_cell(
     checkpoint = args.out / "cells" / f"{prior}_n{n}_seed{seed}.pt"
     history = train_cell(args, setup, x, y, seed, checkpoint)
     x_test, y_test = x_test.to(args.device), y_test.to(args.device)
-    accuracy, nll = _evaluate(model, guide, x_test, y_test, args.test_samples)
+    probs = ensemble_probs(model, guide, x_test, args.test_samples, args.evaluation)
+    accuracy = (probs.argmax(-1) == y_test).float().mean().item()
+    nll = -probs.gather(1, y_test[:, None]).clamp_min(torch.finfo(probs.dtype).tiny).log().mean()
     cell = {
         "prior": prior,
         "n": n,
         "seed": seed,
         "accuracy": accuracy,
-        "nll": nll,
+        "nll": nll.item(),
         "final_loss": history[-1]["loss"],
         "final_kl": history[-1]["kl"],
         "seconds": time.perf_counter() - t0,
@@ -340,32 +374,44 @@ def _run_cell(
 
 
 @torch.no_grad()
-def _evaluate(
+def ensemble_probs(
     model: BNN,
     guide: torch.nn.Module,
     x: Tensor,
-    y: Tensor,
     num_samples: int,
+    evaluation: str = "lrt",
     chunk: int = 1000,
-) -> tuple[float, float]:
-    """Accuracy and mean NLL of the ensemble ``p(y | x) = mean_s softmax(f(x; w_s))``.
+) -> Tensor:
+    """The ensemble's predictive probabilities ``p(y | x) = mean_s softmax(f_s(x))``,
+    ``(N, ...) -> (N, classes)``.
 
     Each member draws the Bayesian weights from ``q(w)`` once (for the deep weight prior, from
-    the reverse-model guide's base guide: the codes are not needed) and runs the plain network.
+    the reverse-model guide's base guide: the codes are not needed); with ``evaluation="lrt"``
+    the member runs under :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`,
+    so every pre-activation of a Bayesian layer is drawn from its Gaussian given the input,
+    independently per activation and test image (the sampled weights themselves are not
+    used); with ``"weights"`` the member is the plain network with the drawn weights.
     """
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"unknown evaluation {evaluation!r}; choose one of {list(EVALUATIONS)}")
     weight_guide = guide.base if isinstance(guide, ReverseModelGuide) else guide
     fixed = {n: pyro.param(n) for n in model.deterministic}
-    probs = torch.zeros(len(x), 10, device=x.device)
+    probs = None
     for _ in range(num_samples):
-        with poutine.block():
-            weights = {n: v for n, v in weight_guide(x[:1], y[:1]).items() if n in model.priors}
-        for start in range(0, len(x), chunk):
-            logits = functional_call(model.net, {**fixed, **weights}, (x[start : start + chunk],))
-            probs[start : start + chunk] += logits.softmax(-1)
-    probs /= num_samples
-    accuracy = (probs.argmax(-1) == y).float().mean().item()
-    nll = -probs.gather(1, y[:, None]).clamp_min(torch.finfo(probs.dtype).tiny).log().mean()
-    return accuracy, nll.item()
+        with poutine.block(), _local_reparam(evaluation == "lrt"):
+            weights = {n: v for n, v in weight_guide(x[:1], None).items() if n in model.priors}
+            for start in range(0, len(x), chunk):
+                logits = functional_call(
+                    model.net, {**fixed, **weights}, (x[start : start + chunk],)
+                )
+                if probs is None:
+                    probs = torch.zeros(len(x), logits.shape[-1], device=x.device)
+                probs[start : start + chunk] += logits.softmax(-1)
+    return probs / num_samples
+
+
+def _local_reparam(active: bool) -> LocalReparameterizationMessenger | contextlib.nullcontext:
+    return LocalReparameterizationMessenger() if active else contextlib.nullcontext()
 
 
 def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tuple]]:

@@ -47,8 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_dwp.data import split_kernels
-from pyro_dwp.diagnostics.kernels import kernel_smoothness
+from pyro_dwp.data import kernel_smoothness, split_kernels
 from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.kernel_vae import KernelVAE, fit_kernel_vae, save_kernel_vae
 
@@ -228,7 +227,7 @@ def evaluate_kernel_vae(vae: KernelVAE, kernels: Tensor, *, iwae_samples: int) -
         decoder mean at the encoder mean) over the kernels' std; ``decoder_scale_over_std``: the
         RMS decoder scale there over the kernels' std; ``sample_std_over_std``: the std of
         prior samples ``w ~ p(w | z) p(z)`` over the kernels'; ``smoothness``:
-        :func:`~pyro_dwp.diagnostics.kernel_smoothness` of the kernels (``"source"``), of prior
+        :func:`~pyro_dwp.data.kernel_smoothness` of the kernels (``"source"``), of prior
         samples (``"prior_samples"``) and of the decoder means of prior codes
         (``"prior_means"``). Prior samples are drawn with a fixed seed.
 

@@ -52,8 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_dwp.data import DWP_PIXEL_SCALE, load_notmnist, split_kernels
-from pyro_dwp.diagnostics.kernels import kernel_stats
+from pyro_dwp.data import DWP_PIXEL_SCALE, kernel_stats, load_notmnist, split_kernels
 from pyro_dwp.infer.fit import save_checkpoint
 from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
@@ -164,6 +163,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-kernels", type=int, default=20_000, help="per layer, after the filter")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out kernels per layer")
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="on CUDA, run the nets' forward passes in bfloat16 autocast (weights stay float32)",
+    )
+    p.add_argument(
         "--train-only",
         action="store_true",
         help="train (or load) the nets, write no kernel sets (one process per GPU)",
@@ -193,6 +197,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: pick the fastest
     x, y = load_notmnist(
         "train",
         args.data_dir,
@@ -258,6 +263,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 # Options that change a trained net (with ``channels`` and ``n_train``): a net trained with
 # others is not reused.
 _SETTINGS = (
+    "bf16",
     "epochs",
     "lr_schedule",
     "batch_size",
@@ -341,6 +347,8 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda given, but CUDA is not available")
+    if args.bf16 and args.device != "cuda":
+        raise ValueError("--bf16 needs --device cuda")
 
 
 def _trained_net(
@@ -443,7 +451,9 @@ def _train(
         total = torch.zeros((), device=device)
         for idx in torch.randperm(len(x), generator=generator).split(args.batch_size):
             idx = idx.to(device)
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
+                logits = net(x[idx])
+            loss = F.cross_entropy(logits.float(), y[idx])
             if args.l2:
                 loss = loss + args.l2 * l2_penalty(net, args.l2_params)
             optimizer.zero_grad()
