@@ -44,8 +44,10 @@ class ReverseModelGuide(nn.Module):
             ``(loc, scale)`` of the code, each ``(..., z_dim)`` (e.g. a kernel VAE's encoder).
             Deep-copied.
         trainable: If true (the paper), the copies' parameters :math:`\psi` are unfrozen,
-            registered with ``pyro.module`` and trained with the guide (even if the originals
-            were frozen, as a ``DeepWeightPrior``'s encoder is). If false (the authors' code),
+            registered with ``pyro.module`` (taking the param store's values, so a resumed run
+            continues with the trained reverse model) and trained with the guide (even if the
+            originals were frozen, as a ``DeepWeightPrior``'s encoder is). If false (the
+            authors' code),
             they stay frozen at their initial values and are not registered.
         name: Name under which ``pyro.module`` registers the encoders.
 
@@ -93,7 +95,9 @@ class ReverseModelGuide(nn.Module):
         """
         values = self.base(*args, **kwargs)
         if self.trainable:
-            pyro.module(self.name, self.encoders)
+            # update_module_params: after a resume (or any set_state of the param store) the
+            # store holds the trained values; without it the encoders would keep their own.
+            pyro.module(self.name, self.encoders, update_module_params=True)
         for site, encoder in zip(self.site_names, self.encoders.values(), strict=True):
             if site not in values:
                 raise KeyError(

@@ -137,3 +137,35 @@ def test_mismatched_data_lengths():
     model, guide = make()
     with pytest.raises(ValueError, match="30 examples but y has 29"):
         fit(model, guide, X, Y[:-1], epochs=1, batch_size=4, progress=False)
+
+
+def test_resume_keeps_a_trained_reverse_model(tmp_path, one_thread):
+    """A deep-weight-prior run resumed from a checkpoint equals the uninterrupted run, with the
+    reverse models (registered through ``pyro.module``) trained after the resume too."""
+    from pyro_dwp.models.dwp_bnn import make_dwp_cnn_model
+    from pyro_dwp.models.dwp_cnn import DWPConvNet
+    from pyro_dwp.models.kernel_vae import KernelVAE
+
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def make_dwp(seed):
+        torch.manual_seed(seed)
+        net = DWPConvNet((2, 3))
+        torch.manual_seed(0)  # the same VAEs in every run; the net's values come from the store
+        vaes = {"conv1.weight": KernelVAE(7, 2, 4), "conv2.weight": KernelVAE(5, 2, 4)}
+        return make_dwp_cnn_model(net, "dwp", dataset_size=len(x), vaes=vaes)[:2]
+
+    kw = dict(batch_size=3, lr=0.01, seed=3, progress=False)
+    full = fit(*make_dwp(0), x, y, epochs=4, **kw)
+    expected = params()
+    assert any(k.startswith("reverse_model$$$") for k in expected)
+    pyro.clear_param_store()
+    ck = tmp_path / "ck.pt"
+    fit(*make_dwp(0), x, y, epochs=2, checkpoint=ck, **kw)
+    pyro.clear_param_store()
+    resumed = fit(*make_dwp(1), x, y, epochs=4, checkpoint=ck, resume=True, **kw)
+    got = params()
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
