@@ -47,8 +47,7 @@ class ReverseModelGuide(nn.Module):
             registered with ``pyro.module`` (taking the param store's values, so a resumed run
             continues with the trained reverse model) and trained with the guide (even if the
             originals were frozen, as a ``DeepWeightPrior``'s encoder is). If false (the
-            authors' code),
-            they stay frozen at their initial values and are not registered.
+            authors' code), they stay frozen at their initial values and are not registered.
         name: Name under which ``pyro.module`` registers the encoders.
 
     Raises:
