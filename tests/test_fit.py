@@ -94,7 +94,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     model, guide = make()
     ck = tmp_path / "ck.pt"
     fit(model, guide, X, Y, epochs=1, checkpoint=ck, **KW)
-    with pytest.raises(CheckpointError, match="written by a run with"):
+    with pytest.raises(CheckpointError, match=r"other settings \(batch_size: 8 -> 5\)"):
         fit(model, guide, X, Y, epochs=2, checkpoint=ck, resume=True, **{**KW, "batch_size": 5})
 
 
@@ -169,3 +169,42 @@ def test_resume_keeps_a_trained_reverse_model(tmp_path, one_thread):
     for k in expected:
         assert torch.equal(expected[k], got[k]), k
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def _make_with(hidden=8, prior=None, init_scale=0.01):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    prior = prior if prior is not None else ScaleMixtureNormal(0.5, 1.0, math.exp(-6))
+    model = BNN(net, prior, Gaussian(len(X), 0.1))
+    return model, BBBNormal(model, init_scale=init_scale)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(prior=ScaleMixtureNormal(0.5, 1.0, math.exp(-7))), r"model\.priors\.0\.weight"),
+        (dict(prior=dist.Normal(0.0, 1.0)), r"model\.priors\.0\.weight\.type"),
+        (dict(hidden=16), r"net\.0\.out_features: 8 -> 16.*locs\.0\.weight: \[8, 1\] -> \[16, 1\]"),
+        (dict(init_scale=0.02), r"guide\._init_scale: 0\.01 -> 0\.02"),
+        (dict(lr=0.02), r"optim\.args\.lr: 0\.01 -> 0\.02"),
+        (dict(num_particles=2), r"num_particles: 1 -> 2"),
+        (dict(y=Y + 1), r"data: '\w+' -> '\w+'"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, change, match):
+    ck = tmp_path / "ck.pt"
+    fit(*_make_with(), X, Y, epochs=1, checkpoint=ck, **KW)
+    build = {k: v for k, v in change.items() if k in ("hidden", "prior", "init_scale")}
+    y = change.get("y", Y)
+    kw = {**KW, **{k: v for k, v in change.items() if k in ("lr", "num_particles")}}
+    pyro.clear_param_store()
+    with pytest.raises(CheckpointError, match=f"other settings.*{match}"):
+        fit(*_make_with(**build), X, y, epochs=2, checkpoint=ck, resume=True, **kw)
+
+
+def test_resumed_run_says_where_it_resumed(tmp_path, capsys):
+    ck = tmp_path / "ck.pt"
+    fit(*make(), X, Y, epochs=1, checkpoint=ck, **KW)
+    pyro.clear_param_store()
+    fit(*make(), X, Y, epochs=3, checkpoint=ck, resume=True, **{**KW, "progress": True})
+    assert f"resumed at epoch 1 of 3 from {ck}" in capsys.readouterr().err

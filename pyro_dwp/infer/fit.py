@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -22,12 +23,20 @@ from tqdm.auto import tqdm
 
 from pyro_dwp.io import read_torch_file
 
+from .fingerprint import describe, differences, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "fit", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "fit",
+    "load_checkpoint",
+    "run_settings",
+    "save_checkpoint",
+]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 """Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
 
 
@@ -96,8 +105,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint")
+    if not isinstance(state, dict) or "version" not in state:
+        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint; {remedy}")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {state['version']}, written by another version of "
+            f"pyro_dwp (this one reads format {CHECKPOINT_VERSION}); {remedy}"
+        )
     return state
 
 
@@ -149,7 +163,9 @@ def fit(
         device: ``"cpu"`` or ``"cuda"``; model, guide and data are moved there.
         checkpoint: File to write (atomically) every ``checkpoint_every`` epochs and at the end.
         checkpoint_every: Epochs between checkpoints.
-        resume: Continue from ``checkpoint`` if it exists.
+        resume: Continue from ``checkpoint`` if it exists, and if it was written with the same
+            settings: everything :func:`run_settings` records (model, prior, guide, parameter
+            names and shapes, optimiser, ELBO, handlers, data, batch size, seed...).
         seed: Seed of Pyro's RNGs and of the shuffling.
         progress: Show a tqdm bar.
         callback: Called with each epoch's record.
@@ -162,6 +178,8 @@ def fit(
         (KL term, ``loss = nll + kl``), ``seconds``; averaged over the epoch's steps.
 
     Raises:
+        CheckpointError: on resume, if the checkpoint is unreadable or was written with other
+            settings (the message names each differing setting, old -> new).
         FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint on
             disk is the last good state and is left untouched.
     """
@@ -175,14 +193,6 @@ def fit(
     n = x.shape[0]
     num_batches = math.ceil(n / batch_size)
     scales = (kl_weights(num_batches, kl_scheme) * num_batches).tolist()
-    fingerprint = {
-        "n": n,
-        "batch_size": batch_size,
-        "kl_scheme": kl_scheme,
-        "seed": seed,
-        "num_particles": num_particles,
-    }
-
     optim = optim if optim is not None else JointAdam(lr)
     kl_scale, data_term = KLScaleMessenger(), _DataTermMessenger()
     loss = elbo(
@@ -195,12 +205,30 @@ def fit(
     validate = is_validation_enabled()
     history: list[dict[str, float]] = []
     start = 0
+    options = {
+        "batch_size": batch_size,
+        "kl_scheme": kl_scheme,
+        "seed": seed,
+        "num_particles": num_particles,
+        "vectorize_particles": vectorize_particles,
+        "elbo": elbo,
+        "optim": optim,
+        "handlers": list(handlers),
+    }
+    fingerprint: dict[str, Any] | None = None  # known once model and guide are set up
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
-        if state["fingerprint"] != fingerprint:
+        pyro.clear_param_store()
+        with torch.no_grad(), pyro.poutine.block():
+            traced = pyro.poutine.trace(guide).get_trace(x[:1], y[:1])
+            pyro.poutine.replay(model, trace=traced)(x[:1], y[:1])
+        fingerprint = run_settings(model, guide, x, y, **options)
+        changed = differences(state["fingerprint"], fingerprint)
+        if changed:
             raise CheckpointError(
-                f"checkpoint {checkpoint} was written by a run with {state['fingerprint']}, "
-                f"not {fingerprint}"
+                f"checkpoint {checkpoint} was written with other settings ("
+                + "; ".join(changed)
+                + "): rerun with its settings, or start over with another checkpoint path"
             )
         pyro.clear_param_store()
         params = {k: v.to(device) for k, v in state["params"]["params"].items()}
@@ -213,6 +241,8 @@ def fit(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         shuffle.set_state(state["shuffle_rng"])
         history, start = state["history"], state["epoch"]
+        if progress:
+            tqdm.write(f"resumed at epoch {start} of {epochs} from {checkpoint}", file=sys.stderr)
     else:
         pyro.set_rng_seed(seed)
 
@@ -260,6 +290,8 @@ def fit(
         if callback is not None:
             callback(record)
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            if fingerprint is None:
+                fingerprint = run_settings(model, guide, x, y, **options)
             save_checkpoint(
                 checkpoint,
                 {
@@ -276,6 +308,27 @@ def fit(
             )
             last_saved = epoch + 1
     return history
+
+
+def run_settings(
+    model: Callable, guide: Callable, x: Tensor, y: Tensor, **options: Any
+) -> dict[str, Any]:
+    """What a checkpoint of :func:`fit` must agree on to be resumed, as :func:`describe` summaries.
+
+    ``model``, ``guide`` (their types, structure and hyperparameters; priors with their values,
+    a prior owning a network with a digest of its weights), ``params`` (the name and shape of
+    every parameter in Pyro's param store: call it once model and guide are set up), ``data``
+    (a digest of ``x`` ``(N, ...)`` and ``y`` ``(N, ...)``) and ``options`` (batch size, seed,
+    optimiser and its arguments, ELBO, handlers...).
+    """
+    return {
+        "n": x.shape[0],
+        **{k: describe(v) for k, v in options.items()},
+        "data": tensor_digest(x, y),
+        "model": describe(model),
+        "guide": describe(guide),
+        "params": {k: list(v.shape) for k, v in pyro.get_param_store().items()},
+    }
 
 
 def _check_fit_args(
