@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["read_torch_file"]
+__all__ = ["prepare_out", "read_torch_file"]
+
+
+def prepare_out(out: Path, *, flag: str = "--out") -> Path:
+    """Create the output folder ``out`` (with its parents) and check that it can be written to,
+    before any training.
+
+    Args:
+        out: The folder.
+        flag: How the user named it, for messages.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: If ``out`` is a file, or cannot be created or written to.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file, not a folder: pass a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"{flag} {out} cannot be written to ({e.strerror or e}): pass a folder you can write"
+        ) from e
+    return out
 
 
 def read_torch_file(path: Path, *, what: str, remedy: str, weights_only: bool = True) -> Any:
