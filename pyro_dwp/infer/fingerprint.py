@@ -51,7 +51,7 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     - Mappings, lists, tuples: element by element.
     - Distributions: type, parameters (``arg_constraints``), base distribution; one that is
       also an ``nn.Module`` (a prior owning a network) adds a digest of its ``state_dict``.
-    - Pyro optimisers: type and constructor arguments.
+    - Pyro optimisers: type and constructor arguments (a learning-rate scheduler's too).
     - Other objects (networks, models, guides, likelihoods): type, public attributes, private
       numbers and strings (e.g. a guide's ``_init_scale``) and, for modules, the submodules.
       Learned values of modules are not part of it (a resumed run takes them from the
@@ -75,7 +75,12 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")):
         return _qualname(obj)
     if isinstance(obj, PyroOptim):
-        return {"type": _qualname(type(obj)), "args": describe(obj.pt_optim_args, d)}
+        out = {"type": _qualname(type(obj)), "args": describe(obj.pt_optim_args, d)}
+        if hasattr(obj, "pt_scheduler_constructor"):  # a PyroLRScheduler: the schedule too
+            out["schedule"] = describe(
+                {k: v for k, v in obj.kwargs.items() if k not in ("optimizer", "optim_args")}, d
+            )
+        return out
     out: dict[str, Any] = {"type": _qualname(type(obj))}
     if isinstance(obj, Distribution):
         for k in obj.arg_constraints:

@@ -25,6 +25,7 @@ import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from pyro_dwp.bnn import BNN
 from pyro_dwp.data import load_mnist
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
+from pyro_dwp.infer.fingerprint import file_digest
 from pyro_dwp.infer.fit import fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.models.dwp_bnn import (
@@ -142,6 +144,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
+    if "dwp" in args.priors or args.init == "dwp":  # replaced VAE files make other cells
+        config["vae_checksums"] = {
+            f.name: file_digest(f) for f in sorted(args.vae_dir.glob("vae_conv*.pt"))
+        }
     results = load_results(out / RESULTS, config, {"config": config, "cells": []})
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
     needs_vaes = "dwp" in args.priors or args.init == "dwp"
@@ -277,7 +283,7 @@ def train_cell(
         {
             "optimizer": torch.optim.Adam,
             "optim_args": {"lr": args.lr},
-            "lr_lambda": lambda epoch: 1 - epoch / epochs,
+            "lr_lambda": partial(_linear_decay, epochs=epochs),  # epochs in the fingerprint
         }
     )
     return fit(
@@ -299,6 +305,11 @@ def train_cell(
         callback=lambda record: optim.step(),  # the linear decay, once per epoch
         handlers=[LocalReparameterizationMessenger()],
     )
+
+
+def _linear_decay(epoch: int, epochs: int) -> float:
+    """The learning-rate factor ``1 - epoch / epochs`` of :func:`train_cell`."""
+    return 1 - epoch / epochs
 
 
 def _run_cell(
