@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from pyro_dwp.infer.reparam import latent_site_name
 
+from .bbb import _replace_stale_params
+
 __all__ = ["ReverseModelGuide"]
 
 
@@ -84,6 +86,7 @@ class ReverseModelGuide(nn.Module):
                 f"base_guide_builder must return a pyro AutoGuide, got {type(base).__name__}"
             )
         self.base = base
+        self._registered = False
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """Sample the base guide, then each code ``z ~ r(z | w)``.
@@ -93,6 +96,9 @@ class ReverseModelGuide(nn.Module):
             ``(*particles, *w.shape[:-2], z_dim)`` for each weight site ``name``.
         """
         values = self.base(*args, **kwargs)
+        if self.trainable and not self._registered:  # an earlier guide's encoders: not ours
+            _replace_stale_params(f"{self.name}$$$", type(self).__name__)
+            self._registered = True
         if self.trainable:
             # update_module_params: after a resume (or any set_state of the param store) the
             # store holds the trained values; without it the encoders would keep their own.

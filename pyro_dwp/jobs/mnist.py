@@ -309,15 +309,15 @@ def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dic
         raise ValueError(f"{run_dir} is a {config['method']!r} run; only BBB runs can be pruned")
     pyro.clear_param_store()
     model, guide = build_bbb(config)
-    params = state["params"]
-    on_device = {name: v.to(device) for name, v in params["params"].items()}
-    pyro.get_param_store().set_state({**params, "params": on_device})
     model.to(device)
-    with torch.no_grad(), poutine.block():  # set the guide up; its values come from the store
+    with torch.no_grad(), poutine.block():  # set the guide up, then load the run's values
         guide(
             torch.zeros(1, IN_FEATURES, device=device),
             torch.zeros(1, dtype=torch.long, device=device),
         )
+    params = state["params"]
+    on_device = {name: v.to(device) for name, v in params["params"].items()}
+    pyro.get_param_store().set_state({**params, "params": on_device})
     return config, model, guide
 
 
