@@ -33,7 +33,7 @@ def test_regression_job_writes_its_files(tmp_path, capsys):
     assert {"posterior", "posterior_predictive", "observed_data", "log_likelihood"} <= set(
         idata.groups()
     )
-    assert idata.log_likelihood["obs"].shape == (2, 10, 40)
+    assert idata.log_likelihood["obs"].shape == (1, 20, 40)
 
 
 def test_regression_job_resumes(tmp_path):
