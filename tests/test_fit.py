@@ -208,3 +208,35 @@ def test_resumed_run_says_where_it_resumed(tmp_path, capsys):
     pyro.clear_param_store()
     fit(*make(), X, Y, epochs=3, checkpoint=ck, resume=True, **{**KW, "progress": True})
     assert f"resumed at epoch 1 of 3 from {ck}" in capsys.readouterr().err
+
+
+def test_improper_prior_under_a_monte_carlo_elbo_is_refused_before_training():
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_dwp.distributions import LogUniform
+
+    def build():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(1, 4), nn.Linear(4, 1))
+        model = BNN(net, LogUniform(), Gaussian(len(X), 0.1))
+        return model, BBBNormal(model, init_scale=0.01)
+
+    model, guide = build()
+    with pytest.raises(ValueError, match=r"improper.*LogUniform.*TraceMeanField_ELBO"):
+        fit(model, guide, X, Y, epochs=1, **KW)
+    assert all(torch.equal(guide.loc(n), p) for n, p in model.net.named_parameters())  # untrained
+    pyro.clear_param_store()
+    fit(*build(), X, Y, epochs=1, elbo=TraceMeanField_ELBO, **KW)
+
+
+def test_autonormal_starting_weight_means_at_zero_is_warned_about():
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_dwp.guides import init_to_module
+
+    model, _ = make()
+    with pytest.warns(UserWarning, match=r"AutoNormal.*at 0.*init_loc_fn=init_to_module"):
+        fit(model, AutoNormal(model), X, Y, epochs=1, **KW)
+    pyro.clear_param_store()
+    model, _ = make()
+    fit(model, AutoNormal(model, init_loc_fn=init_to_module), X, Y, epochs=1, **KW)

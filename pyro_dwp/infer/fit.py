@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -15,12 +17,15 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import ELBO, SVI, Trace_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_dwp.bnn import BNN
+from pyro_dwp.distributions import LogUniform
 from pyro_dwp.io import read_torch_file
 
 from .fingerprint import describe, differences, tensor_digest
@@ -74,6 +79,41 @@ class _DataTermMessenger(Messenger):
 
     def mean(self) -> Tensor | float:
         return self.total / max(1, self.calls)
+
+
+class _ImproperPriorCheck(Messenger):
+    """Refuse a latent site with the improper ``LogUniform`` prior: under a Monte Carlo ELBO its
+    term is ``-log|w|`` up to an infinite constant, and the loss means nothing."""
+
+    def __init__(self, elbo: type[ELBO]) -> None:
+        super().__init__()
+        self.elbo = elbo
+
+    def _pyro_sample(self, msg: dict) -> None:
+        fn = msg["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if not msg["is_observed"] and isinstance(fn, LogUniform):
+            raise ValueError(
+                f"site {msg['name']!r} has the improper prior LogUniform: under "
+                f"{self.elbo.__name__} (a Monte Carlo ELBO) the loss is meaningless; pass "
+                "elbo=TraceMeanField_ELBO, which uses its registered KL (Molchanov et al., 2017)"
+            )
+
+
+def _warn_about_guide_init(model: Callable, guide: Callable) -> None:
+    """Warn if an AutoGuide on a :class:`BNN` starts its weight means at 0 (Pyro's default)."""
+    init = getattr(guide, "init_loc_fn", None)
+    if isinstance(init, functools.partial):
+        init = init.func
+    if isinstance(model, BNN) and init is init_to_feasible:
+        warnings.warn(
+            f"{type(guide).__name__} starts every weight mean at 0 (Pyro's default "
+            "init_loc_fn=init_to_feasible), not at the network's initialisation, and such a "
+            "network may not train: pass init_loc_fn=init_to_module (from pyro_dwp.guides)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -147,7 +187,9 @@ def fit(
 
     Args:
         model: ``model(x_batch, y_batch)``, e.g. a :class:`~pyro_dwp.bnn.BNN`.
-        guide: Its guide, e.g. :class:`~pyro_dwp.guides.BBBNormal`.
+        guide: Its guide, e.g. :class:`~pyro_dwp.guides.BBBNormal`; a Pyro ``AutoNormal`` on a
+            ``BNN`` needs ``init_loc_fn=init_to_module`` (warned about otherwise: its means would
+            start at 0).
         x: Inputs ``(N, *in_shape)``.
         y: Targets ``(N, ...)``.
         epochs: Total number of epochs (a resumed run continues up to it).
@@ -155,8 +197,9 @@ def fit(
         lr: Adam learning rate (ignored if ``optim`` is given).
         optim: A Pyro optimiser; default :class:`~pyro_dwp.infer.JointAdam` (Adam, one fused
             update of all parameters per step).
-        elbo: The ELBO class: ``Trace_ELBO`` (Monte Carlo, any prior) or, for priors whose KL
-            against the guide is registered (e.g. ``LogUniform``), ``TraceMeanField_ELBO``.
+        elbo: The ELBO class: ``Trace_ELBO`` (Monte Carlo, any proper prior) or, for priors whose
+            KL against the guide is registered, ``TraceMeanField_ELBO``; the improper
+            ``LogUniform`` needs the latter (refused otherwise, before the first update).
         num_particles: Monte Carlo samples of the weights per step.
         vectorize_particles: Draw the particles in one vectorised pass.
         kl_scheme: ``"uniform"`` or ``"blundell"`` minibatch KL weights.
@@ -184,6 +227,7 @@ def fit(
             disk is the last good state and is left untouched.
     """
     _check_fit_args(x, y, epochs, batch_size, num_particles, checkpoint_every, resume, checkpoint)
+    _warn_about_guide_init(model, guide)
     device = torch.device(device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
@@ -201,6 +245,7 @@ def fit(
         max_plate_nesting=1 if vectorize_particles else float("inf"),
     )
     svi = SVI(data_term(kl_scale(model)), kl_scale(guide), optim, loss)
+    checks = [] if issubclass(elbo, TraceMeanField_ELBO) else [_ImproperPriorCheck(elbo)]
     shuffle = torch.Generator().manual_seed(seed)
     validate = is_validation_enabled()
     history: list[dict[str, float]] = []
@@ -259,7 +304,7 @@ def fit(
             kl_scale.scale = scales[i]
             data_term.reset()
             with ExitStack() as stack:
-                for handler in handlers:
+                for handler in [*handlers, *(checks if epoch == start and i == 0 else [])]:
                     stack.enter_context(handler)
                 # Validate the model on the first step only: Pyro's checks synchronise the GPU
                 # several times per step and add passes over every weight.
