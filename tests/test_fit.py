@@ -240,3 +240,18 @@ def test_autonormal_starting_weight_means_at_zero_is_warned_about():
     pyro.clear_param_store()
     model, _ = make()
     fit(model, AutoNormal(model, init_loc_fn=init_to_module), X, Y, epochs=1, **KW)
+
+
+@pytest.mark.parametrize("bad", ["x", "y"])
+def test_nan_in_the_data_is_named_before_training(bad):
+    x, y = X.clone(), Y.clone()
+    (x if bad == "x" else y)[7, 0] = math.nan
+    with pytest.raises(ValueError, match=rf"{bad} has 1 NaN or infinite value.*example 7"):
+        fit(*make(), x, y, epochs=1, **KW)
+
+
+def test_a_torch_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    ck = tmp_path / "ck.pt"
+    torch.save({"version": 2, "epoch": 1}, ck)
+    with pytest.raises(CheckpointError, match="not a pyro_dwp training checkpoint"):
+        fit(*make(), X, Y, epochs=2, checkpoint=ck, resume=True, **KW)

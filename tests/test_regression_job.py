@@ -1,9 +1,11 @@
 """The ``pyro-dwp regression`` job end to end with tiny settings."""
 
 import json
+import re
 
 import arviz as az
 import pytest
+import torch
 
 from pyro_dwp.cli import main
 
@@ -80,3 +82,30 @@ def test_regression_job_resume_with_another_lr_is_refused(tmp_path, capsys):
     (tmp_path / "run" / "metrics.json").unlink()  # as if killed before the end
     assert main([*args, "--epochs", "5", "--resume", "--lr", "0.05"]) == 1
     assert "optim.args.lr: 0.02 -> 0.05" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("file", "is a file, not a folder"),
+        ("under-a-file", "cannot be written to"),
+        ("sigma", r"--neg-log-sigma1 -800\.0: sigma = exp\(800\.0\) overflows"),
+        ("not-a-checkpoint", "not a pyro_dwp training checkpoint"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_before_training(tmp_path, capsys, case, match):
+    out, extra = tmp_path / "out", []
+    if case == "file":
+        out.write_text("")
+    elif case == "under-a-file":
+        (tmp_path / "f").write_text("")
+        out = tmp_path / "f" / "out"
+    elif case == "sigma":
+        extra = ["--neg-log-sigma1", "-800"]
+    else:
+        out.mkdir()
+        torch.save({"weights": torch.zeros(3)}, out / "checkpoint.pt")
+        extra = ["--resume"]
+    assert main(["regression", "--out", str(out), *TINY, *extra]) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1, err

@@ -45,6 +45,10 @@ CHECKPOINT_VERSION = 2
 """Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
 
 
+# What every training checkpoint holds (fit's and the mnist job's deterministic ones).
+_CHECKPOINT_KEYS = frozenset({"version", "epoch", "fingerprint", "optim", "rng", "history"})
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
 
@@ -145,7 +149,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
-    if not isinstance(state, dict) or "version" not in state:
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
         raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint; {remedy}")
     if state["version"] != CHECKPOINT_VERSION:
         raise CheckpointError(
@@ -223,6 +227,8 @@ def fit(
     Raises:
         CheckpointError: on resume, if the checkpoint is unreadable or was written with other
             settings (the message names each differing setting, old -> new).
+        ValueError: before training, on bad arguments or a NaN / infinite value in ``x`` or
+            ``y`` (naming the first example that has one).
         FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint on
             disk is the last good state and is left untouched.
     """
@@ -390,6 +396,16 @@ def _check_fit_args(
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
     if x.shape[0] == 0:
         raise ValueError("no training data: x is empty")
+    for label, t in (("x", x), ("y", y)):
+        if t.is_floating_point():
+            bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
+            if bad.any():
+                rows = bad.nonzero()[:, 0]
+                count = int((~torch.isfinite(t)).sum())
+                raise ValueError(
+                    f"{label} has {count} NaN or infinite value(s), in {len(rows)} example(s), "
+                    f"the first at example {int(rows[0])}: drop or repair them before fit"
+                )
     for label, v in (
         ("epochs", epochs),
         ("batch_size", batch_size),

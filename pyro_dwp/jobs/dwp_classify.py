@@ -43,6 +43,7 @@ from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fingerprint import file_digest
 from pyro_dwp.infer.fit import fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
+from pyro_dwp.io import prepare_out
 from pyro_dwp.models.dwp_bnn import (
     LOG_UNIFORM_FAMILIES,
     PRIORS,
@@ -141,8 +142,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run every missing (prior, N, seed) cell, then write the table and the figure."""
     _check_args(args)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = prepare_out(args.out)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
     if "dwp" in args.priors or args.init == "dwp":  # replaced VAE files make other cells
         config["vae_checksums"] = {

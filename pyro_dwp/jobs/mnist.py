@@ -57,6 +57,8 @@ from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
 from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
+from pyro_dwp.io import prepare_out
+from pyro_dwp.jobs.regression import sigma_from_neg_log
 from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
 
@@ -199,10 +201,12 @@ def build_bbb(config: dict[str, Any]) -> tuple[BNN, BBBNormal]:
     torch.manual_seed(config["seed"])
     if config["prior"] == "scale-mixture":
         prior = ScaleMixtureNormal(
-            config["pi"], math.exp(-config["neg_log_sigma1"]), math.exp(-config["neg_log_sigma2"])
+            config["pi"],
+            sigma_from_neg_log(config["neg_log_sigma1"], "--neg-log-sigma1"),
+            sigma_from_neg_log(config["neg_log_sigma2"], "--neg-log-sigma2"),
         )
     else:
-        prior = dist.Normal(0.0, math.exp(-config["neg_log_sigma"]))
+        prior = dist.Normal(0.0, sigma_from_neg_log(config["neg_log_sigma"], "--neg-log-sigma"))
     net = mlp(IN_FEATURES, [config["hidden"]] * 2, NUM_CLASSES)
     model = BNN(net, prior, Categorical(config["train_size"]))
     return model, BBBNormal(model, init_scale=config["init_scale"])
@@ -325,8 +329,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate and write the outputs; return the metrics."""
     t0 = time.perf_counter()
     _check_args(args)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = prepare_out(args.out)
     device = torch.device(args.device)
     data = load_data(args.data_dir, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed)
     config = _config(args, train_size=len(data.x_train))

@@ -27,7 +27,7 @@ from pyro_dwp.io import prepare_out
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "sigma_from_neg_log"]
 
 # Options that do not change the result (where it goes, how it is shown, where it runs).
 _NOT_SETTINGS = ("out", "resume", "no_progress", "device", "run", "job")
@@ -78,7 +78,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     x, y = make_regression_data(args.n_train, seed=args.seed)
     prior = ScaleMixtureNormal(
-        args.pi, math.exp(-args.neg_log_sigma1), math.exp(-args.neg_log_sigma2)
+        args.pi,
+        sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
+        sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
     )
     model = BNN(
         mlp(1, args.hidden, 1),
@@ -127,6 +129,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     metrics["settings"] = settings
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def sigma_from_neg_log(value: float, flag: str) -> float:
+    """``sigma = exp(-value)``, checked to be a positive, finite float.
+
+    Raises:
+        ValueError: Naming ``flag``, if ``exp(-value)`` overflows or underflows to 0.
+    """
+    try:
+        sigma = math.exp(-value)
+    except OverflowError:
+        raise ValueError(
+            f"{flag} {value}: sigma = exp({-value}) overflows; pass a value above -700"
+        ) from None
+    if sigma == 0.0:
+        raise ValueError(f"{flag} {value}: sigma = exp({-value}) is 0; pass a value below 700")
+    return sigma
 
 
 def _check_finished_run(out: Path, settings: dict[str, Any], resume: bool) -> None:
