@@ -108,3 +108,11 @@ def test_cell_checkpoint_of_other_epochs_or_lr_is_refused(
     assert main(_args(out, vae_dir, "--priors", "normal", *option)) == 1
     err = capsys.readouterr().err
     assert "other settings" in err and option[0].lstrip("-") in err
+
+
+@needs_data
+def test_table_heading_names_the_actual_ensemble_size(tmp_path, vae_dir, one_thread):
+    out = tmp_path / "out"
+    assert main(_args(out, vae_dir, "--priors", "normal")) == 0  # --test-samples 2
+    table = (out / "dwp_classify.md").read_text()
+    assert "(2-sample ensemble;" in table and "10-sample" not in table

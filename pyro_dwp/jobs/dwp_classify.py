@@ -163,7 +163,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 results["cells"].append(cell)
                 write_json(out / RESULTS, results)
     summary = summarise(results["cells"])
-    (out / TABLE).write_text(summary_table(summary))
+    (out / TABLE).write_text(summary_table(summary, args.test_samples))
     plot_figure2(out / FIGURE, summary)
     return {
         "results": str(out / RESULTS),
@@ -394,14 +394,17 @@ def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tu
     return summary
 
 
-def summary_table(summary: dict[tuple[str, int], dict[str, tuple]]) -> str:
-    """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`."""
+def summary_table(
+    summary: dict[tuple[str, int], dict[str, tuple]], test_samples: int = 10
+) -> str:
+    """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`,
+    of ``test_samples``-sample ensembles."""
     priors = sorted({p for p, _ in summary}, key=PRIORS.index)
     sizes = sorted({n for _, n in summary})
     lines = []
     for metric, title in (("accuracy", "Test accuracy"), ("nll", "Test NLL")):
         lines += [
-            f"## {title} (10-sample ensemble; mean ± std over data seeds)",
+            f"## {title} ({test_samples}-sample ensemble; mean ± std over data seeds)",
             "",
             "| prior | " + " | ".join(f"N={n}" for n in sizes) + " |",
             "|---|" + "---|" * len(sizes),
