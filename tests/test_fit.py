@@ -255,3 +255,13 @@ def test_a_torch_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"version": 2, "epoch": 1}, ck)
     with pytest.raises(CheckpointError, match="not a pyro_dwp training checkpoint"):
         fit(*make(), X, Y, epochs=2, checkpoint=ck, resume=True, **KW)
+
+
+def test_temporaries_left_by_a_killed_write_are_removed(tmp_path):
+    ck = tmp_path / "ck.pt"
+    stale = tmp_path / "ck.pt.x1y2z3.tmp"  # what a kill during save_checkpoint leaves
+    stale.write_bytes(b"partial")
+    other = tmp_path / "other.pt.x1y2z3.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"partial")
+    fit(*make(), X, Y, epochs=1, checkpoint=ck, **KW)
+    assert ck.is_file() and not stale.exists() and other.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import math
 import os
 import sys
@@ -121,9 +122,14 @@ def _warn_about_guide_init(model: Callable, guide: Callable) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` atomically: a temporary file, then ``os.replace``."""
+    """Write ``state`` with ``torch.save`` atomically: a temporary file, then ``os.replace``.
+
+    Temporaries of ``path`` that a killed write left (``<name>.*.tmp``) are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
