@@ -23,7 +23,10 @@ JOBS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pyro_dwp import __version__
+
     parser = argparse.ArgumentParser(prog="pyro-dwp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pyro-dwp {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, (module, help_) in JOBS.items():
         job = importlib.import_module(f"pyro_dwp.jobs.{module}")

@@ -1,14 +1,29 @@
-"""Reading files written with ``torch.save``, with errors that name the file and the remedy."""
+"""Files and output: reading ``torch.save`` files with errors that name the file and the remedy,
+output folders checked before training, progress bars."""
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-__all__ = ["prepare_out", "read_torch_file"]
+__all__ = ["prepare_out", "progress_bar", "read_torch_file"]
+
+_LOG_INTERVAL_S = 60.0
+"""Seconds between progress lines when stderr is not a terminal (a log file)."""
+
+
+def progress_bar(iterable: Iterable, **kwargs: Any) -> tqdm:
+    """``tqdm(iterable, **kwargs)`` that, when stderr is not a terminal (a log file, a pipe),
+    writes at most one line a minute instead of a carriage return at every refresh."""
+    if not sys.stderr.isatty():
+        kwargs = {"mininterval": _LOG_INTERVAL_S, "maxinterval": _LOG_INTERVAL_S, **kwargs}
+    return tqdm(iterable, **kwargs)
 
 
 def prepare_out(out: Path, *, flag: str = "--out") -> Path:

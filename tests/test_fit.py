@@ -265,3 +265,8 @@ def test_temporaries_left_by_a_killed_write_are_removed(tmp_path):
     other.write_bytes(b"partial")
     fit(*make(), X, Y, epochs=1, checkpoint=ck, **KW)
     assert ck.is_file() and not stale.exists() and other.exists()
+
+
+def test_progress_bar_writes_sparingly_when_not_a_terminal(capsys):
+    fit(*make(), X, Y, epochs=30, **{**KW, "progress": True})  # stderr is captured: no tty
+    assert capsys.readouterr().err.count("\r") <= 3

@@ -7,6 +7,7 @@ import arviz as az
 import pytest
 import torch
 
+import pyro_dwp
 from pyro_dwp.cli import main
 
 TINY = [
@@ -109,3 +110,10 @@ def test_bad_input_is_a_one_line_error_before_training(tmp_path, capsys, case, m
     assert main(["regression", "--out", str(out), *TINY, *extra]) == 1
     err = capsys.readouterr().err
     assert re.search(match, err) and err.count("\n") == 1, err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-dwp {pyro_dwp.__version__}"

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import LogUniform
-from pyro_dwp.io import read_torch_file
+from pyro_dwp.io import progress_bar, read_torch_file
 
 from .fingerprint import describe, differences, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
@@ -220,7 +220,7 @@ def fit(
             settings: everything :func:`run_settings` records (model, prior, guide, parameter
             names and shapes, optimiser, ELBO, handlers, data, batch size, seed...).
         seed: Seed of Pyro's RNGs and of the shuffling.
-        progress: Show a tqdm bar.
+        progress: Show a tqdm bar (one line a minute when stderr is not a terminal).
         callback: Called with each epoch's record.
         handlers: Context managers entered, in order, around each SVI step (guide and model
             together), e.g. ``[LocalReparameterizationMessenger()]``
@@ -303,7 +303,7 @@ def fit(
     else:
         pyro.set_rng_seed(seed)
 
-    bar = tqdm(
+    bar = progress_bar(
         range(start, epochs), desc="epochs", disable=not progress, initial=start, total=epochs
     )
     last_saved = start if resume else None
@@ -341,8 +341,11 @@ def fit(
         }
         record.update(kl=record["loss"] - record["nll"], seconds=time.perf_counter() - t0)
         history.append(record)
-        bar.set_postfix(
-            loss=f"{record['loss']:.4g}", nll=f"{record['nll']:.4g}", kl=f"{record['kl']:.4g}"
+        bar.set_postfix(  # shown at the bar's next refresh (see progress_bar)
+            loss=f"{record['loss']:.4g}",
+            nll=f"{record['nll']:.4g}",
+            kl=f"{record['kl']:.4g}",
+            refresh=False,
         )
         if callback is not None:
             callback(record)

@@ -42,7 +42,6 @@ import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.data import load_mnist, load_notmnist
@@ -57,7 +56,7 @@ from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
 from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
-from pyro_dwp.io import prepare_out
+from pyro_dwp.io import prepare_out, progress_bar
 from pyro_dwp.jobs.regression import sigma_from_neg_log
 from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
@@ -477,7 +476,9 @@ def _train_baseline(
             history, start = state["history"], state["epoch"]
         else:
             pyro.set_rng_seed(args.seed)
-        bar = tqdm(range(start, epochs), desc="epochs", disable=args.no_progress, initial=start)
+        bar = progress_bar(
+            range(start, epochs), desc="epochs", disable=args.no_progress, initial=start
+        )
         for epoch in bar:
             t0 = time.perf_counter()
             net.train()
@@ -497,7 +498,9 @@ def _train_baseline(
             record["seconds"] = time.perf_counter() - t0
             record["valid_error"] = _error(_chunked(net.eval(), data.x_valid), data.y_valid)
             history.append(record)
-            bar.set_postfix(nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}")
+            bar.set_postfix(
+                nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}", refresh=False
+            )
             save_checkpoint(
                 checkpoint,
                 {
