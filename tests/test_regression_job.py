@@ -117,3 +117,21 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"pyro-dwp {pyro_dwp.__version__}"
+
+
+@pytest.mark.parametrize(
+    "job,option",
+    [
+        ("regression", r"--epochs EPOCHS\s+\(default: 1500\)"),
+        ("mnist", r"--seed SEED\s+\(default: 0\)"),
+        ("prune", r"--device DEVICE\s+cpu or cuda \(default: cpu\)"),
+        ("dwp-classify", r"--n-train N_TRAIN \[N_TRAIN \.\.\.\]\s+\(default: \[50, 100,"),
+        ("dwp-gap", r"--channels C1 C2\s+\(default: \[32, 128\]\)"),
+    ],
+)
+def test_help_shows_every_default_without_rest_markup(job, option, capsys):
+    with pytest.raises(SystemExit):
+        main([job, "--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":class:" not in text and ":func:" not in text
+    assert re.search(option, text), text
