@@ -49,8 +49,9 @@ def describe(obj: Any, _depth: int = 0) -> Any:
       their shape and :func:`tensor_digest`.
     - Functions and classes: ``module.qualname``; ``functools.partial``: function and keywords.
     - Mappings, lists, tuples: element by element.
-    - Distributions: type, parameters (``arg_constraints``), base distribution; one that is
-      also an ``nn.Module`` (a prior owning a network) adds a digest of its ``state_dict``.
+    - Distributions: type, parameters (``arg_constraints``), public numbers and strings, base
+      distribution; one that is also an ``nn.Module`` (a prior owning a network) adds a digest
+      of its ``state_dict``.
     - Pyro optimisers: type and constructor arguments (a learning-rate scheduler's too).
     - Other objects (networks, models, guides, likelihoods): type, public attributes, private
       numbers and strings (e.g. a guide's ``_init_scale``) and, for modules, the submodules.
@@ -86,6 +87,9 @@ def describe(obj: Any, _depth: int = 0) -> Any:
         for k in obj.arg_constraints:
             if k in vars(obj):
                 out[k] = describe(vars(obj)[k], d)
+        for k, v in sorted(vars(obj).items()):  # e.g. Independent's reinterpreted_batch_ndims
+            if not k.startswith("_") and isinstance(v, int | float | str):
+                out[k] = v
         if hasattr(obj, "base_dist"):
             out["base_dist"] = describe(obj.base_dist, d)
         if isinstance(obj, nn.Module):
