@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from operator import attrgetter
@@ -49,6 +50,29 @@ class _ReparameterizedNormal(dist.Normal):
         return torch.addcmul(self.scale.log().neg_().sub_(_HALF_LOG_2PI), eps, eps, value=-0.5)
 
 
+def _replace_stale_params(prefix: str, owner: str) -> None:
+    """Remove the param store's values under ``prefix`` (an earlier guide's of the same name),
+    so that a guide being set up starts from its own initial values; warn if there were any.
+
+    A guide is set up on its first call, before a checkpoint's or a saved model's values are
+    loaded into the store (:func:`~pyro_dwp.infer.fit`, :func:`~pyro_dwp.load`): those values
+    then take the place of the initial ones.
+    """
+    store = pyro.get_param_store()
+    stale = [k for k in store.keys() if k.startswith(prefix)]
+    for k in stale:
+        del store[k]
+    if stale:
+        warnings.warn(
+            f"{owner}: the param store held {len(stale)} parameters of an earlier guide with this "
+            f"guide's names ({stale[0]}, ...); they were replaced by this guide's initial values "
+            "and the earlier guide now reads these: call pyro.clear_param_store() before "
+            "building a new model and guide",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class BBBNormal(AutoGuide):
     r"""Fully factorised Gaussian guide of Blundell et al. (2015).
 
@@ -64,6 +88,11 @@ class BBBNormal(AutoGuide):
             initialisation (:func:`~pyro_dwp.guides.init_to_module`).
         init_scale: Initial ``sigma`` (> 0); the paper needs it small.
         create_plates: As in :class:`~pyro.infer.autoguide.AutoNormal`.
+
+    Its parameters live in Pyro's param store under ``f"{type name}.locs.{site}"`` and
+    ``f"{type name}.scales.{site}"``. A new guide, on its first call, replaces values an earlier
+    guide left there under the same names (with a warning): call ``pyro.clear_param_store()``
+    before building a new model and guide.
 
     Subclasses change the scale parameterisation by overriding :attr:`scale_constraint`, whose
     ``biject_to`` transform maps the optimised unconstrained parameter to ``sigma`` (see
@@ -89,6 +118,7 @@ class BBBNormal(AutoGuide):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
+        _replace_stale_params(f"{self._pyro_name}.", type(self).__name__)
         self.locs = PyroModule()
         self.scales = PyroModule()
         self._event_dims: dict[str, int] = {}

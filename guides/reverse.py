@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from pyro_dwp.infer.reparam import latent_site_name
 
+from .bbb import _replace_stale_params
+
 __all__ = ["ReverseModelGuide"]
 
 
@@ -44,9 +46,10 @@ class ReverseModelGuide(nn.Module):
             ``(loc, scale)`` of the code, each ``(..., z_dim)`` (e.g. a kernel VAE's encoder).
             Deep-copied.
         trainable: If true (the paper), the copies' parameters :math:`\psi` are unfrozen,
-            registered with ``pyro.module`` and trained with the guide (even if the originals
-            were frozen, as a ``DeepWeightPrior``'s encoder is). If false (the authors' code),
-            they stay frozen at their initial values and are not registered.
+            registered with ``pyro.module`` (taking the param store's values, so a resumed run
+            continues with the trained reverse model) and trained with the guide (even if the
+            originals were frozen, as a ``DeepWeightPrior``'s encoder is). If false (the
+            authors' code), they stay frozen at their initial values and are not registered.
         name: Name under which ``pyro.module`` registers the encoders.
 
     Raises:
@@ -83,6 +86,7 @@ class ReverseModelGuide(nn.Module):
                 f"base_guide_builder must return a pyro AutoGuide, got {type(base).__name__}"
             )
         self.base = base
+        self._registered = False
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """Sample the base guide, then each code ``z ~ r(z | w)``.
@@ -92,8 +96,13 @@ class ReverseModelGuide(nn.Module):
             ``(*particles, *w.shape[:-2], z_dim)`` for each weight site ``name``.
         """
         values = self.base(*args, **kwargs)
+        if self.trainable and not self._registered:  # an earlier guide's encoders: not ours
+            _replace_stale_params(f"{self.name}$$$", type(self).__name__)
+            self._registered = True
         if self.trainable:
-            pyro.module(self.name, self.encoders)
+            # update_module_params: after a resume (or any set_state of the param store) the
+            # store holds the trained values; without it the encoders would keep their own.
+            pyro.module(self.name, self.encoders, update_module_params=True)
         for site, encoder in zip(self.site_names, self.encoders.values(), strict=True):
             if site not in values:
                 raise KeyError(

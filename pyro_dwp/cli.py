@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 
 __all__ = ["main"]
@@ -22,18 +23,47 @@ JOBS = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help`` (once: not where the help text already gives it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not _has_default(action):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _has_default(action: argparse.Action) -> bool:
+    """Whether an option has a default worth showing (not None, a flag's False or SUPPRESS)."""
+    return not (
+        action.default is None or action.default is False or action.default == argparse.SUPPRESS
+    )
+
+
+def _plain(doc: str | None) -> str:
+    """A module docstring without reST markup: ``x`` -> x, :class:`~a.B` -> B."""
+    doc = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", doc or "")
+    return doc.replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pyro_dwp import __version__
+
     parser = argparse.ArgumentParser(prog="pyro-dwp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pyro-dwp {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, (module, help_) in JOBS.items():
         job = importlib.import_module(f"pyro_dwp.jobs.{module}")
         p = sub.add_parser(
             name,
             help=help_,
-            description=job.__doc__,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            description=_plain(job.__doc__),
+            formatter_class=_HelpFormatter,
         )
         job.add_arguments(p)
+        for action in p._actions:  # argparse prints no help line, so no default, without a text
+            if action.help is None and _has_default(action):
+                action.help = "(default: %(default)s)"
         p.set_defaults(run=job.main)
     return parser
 

@@ -1,13 +1,56 @@
-"""Reading files written with ``torch.save``, with errors that name the file and the remedy."""
+"""Files and output: reading ``torch.save`` files with errors that name the file and the remedy,
+output folders checked before training, progress bars."""
 
 from __future__ import annotations
 
+import sys
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-__all__ = ["read_torch_file"]
+__all__ = ["prepare_out", "progress_bar", "read_torch_file"]
+
+_LOG_INTERVAL_S = 60.0
+"""Seconds between progress lines when stderr is not a terminal (a log file)."""
+
+
+def progress_bar(iterable: Iterable, **kwargs: Any) -> tqdm:
+    """``tqdm(iterable, **kwargs)`` that, when stderr is not a terminal (a log file, a pipe),
+    writes at most one line a minute instead of a carriage return at every refresh."""
+    if not sys.stderr.isatty():
+        kwargs = {"mininterval": _LOG_INTERVAL_S, "maxinterval": _LOG_INTERVAL_S, **kwargs}
+    return tqdm(iterable, **kwargs)
+
+
+def prepare_out(out: Path, *, flag: str = "--out") -> Path:
+    """Create the output folder ``out`` (with its parents) and check that it can be written to,
+    before any training.
+
+    Args:
+        out: The folder.
+        flag: How the user named it, for messages.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: If ``out`` is a file, or cannot be created or written to.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file, not a folder: pass a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"{flag} {out} cannot be written to ({e.strerror or e}): pass a folder you can write"
+        ) from e
+    return out
 
 
 def read_torch_file(path: Path, *, what: str, remedy: str, weights_only: bool = True) -> Any:

@@ -123,3 +123,24 @@ def test_rejects_constrained_sites():
 
     with pytest.raises(ValueError, match="real-valued"):
         BBBNormal(model)()
+
+
+def test_a_second_guide_gets_its_own_parameters():
+    """A new BBBNormal does not start from the tensors an earlier one left in the param store;
+    a warning says the earlier guide's values were replaced and what to do."""
+    x = torch.linspace(0, 1, 10)[:, None]
+    y = torch.sin(3 * x)
+
+    def build():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(1, 4), nn.Linear(4, 1))
+        model = BNN(net, dist.Normal(0.0, 1.0), Gaussian(len(x), 0.1))
+        return model, BBBNormal(model, init_scale=0.01)
+
+    first = build()
+    fit(*first, x, y, epochs=2, batch_size=5, lr=0.1, progress=False)
+    model, guide = build()
+    with pytest.warns(UserWarning, match=r"replaced.*pyro\.clear_param_store\(\)"):
+        guide(x, y)
+    torch.testing.assert_close(guide.loc("0.weight"), model.net[0].weight, rtol=0, atol=0)
+    torch.testing.assert_close(guide.scale("0.weight"), torch.full((4, 1), 0.01))

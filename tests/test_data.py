@@ -330,3 +330,18 @@ def test_make_regression_data() -> None:
 def test_make_regression_data_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_regression_data(**kwargs)
+
+
+def test_corrupt_mnist_copy_in_the_cache_is_named_not_reported_missing(
+    tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "cache" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file in GZ_FILES:  # a complete cached copy, as torchvision's download leaves it
+        with gzip.open(tiny_data_dir / "mnist" / file) as f:
+            (raw / file.removesuffix(".gz")).write_bytes(f.read())
+    bad = raw / "t10k-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:100])
+    monkeypatch.setattr(MNIST, "mirrors", [(tmp_path / "no-mirror").as_uri() + "/"])
+    with pytest.raises(ValueError, match=re.escape(f"cached MNIST file {bad} is corrupt")):
+        load_mnist("test", cache_dir=tmp_path / "cache")

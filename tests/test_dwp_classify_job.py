@@ -73,3 +73,46 @@ def test_dwp_layers_puts_the_deep_weight_prior_on_those_layers_only(tmp_path, va
     assert main(argv) == 0
     (cell,) = json.loads((out / "dwp_classify.json").read_text())["cells"]
     assert cell["gap"]["kernels"] == 2 * 1  # conv1's (2, 1) kernels; conv2 keeps N(0, 1)
+
+
+@needs_data
+@pytest.mark.slow
+def test_replaced_vaes_are_not_mixed_with_old_cells(tmp_path, vae_dir, capsys, one_thread):
+    out = tmp_path / "out"
+    assert main(_args(out, vae_dir, "--priors", "dwp")) == 0
+    config = json.loads((out / "dwp_classify.json").read_text())["config"]
+    assert set(config["vae_checksums"]) == {"vae_conv1.pt", "vae_conv2.pt"}
+    save_kernel_vae(vae_dir / "vae_conv1.pt", KernelVAE(7, 2, 4))  # another VAE, same path
+    capsys.readouterr()
+    assert main(_args(out, vae_dir, "--priors", "dwp")) == 1
+    assert "other settings" in capsys.readouterr().err
+
+
+@needs_data
+@pytest.mark.parametrize("option", [("--epochs", "2"), ("--lr", "0.01")])
+def test_cell_checkpoint_of_other_epochs_or_lr_is_refused(
+    tmp_path, vae_dir, capsys, monkeypatch, one_thread, option
+):
+    from pyro_dwp.jobs import dwp_classify
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # killed after training, before the cell is recorded
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(dwp_classify, "_evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            main(_args(out, vae_dir, "--priors", "normal"))
+    assert list((out / "cells").glob("normal_*.pt"))
+    capsys.readouterr()
+    assert main(_args(out, vae_dir, "--priors", "normal", *option)) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and option[0].lstrip("-") in err
+
+
+@needs_data
+def test_table_heading_names_the_actual_ensemble_size(tmp_path, vae_dir, one_thread):
+    out = tmp_path / "out"
+    assert main(_args(out, vae_dir, "--priors", "normal")) == 0  # --test-samples 2
+    table = (out / "dwp_classify.md").read_text()
+    assert "(2-sample ensemble;" in table and "10-sample" not in table

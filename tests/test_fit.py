@@ -94,7 +94,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     model, guide = make()
     ck = tmp_path / "ck.pt"
     fit(model, guide, X, Y, epochs=1, checkpoint=ck, **KW)
-    with pytest.raises(CheckpointError, match="written by a run with"):
+    with pytest.raises(CheckpointError, match=r"other settings \(batch_size: 8 -> 5\)"):
         fit(model, guide, X, Y, epochs=2, checkpoint=ck, resume=True, **{**KW, "batch_size": 5})
 
 
@@ -137,3 +137,136 @@ def test_mismatched_data_lengths():
     model, guide = make()
     with pytest.raises(ValueError, match="30 examples but y has 29"):
         fit(model, guide, X, Y[:-1], epochs=1, batch_size=4, progress=False)
+
+
+def test_resume_keeps_a_trained_reverse_model(tmp_path, one_thread):
+    """A deep-weight-prior run resumed from a checkpoint equals the uninterrupted run, with the
+    reverse models (registered through ``pyro.module``) trained after the resume too."""
+    from pyro_dwp.models.dwp_bnn import make_dwp_cnn_model
+    from pyro_dwp.models.dwp_cnn import DWPConvNet
+    from pyro_dwp.models.kernel_vae import KernelVAE
+
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def make_dwp(seed):
+        torch.manual_seed(seed)
+        net = DWPConvNet((2, 3))
+        torch.manual_seed(0)  # the same VAEs in every run; the net's values come from the store
+        vaes = {"conv1.weight": KernelVAE(7, 2, 4), "conv2.weight": KernelVAE(5, 2, 4)}
+        return make_dwp_cnn_model(net, "dwp", dataset_size=len(x), vaes=vaes)[:2]
+
+    kw = dict(batch_size=3, lr=0.01, seed=3, progress=False)
+    full = fit(*make_dwp(0), x, y, epochs=4, **kw)
+    expected = params()
+    assert any(k.startswith("reverse_model$$$") for k in expected)
+    pyro.clear_param_store()
+    ck = tmp_path / "ck.pt"
+    fit(*make_dwp(0), x, y, epochs=2, checkpoint=ck, **kw)
+    pyro.clear_param_store()
+    resumed = fit(*make_dwp(1), x, y, epochs=4, checkpoint=ck, resume=True, **kw)
+    got = params()
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def _make_with(hidden=8, prior=None, init_scale=0.01):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    prior = prior if prior is not None else ScaleMixtureNormal(0.5, 1.0, math.exp(-6))
+    model = BNN(net, prior, Gaussian(len(X), 0.1))
+    return model, BBBNormal(model, init_scale=init_scale)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(prior=ScaleMixtureNormal(0.5, 1.0, math.exp(-7))), r"model\.priors\.0\.weight"),
+        (dict(prior=dist.Normal(0.0, 1.0)), r"model\.priors\.0\.weight\.type"),
+        (dict(hidden=16), r"net\.0\.out_features: 8 -> 16.*locs\.0\.weight: \[8, 1\] -> \[16, 1\]"),
+        (dict(init_scale=0.02), r"guide\._init_scale: 0\.01 -> 0\.02"),
+        (dict(lr=0.02), r"optim\.args\.lr: 0\.01 -> 0\.02"),
+        (dict(num_particles=2), r"num_particles: 1 -> 2"),
+        (dict(y=Y + 1), r"data: '\w+' -> '\w+'"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, change, match):
+    ck = tmp_path / "ck.pt"
+    fit(*_make_with(), X, Y, epochs=1, checkpoint=ck, **KW)
+    build = {k: v for k, v in change.items() if k in ("hidden", "prior", "init_scale")}
+    y = change.get("y", Y)
+    kw = {**KW, **{k: v for k, v in change.items() if k in ("lr", "num_particles")}}
+    pyro.clear_param_store()
+    with pytest.raises(CheckpointError, match=f"other settings.*{match}"):
+        fit(*_make_with(**build), X, y, epochs=2, checkpoint=ck, resume=True, **kw)
+
+
+def test_resumed_run_says_where_it_resumed(tmp_path, capsys):
+    ck = tmp_path / "ck.pt"
+    fit(*make(), X, Y, epochs=1, checkpoint=ck, **KW)
+    pyro.clear_param_store()
+    fit(*make(), X, Y, epochs=3, checkpoint=ck, resume=True, **{**KW, "progress": True})
+    assert f"resumed at epoch 1 of 3 from {ck}" in capsys.readouterr().err
+
+
+def test_improper_prior_under_a_monte_carlo_elbo_is_refused_before_training():
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_dwp.distributions import LogUniform
+
+    def build():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(1, 4), nn.Linear(4, 1))
+        model = BNN(net, LogUniform(), Gaussian(len(X), 0.1))
+        return model, BBBNormal(model, init_scale=0.01)
+
+    model, guide = build()
+    with pytest.raises(ValueError, match=r"improper.*LogUniform.*TraceMeanField_ELBO"):
+        fit(model, guide, X, Y, epochs=1, **KW)
+    assert all(torch.equal(guide.loc(n), p) for n, p in model.net.named_parameters())  # untrained
+    pyro.clear_param_store()
+    fit(*build(), X, Y, epochs=1, elbo=TraceMeanField_ELBO, **KW)
+
+
+def test_autonormal_starting_weight_means_at_zero_is_warned_about():
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_dwp.guides import init_to_module
+
+    model, _ = make()
+    with pytest.warns(UserWarning, match=r"AutoNormal.*at 0.*init_loc_fn=init_to_module"):
+        fit(model, AutoNormal(model), X, Y, epochs=1, **KW)
+    pyro.clear_param_store()
+    model, _ = make()
+    fit(model, AutoNormal(model, init_loc_fn=init_to_module), X, Y, epochs=1, **KW)
+
+
+@pytest.mark.parametrize("bad", ["x", "y"])
+def test_nan_in_the_data_is_named_before_training(bad):
+    x, y = X.clone(), Y.clone()
+    (x if bad == "x" else y)[7, 0] = math.nan
+    with pytest.raises(ValueError, match=rf"{bad} has 1 NaN or infinite value.*example 7"):
+        fit(*make(), x, y, epochs=1, **KW)
+
+
+def test_a_torch_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    ck = tmp_path / "ck.pt"
+    torch.save({"version": 2, "epoch": 1}, ck)
+    with pytest.raises(CheckpointError, match="not a pyro_dwp training checkpoint"):
+        fit(*make(), X, Y, epochs=2, checkpoint=ck, resume=True, **KW)
+
+
+def test_temporaries_left_by_a_killed_write_are_removed(tmp_path):
+    ck = tmp_path / "ck.pt"
+    stale = tmp_path / "ck.pt.x1y2z3.tmp"  # what a kill during save_checkpoint leaves
+    stale.write_bytes(b"partial")
+    other = tmp_path / "other.pt.x1y2z3.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"partial")
+    fit(*make(), X, Y, epochs=1, checkpoint=ck, **KW)
+    assert ck.is_file() and not stale.exists() and other.exists()
+
+
+def test_progress_bar_writes_sparingly_when_not_a_terminal(capsys):
+    fit(*make(), X, Y, epochs=30, **{**KW, "progress": True})  # stderr is captured: no tty
+    assert capsys.readouterr().err.count("\r") <= 3

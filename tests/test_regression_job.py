@@ -1,10 +1,13 @@
 """The ``pyro-dwp regression`` job end to end with tiny settings."""
 
 import json
+import re
 
 import arviz as az
 import pytest
+import torch
 
+import pyro_dwp
 from pyro_dwp.cli import main
 
 TINY = [
@@ -33,7 +36,7 @@ def test_regression_job_writes_its_files(tmp_path, capsys):
     assert {"posterior", "posterior_predictive", "observed_data", "log_likelihood"} <= set(
         idata.groups()
     )
-    assert idata.log_likelihood["obs"].shape == (2, 10, 40)
+    assert idata.log_likelihood["obs"].shape == (1, 20, 40)
 
 
 def test_regression_job_resumes(tmp_path):
@@ -58,3 +61,77 @@ def test_regression_job_can_learn_the_noise(tmp_path):
 
     assert main(["regression", "--out", str(tmp_path), *TINY, "--learn-noise"]) == 0
     assert "noise_scale" in pyro.get_param_store()
+
+
+def test_regression_job_records_its_settings_and_refuses_to_overwrite_other_ones(
+    tmp_path, capsys
+):
+    assert main(["regression", "--out", str(tmp_path), *TINY]) == 0
+    settings = json.loads((tmp_path / "metrics.json").read_text())["settings"]
+    assert settings["lr"] == 2e-2 and settings["hidden"] == [8] and settings["epochs"] == 3
+    capsys.readouterr()
+    assert main(["regression", "--out", str(tmp_path), *TINY, "--lr", "0.05"]) == 1
+    err = capsys.readouterr().err
+    assert "finished run with other settings (--lr: 0.02 -> 0.05)" in err
+    assert json.loads((tmp_path / "metrics.json").read_text())["settings"] == settings
+
+
+def test_regression_job_resume_with_another_lr_is_refused(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    args = ["regression", "--out", str(tmp_path / "run"), *TINY]
+    assert main(args) == 0
+    (tmp_path / "run" / "metrics.json").unlink()  # as if killed before the end
+    assert main([*args, "--epochs", "5", "--resume", "--lr", "0.05"]) == 1
+    assert "optim.args.lr: 0.02 -> 0.05" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("file", "is a file, not a folder"),
+        ("under-a-file", "cannot be written to"),
+        ("sigma", r"--neg-log-sigma1 -800\.0: sigma = exp\(800\.0\) overflows"),
+        ("not-a-checkpoint", "not a pyro_dwp training checkpoint"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_before_training(tmp_path, capsys, case, match):
+    out, extra = tmp_path / "out", []
+    if case == "file":
+        out.write_text("")
+    elif case == "under-a-file":
+        (tmp_path / "f").write_text("")
+        out = tmp_path / "f" / "out"
+    elif case == "sigma":
+        extra = ["--neg-log-sigma1", "-800"]
+    else:
+        out.mkdir()
+        torch.save({"weights": torch.zeros(3)}, out / "checkpoint.pt")
+        extra = ["--resume"]
+    assert main(["regression", "--out", str(out), *TINY, *extra]) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1, err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-dwp {pyro_dwp.__version__}"
+
+
+@pytest.mark.parametrize(
+    "job,option",
+    [
+        ("regression", r"--epochs EPOCHS\s+\(default: 1500\)"),
+        ("mnist", r"--seed SEED\s+\(default: 0\)"),
+        ("prune", r"--device DEVICE\s+cpu or cuda \(default: cpu\)"),
+        ("dwp-classify", r"--n-train N_TRAIN \[N_TRAIN \.\.\.\]\s+\(default: \[50, 100,"),
+        ("dwp-gap", r"--channels C1 C2\s+\(default: \[32, 128\]\)"),
+    ],
+)
+def test_help_shows_every_default_without_rest_markup(job, option, capsys):
+    with pytest.raises(SystemExit):
+        main([job, "--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":class:" not in text and ":func:" not in text
+    assert re.search(option, text), text

@@ -97,3 +97,60 @@ def test_fused_log_density_matches_autograd_formula():
     torch.testing.assert_close(g_fused, g_generic, rtol=1e-10, atol=1e-10)
     d._consts = d._scalar_constants()
     assert torch.autograd.gradcheck(d.log_prob, (w[:20].detach().clone().requires_grad_(),))
+
+
+def _reference_log_prob(pi: float, s1: float, s2: float, w: torch.Tensor) -> torch.Tensor:
+    """Float64 log-sum-exp of the two weighted Normal log-densities, through plain autograd."""
+    pi64, s64 = torch.tensor(pi, dtype=torch.float64), torch.tensor([s1, s2], dtype=torch.float64)
+    comps = Normal(0.0, s64).log_prob(w[..., None]) + torch.stack([pi64.log(), (-pi64).log1p()])
+    return torch.logsumexp(comps, dim=-1)
+
+
+def _derivatives(f, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``f(w)``, ``f'(w)`` and ``f''(w)`` elementwise, by autograd (double backward)."""
+    w = w.detach().clone().requires_grad_()
+    value = f(w)
+    (first,) = torch.autograd.grad(value.sum(), w, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), w)
+    return value.detach(), first.detach(), second
+
+
+PAPER_GRID = [  # Blundell et al. (2015): pi, sigma1 = e^-{0,1,2}, sigma2 = e^-{6,7,8}
+    (pi, math.exp(-a), math.exp(-b))
+    for pi in (0.25, 0.5, 0.75)
+    for a in (0, 1, 2)
+    for b in (6, 7, 8)
+]
+_RNG = torch.Generator().manual_seed(14)
+RANDOM = [  # pi in (0.01, 0.99), both scales in (e^-9, 1), in either order
+    (0.01 + 0.98 * float(u[0]), math.exp(-9 * float(u[1])), math.exp(-9 * float(u[2])))
+    for u in torch.rand(12, 3, generator=_RNG)
+]
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["as-drawn", "swapped"])
+@pytest.mark.parametrize("pi,s1,s2", PAPER_GRID + RANDOM)
+def test_log_prob_and_two_derivatives_match_a_float64_reference(pi, s1, s2, swap):
+    """Property: in both orders of the scales, log p, d/dw and d2/dw2 equal a float64
+    log-sum-exp reference; float32 log p to relative precision (no cancellation)."""
+    if swap:
+        s1, s2 = s2, s1
+    d64 = ScaleMixtureNormal(torch.tensor(pi, dtype=torch.float64), s1, s2)
+    g = torch.Generator().manual_seed(0)
+    w = torch.cat(
+        [torch.randn(40, generator=g, dtype=torch.float64) * s for s in (s1, s2, 10 * max(s1, s2))]
+        + [torch.tensor([0.0, 3.0, -10.0], dtype=torch.float64)]
+    )
+    ref = _derivatives(lambda v: _reference_log_prob(pi, s1, s2, v), w)
+    got = _derivatives(d64.log_prob, w)
+    for name, r, x in zip(("log p", "d/dw", "d2/dw2"), ref, got, strict=True):
+        torch.testing.assert_close(x, r, rtol=1e-10, atol=1e-10, msg=f"{name} (float64)")
+    got32 = _derivatives(ScaleMixtureNormal(pi, s1, s2).log_prob, w.float())
+    for name, r, x, tol in zip(("log p", "d/dw", "d2/dw2"), ref, got32, (1e-5, 1e-5, 1e-4)):
+        torch.testing.assert_close(x.double(), r, rtol=tol, atol=tol, msg=f"{name} (float32)")
+
+
+def test_log_prob_with_sigma1_below_sigma2_is_exact_in_float32():
+    """The issue's reproduction: [-6.1277, -51.6746] before, exact [-6.1121, -51.6121]."""
+    got = ScaleMixtureNormal(0.5, math.exp(-6), 1.0).log_prob(torch.tensor([3.0, 10.0]))
+    torch.testing.assert_close(got, torch.tensor([-6.1121, -51.6121]), rtol=0, atol=1e-4)

@@ -280,14 +280,30 @@ def _read_split(
 
 
 def _download_mnist(train: bool, cache: Path) -> MNIST:
+    raw = cache / _TITLES["mnist"] / "raw"
+    cached = all((raw / file.removesuffix(".gz")).is_file() for file in _GZ_FILES)
     try:
         return MNIST(str(cache), train=train, download=True)
-    except (OSError, RuntimeError) as err:
-        raise FileNotFoundError(
-            f"MNIST not found: the data_dir argument is None, the environment variable "
-            f"{DATA_ENV_VAR} is not set, and downloading MNIST into {cache / 'MNIST' / 'raw'} "
-            f"failed ({err}). {_placement_hint('mnist')}"
+    except _IDX_ERRORS as err:
+        if not cached:  # the download failed
+            raise FileNotFoundError(_not_found(cache, err)) from err
+        # torchvision found a complete copy and did not download: the copy is corrupt.
+        prefix = "train" if train else "t10k"
+        bad = ", ".join(str(raw / f.removesuffix(".gz")) for f in _unreadable_files(raw, prefix))
+        raise ValueError(
+            f"cached MNIST file {bad} is corrupt (torchvision: {err!r}): delete it to download "
+            f"it again, or pass the data folder. {_placement_hint('mnist')}"
         ) from err
+    except OSError as err:
+        raise FileNotFoundError(_not_found(cache, err)) from err
+
+
+def _not_found(cache: Path, err: Exception) -> str:
+    return (
+        f"MNIST not found: the data_dir argument is None, the environment variable "
+        f"{DATA_ENV_VAR} is not set, and downloading MNIST into {cache / 'MNIST' / 'raw'} "
+        f"failed ({err}). {_placement_hint('mnist')}"
+    )
 
 
 def _open(name: str, train: bool, source: Path, cache: Path) -> MNIST:

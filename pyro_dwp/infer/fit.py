@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import glob
 import math
 import os
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -14,21 +18,36 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import ELBO, SVI, Trace_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_dwp.io import read_torch_file
+from pyro_dwp.bnn import BNN
+from pyro_dwp.distributions import LogUniform
+from pyro_dwp.io import progress_bar, read_torch_file
 
+from .fingerprint import describe, differences, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "fit", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "fit",
+    "load_checkpoint",
+    "run_settings",
+    "save_checkpoint",
+]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 """Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
+
+
+# What every training checkpoint holds (fit's and the mnist job's deterministic ones).
+_CHECKPOINT_KEYS = frozenset({"version", "epoch", "fingerprint", "optim", "rng", "history"})
 
 
 class CheckpointError(RuntimeError):
@@ -67,10 +86,50 @@ class _DataTermMessenger(Messenger):
         return self.total / max(1, self.calls)
 
 
+class _ImproperPriorCheck(Messenger):
+    """Refuse a latent site with the improper ``LogUniform`` prior: under a Monte Carlo ELBO its
+    term is ``-log|w|`` up to an infinite constant, and the loss means nothing."""
+
+    def __init__(self, elbo: type[ELBO]) -> None:
+        super().__init__()
+        self.elbo = elbo
+
+    def _pyro_sample(self, msg: dict) -> None:
+        fn = msg["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if not msg["is_observed"] and isinstance(fn, LogUniform):
+            raise ValueError(
+                f"site {msg['name']!r} has the improper prior LogUniform: under "
+                f"{self.elbo.__name__} (a Monte Carlo ELBO) the loss is meaningless; pass "
+                "elbo=TraceMeanField_ELBO, which uses its registered KL (Molchanov et al., 2017)"
+            )
+
+
+def _warn_about_guide_init(model: Callable, guide: Callable) -> None:
+    """Warn if an AutoGuide on a :class:`BNN` starts its weight means at 0 (Pyro's default)."""
+    init = getattr(guide, "init_loc_fn", None)
+    if isinstance(init, functools.partial):
+        init = init.func
+    if isinstance(model, BNN) and init is init_to_feasible:
+        warnings.warn(
+            f"{type(guide).__name__} starts every weight mean at 0 (Pyro's default "
+            "init_loc_fn=init_to_feasible), not at the network's initialisation, and such a "
+            "network may not train: pass init_loc_fn=init_to_module (from pyro_dwp.guides)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` atomically: a temporary file, then ``os.replace``."""
+    """Write ``state`` with ``torch.save`` atomically: a temporary file, then ``os.replace``.
+
+    Temporaries of ``path`` that a killed write left (``<name>.*.tmp``) are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -96,8 +155,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint")
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
+        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint; {remedy}")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {state['version']}, written by another version of "
+            f"pyro_dwp (this one reads format {CHECKPOINT_VERSION}); {remedy}"
+        )
     return state
 
 
@@ -133,7 +197,9 @@ def fit(
 
     Args:
         model: ``model(x_batch, y_batch)``, e.g. a :class:`~pyro_dwp.bnn.BNN`.
-        guide: Its guide, e.g. :class:`~pyro_dwp.guides.BBBNormal`.
+        guide: Its guide, e.g. :class:`~pyro_dwp.guides.BBBNormal`; a Pyro ``AutoNormal`` on a
+            ``BNN`` needs ``init_loc_fn=init_to_module`` (warned about otherwise: its means would
+            start at 0).
         x: Inputs ``(N, *in_shape)``.
         y: Targets ``(N, ...)``.
         epochs: Total number of epochs (a resumed run continues up to it).
@@ -141,17 +207,20 @@ def fit(
         lr: Adam learning rate (ignored if ``optim`` is given).
         optim: A Pyro optimiser; default :class:`~pyro_dwp.infer.JointAdam` (Adam, one fused
             update of all parameters per step).
-        elbo: The ELBO class: ``Trace_ELBO`` (Monte Carlo, any prior) or, for priors whose KL
-            against the guide is registered (e.g. ``LogUniform``), ``TraceMeanField_ELBO``.
+        elbo: The ELBO class: ``Trace_ELBO`` (Monte Carlo, any proper prior) or, for priors whose
+            KL against the guide is registered, ``TraceMeanField_ELBO``; the improper
+            ``LogUniform`` needs the latter (refused otherwise, before the first update).
         num_particles: Monte Carlo samples of the weights per step.
         vectorize_particles: Draw the particles in one vectorised pass.
         kl_scheme: ``"uniform"`` or ``"blundell"`` minibatch KL weights.
         device: ``"cpu"`` or ``"cuda"``; model, guide and data are moved there.
         checkpoint: File to write (atomically) every ``checkpoint_every`` epochs and at the end.
         checkpoint_every: Epochs between checkpoints.
-        resume: Continue from ``checkpoint`` if it exists.
+        resume: Continue from ``checkpoint`` if it exists, and if it was written with the same
+            settings: everything :func:`run_settings` records (model, prior, guide, parameter
+            names and shapes, optimiser, ELBO, handlers, data, batch size, seed...).
         seed: Seed of Pyro's RNGs and of the shuffling.
-        progress: Show a tqdm bar.
+        progress: Show a tqdm bar (one line a minute when stderr is not a terminal).
         callback: Called with each epoch's record.
         handlers: Context managers entered, in order, around each SVI step (guide and model
             together), e.g. ``[LocalReparameterizationMessenger()]``
@@ -162,10 +231,15 @@ def fit(
         (KL term, ``loss = nll + kl``), ``seconds``; averaged over the epoch's steps.
 
     Raises:
+        CheckpointError: on resume, if the checkpoint is unreadable or was written with other
+            settings (the message names each differing setting, old -> new).
+        ValueError: before training, on bad arguments or a NaN / infinite value in ``x`` or
+            ``y`` (naming the first example that has one).
         FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint on
             disk is the last good state and is left untouched.
     """
     _check_fit_args(x, y, epochs, batch_size, num_particles, checkpoint_every, resume, checkpoint)
+    _warn_about_guide_init(model, guide)
     device = torch.device(device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
@@ -175,14 +249,6 @@ def fit(
     n = x.shape[0]
     num_batches = math.ceil(n / batch_size)
     scales = (kl_weights(num_batches, kl_scheme) * num_batches).tolist()
-    fingerprint = {
-        "n": n,
-        "batch_size": batch_size,
-        "kl_scheme": kl_scheme,
-        "seed": seed,
-        "num_particles": num_particles,
-    }
-
     optim = optim if optim is not None else JointAdam(lr)
     kl_scale, data_term = KLScaleMessenger(), _DataTermMessenger()
     loss = elbo(
@@ -191,16 +257,35 @@ def fit(
         max_plate_nesting=1 if vectorize_particles else float("inf"),
     )
     svi = SVI(data_term(kl_scale(model)), kl_scale(guide), optim, loss)
+    checks = [] if issubclass(elbo, TraceMeanField_ELBO) else [_ImproperPriorCheck(elbo)]
     shuffle = torch.Generator().manual_seed(seed)
     validate = is_validation_enabled()
     history: list[dict[str, float]] = []
     start = 0
+    options = {
+        "batch_size": batch_size,
+        "kl_scheme": kl_scheme,
+        "seed": seed,
+        "num_particles": num_particles,
+        "vectorize_particles": vectorize_particles,
+        "elbo": elbo,
+        "optim": optim,
+        "handlers": list(handlers),
+    }
+    fingerprint: dict[str, Any] | None = None  # known once model and guide are set up
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
-        if state["fingerprint"] != fingerprint:
+        pyro.clear_param_store()
+        with torch.no_grad(), pyro.poutine.block():
+            traced = pyro.poutine.trace(guide).get_trace(x[:1], y[:1])
+            pyro.poutine.replay(model, trace=traced)(x[:1], y[:1])
+        fingerprint = run_settings(model, guide, x, y, **options)
+        changed = differences(state["fingerprint"], fingerprint)
+        if changed:
             raise CheckpointError(
-                f"checkpoint {checkpoint} was written by a run with {state['fingerprint']}, "
-                f"not {fingerprint}"
+                f"checkpoint {checkpoint} was written with other settings ("
+                + "; ".join(changed)
+                + "): rerun with its settings, or start over with another checkpoint path"
             )
         pyro.clear_param_store()
         params = {k: v.to(device) for k, v in state["params"]["params"].items()}
@@ -213,10 +298,12 @@ def fit(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         shuffle.set_state(state["shuffle_rng"])
         history, start = state["history"], state["epoch"]
+        if progress:
+            tqdm.write(f"resumed at epoch {start} of {epochs} from {checkpoint}", file=sys.stderr)
     else:
         pyro.set_rng_seed(seed)
 
-    bar = tqdm(
+    bar = progress_bar(
         range(start, epochs), desc="epochs", disable=not progress, initial=start, total=epochs
     )
     last_saved = start if resume else None
@@ -229,7 +316,7 @@ def fit(
             kl_scale.scale = scales[i]
             data_term.reset()
             with ExitStack() as stack:
-                for handler in handlers:
+                for handler in [*handlers, *(checks if epoch == start and i == 0 else [])]:
                     stack.enter_context(handler)
                 # Validate the model on the first step only: Pyro's checks synchronise the GPU
                 # several times per step and add passes over every weight.
@@ -254,12 +341,17 @@ def fit(
         }
         record.update(kl=record["loss"] - record["nll"], seconds=time.perf_counter() - t0)
         history.append(record)
-        bar.set_postfix(
-            loss=f"{record['loss']:.4g}", nll=f"{record['nll']:.4g}", kl=f"{record['kl']:.4g}"
+        bar.set_postfix(  # shown at the bar's next refresh (see progress_bar)
+            loss=f"{record['loss']:.4g}",
+            nll=f"{record['nll']:.4g}",
+            kl=f"{record['kl']:.4g}",
+            refresh=False,
         )
         if callback is not None:
             callback(record)
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            if fingerprint is None:
+                fingerprint = run_settings(model, guide, x, y, **options)
             save_checkpoint(
                 checkpoint,
                 {
@@ -278,6 +370,27 @@ def fit(
     return history
 
 
+def run_settings(
+    model: Callable, guide: Callable, x: Tensor, y: Tensor, **options: Any
+) -> dict[str, Any]:
+    """What a checkpoint of :func:`fit` must agree on to be resumed, as :func:`describe` summaries.
+
+    ``model``, ``guide`` (their types, structure and hyperparameters; priors with their values,
+    a prior owning a network with a digest of its weights), ``params`` (the name and shape of
+    every parameter in Pyro's param store: call it once model and guide are set up), ``data``
+    (a digest of ``x`` ``(N, ...)`` and ``y`` ``(N, ...)``) and ``options`` (batch size, seed,
+    optimiser and its arguments, ELBO, handlers...).
+    """
+    return {
+        "n": x.shape[0],
+        **{k: describe(v) for k, v in options.items()},
+        "data": tensor_digest(x, y),
+        "model": describe(model),
+        "guide": describe(guide),
+        "params": {k: list(v.shape) for k, v in pyro.get_param_store().items()},
+    }
+
+
 def _check_fit_args(
     x: Tensor,
     y: Tensor,
@@ -292,6 +405,16 @@ def _check_fit_args(
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
     if x.shape[0] == 0:
         raise ValueError("no training data: x is empty")
+    for label, t in (("x", x), ("y", y)):
+        if t.is_floating_point():
+            bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
+            if bad.any():
+                rows = bad.nonzero()[:, 0]
+                count = int((~torch.isfinite(t)).sum())
+                raise ValueError(
+                    f"{label} has {count} NaN or infinite value(s), in {len(rows)} example(s), "
+                    f"the first at example {int(rows[0])}: drop or repair them before fit"
+                )
     for label, v in (
         ("epochs", epochs),
         ("batch_size", batch_size),

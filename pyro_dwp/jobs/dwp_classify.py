@@ -30,6 +30,7 @@ import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,10 @@ from pyro_dwp.bnn import BNN
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
+from pyro_dwp.infer.fingerprint import file_digest
 from pyro_dwp.infer.fit import fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
+from pyro_dwp.io import prepare_out
 from pyro_dwp.models.dwp_bnn import (
     LOG_UNIFORM_FAMILIES,
     PRIORS,
@@ -167,9 +170,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run every missing (prior, N, seed) cell, then write the table and the figure."""
     _check_args(args)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = prepare_out(args.out)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
+    if "dwp" in args.priors or args.init == "dwp":  # replaced VAE files make other cells
+        config["vae_checksums"] = {
+            f.name: file_digest(f) for f in sorted(args.vae_dir.glob("vae_conv*.pt"))
+        }
     results = load_results(out / RESULTS, config, {"config": config, "cells": []})
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
     needs_vaes = "dwp" in args.priors or args.init == "dwp"
@@ -187,7 +193,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 results["cells"].append(cell)
                 write_json(out / RESULTS, results)
     summary = summarise(results["cells"])
-    (out / TABLE).write_text(summary_table(summary))
+    (out / TABLE).write_text(summary_table(summary, args.test_samples))
     plot_figure2(out / FIGURE, summary)
     return {
         "results": str(out / RESULTS),
@@ -309,7 +315,7 @@ def train_cell(
         {
             "optimizer": torch.optim.Adam,
             "optim_args": {"lr": args.lr},
-            "lr_lambda": lambda epoch: 1 - epoch / epochs,
+            "lr_lambda": partial(_linear_decay, epochs=epochs),  # epochs in the fingerprint
         }
     )
     return fit(
@@ -331,6 +337,11 @@ def train_cell(
         callback=lambda record: optim.step(),  # the linear decay, once per epoch
         handlers=[LocalReparameterizationMessenger()],
     )
+
+
+def _linear_decay(epoch: int, epochs: int) -> float:
+    """The learning-rate factor ``1 - epoch / epochs`` of :func:`train_cell`."""
+    return 1 - epoch / epochs
 
 
 def _run_cell(
@@ -429,14 +440,17 @@ def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tu
     return summary
 
 
-def summary_table(summary: dict[tuple[str, int], dict[str, tuple]]) -> str:
-    """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`."""
+def summary_table(
+    summary: dict[tuple[str, int], dict[str, tuple]], test_samples: int = 10
+) -> str:
+    """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`,
+    of ``test_samples``-sample ensembles."""
     priors = sorted({p for p, _ in summary}, key=PRIORS.index)
     sizes = sorted({n for _, n in summary})
     lines = []
     for metric, title in (("accuracy", "Test accuracy"), ("nll", "Test NLL")):
         lines += [
-            f"## {title} (10-sample ensemble; mean ± std over data seeds)",
+            f"## {title} ({test_samples}-sample ensemble; mean ± std over data seeds)",
             "",
             "| prior | " + " | ".join(f"N={n}" for n in sizes) + " |",
             "|---|" + "---|" * len(sizes),

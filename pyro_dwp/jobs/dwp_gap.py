@@ -31,6 +31,7 @@ import torch
 
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
+from pyro_dwp.io import prepare_out
 from pyro_dwp.jobs.dwp_classify import (
     add_training_arguments,
     build_cell,
@@ -85,8 +86,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Estimate the gap at initialisation, then train and estimate it for each reverse model."""
     _check_args(args)
     vaes = load_vaes(args.vae_dir, args.device)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = prepare_out(args.out)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
     results = load_results(out / RESULTS, config, {"config": config, "rows": {}})
     for row in ("init", *REVERSE):

@@ -42,7 +42,6 @@ import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.data import load_mnist, load_notmnist
@@ -57,6 +56,8 @@ from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
 from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
+from pyro_dwp.io import prepare_out, progress_bar
+from pyro_dwp.jobs.regression import sigma_from_neg_log
 from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
 
@@ -199,10 +200,12 @@ def build_bbb(config: dict[str, Any]) -> tuple[BNN, BBBNormal]:
     torch.manual_seed(config["seed"])
     if config["prior"] == "scale-mixture":
         prior = ScaleMixtureNormal(
-            config["pi"], math.exp(-config["neg_log_sigma1"]), math.exp(-config["neg_log_sigma2"])
+            config["pi"],
+            sigma_from_neg_log(config["neg_log_sigma1"], "--neg-log-sigma1"),
+            sigma_from_neg_log(config["neg_log_sigma2"], "--neg-log-sigma2"),
         )
     else:
-        prior = dist.Normal(0.0, math.exp(-config["neg_log_sigma"]))
+        prior = dist.Normal(0.0, sigma_from_neg_log(config["neg_log_sigma"], "--neg-log-sigma"))
     net = mlp(IN_FEATURES, [config["hidden"]] * 2, NUM_CLASSES)
     model = BNN(net, prior, Categorical(config["train_size"]))
     return model, BBBNormal(model, init_scale=config["init_scale"])
@@ -309,15 +312,15 @@ def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dic
         raise ValueError(f"{run_dir} is a {config['method']!r} run; only BBB runs can be pruned")
     pyro.clear_param_store()
     model, guide = build_bbb(config)
-    params = state["params"]
-    on_device = {name: v.to(device) for name, v in params["params"].items()}
-    pyro.get_param_store().set_state({**params, "params": on_device})
     model.to(device)
-    with torch.no_grad(), poutine.block():  # set the guide up; its values come from the store
+    with torch.no_grad(), poutine.block():  # set the guide up, then load the run's values
         guide(
             torch.zeros(1, IN_FEATURES, device=device),
             torch.zeros(1, dtype=torch.long, device=device),
         )
+    params = state["params"]
+    on_device = {name: v.to(device) for name, v in params["params"].items()}
+    pyro.get_param_store().set_state({**params, "params": on_device})
     return config, model, guide
 
 
@@ -325,8 +328,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate and write the outputs; return the metrics."""
     t0 = time.perf_counter()
     _check_args(args)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = prepare_out(args.out)
     device = torch.device(args.device)
     data = load_data(args.data_dir, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed)
     config = _config(args, train_size=len(data.x_train))
@@ -474,7 +476,9 @@ def _train_baseline(
             history, start = state["history"], state["epoch"]
         else:
             pyro.set_rng_seed(args.seed)
-        bar = tqdm(range(start, epochs), desc="epochs", disable=args.no_progress, initial=start)
+        bar = progress_bar(
+            range(start, epochs), desc="epochs", disable=args.no_progress, initial=start
+        )
         for epoch in bar:
             t0 = time.perf_counter()
             net.train()
@@ -494,7 +498,9 @@ def _train_baseline(
             record["seconds"] = time.perf_counter() - t0
             record["valid_error"] = _error(_chunked(net.eval(), data.x_valid), data.y_valid)
             history.append(record)
-            bar.set_postfix(nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}")
+            bar.set_postfix(
+                nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}", refresh=False
+            )
             save_checkpoint(
                 checkpoint,
                 {

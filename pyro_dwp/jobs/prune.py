@@ -30,6 +30,7 @@ from torch import Tensor
 
 from pyro_dwp.data import load_mnist
 from pyro_dwp.infer.pruning import posterior_mean_network, pruned_network, snr_masks
+from pyro_dwp.io import prepare_out
 from pyro_dwp.jobs.mnist import bbb_classifier, evaluate, load_bbb_run
 
 __all__ = ["add_arguments", "main", "markdown_table"]
@@ -69,8 +70,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if bad:
         raise ValueError(f"--fractions must lie in [0, 1), got {bad}")
     config, model, guide = load_bbb_run(args.run_dir, args.device)
-    out: Path = args.out if args.out is not None else args.run_dir / "prune"
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(args.out if args.out is not None else args.run_dir / "prune")
     data_dir = args.data_dir if args.data_dir is not None else _path_or_none(config["data_dir"])
     n_eval = args.n_eval if args.n_eval is not None else config["n_eval"]
     num_samples = args.eval_samples if args.eval_samples is not None else config["eval_samples"]

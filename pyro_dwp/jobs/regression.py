@@ -12,6 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
@@ -22,10 +23,14 @@ from pyro_dwp.diagnostics import to_inference_data
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import fit, predict
+from pyro_dwp.io import prepare_out
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "sigma_from_neg_log"]
+
+# Options that do not change the result (where it goes, how it is shown, where it runs).
+_NOT_SETTINGS = ("out", "resume", "no_progress", "device", "run", "job")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,16 +68,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def main(args: argparse.Namespace) -> dict[str, float]:
-    """Run the experiment; return (and write) the metrics."""
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the experiment; return (and write) the metrics and the settings that made them."""
     t0 = time.perf_counter()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = prepare_out(args.out)
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    _check_finished_run(out, settings, args.resume)
     pyro.clear_param_store()
     torch.manual_seed(args.seed)
     x, y = make_regression_data(args.n_train, seed=args.seed)
     prior = ScaleMixtureNormal(
-        args.pi, math.exp(-args.neg_log_sigma1), math.exp(-args.neg_log_sigma2)
+        args.pi,
+        sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
+        sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
     )
     model = BNN(
         mlp(1, args.hidden, 1),
@@ -118,8 +126,49 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     idata.to_netcdf(str(out / "posterior.nc"))
     _plot(out / "regression.png", x, y, g, q)
     metrics["seconds"] = time.perf_counter() - t0
+    metrics["settings"] = settings
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def sigma_from_neg_log(value: float, flag: str) -> float:
+    """``sigma = exp(-value)``, checked to be a positive, finite float.
+
+    Raises:
+        ValueError: Naming ``flag``, if ``exp(-value)`` overflows or underflows to 0.
+    """
+    try:
+        sigma = math.exp(-value)
+    except OverflowError:
+        raise ValueError(
+            f"{flag} {value}: sigma = exp({-value}) overflows; pass a value above -700"
+        ) from None
+    if sigma == 0.0:
+        raise ValueError(f"{flag} {value}: sigma = exp({-value}) is 0; pass a value below 700")
+    return sigma
+
+
+def _check_finished_run(out: Path, settings: dict[str, Any], resume: bool) -> None:
+    """Refuse to overwrite a finished run in ``out`` (its ``metrics.json``) made with other
+    settings; with ``--resume`` it may go on for other ``--epochs``.
+
+    Raises:
+        ValueError: Naming each differing option, old -> new.
+    """
+    path = out / "metrics.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text()).get("settings", {})
+    changed = [
+        f"--{k.replace('_', '-')}: {old.get(k, '(not recorded)')} -> {v}"
+        for k, v in settings.items()
+        if old.get(k) != v and not (resume and k == "epochs")
+    ]
+    if changed:
+        raise ValueError(
+            f"{out} holds a finished run with other settings ({'; '.join(changed)}): "
+            "use another --out, or delete its metrics.json to overwrite it"
+        )
 
 
 def _plot(path: Path, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, q: torch.Tensor) -> None:
