@@ -174,3 +174,22 @@ def test_steps_set_the_length_and_augment_is_recorded(tmp_path, kernel_dir):
     assert (entry["epochs"], entry["steps"]) == (2, 4)  # 2 steps an epoch, 3 rounded up
     _, meta = load_kernel_vae(out / "vae_conv1.pt")
     assert meta["training"]["augment"] is True and meta["training"]["steps"] == 3
+
+
+def test_min_norm_drops_small_kernels_before_fitting(tmp_path, kernel_dir, capsys):
+    out = tmp_path / "prior"
+    argv = ["dwp-prior", "--kernels", str(kernel_dir), "--out", str(out), "--epochs", "1"]
+    argv += ["--layers", "conv1", "--iwae-samples", "2", "--no-progress"]
+    train, test, _, _ = load_kernel_set(kernel_dir / "kernels_conv1.pt")
+    floor = train.flatten(1).norm(dim=1).median().item()
+    n_kept = int((train.flatten(1).norm(dim=1) >= floor).sum())
+    n_test = int((test.flatten(1).norm(dim=1) >= floor).sum())
+    assert main([*argv, "--min-norm", str(floor)]) == 0
+    entry = json.loads((out / "prior_report.json").read_text())["layers"]["conv1"]
+    assert entry["n_train"] + entry["n_valid"] == n_kept and entry["n_test"] == n_test
+    _, meta = load_kernel_vae(out / "vae_conv1.pt")
+    assert meta["provenance"]["prior_floor"]["min_norm"] == floor
+    assert main([*argv, "--min-norm", "100"]) == 1
+    assert "--min-norm 100.0 leaves no conv1 kernel" in capsys.readouterr().err
+    assert main([*argv, "--min-norm", "0.1", "0.2"]) == 1
+    assert "one per layer" in capsys.readouterr().err

@@ -146,7 +146,9 @@ def test_log_prob_and_two_derivatives_match_a_float64_reference(pi, s1, s2, swap
     for name, r, x in zip(("log p", "d/dw", "d2/dw2"), ref, got, strict=True):
         torch.testing.assert_close(x, r, rtol=1e-10, atol=1e-10, msg=f"{name} (float64)")
     got32 = _derivatives(ScaleMixtureNormal(pi, s1, s2).log_prob, w.float())
-    for name, r, x, tol in zip(("log p", "d/dw", "d2/dw2"), ref, got32, (1e-5, 1e-5, 1e-4)):
+    for name, r, x, tol in zip(
+        ("log p", "d/dw", "d2/dw2"), ref, got32, (1e-5, 1e-5, 1e-4), strict=True
+    ):
         torch.testing.assert_close(x.double(), r, rtol=tol, atol=tol, msg=f"{name} (float32)")
 
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyro.optim import PyroOptim
 import torch
+from pyro.optim import PyroOptim
 from torch import Tensor, nn
 from torch.distributions import Distribution
 

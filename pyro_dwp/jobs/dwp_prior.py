@@ -77,6 +77,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--augment", action="store_true", help="train under random flips and transposes")
     p.add_argument(
+        "--min-norm",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="M",
+        help="drop the kernels (train and test) of L2 norm below M before fitting: one value for "
+        "every layer or one per --layers entry (default: keep the source's set)",
+    )
+    p.add_argument(
         "--z-dim",
         type=int,
         default=None,
@@ -103,11 +112,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     if (args.steps if args.epochs is None else args.epochs) < 1:
         raise ValueError("--steps and --epochs must be >= 1")
+    floors = args.min_norm or [0.0]
+    if len(floors) not in (1, len(args.layers)) or min(floors) < 0:
+        raise ValueError(
+            f"--min-norm takes one value >= 0 or one per layer of --layers {args.layers}, got "
+            f"{args.min_norm}"
+        )
+    floors = dict(
+        zip(args.layers, floors * len(args.layers) if len(floors) == 1 else floors, strict=True)
+    )
     # Read every kernel set first, so that a missing one fails before any training.
     sets = {layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt") for layer in args.layers}
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     training = {
+        "min_norm": floors,
         "steps": args.steps if args.epochs is None else None,
         "epochs": args.epochs,
         "valid_fraction": args.valid_fraction,
@@ -118,16 +137,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     layers = {}
     for layer, (kernels, test, kernel_size, provenance) in sets.items():
+        if floors[layer]:
+            kernels, test, provenance = _apply_floor(
+                layer, kernels, test, floors[layer], provenance
+            )
         train, valid = (
             split_kernels(kernels, args.valid_fraction, args.seed)
             if args.valid_fraction
             else (kernels, None)
         )
-        if valid is not None and len(valid) == 0:
-            raise ValueError(
-                f"--valid-fraction {args.valid_fraction} holds out no kernel of the "
-                f"{len(kernels)} {layer} training kernels: raise it, or 0 for none"
-            )
+        if valid is not None and len(valid) == 0:  # too few kernels to hold any out
+            train, valid = kernels, None
         torch.manual_seed(args.seed)
         vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim).to(args.device)
         history = fit_kernel_vae(
@@ -214,6 +234,27 @@ def load_kernel_set(path: Path) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
     if len(state["train"]) == 0 or len(state["test"]) == 0:
         raise ValueError(f"kernel dataset {path} has an empty train or test split")
     return state["train"].float(), state["test"].float(), k, state.get("provenance", {})
+
+
+def _apply_floor(
+    layer: str, train: Tensor, test: Tensor, floor: float, provenance: dict[str, Any]
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Drop the kernels of L2 norm below ``floor`` from both splits; the provenance records it.
+
+    Raises:
+        ValueError: If a split is left empty.
+    """
+    kept = [w[w.flatten(1).norm(dim=1) >= floor] for w in (train, test)]
+    if min(len(w) for w in kept) == 0:
+        raise ValueError(
+            f"--min-norm {floor} leaves no {layer} kernel in the train or test split (largest "
+            f"norm {torch.cat([train, test]).flatten(1).norm(dim=1).max().item():.4g})"
+        )
+    floor_record = {
+        "min_norm": floor,
+        "kept_of_total": f"kept {len(kept[0]) + len(kept[1])} of {len(train) + len(test)}",
+    }
+    return kept[0], kept[1], {**provenance, "prior_floor": floor_record}
 
 
 @torch.no_grad()
