@@ -142,12 +142,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="test-time ensemble: local reparameterisation (fresh noise per activation, the "
         "DWP authors') or one weight draw per member",
     )
-    p.add_argument(
-        "--pixel-scale",
-        type=float,
-        default=DWP_PIXEL_SCALE,
-        help="images are divided by this (default 255, as dwp-source's notMNIST)",
-    )
     p.add_argument("--n-test", type=int, default=None, help="test subset (default: all 10,000)")
     p.add_argument("--gap-samples", type=int, default=0, help="K of the gap estimate (0: off)")
     p.add_argument("--device", default="cpu")
@@ -165,6 +159,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         "--init", choices=["module", "dwp"], default="module", help="guide means' initialisation"
     )
     p.add_argument("--init-log-variance", type=float, default=-10.0)
+    p.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=DWP_PIXEL_SCALE,
+        help="images are divided by this (default 255, as dwp-source's notMNIST)",
+    )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,8 +28,8 @@ Presets (the options below override single values):
   0, 300 epochs, tested on 2,000 MNIST images. The target must have the source nets' widths:
   a kernel's scale follows its layer's fan-in (see ``pyro-dwp dwp-source --help``). Small nets
   and short training: the numbers show the pipeline at work, not the paper's accuracies.
-- ``paper``: every stage's own defaults (16 source nets of 32 / 128 channels, 20 epochs; VAEs
-  300 epochs; N in 50 ... 1000, seeds 0 1 2, 1,000 epochs per cell), for a GPU
+- ``paper``: every stage's own defaults (the DWP authors' source recipe, 10 nets of 256 / 512
+  channels; VAEs 40,000 steps; N in 50 ... 1000, seeds 0 1 2, 1,000 epochs per cell), for a GPU
   (``--device cuda``; ``benchmarks/results/dwp_mnist.md`` has such a grid on an H100).
 """
 
