@@ -9,7 +9,7 @@ from pyro_dwp.data.images import (
     load_mnist,
     load_notmnist,
 )
-from pyro_dwp.data.kernels import kernel_smoothness, kernel_stats, split_kernels
+from pyro_dwp.data.kernels import kernel_smoothness, kernel_stats, select_kernels, split_kernels
 from pyro_dwp.data.regression import curve, make_regression_data, true_curve
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "load_mnist",
     "load_notmnist",
     "make_regression_data",
+    "select_kernels",
     "split_kernels",
     "true_curve",
 ]

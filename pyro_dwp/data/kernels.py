@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["kernel_smoothness", "kernel_stats", "split_kernels"]
+__all__ = ["kernel_smoothness", "kernel_stats", "select_kernels", "split_kernels"]
 
 
 def split_kernels(kernels: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -54,3 +54,41 @@ def kernel_stats(kernels: Tensor) -> dict[str, float]:
         "mean_norm": kernels.flatten(1).norm(dim=1).mean().item(),
         "smoothness": kernel_smoothness(kernels),
     }
+
+
+def select_kernels(
+    kernels: Tensor, *, keep_fraction: float | None = None, min_norm: float | None = None
+) -> tuple[Tensor, float]:
+    """The norm filter: which kernels ``(N, k, k)`` to keep, ``-> ((N,) bool mask, floor)``.
+
+    Exactly one of the two rules:
+
+    - ``keep_fraction=f``: the ``round(f * N)`` kernels of largest L2 (Frobenius) norm (ties
+      broken by index); the floor returned is the smallest kept norm;
+    - ``min_norm=m``: the kernels of norm ``>= m``; the floor returned is ``m``.
+
+    Raises:
+        ValueError: If not exactly one rule is given, ``f`` is not in ``(0, 1]``, ``m < 0``, or
+            the rule keeps no kernel (the message names the floor and the largest norm).
+    """
+    if (keep_fraction is None) == (min_norm is None):
+        raise ValueError("select_kernels needs exactly one of keep_fraction and min_norm")
+    norms = kernels.flatten(1).norm(dim=1)
+    if keep_fraction is not None:
+        if not 0 < keep_fraction <= 1:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+        n_keep = round(keep_fraction * len(kernels))
+        keep = torch.zeros(len(kernels), dtype=torch.bool)
+        keep[norms.argsort(descending=True, stable=True)[:n_keep]] = True
+        floor = norms[keep].min().item() if n_keep else float("inf")
+    else:
+        if min_norm < 0:
+            raise ValueError(f"min_norm must be >= 0, got {min_norm}")
+        keep, floor = norms >= min_norm, min_norm
+    if not keep.any():
+        largest = norms.max().item() if len(norms) else float("nan")
+        raise ValueError(
+            f"the norm filter keeps none of {len(kernels)} kernels (floor {floor:.4g}, largest "
+            f"norm {largest:.4g}): lower --min-norm or raise --keep-fraction"
+        )
+    return keep, floor

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_dwp.data import kernel_smoothness, split_kernels
+from pyro_dwp.data import kernel_smoothness, select_kernels, split_kernels
 from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.kernel_vae import KernelVAE, fit_kernel_vae, save_kernel_vae
 
@@ -244,12 +244,10 @@ def _apply_floor(
     Raises:
         ValueError: If a split is left empty.
     """
-    kept = [w[w.flatten(1).norm(dim=1) >= floor] for w in (train, test)]
-    if min(len(w) for w in kept) == 0:
-        raise ValueError(
-            f"--min-norm {floor} leaves no {layer} kernel in the train or test split (largest "
-            f"norm {torch.cat([train, test]).flatten(1).norm(dim=1).max().item():.4g})"
-        )
+    try:
+        kept = [w[select_kernels(w, min_norm=floor)[0]] for w in (train, test)]
+    except ValueError as e:
+        raise ValueError(f"--min-norm {floor} leaves no {layer} kernel in a split: {e}") from e
     floor_record = {
         "min_norm": floor,
         "kept_of_total": f"kept {len(kept[0]) + len(kept[1])} of {len(train) + len(test)}",

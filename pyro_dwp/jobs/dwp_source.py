@@ -52,7 +52,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_dwp.data import DWP_PIXEL_SCALE, kernel_stats, load_notmnist, split_kernels
+from pyro_dwp.data import (
+    DWP_PIXEL_SCALE,
+    kernel_stats,
+    load_notmnist,
+    select_kernels,
+    split_kernels,
+)
 from pyro_dwp.infer.fit import save_checkpoint
 from pyro_dwp.io import read_torch_file
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
@@ -64,7 +70,6 @@ __all__ = [
     "add_arguments",
     "l2_penalty",
     "main",
-    "select_kernels",
 ]
 
 CHANCE_ACCURACY = 0.15
@@ -285,44 +290,6 @@ def _floor(args: argparse.Namespace, layer_index: int) -> dict[str, float]:
     return {"keep_fraction": fractions[layer_index]}
 
 
-def select_kernels(
-    kernels: Tensor, *, keep_fraction: float | None = None, min_norm: float | None = None
-) -> tuple[Tensor, float]:
-    """The norm filter: which kernels ``(N, k, k)`` to keep, ``-> ((N,) bool mask, floor)``.
-
-    Exactly one of the two rules:
-
-    - ``keep_fraction=f``: the ``round(f * N)`` kernels of largest L2 (Frobenius) norm (ties
-      broken by index); the floor returned is the smallest kept norm;
-    - ``min_norm=m``: the kernels of norm ``>= m``; the floor returned is ``m``.
-
-    Raises:
-        ValueError: If not exactly one rule is given, ``f`` is not in ``(0, 1]``, ``m < 0``, or
-            the rule keeps no kernel (the message names the floor and the largest norm).
-    """
-    if (keep_fraction is None) == (min_norm is None):
-        raise ValueError("select_kernels needs exactly one of keep_fraction and min_norm")
-    norms = kernels.flatten(1).norm(dim=1)
-    if keep_fraction is not None:
-        if not 0 < keep_fraction <= 1:
-            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-        n_keep = round(keep_fraction * len(kernels))
-        keep = torch.zeros(len(kernels), dtype=torch.bool)
-        keep[norms.argsort(descending=True, stable=True)[:n_keep]] = True
-        floor = norms[keep].min().item() if n_keep else float("inf")
-    else:
-        if min_norm < 0:
-            raise ValueError(f"min_norm must be >= 0, got {min_norm}")
-        keep, floor = norms >= min_norm, min_norm
-    if not keep.any():
-        largest = norms.max().item() if len(norms) else float("nan")
-        raise ValueError(
-            f"the norm filter keeps none of {len(kernels)} kernels (floor {floor:.4g}, largest "
-            f"norm {largest:.4g}): lower --min-norm or raise --keep-fraction"
-        )
-    return keep, floor
-
-
 def _check_args(args: argparse.Namespace) -> None:
     positive = {
         "--num-nets": args.num_nets,
@@ -417,13 +384,15 @@ def l2_penalty(net: nn.Module, params: str) -> Tensor:
     """Sum of the squared weights of ``net``'s convolutions (``params="conv"``, the DWP
     authors' ``--l2`` term; biases and the classifier are not included) or of all its
     parameters (``"all"``); a scalar."""
+    return sum(t.square().sum() for t in _l2_tensors(net, params))
+
+
+def _l2_tensors(net: nn.Module, params: str) -> list[Tensor]:
     if params not in L2_PARAMS:
         raise ValueError(f"params must be one of {L2_PARAMS}, got {params!r}")
     if params == "all":
-        tensors = list(net.parameters())
-    else:
-        tensors = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
-    return sum(t.square().sum() for t in tensors)
+        return list(net.parameters())
+    return [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
 
 
 def _train(
@@ -444,6 +413,7 @@ def _train(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 1 - step / total_steps if decay else 1.0
     )
+    decayed = _l2_tensors(net, args.l2_params)  # looked up once, not every step
     generator = torch.Generator().manual_seed(seed)
     losses = []
     bar = tqdm(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
@@ -455,7 +425,7 @@ def _train(
                 logits = net(x[idx])
             loss = F.cross_entropy(logits.float(), y[idx])
             if args.l2:
-                loss = loss + args.l2 * l2_penalty(net, args.l2_params)
+                loss = loss + args.l2 * sum(t.square().sum() for t in decayed)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
