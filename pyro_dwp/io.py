@@ -1,8 +1,9 @@
 """Files and output: reading ``torch.save`` files with errors that name the file and the remedy,
-output folders checked before training, progress bars."""
+output folders checked before training, progress bars; the jobs' shared ``--device`` option."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -12,7 +13,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["prepare_out", "progress_bar", "read_torch_file"]
+__all__ = [
+    "DEVICES",
+    "add_device_argument",
+    "check_device",
+    "prepare_out",
+    "progress_bar",
+    "read_torch_file",
+]
+
+DEVICES = ("cpu", "cuda")
+"""``--device`` choices of every job."""
 
 _LOG_INTERVAL_S = 60.0
 """Seconds between progress lines when stderr is not a terminal (a log file)."""
@@ -24,6 +35,22 @@ def progress_bar(iterable: Iterable, **kwargs: Any) -> tqdm:
     if not sys.stderr.isatty():
         kwargs = {"mininterval": _LOG_INTERVAL_S, "maxinterval": _LOG_INTERVAL_S, **kwargs}
     return tqdm(iterable, **kwargs)
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """Add ``--device {cpu,cuda}`` (default ``cpu``), the same option in every job; check it
+    with :func:`check_device`."""
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where to compute")
+
+
+def check_device(device: str) -> None:
+    """Fail early, with one line, if ``--device cuda`` is asked for but unavailable.
+
+    Raises:
+        ValueError: If ``device`` is ``"cuda"`` and torch sees no CUDA device.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
 
 
 def prepare_out(out: Path, *, flag: str = "--out") -> Path:
