@@ -52,18 +52,18 @@ _LABELS = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--epochs", type=int, default=600, help="epochs per method (upper bound)")
     p.add_argument("--time-budget-minutes", type=float, default=None, help="whole benchmark")
     p.add_argument("--hidden", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--samples", type=int, default=1, help="BBB weight samples per step")
+    p.add_argument("--particles", type=int, default=1, help="BBB weight samples per step")
     p.add_argument("--init-scale", type=float, default=1e-3, help="BBB initial posterior sigma")
-    p.add_argument("--eval-samples", type=int, default=10)
+    p.add_argument("--test-samples", type=int, default=10, help="test-time ensemble size")
     p.add_argument("--fractions", type=float, nargs="+", default=list(prune.DEFAULT_FRACTIONS))
     p.add_argument("--n-train", type=int, default=None, help="training subset (tiny runs only)")
-    p.add_argument("--n-eval", type=int, default=None, help="test subset (tiny runs only)")
+    p.add_argument("--n-test", type=int, default=None, help="test subset (tiny runs only)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/bbb_mnist"), help="job outputs")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -120,10 +120,10 @@ def _mnist_argv(
 ) -> list[str]:
     argv = ["--method", method, "--out", str(args.runs_dir / method), "--epochs", str(epochs)]
     argv += ["--hidden", str(args.hidden), "--batch-size", str(args.batch_size)]
-    argv += ["--lr", str(args.lr), "--eval-samples", str(args.eval_samples)]
+    argv += ["--lr", str(args.lr), "--test-samples", str(args.test_samples)]
     argv += ["--device", args.device, "--seed", str(args.seed)]
     if method == "bbb":
-        argv += ["--prior", "scale-mixture", "--samples", str(args.samples)]
+        argv += ["--prior", "scale-mixture", "--particles", str(args.particles)]
         argv += ["--init-scale", str(args.init_scale)]
     if minutes is not None:
         argv += ["--max-train-minutes", str(max(minutes, 1e-3))]
@@ -132,9 +132,9 @@ def _mnist_argv(
 
 def _prune_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--run", str(args.runs_dir / "bbb"), "--device", args.device]
-    argv += ["--fractions", *map(str, args.fractions), "--eval-samples", str(args.eval_samples)]
-    if args.n_eval is not None:
-        argv += ["--n-eval", str(args.n_eval)]
+    argv += ["--fractions", *map(str, args.fractions), "--test-samples", str(args.test_samples)]
+    if args.n_test is not None:
+        argv += ["--n-test", str(args.n_test)]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
     return argv
@@ -142,7 +142,7 @@ def _prune_argv(args: argparse.Namespace) -> list[str]:
 
 def _common(args: argparse.Namespace) -> list[str]:
     argv = []
-    for key in ("n_train", "n_eval", "data_dir"):
+    for key in ("n_train", "n_test", "data_dir"):
         if getattr(args, key) is not None:
             argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     return argv + (["--no-progress"] if args.no_progress else [])

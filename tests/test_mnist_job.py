@@ -11,8 +11,8 @@ from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-eval", "200"]
-TINY += ["--eval-samples", "4", "--data-dir", str(SHARED_DATA), "--no-progress"]
+TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
+TINY += ["--test-samples", "4", "--data-dir", str(SHARED_DATA), "--no-progress"]
 METRICS = (
     "test_error_mean",
     "test_error_ensemble",

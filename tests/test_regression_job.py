@@ -19,7 +19,7 @@ TINY = [
     "3",
     "--batch-size",
     "20",
-    "--samples",
+    "--predictive-samples",
     "20",
     "--no-progress",
 ]
@@ -63,9 +63,7 @@ def test_regression_job_can_learn_the_noise(tmp_path):
     assert "noise_scale" in pyro.get_param_store()
 
 
-def test_regression_job_records_its_settings_and_refuses_to_overwrite_other_ones(
-    tmp_path, capsys
-):
+def test_regression_job_records_its_settings_and_refuses_to_overwrite_other_ones(tmp_path, capsys):
     assert main(["regression", "--out", str(tmp_path), *TINY]) == 0
     settings = json.loads((tmp_path / "metrics.json").read_text())["settings"]
     assert settings["lr"] == 2e-2 and settings["hidden"] == [8] and settings["epochs"] == 3
@@ -124,7 +122,7 @@ def test_version(capsys):
     [
         ("regression", r"--epochs EPOCHS\s+\(default: 1500\)"),
         ("mnist", r"--seed SEED\s+\(default: 0\)"),
-        ("prune", r"--device DEVICE\s+cpu or cuda \(default: cpu\)"),
+        ("prune", r"--device \{cpu,cuda\}\s+where to compute \(default: cpu\)"),
         ("dwp-classify", r"--n-train N_TRAIN \[N_TRAIN \.\.\.\]\s+\(default: \[50, 100,"),
         ("dwp-gap", r"--channels C1 C2\s+\(default: \[32, 128\]\)"),
     ],

@@ -15,7 +15,7 @@ Evaluation on the 10,000 test images, the same code for every method:
 - ``test_error_mean``, ``test_nll_mean``: the posterior-mean network (BBB), the trained network
   (SGD), the weight-scaled network in eval mode (dropout);
 - ``test_error_ensemble``, ``test_nll_ensemble``, ``ece`` (15 bins), ``ood_auroc``: the average of
-  the softmax probabilities of ``--eval-samples`` networks: weight samples from the guide (BBB),
+  the softmax probabilities of ``--test-samples`` networks: weight samples from the guide (BBB),
   Monte Carlo dropout masks (dropout), the single network (SGD). ``ood_auroc`` separates MNIST
   test images (negatives) from notMNIST test letters (positives) by predictive entropy.
 
@@ -23,6 +23,10 @@ Writes to ``--out``: ``metrics.json``, ``learning_curves.json`` and ``.png`` (pe
 loss, NLL, KL and validation error of the mean network), ``reliability.png``, ``model.pt`` (the
 config and the fitted Pyro param store, or the baseline's ``state_dict``; reload a BBB run with
 :func:`load_bbb_run`), ``config.json`` and the resumable ``checkpoint.pt``.
+
+Resume: explicit. ``--resume`` continues the run in ``--out`` from its ``checkpoint.pt`` (up to
+``--epochs``, which may differ); other settings are refused. Without ``--resume`` the run starts
+afresh and overwrites ``--out``.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
 from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
-from pyro_dwp.io import prepare_out, progress_bar
+from pyro_dwp.io import add_device_argument, check_device, prepare_out, progress_bar
 from pyro_dwp.jobs.regression import sigma_from_neg_log
 from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
@@ -73,6 +77,7 @@ __all__ = [
     "load_bbb_run",
     "load_data",
     "main",
+    "upgrade_config",
 ]
 
 METHODS = ("bbb", "sgd", "dropout")
@@ -92,17 +97,24 @@ _RUN_KEYS = (
     "kl_scheme",
     "batch_size",
     "lr",
-    "samples",
+    "particles",
     "init_scale",
     "dropout",
     "input_dropout",
     "n_train",
     "seed",
 )
+# Config keys renamed with their options (old -> new), read from the config of an older run.
+_RENAMED_KEYS = {"samples": "particles", "eval_samples": "test_samples", "n_eval": "n_test"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (resume: explicit, with --resume; see --resume)",
+    )
     p.add_argument("--method", choices=METHODS, default="bbb")
     p.add_argument("--hidden", type=int, default=1200, help="units per hidden layer (400/800/1200)")
     p.add_argument("--prior", choices=["scale-mixture", "gaussian"], default="scale-mixture")
@@ -114,7 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all methods)")
-    p.add_argument("--samples", type=int, default=1, help="BBB: weight samples per step")
+    p.add_argument(
+        "--particles", type=int, default=1, help="BBB: weight samples (particles) per step"
+    )
     p.add_argument(
         "--init-scale",
         type=float,
@@ -123,10 +137,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dropout", type=float, default=0.5, help="dropout: hidden-layer rate")
     p.add_argument("--input-dropout", type=float, default=0.0, help="dropout: input rate")
-    p.add_argument("--eval-samples", type=int, default=10, help="networks in the test ensemble")
+    p.add_argument(
+        "--test-samples", type=int, default=10, help="test-time ensemble size (networks)"
+    )
     p.add_argument("--n-train", type=int, default=None, help="training subset (default: 50k)")
     p.add_argument(
-        "--n-eval", type=int, default=None, help="subset of valid/test/notMNIST (default: all)"
+        "--n-test",
+        type=int,
+        default=None,
+        help="test subset size; also subsets the validation set and the notMNIST test letters "
+        "(default: all)",
     )
     p.add_argument(
         "--max-train-minutes",
@@ -134,9 +154,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="stop training before an epoch that would overrun this; epochs done are recorded",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_argument(p)
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint.pt (settings must match; --epochs "
+        "may differ); without it the run starts afresh",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -175,7 +200,7 @@ def load_data(
     data_dir: Path | None,
     *,
     n_train: int | None = None,
-    n_eval: int | None = None,
+    n_test: int | None = None,
     seed: int = 0,
 ) -> MnistData:
     """MNIST train/valid/test (pixels / 126) and the notMNIST test letters.
@@ -183,15 +208,15 @@ def load_data(
     Args:
         data_dir: Folder holding ``mnist/`` and ``notmnist/``, or ``None`` for ``PYRO_DWP_DATA``.
         n_train: Class-balanced training subset size (when divisible by 10), or all 50,000.
-        n_eval: Subset size of the validation, test and notMNIST sets, or all.
+        n_test: Subset size of the test, validation and notMNIST sets, or all.
         seed: Seed of the subsets.
     """
     x_train, y_train = load_mnist("train", data_dir, n=n_train, seed=seed)
-    x_valid, y_valid = load_mnist("valid", data_dir, n=n_eval, seed=seed)
-    x_test, y_test = load_mnist("test", data_dir, n=n_eval, seed=seed)
+    x_valid, y_valid = load_mnist("valid", data_dir, n=n_test, seed=seed)
+    x_test, y_test = load_mnist("test", data_dir, n=n_test, seed=seed)
     x_ood, _ = load_notmnist("test", data_dir)
-    if n_eval is not None and n_eval < len(x_ood):
-        x_ood, _ = load_notmnist("test", data_dir, n=n_eval, seed=seed)
+    if n_test is not None and n_test < len(x_ood):
+        x_ood, _ = load_notmnist("test", data_dir, n=n_test, seed=seed)
     return MnistData(x_train, y_train, x_valid, y_valid, x_test, y_test, x_ood)
 
 
@@ -294,7 +319,8 @@ def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dic
     The Pyro param store is cleared and filled with the run's fitted parameters.
 
     Returns:
-        The run's config, the model and the fitted guide, on ``device``.
+        The run's config (the keys of renamed options under their new names), the model and
+        the fitted guide, on ``device``.
 
     Raises:
         FileNotFoundError: If there is no ``model.pt``.
@@ -307,7 +333,7 @@ def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dic
             f"`pyro-dwp mnist --method bbb --out {run_dir}`"
         )
     state = torch.load(path, map_location="cpu", weights_only=False)
-    config = state["config"]
+    config = upgrade_config(state["config"])
     if config["method"] != "bbb":
         raise ValueError(f"{run_dir} is a {config['method']!r} run; only BBB runs can be pruned")
     pyro.clear_param_store()
@@ -330,7 +356,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     _check_args(args)
     out: Path = prepare_out(args.out)
     device = torch.device(args.device)
-    data = load_data(args.data_dir, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed)
+    data = load_data(args.data_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     config = _config(args, train_size=len(data.x_train))
     _check_resume(out, config, args.resume)
     data = data.to(device)
@@ -347,7 +373,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         clf = baseline_classifier(net)
         saved = {"config": config, "state_dict": net.state_dict()}
     torch.save(saved, out / "model.pt")
-    metrics, probs = evaluate(clf, data.x_test, data.y_test, args.eval_samples, data.x_ood)
+    metrics, probs = evaluate(clf, data.x_test, data.y_test, args.test_samples, data.x_ood)
     (out / "learning_curves.json").write_text(json.dumps(history, indent=2) + "\n")
     _plot_learning_curves(out / "learning_curves.png", history, args.method)
     ax = plot_reliability_diagram(probs.cpu(), data.y_test.cpu(), ECE_BINS)
@@ -366,12 +392,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config with the keys of renamed options under their new names
+    (``samples`` -> ``particles``, ``eval_samples`` -> ``test_samples``, ``n_eval`` ->
+    ``n_test``), so that runs written before the renames can still be resumed and pruned."""
+    return {_RENAMED_KEYS.get(k, k): v for k, v in config.items()}
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    positive = ("hidden", "epochs", "batch_size", "samples", "eval_samples")
+    positive = ("hidden", "epochs", "batch_size", "particles", "test_samples")
     for key in positive:
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-    for key in ("n_train", "n_eval"):
+    for key in ("n_train", "n_test"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     if not 0 < args.pi < 1:
@@ -385,8 +418,7 @@ def _check_args(args: argparse.Namespace) -> None:
             )
     if args.max_train_minutes is not None and not args.max_train_minutes > 0:
         raise ValueError(f"--max-train-minutes must be > 0, got {args.max_train_minutes}")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    check_device(args.device)
 
 
 def _config(args: argparse.Namespace, train_size: int) -> dict[str, Any]:
@@ -400,7 +432,7 @@ def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> None:
     """On resume, refuse a run directory trained with other settings; then record ``config``."""
     path = out / "config.json"
     if resume and path.is_file():
-        old = json.loads(path.read_text())
+        old = upgrade_config(json.loads(path.read_text()))
         changed = {k: (old.get(k), config[k]) for k in _RUN_KEYS if old.get(k) != config[k]}
         if changed:
             raise ValueError(
@@ -430,7 +462,7 @@ def _train_bbb(
             epochs=epochs,
             batch_size=args.batch_size,
             lr=args.lr,
-            num_particles=args.samples,
+            num_particles=args.particles,
             vectorize_particles=True,
             kl_scheme=args.kl_scheme,
             device=args.device,

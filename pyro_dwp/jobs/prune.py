@@ -3,7 +3,7 @@
 Reloads ``--run DIR`` (written by ``pyro-dwp mnist --method bbb``), ranks every Bayesian weight
 and bias by ``|mu| / sigma`` (all layers together, one global threshold), removes the lowest
 fraction (mean and variance set to 0) and re-evaluates on the MNIST test set: test error and NLL
-of the posterior-mean network and of the ``--eval-samples`` ensemble.
+of the posterior-mean network and of the ``--test-samples`` ensemble.
 
 Each pruned posterior-mean network is exported as a deterministic ``torch.nn.Module`` whose
 linear layers store only their nonzero weights (:class:`~pyro_dwp.infer.pruning.SparseLinear`:
@@ -15,6 +15,8 @@ posterior-mean network saved the same way (``dense.pt``).
 Writes to ``--out`` (default ``RUN/prune``): ``pruning.md`` and ``pruning.json`` (one row per
 fraction, 0% included), ``snr.png`` (density and CDF of log10 signal-to-noise, as in the paper's
 Fig. 4) and the exported networks.
+
+Resume: none (nothing is trained); a rerun evaluates again and overwrites ``--out``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import Tensor
 
 from pyro_dwp.data import load_mnist
 from pyro_dwp.infer.pruning import posterior_mean_network, pruned_network, snr_masks
-from pyro_dwp.io import prepare_out
+from pyro_dwp.io import add_device_argument, check_device, prepare_out
 from pyro_dwp.jobs.mnist import bbb_classifier, evaluate, load_bbb_run
 
 __all__ = ["add_arguments", "main", "markdown_table"]
@@ -53,13 +55,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_FRACTIONS),
         help="fractions of the weights to remove, each in [0, 1) (0 is always added)",
     )
-    p.add_argument("--out", type=Path, default=None, help="output directory (default RUN/prune)")
     p.add_argument(
-        "--eval-samples", type=int, default=None, help="ensemble size (default: the run's)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default RUN/prune; resume: none, a rerun overwrites it)",
     )
-    p.add_argument("--n-eval", type=int, default=None, help="test subset (default: the run's)")
+    p.add_argument(
+        "--test-samples",
+        type=int,
+        default=None,
+        help="test-time ensemble size (default: the run's)",
+    )
+    p.add_argument("--n-test", type=int, default=None, help="test subset size (default: the run's)")
     p.add_argument("--data-dir", type=Path, default=None, help="default: the run's")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_argument(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the ensemble's weight samples")
 
 
@@ -69,12 +79,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     bad = [f for f in args.fractions if not 0.0 <= f < 1.0]
     if bad:
         raise ValueError(f"--fractions must lie in [0, 1), got {bad}")
+    check_device(args.device)
     config, model, guide = load_bbb_run(args.run_dir, args.device)
     out = prepare_out(args.out if args.out is not None else args.run_dir / "prune")
     data_dir = args.data_dir if args.data_dir is not None else _path_or_none(config["data_dir"])
-    n_eval = args.n_eval if args.n_eval is not None else config["n_eval"]
-    num_samples = args.eval_samples if args.eval_samples is not None else config["eval_samples"]
-    x, y = load_mnist("test", data_dir, n=n_eval, seed=config["seed"])
+    n_test = args.n_test if args.n_test is not None else config["n_test"]
+    num_samples = args.test_samples if args.test_samples is not None else config["test_samples"]
+    x, y = load_mnist("test", data_dir, n=n_test, seed=config["seed"])
     x, y = x.to(args.device), y.to(args.device)
 
     dense_bytes = _saved_size(posterior_mean_network(model, guide), out / "dense.pt")
@@ -105,7 +116,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "epochs_of_run": json.loads((args.run_dir / "metrics.json").read_text())["epochs"]
         if (args.run_dir / "metrics.json").is_file()
         else None,
-        "eval_samples": num_samples,
+        "test_samples": num_samples,
         "test_examples": len(y),
         "rows": rows,
         "seconds": time.perf_counter() - t0,

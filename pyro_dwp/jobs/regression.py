@@ -3,6 +3,10 @@
 Trains a small Bayes-by-Backprop MLP with the scale-mixture prior on the curve over
 ``x in [0, 0.5]`` and shows the predictive band widening away from the data. Writes
 ``regression.png``, ``posterior.nc`` (ArviZ ``InferenceData``) and ``metrics.json`` to ``--out``.
+
+Resume: explicit. ``--resume`` continues the run in ``--out`` from its ``checkpoint.pt`` (up to
+``--epochs``, which may differ); other settings are refused. Without ``--resume`` the run starts
+afresh; a finished run there with other settings is refused either way.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pyro_dwp.diagnostics import to_inference_data
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import fit, predict
-from pyro_dwp.io import prepare_out
+from pyro_dwp.io import add_device_argument, check_device, prepare_out
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
 
@@ -31,10 +35,17 @@ __all__ = ["add_arguments", "main", "sigma_from_neg_log"]
 
 # Options that do not change the result (where it goes, how it is shown, where it runs).
 _NOT_SETTINGS = ("out", "resume", "no_progress", "device", "run", "job")
+# Settings renamed with their options (old -> new), read from the metrics of an older run.
+_RENAMED_KEYS = {"samples": "predictive_samples"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (resume: explicit, with --resume; see --resume)",
+    )
     p.add_argument("--n-train", type=int, default=1000, help="training points in [0, 0.5]")
     p.add_argument("--hidden", type=int, nargs="+", default=[50, 50], help="hidden layer sizes")
     p.add_argument("--epochs", type=int, default=1500)
@@ -61,16 +72,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="learn the noise std as a point estimate instead (starts at --noise)",
     )
     p.add_argument("--kl-scheme", choices=["uniform", "blundell"], default="uniform")
-    p.add_argument("--samples", type=int, default=200, help="posterior predictive samples")
+    p.add_argument(
+        "--predictive-samples", type=int, default=200, help="posterior predictive samples"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add_device_argument(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint.pt (settings must match; --epochs "
+        "may differ); without it the run starts afresh",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the experiment; return (and write) the metrics and the settings that made them."""
     t0 = time.perf_counter()
+    check_device(args.device)
     out: Path = prepare_out(args.out)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
     _check_finished_run(out, settings, args.resume)
@@ -107,7 +126,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model.cpu()
     guide.cpu()
     grid = torch.linspace(-0.2, 1.2, 561)[:, None]
-    ys = predict(model, guide, grid, num_samples=args.samples, parallel=True)["obs"][..., 0]
+    ys = predict(model, guide, grid, num_samples=args.predictive_samples, parallel=True)["obs"][
+        ..., 0
+    ]
     q = torch.quantile(ys, torch.tensor([0.025, 0.25, 0.5, 0.75, 0.975]), dim=0)
     g = grid[:, 0]
     inside, outside = (g >= 0) & (g <= 0.5), (g >= 0.9) & (g <= 1.2)
@@ -122,7 +143,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": history[-1]["epoch"],
     }
     metrics["band_ratio"] = metrics["band_width_out"] / metrics["band_width_in"]
-    idata = to_inference_data(model, guide, x, y, num_samples=args.samples, output_name="mean")
+    idata = to_inference_data(
+        model, guide, x, y, num_samples=args.predictive_samples, output_name="mean"
+    )
     idata.to_netcdf(str(out / "posterior.nc"))
     _plot(out / "regression.png", x, y, g, q)
     metrics["seconds"] = time.perf_counter() - t0
@@ -159,6 +182,7 @@ def _check_finished_run(out: Path, settings: dict[str, Any], resume: bool) -> No
     if not path.is_file():
         return
     old = json.loads(path.read_text()).get("settings", {})
+    old = {_RENAMED_KEYS.get(k, k): v for k, v in old.items()}
     changed = [
         f"--{k.replace('_', '-')}: {old.get(k, '(not recorded)')} -> {v}"
         for k, v in settings.items()
