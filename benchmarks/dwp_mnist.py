@@ -194,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     p.add_argument("--work-dir", default="runs/dwp_mnist")
     p.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--data-dir", default=None)

@@ -214,7 +214,7 @@ def test_tiny_run_writes_kernel_sets_with_provenance(tmp_path, data_dir):
         assert prov["seeds"] == [0, 1] and prov["excluded_seeds"] == []
         assert prov["channels"] == [4, 8] and prov["epochs"] == 4
         assert prov["l2"] == 1e-3 and prov["l2_params"] == "conv" and prov["n_train"] == 100
-        assert prov["init"] == "xavier" and prov["pixel_scale"] == 255
+        assert prov["net_init"] == "xavier" and prov["pixel_scale"] == 255
         assert set(prov["test_accuracy"]) == {0, 1} and "fraction" in prov["rule"]
         assert prov["keep_fraction"] == fraction
         stats = report["layers"][layer]["kept_kernels"]

@@ -8,17 +8,22 @@ decayed linearly to 0 over the epochs, minibatches of ``min(256, N)``. The loss 
 summed cross-entropy times ``N / B`` plus the full KL term (the paper's weighting: ``fit``'s
 uniform scheme gives every step KL weight ``M * (1 / M) = 1``, so each step is an unbiased
 estimate of the full negative ELBO). Images are pixels / 255, as the source nets of
-``dwp-source`` see notMNIST (``--pixel-scale``). The test accuracy and NLL are those of an
-ensemble of ``--test-samples`` members (predictive probabilities averaged), by ``--evaluation``:
-``lrt`` (default, the DWP authors'): each member keeps the local reparameterisation at test
-time, fresh noise for every activation; ``weights``: each member is one draw of the weights
-from q, shared by all test images.
+``dwp-source`` see notMNIST (``--pixel-scale``). The guide means start from the network's
+initialisation or from samples of the deep weight prior (``--guide-init``). The test accuracy
+and NLL (on ``--n-test`` MNIST test images) are those of an ensemble of ``--test-samples``
+members (default 10; predictive probabilities averaged); ``--evaluation`` picks the ensemble:
+``lrt`` (default, the DWP authors'), the local-reparameterisation ensemble: each member keeps
+the local reparameterisation at test time, fresh noise for every activation; ``weights``, the
+weights ensemble: each member is one draw of the weights from q, shared by all test images.
 
 Writes to ``--out``: ``dwp_classify.json`` (one record per (prior, N, seed) cell, appended
-atomically: a rerun skips finished cells and resumes an unfinished one from its checkpoint in
-``cells/``), ``dwp_classify.md`` (mean +- std over seeds) and ``figure2.png`` (accuracy vs N,
+atomically), ``dwp_classify.md`` (mean +- std over seeds) and ``figure2.png`` (accuracy vs N,
 the paper's values dashed). ``--gap-samples K`` adds the Appendix F estimate of the bound gap
 ``L - L_aux`` to the deep-weight-prior cells.
+
+Resume: automatic. A rerun with the same settings in the same ``--out`` skips the finished
+cells and resumes an unfinished one from its checkpoint in ``cells/``; other settings are
+refused (use another ``--out``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fingerprint import file_digest
 from pyro_dwp.infer.fit import fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
-from pyro_dwp.io import prepare_out
+from pyro_dwp.io import add_device_argument, check_device, prepare_out
 from pyro_dwp.models.dwp_bnn import (
     LOG_UNIFORM_FAMILIES,
     PRIORS,
@@ -96,7 +101,7 @@ _CONFIG_KEYS = (
     "batch_size",
     "lr",
     "channels",
-    "init",
+    "guide_init",
     "reverse",
     "init_log_variance",
     "log_uniform_guide",
@@ -106,12 +111,20 @@ _CONFIG_KEYS = (
     "vae_dir",
     "dwp_layers",
 )
+# Config keys renamed with their options (old -> new), read from the results of an older run.
+_RENAMED_KEYS = {"init": "guide_init"}
 DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (resume: automatic, a rerun with the same settings continues "
+        "the run there; other settings are refused)",
+    )
     p.add_argument("--vae-dir", type=Path, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt")
     p.add_argument("--data-dir", type=Path, help="folder with mnist/ (else PYRO_DWP_DATA)")
     p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
@@ -134,7 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="log-uniform prior's guide: N(mu, alpha mu^2) with alpha <= 1 (the DWP authors' "
         "baseline) or (mu, log sigma^2) (sparse VD: collapses to chance on few examples)",
     )
-    p.add_argument("--test-samples", type=int, default=10, help="ensemble size at test time")
+    p.add_argument("--test-samples", type=int, default=10, help="test-time ensemble size")
     p.add_argument(
         "--evaluation",
         choices=list(EVALUATIONS),
@@ -142,9 +155,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="test-time ensemble: local reparameterisation (fresh noise per activation, the "
         "DWP authors') or one weight draw per member",
     )
-    p.add_argument("--n-test", type=int, default=None, help="test subset (default: all 10,000)")
+    p.add_argument(
+        "--n-test", type=int, default=None, help="test subset size (default: all 10,000)"
+    )
     p.add_argument("--gap-samples", type=int, default=0, help="K of the gap estimate (0: off)")
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -156,7 +171,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
     p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
     p.add_argument(
-        "--init", choices=["module", "dwp"], default="module", help="guide means' initialisation"
+        "--guide-init",
+        choices=["module", "dwp"],
+        default="module",
+        help="guide means' initialisation: the network's own or samples of the deep weight prior",
     )
     p.add_argument("--init-log-variance", type=float, default=-10.0)
     p.add_argument(
@@ -172,13 +190,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     _check_args(args)
     out: Path = prepare_out(args.out)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
-    if "dwp" in args.priors or args.init == "dwp":  # replaced VAE files make other cells
+    if "dwp" in args.priors or args.guide_init == "dwp":  # replaced VAE files: other cells
         config["vae_checksums"] = {
             f.name: file_digest(f) for f in sorted(args.vae_dir.glob("vae_conv*.pt"))
         }
     results = load_results(out / RESULTS, config, {"config": config, "cells": []})
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
-    needs_vaes = "dwp" in args.priors or args.init == "dwp"
+    needs_vaes = "dwp" in args.priors or args.guide_init == "dwp"
     vaes = load_vaes(args.vae_dir, args.device) if needs_vaes else None
     x_test, y_test = load_mnist(
         "test", args.data_dir, n=args.n_test, seed=0, flatten=False, pixel_scale=args.pixel_scale
@@ -204,13 +222,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    check_device(args.device)
     for label in ("epochs", "batch_size", "test_samples"):
         if getattr(args, label) < 1:
             raise ValueError(f"--{label.replace('_', '-')} must be >= 1")
     if min(args.n_train) < 1 or min(args.channels) < 1 or args.gap_samples < 0:
         raise ValueError("--n-train and --channels must be >= 1, --gap-samples >= 0")
-    if ("dwp" in args.priors or args.init == "dwp") and args.vae_dir is None:
-        raise ValueError("the deep weight prior (and --init dwp) needs --vae-dir from dwp-prior")
+    if ("dwp" in args.priors or args.guide_init == "dwp") and args.vae_dir is None:
+        raise ValueError(
+            "the deep weight prior (and --guide-init dwp) needs --vae-dir from dwp-prior"
+        )
 
 
 def _jsonable(v: Any) -> Any:
@@ -232,12 +253,17 @@ def load_vaes(vae_dir: Path, device: str) -> dict[str, KernelVAE]:
 def load_results(path: Path, config: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
     """The results JSON at ``path`` if it exists, else ``fresh`` (its ``"config"``, ``config``).
 
+    A file written before an option was renamed is read with the option's new key
+    (``init`` -> ``guide_init``).
+
     Raises:
         ValueError: If the file was written with another ``"config"`` than ``config``.
     """
     if not path.exists():
         return fresh
     results = json.loads(path.read_text())
+    if isinstance(results.get("config"), dict):
+        results["config"] = {_RENAMED_KEYS.get(k, k): v for k, v in results["config"].items()}
     if results.get("config") != config:
         raise ValueError(
             f"{path} was written with other settings ({results.get('config')}); "
@@ -268,7 +294,7 @@ def build_cell(
 ) -> tuple[DWPSetup, Tensor, Tensor]:
     """Seed, load the ``N`` training examples of ``seed`` and build the untrained cell.
 
-    Reads ``args.data_dir``, ``pixel_scale``, ``channels``, ``device``, ``reverse``, ``init``,
+    Reads ``args.data_dir``, ``pixel_scale``, ``channels``, ``device``, ``reverse``, ``guide_init``,
     ``init_log_variance`` and ``log_uniform_guide``. Clears the Pyro param store.
 
     Returns:
@@ -287,7 +313,7 @@ def build_cell(
         dataset_size=n,
         vaes=vaes,
         trainable_reverse=args.reverse == "trainable",
-        init=args.init,
+        init=args.guide_init,
         init_log_variance=args.init_log_variance,
         log_uniform_family=args.log_uniform_guide,
     )
@@ -440,9 +466,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tu
     return summary
 
 
-def summary_table(
-    summary: dict[tuple[str, int], dict[str, tuple]], test_samples: int = 10
-) -> str:
+def summary_table(summary: dict[tuple[str, int], dict[str, tuple]], test_samples: int = 10) -> str:
     """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`,
     of ``test_samples``-sample ensembles."""
     priors = sorted({p for p, _ in summary}, key=PRIORS.index)

@@ -14,8 +14,11 @@ Writes to ``--out``: ``dwp_gap.json`` (configuration and, for the rows ``init``,
 and ``frozen``, the estimates of every layer and their total and ``reverse_shift``, the largest
 change of a reverse-model parameter from the VAE encoder's, 0 unless trained; atomically
 rewritten after each row) and ``dwp_gap.md`` (the gaps in nats per layer, in total and per
-kernel). A rerun with the same settings skips the finished rows and resumes an interrupted
-training from its checkpoint in ``cells/``; other settings in the same ``--out`` are refused.
+kernel).
+
+Resume: automatic. A rerun with the same settings in the same ``--out`` skips the finished rows
+and resumes an interrupted training from its checkpoint in ``cells/``; other settings are
+refused (use another ``--out``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
-from pyro_dwp.io import prepare_out
+from pyro_dwp.io import add_device_argument, check_device, prepare_out
 from pyro_dwp.jobs.dwp_classify import (
     add_training_arguments,
     build_cell,
@@ -58,7 +61,7 @@ _CONFIG_KEYS = (
     "batch_size",
     "lr",
     "channels",
-    "init",
+    "guide_init",
     "init_log_variance",
     "gap_samples",
     "weight_samples",
@@ -66,7 +69,13 @@ _CONFIG_KEYS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (resume: automatic, a rerun with the same settings continues "
+        "the run there; other settings are refused)",
+    )
     p.add_argument(
         "--vae-dir", type=Path, required=True, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt"
     )
@@ -78,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--gap-samples", type=int, default=1000, help="K codes per kernel (the paper: 10,000)"
     )
     p.add_argument("--weight-samples", type=int, default=1, help="draws of the weights from q(w)")
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -113,6 +122,7 @@ def _per_kernel(total: dict[str, float]) -> float:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    check_device(args.device)
     for label in ("epochs", "batch_size", "n_train", "gap_samples", "weight_samples"):
         if getattr(args, label) < 1:
             raise ValueError(f"--{label.replace('_', '-')} must be >= 1")

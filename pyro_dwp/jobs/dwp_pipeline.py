@@ -201,8 +201,8 @@ def classify_runs(dwp_init: str = "dwp", reverse: str = "trainable") -> dict[str
     samples of the prior) and its reverse model ``reverse`` (``"trainable"`` or ``"frozen"``).
     """
     return {
-        "baselines": ["--priors", "normal", "log-uniform", "--init", "module"],
-        "dwp": ["--priors", "dwp", "--init", dwp_init, "--reverse", reverse],
+        "baselines": ["--priors", "normal", "log-uniform", "--guide-init", "module"],
+        "dwp": ["--priors", "dwp", "--guide-init", dwp_init, "--reverse", reverse],
     }
 
 

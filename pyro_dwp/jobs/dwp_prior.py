@@ -34,6 +34,8 @@ issue tracker follows at the top level, ``"recon_over_std": {layer: r}`` and ``"
 {layer: {"source": s, "prior_samples": p}}``.
 
 On one H100 (``--device cuda``) the default budget takes a minute or two per layer.
+
+Resume: none. A rerun fits the VAEs again and overwrites the files in ``--out``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import torch
 from torch import Tensor
 
 from pyro_dwp.data import kernel_smoothness, select_kernels, split_kernels
-from pyro_dwp.io import read_torch_file
+from pyro_dwp.io import add_device_argument, check_device, read_torch_file
 from pyro_dwp.models.kernel_vae import KernelVAE, fit_kernel_vae, save_kernel_vae
 
 __all__ = ["add_arguments", "evaluate_kernel_vae", "load_kernel_set", "main"]
@@ -61,7 +63,12 @@ _SMOOTHNESS_SAMPLES = 10_000  # prior samples in the smoothness statistic
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", type=Path, required=True, help="output folder of dwp-source")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (resume: none, a rerun fits again and overwrites it)",
+    )
     p.add_argument("--layers", nargs="+", default=["conv1", "conv2"], help="kernel sets to fit")
     length = p.add_mutually_exclusive_group()
     length.add_argument(
@@ -95,15 +102,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--iwae-samples", type=int, default=100, help="K of the held-out IWAE bound")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Fit, save, evaluate and plot one kernel VAE per layer; return (and write) the report."""
     t0 = time.perf_counter()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda given, but CUDA is not available")
+    check_device(args.device)
     if args.iwae_samples < 1:
         raise ValueError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
     if args.z_dim is not None and args.z_dim < 1:

@@ -32,8 +32,11 @@ Writes to ``--out``:
   "layer", "kernel_size", "provenance": {...}}`` (float32, CPU; see :func:`main`);
 - ``source_report.json``: per-net accuracies, per-layer "kept n of m", the floor, the kernels'
   std and smoothness, warnings;
-- ``source_nets/net_seed<S>.pt``: each trained net; a re-run with the same settings loads it
-  instead of training again (resume).
+- ``source_nets/net_seed<S>.pt``: each trained net.
+
+Resume: automatic. A rerun with the same settings in the same ``--out`` loads the nets trained
+there instead of training them again, and trains the missing ones; a net trained with other
+settings is refused (use another ``--out``).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from pyro_dwp.data import (
     split_kernels,
 )
 from pyro_dwp.infer.fit import save_checkpoint
-from pyro_dwp.io import read_torch_file
+from pyro_dwp.io import add_device_argument, check_device, read_torch_file
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
 __all__ = [
@@ -88,7 +91,7 @@ INITS: dict[str, Callable[[nn.Module], None]] = {
     "torch": lambda net: None,
     "xavier": _xavier_normal_init,
 }
-"""``--init`` choices: functions that re-initialise a freshly built net's weights in place."""
+"""``--net-init`` choices: functions that re-initialise a freshly built net's weights in place."""
 
 
 L2_PARAMS = ("conv", "all")
@@ -96,7 +99,13 @@ L2_PARAMS = ("conv", "all")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (resume: automatic, a rerun with the same settings loads the "
+        "nets trained there; other settings are refused)",
+    )
     p.add_argument("--num-nets", type=int, default=10, help="number K of source networks")
     p.add_argument(
         "--channels",
@@ -114,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Adam's rate decayed linearly to 0 over the epochs, or constant (default: linear)",
     )
     p.add_argument(
-        "--init",
+        "--net-init",
         choices=list(INITS),
         default="xavier",
         help="weights' initialisation: Xavier normal (the DWP authors', default) or PyTorch's "
@@ -178,7 +187,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="train (or load) the nets, write no kernel sets (one process per GPU)",
     )
     p.add_argument("--data-dir", type=Path, default=None, help="folder with notmnist/")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -191,7 +200,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     The ``provenance`` dict of ``kernels_<layer>.pt`` holds: ``source_data``, ``n_train``,
     ``seeds`` (of the kept nets), ``excluded_seeds``, ``test_accuracy`` (``{seed: accuracy}`` of
     all nets), the training settings (``channels``, ``epochs``, ``lr_schedule``, ``batch_size``,
-    ``lr``, ``l2``, ``l2_params``, ``init``, ``pixel_scale``), ``rule`` (in words),
+    ``lr``, ``l2``, ``l2_params``, ``net_init``, ``pixel_scale``), ``rule`` (in words),
     ``keep_fraction`` or ``min_norm`` (this layer's), ``norm_threshold`` (the smallest kept
     norm or the floor), ``kept``, ``total``, ``kept_of_total`` (``"kept n of m"``),
     ``max_kernels``, ``subsampled`` (kernels after the cap), ``test_fraction`` and ``split_seed``.
@@ -275,10 +284,14 @@ _SETTINGS = (
     "lr",
     "l2",
     "l2_params",
-    "init",
+    "net_init",
     "pixel_scale",
     "n_train_subset",
 )
+
+
+# Settings renamed with their options (old -> new), read from the nets of an older run.
+_RENAMED_KEYS = {"init": "net_init"}
 
 
 def _floor(args: argparse.Namespace, layer_index: int) -> dict[str, float]:
@@ -312,8 +325,7 @@ def _check_args(args: argparse.Namespace) -> None:
             f"--lr and --l2 must be >= 0 and --pixel-scale > 0, got {args.lr}, {args.l2}, "
             f"{args.pixel_scale}"
         )
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda given, but CUDA is not available")
+    check_device(args.device)
     if args.bf16 and args.device != "cuda":
         raise ValueError("--bf16 needs --device cuda")
 
@@ -333,6 +345,7 @@ def _trained_net(
     evaluate and save it; return it (on the CPU) and its report record."""
     if path.is_file():
         state = _load_net_checkpoint(path)
+        state["settings"] = {_RENAMED_KEYS.get(k, k): v for k, v in state["settings"].items()}
         if state["settings"] != settings or state["seed"] != seed:
             old = {**state["settings"], "seed": state["seed"]}
             new = {**settings, "seed": seed}
@@ -347,7 +360,7 @@ def _trained_net(
         return net, {**state["record"], "resumed": True}
     torch.manual_seed(seed)
     net = DWPConvNet(tuple(args.channels))
-    INITS[args.init](net)
+    INITS[args.net_init](net)
     net.to(device)
     losses = _train(net, x, y, seed, args, device)
     accuracy = _accuracy(net, x_test, y_test, args.batch_size, device)
