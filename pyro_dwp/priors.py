@@ -8,6 +8,8 @@ A prior specification is one of
   where the first matching pattern wins and ``None`` keeps the parameter a point estimate,
 - or a :class:`Prior` object (TyXe style) that decides per parameter in code.
 
+:func:`pretrained` loads the deep weight priors that ship with the package (``"notmnist"``).
+
 A parameter that no rule selects stays deterministic (a ``pyro.param``).
 """
 
@@ -22,7 +24,17 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-__all__ = ["Prior", "PriorSpec", "SelectorPrior", "as_prior", "expand_to_param"]
+from pyro_dwp.pretrained import PRETRAINED, pretrained
+
+__all__ = [
+    "PRETRAINED",
+    "Prior",
+    "PriorSpec",
+    "SelectorPrior",
+    "as_prior",
+    "expand_to_param",
+    "pretrained",
+]
 
 
 class Prior(ABC):

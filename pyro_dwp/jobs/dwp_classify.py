@@ -63,6 +63,7 @@ from pyro_dwp.models.dwp_bnn import (
 )
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
+from pyro_dwp.pretrained import PRETRAINED, pretrained_dir
 
 __all__ = [
     "EVALUATIONS",
@@ -125,7 +126,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="output directory (resume: automatic, a rerun with the same settings continues "
         "the run there; other settings are refused)",
     )
-    p.add_argument("--vae-dir", type=Path, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt")
+    vaes = p.add_mutually_exclusive_group()
+    vaes.add_argument("--vae-dir", type=Path, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt")
+    vaes.add_argument(
+        "--pretrained",
+        choices=PRETRAINED,
+        help="a deep weight prior shipped with the package instead of --vae-dir",
+    )
     p.add_argument("--data-dir", type=Path, help="folder with mnist/ (else PYRO_DWP_DATA)")
     p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
@@ -228,9 +235,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{label.replace('_', '-')} must be >= 1")
     if min(args.n_train) < 1 or min(args.channels) < 1 or args.gap_samples < 0:
         raise ValueError("--n-train and --channels must be >= 1, --gap-samples >= 0")
+    if getattr(args, "pretrained", None) is not None:  # checksums verified here
+        args.vae_dir = pretrained_dir(args.pretrained)
     if ("dwp" in args.priors or args.guide_init == "dwp") and args.vae_dir is None:
         raise ValueError(
-            "the deep weight prior (and --guide-init dwp) needs --vae-dir from dwp-prior"
+            "the deep weight prior (and --guide-init dwp) needs --vae-dir from dwp-prior or "
+            "--pretrained (a shipped prior)"
         )
 
 

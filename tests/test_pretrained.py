@@ -1,0 +1,118 @@
+"""The deep weight prior shipped with the package: loading, checksums, devices, kernel sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import pyro_dwp.pretrained as shipped
+from pyro_dwp import BNN, Categorical
+from pyro_dwp.distributions import DeepWeightPrior
+from pyro_dwp.jobs import dwp_classify
+from pyro_dwp.models.kernel_vae import load_kernel_vae
+from pyro_dwp.priors import PRETRAINED, pretrained
+
+
+@pytest.fixture
+def copy_of_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A writable copy of the shipped ``notmnist`` folder that the loader reads instead."""
+    folder = tmp_path / "notmnist"
+    shutil.copytree(shipped._folder("notmnist"), folder)
+    monkeypatch.setattr(shipped, "_folder", lambda name: folder)
+    return folder
+
+
+def test_pretrained_gives_one_prior_per_layer_equal_to_the_shipped_vaes() -> None:
+    assert PRETRAINED == ("notmnist",)
+    priors = pretrained("notmnist")
+    assert set(priors) == {"conv1", "conv2"}
+    folder = shipped.pretrained_dir("notmnist")
+    for layer, k in (("conv1", 7), ("conv2", 5)):
+        prior = priors[layer]
+        assert isinstance(prior, DeepWeightPrior)
+        assert prior.event_shape == (k, k)
+        vae, _ = load_kernel_vae(folder / f"vae_{layer}.pt")
+        z = torch.randn(16, vae.z_dim)
+        for got, want in zip(prior.decoder(z), vae.decoder(z), strict=True):
+            torch.testing.assert_close(got, want)
+        # the importance-sampled log density of a decoder mean is finite
+        w = vae.decoder(z[:2])[0].detach()
+        assert torch.isfinite(prior.log_prob(w)).all()
+
+
+def test_metadata_records_provenance_fit_and_the_files_checksums() -> None:
+    meta = shipped.pretrained_metadata("notmnist")
+    folder = shipped.pretrained_dir("notmnist")
+    assert meta["commit"] and meta["commands"]
+    assert set(meta["sha256"]) == {"vae_conv1.pt", "vae_conv2.pt"}
+    for file, digest in meta["sha256"].items():
+        assert shipped.sha256(folder / file) == digest
+    for layer, k in (("conv1", 7), ("conv2", 5)):
+        info = meta["layers"][layer]
+        assert info["kernel_size"] == k
+        assert info["source_kernels"]["kernel_size"] == k
+        assert 0 < info["fit_on_held_out_kernels"]["recon_over_std"] < 1
+
+
+def test_a_changed_byte_is_refused_naming_the_file(copy_of_shipped: Path) -> None:
+    path = copy_of_shipped / "vae_conv2.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"vae_conv2\.pt has SHA-256 .* corrupt or was altered"):
+        pretrained("notmnist")
+
+
+def test_a_missing_file_or_unreadable_metadata_is_refused(copy_of_shipped: Path) -> None:
+    (copy_of_shipped / "vae_conv1.pt").unlink()
+    with pytest.raises(ValueError, match=r"vae_conv1\.pt is missing"):
+        pretrained("notmnist")
+    (copy_of_shipped / "metadata.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read .*metadata.json"):
+        pretrained("notmnist")
+
+
+def test_an_unknown_name_lists_the_shipped_priors() -> None:
+    with pytest.raises(ValueError, match=r"no shipped prior named 'cifar'.*'notmnist'"):
+        pretrained("cifar")
+
+
+def test_device_argument_places_the_networks() -> None:
+    priors = pretrained("notmnist", device=torch.device("cpu"), num_samples=7)
+    for prior in priors.values():
+        assert prior.num_samples == 7
+        assert {p.device for p in prior.parameters()} == {torch.device("cpu")}
+    if torch.cuda.is_available():  # pragma: no cover (CI has no GPU)
+        cuda = pretrained("notmnist", device="cuda")["conv1"]
+        assert next(cuda.parameters()).is_cuda
+
+
+def test_a_layer_of_another_kernel_size_is_refused() -> None:
+    priors = pretrained("notmnist")
+    net = nn.Sequential(nn.Conv2d(1, 4, 5), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ValueError, match=r"event shape 7x7 but .*\(4, 1, 5, 5\)"):
+        BNN(net, {"0.weight": priors["conv1"]}, Categorical(10))
+    BNN(net, {"0.weight": priors["conv2"]}, Categorical(10))  # the 5x5 prior fits
+
+
+def test_dwp_classify_pretrained_option_resolves_the_verified_folder(
+    copy_of_shipped: Path,
+) -> None:
+    parser = argparse.ArgumentParser()
+    dwp_classify.add_arguments(parser)
+    args = parser.parse_args(["--out", "x", "--pretrained", "notmnist", "--priors", "dwp"])
+    dwp_classify._check_args(args)
+    assert args.vae_dir == copy_of_shipped
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--pretrained", "notmnist", "--vae-dir", "v"])
+    meta = json.loads((copy_of_shipped / "metadata.json").read_text())
+    meta["sha256"]["vae_conv1.pt"] = "0" * 64
+    (copy_of_shipped / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="corrupt or was altered"):
+        dwp_classify._check_args(parser.parse_args(["--out", "x", "--pretrained", "notmnist"]))
