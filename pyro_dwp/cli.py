@@ -49,7 +49,7 @@ def _plain(doc: str | None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from pyro_dwp import __version__
 
-    parser = argparse.ArgumentParser(prog="pyro-dwp", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pyro-dwp", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"pyro-dwp {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, (module, help_) in JOBS.items():
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_,
             description=_plain(job.__doc__),
             formatter_class=_HelpFormatter,
+            allow_abbrev=False,  # a renamed option must not parse as a prefix of another
         )
         job.add_arguments(p)
         for action in p._actions:  # argparse prints no help line, so no default, without a text

@@ -116,3 +116,11 @@ def test_mnist_run_recorded_under_old_option_names_resumes_and_prunes(tmp_path):
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
     assert main([*args, "--epochs", "2", "--resume", "--particles", "2"]) == 1
+
+
+def test_an_option_prefix_is_not_taken_for_a_longer_option(capsys):
+    # with argparse's abbreviations the removed --init -5 would set --init-log-variance
+    with pytest.raises(SystemExit) as info:
+        _parse("dwp-classify", "--init", "-5")
+    assert info.value.code == 2
+    assert "unrecognized arguments: --init" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``pyro-dwp dwp``: a tiny pipeline writes every output and the table, a rerun skips it all."""
+"""``pyro-dwp dwp``: a tiny pipeline writes every output and the table, a rerun skips it all;
+by default the classifier runs alone with the shipped prior."""
 
 import json
 from pathlib import Path
@@ -20,6 +21,7 @@ def _args(out, *extra):
         "dwp",
         "--out", str(out),
         "--data-dir", str(SHARED_DATA),
+        "--train-prior",
         "--source-nets", "2",
         "--channels", "4", "8",
         "--source-epochs", "5",
@@ -46,6 +48,7 @@ def test_tiny_pipeline_writes_everything_and_a_rerun_skips_it(tmp_path, capsys, 
     assert "Test accuracy" in table and "Test NLL" in table and "N=20" in table
     summary = json.loads((out / "dwp.json").read_text())
     assert summary["preset"] == "quick" and summary["settings"]["channels"] == [4, 8]
+    assert summary["prior"] is None  # trained by the pipeline
     assert set(summary["stages"]) == {"source", "prior", "classify/baselines", "classify/dwp"}
     assert set(summary["results"]) == {"dwp N=20", "normal N=20", "log-uniform N=20"}
     outputs = summary["outputs"]
@@ -85,14 +88,44 @@ def test_missing_data_is_reported_before_any_training(tmp_path, capsys, monkeypa
     assert main(["dwp", "--out", str(tmp_path / "o"), "--data-dir", str(missing)]) == 1
     err = capsys.readouterr().err
     assert f"--data-dir {missing} is not a directory" in err and "notmnist/" in err
-    assert main(["dwp", "--out", str(tmp_path / "o")]) == 1
+    assert main(["dwp", "--out", str(tmp_path / "o"), "--train-prior"]) == 1
     assert "No data directory" in capsys.readouterr().err
     (missing / "notmnist").mkdir(parents=True)
-    assert main(["dwp", "--out", str(tmp_path / "o"), "--data-dir", str(missing)]) == 1
+    train = ["dwp", "--out", str(tmp_path / "o"), "--data-dir", str(missing), "--train-prior"]
+    assert main(train) == 1
     assert "notMNIST file(s) not found" in capsys.readouterr().err
+    (missing / "mnist").mkdir()  # the shipped prior needs MNIST only
+    assert main(["dwp", "--out", str(tmp_path / "o"), "--data-dir", str(missing)]) == 1
+    assert "MNIST file(s) not found" in capsys.readouterr().err
     assert not (tmp_path / "o" / "source").exists()
 
 
 def test_bad_override_is_reported(tmp_path, capsys):
     assert main(["dwp", "--out", str(tmp_path), "--epochs", "0"]) == 1
     assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+@needs_data
+def test_default_runs_the_classifier_alone_with_the_shipped_prior(tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    tiny = ["--channels", "4", "8", "--n-train", "20", "--epochs", "1", "--n-test", "100"]
+    argv = ["dwp", "--out", str(out), "--data-dir", str(SHARED_DATA), "--no-progress", *tiny]
+    assert main(argv) == 0
+    table = capsys.readouterr().out.split("\n{")[0]
+    assert "the shipped prior 'notmnist'" in table
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1:4] == ["dwp", "normal", "log-uniform"]  # under the header: DWP first
+    summary = json.loads((out / "dwp.json").read_text())
+    assert summary["prior"] == "notmnist"
+    assert set(summary["stages"]) == {"classify/baselines", "classify/dwp"}
+    assert "--pretrained notmnist" in " ".join(summary["stages"]["classify/dwp"]["argv"])
+    assert set(summary["results"]) == {"dwp N=20", "normal N=20", "log-uniform N=20"}
+    for accuracy_nll in summary["results"].values():
+        assert 0 <= accuracy_nll["accuracy"] <= 1 and accuracy_nll["nll"] > 0
+    assert Path(summary["outputs"]["prior"], "vae_conv1.pt").is_file()
+    assert not (out / "source").exists() and not (out / "prior").exists()
+    # a rerun skips both runs; a trained prior in the same folder is refused
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count("finished in an earlier run") == 2
+    assert main([*argv, "--train-prior"]) == 1
+    assert "holds a run with the prior notmnist" in capsys.readouterr().err

@@ -1,6 +1,10 @@
 """``pyro-dwp dwp``: the whole deep weight prior pipeline (Atanov et al., 2019), end to end.
 
-Runs the three stages in this process, each into its own folder of ``--out``:
+Runs the stages in this process, each into its own folder of ``--out``. By default (the
+``quick`` preset) the deep weight prior is the one shipped with the package
+(:func:`pyro_dwp.priors.pretrained`, ``"notmnist"``: kernel VAEs that this pipeline learned on a
+GPU from source nets of the DWP authors' recipe) and only stage 3 runs; ``--train-prior`` (and
+the ``paper`` preset) runs all three:
 
 1. ``dwp-source`` -> ``OUT/source``: source ConvNets on notMNIST and their kernel sets;
 2. ``dwp-prior`` -> ``OUT/prior``: one kernel VAE per layer (the prior), with plots of prior
@@ -14,23 +18,25 @@ Runs the three stages in this process, each into its own folder of ``--out``:
    (test accuracy and NLL per prior and N, mean +- std over seeds; also printed) and
    ``OUT/classify/figure2.png`` (accuracy vs N beside the paper's Figure 2).
 
-``OUT/dwp.json`` records each finished stage (its options and seconds), the settings, the
-results and the paths of all outputs. A rerun with the same settings skips the stages recorded
-there; an interrupted stage resumes (``dwp-source`` loads the nets it trained, ``dwp-classify``
-skips finished cells and resumes the unfinished one from its checkpoint; ``dwp-prior`` starts
+``OUT/dwp.json`` records the shipped prior used (``"prior"``; ``null``: trained), each finished
+stage (its options and seconds), the settings, the results and the paths of all outputs. A
+rerun with the same settings skips the stages recorded there; an interrupted stage resumes
+(``dwp-source`` loads the nets it trained, ``dwp-classify`` skips finished cells and resumes
+the unfinished one from its checkpoint; ``dwp-prior`` starts
 again). Other source or prior settings in the same ``--out`` are refused.
 
 Presets (the options below override single values):
 
-- ``quick`` (default; 3 minutes on 2 idle CPU cores, 6 on busy ones): 4 source nets of
-  16 / 32 channels, 8 epochs on 5,000 notMNIST images, at most 1,000 kernels per layer;
-  kernel VAEs 100 epochs; the target ConvNet of the same 16 / 32 channels, N = 100, data seed
-  0, 300 epochs, tested on 2,000 MNIST images. The target must have the source nets' widths:
-  a kernel's scale follows its layer's fan-in (see ``pyro-dwp dwp-source --help``). Small nets
-  and short training: the numbers show the pipeline at work, not the paper's accuracies.
+- ``quick`` (default; about 4 minutes on 2 CPU cores): the shipped prior; the target ConvNet
+  of 16 / 32 channels (the paper's 32 / 128 take 3 s per deep-weight-prior step on 2 CPU
+  cores), N = 100, data seed 0, 300 epochs, tested on 2,000 MNIST images. With
+  ``--train-prior``: 4 source nets of the target's widths, 8 epochs on 5,000 notMNIST images, at
+  most 1,000 kernels per layer, kernel VAEs 100 epochs. Short training of a small net: the
+  numbers show the pipeline at work, not the paper's accuracies
+  (``benchmarks/results/dwp_mnist.md`` has the grid on GPUs).
 - ``paper``: every stage's own defaults (the DWP authors' source recipe, 10 nets of 256 / 512
   channels; VAEs 40,000 steps; N in 50 ... 1000, seeds 0 1 2, 1,000 epochs per cell), for a GPU
-  (``--device cuda``; ``benchmarks/results/dwp_mnist.md`` has such a grid on an H100).
+  (``--device cuda``); it always trains its own prior.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from typing import Any
 from pyro_dwp.data import DATA_ENV_VAR, find_data_dir
 from pyro_dwp.jobs import dwp_classify, dwp_prior, dwp_source
 from pyro_dwp.jobs.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
+from pyro_dwp.pretrained import pretrained_dir
 
 __all__ = ["PRESETS", "add_arguments", "classify_runs", "main", "run_stage"]
 
@@ -68,6 +75,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},  # every stage's defaults
 }
 """Option values of each preset; an option missing from a preset takes its stage's default."""
+
+SHIPPED_PRIOR: dict[str, str | None] = {"quick": "notmnist", "paper": None}
+"""The shipped prior each preset uses unless ``--train-prior`` (``None``: always trained)."""
 
 # option -> (stage, flag of the stage's job); ``channels`` goes to both ends of the pipeline.
 _OPTIONS = {
@@ -94,6 +104,12 @@ _STAGE_FILES = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument(
+        "--train-prior",
+        action="store_true",
+        help="train the prior (dwp-source, dwp-prior with the preset's settings) instead of "
+        "using the one shipped with the package (the paper preset always trains it)",
+    )
     p.add_argument(
         "--data-dir", type=Path, help="folder with mnist/ and notmnist/ (else PYRO_DWP_DATA)"
     )
@@ -124,16 +140,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the missing stages, merge the classifier runs, print the table; return the summary."""
     t0 = time.perf_counter()
     settings = _settings(args)
+    shipped = None if args.train_prior else SHIPPED_PRIOR[args.preset]
     out: Path = args.out
     summary_path = out / SUMMARY
     state = _load_state(summary_path)
-    plan = _plan(out, settings, args.dwp_init)
+    plan = _plan(out, settings, args.dwp_init, shipped)
     todo = [name for name, _ in plan if not _finished(out, state, name, _argv(plan, name))]
     if "source" in todo or "prior" in todo:
         _refuse_other_settings(out, state, plan)
     _check_data(args.data_dir, needs_notmnist="source" in todo)
     out.mkdir(parents=True, exist_ok=True)
-    state.update(preset=args.preset, settings=settings)
+    if state.get("prior", shipped) != shipped:
+        raise ValueError(
+            f"{out} holds a run with the prior {state['prior'] or 'trained by the pipeline'}, "
+            f"this run uses {shipped or 'a trained one (--train-prior)'}: use another --out"
+        )
+    state.update(preset=args.preset, prior=shipped, settings=settings)
     runtime = ["--device", args.device, *(["--no-progress"] if args.no_progress else [])]
     data = ["--data-dir", args.data_dir] if args.data_dir is not None else []
     for i, (name, argv) in enumerate(plan, 1):
@@ -156,13 +178,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{p} N={n}": {m: summary[p, n][m][0] for m in ("accuracy", "nll")}
         for p, n in sorted(summary)
     }
-    state["outputs"] = _outputs(out)
+    state["outputs"] = _outputs(out, shipped)
     state["seconds"] = {
         "stages": {k: round(v["seconds"], 1) for k, v in state["stages"].items()},
         "this_run": round(time.perf_counter() - t0, 1),
     }
     dwp_classify.write_json(summary_path, state)
-    print(f"Deep weight prior vs normal vs log-uniform on MNIST ({args.preset} preset)\n")
+    prior = f"the shipped prior {shipped!r}" if shipped else f"the prior in {out / 'prior'}"
+    print(f"Deep weight prior ({prior}) vs normal vs log-uniform on MNIST ({args.preset} preset)\n")
     print(table)
     return {
         "summary": str(summary_path),
@@ -185,7 +208,7 @@ def run_stage(argv: Sequence[object]) -> tuple[dict[str, Any], float]:
     if job not in _STAGE_JOBS:
         raise ValueError(f"a stage is one of {sorted(_STAGE_JOBS)}, got {job!r}")
     module = _STAGE_JOBS[job]
-    parser = argparse.ArgumentParser(prog=f"pyro-dwp {job}")
+    parser = argparse.ArgumentParser(prog=f"pyro-dwp {job}", allow_abbrev=False)
     module.add_arguments(parser)
     args = parser.parse_args(options)
     t0 = time.perf_counter()
@@ -220,8 +243,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _plan(out: Path, settings: dict[str, Any], dwp_init: str) -> list[tuple[str, list[object]]]:
-    """``[(stage name, [job, *options])]`` without the runtime options (device, data, progress)."""
+def _plan(
+    out: Path, settings: dict[str, Any], dwp_init: str, shipped: str | None
+) -> list[tuple[str, list[object]]]:
+    """``[(stage name, [job, *options])]`` without the runtime options (device, data, progress);
+    with a ``shipped`` prior only the classifier runs."""
     options: dict[str, list[object]] = {"source": [], "prior": [], "classify": []}
     for key, targets in _OPTIONS.items():
         value = settings[key]
@@ -229,16 +255,20 @@ def _plan(out: Path, settings: dict[str, Any], dwp_init: str) -> list[tuple[str,
             continue
         for stage, flag in targets:
             options[stage] += [flag, *(value if isinstance(value, list) else [value])]
-    plan: list[tuple[str, list[object]]] = [
-        ("source", ["dwp-source", "--out", out / "source", *options["source"]]),
-        (
-            "prior",
-            ["dwp-prior", "--kernels", out / "source", "--out", out / "prior", *options["prior"]],
-        ),
-    ]
+    plan: list[tuple[str, list[object]]] = []
+    if shipped is None:
+        plan += [
+            ("source", ["dwp-source", "--out", out / "source", *options["source"]]),
+            (
+                "prior",
+                ["dwp-prior", "--kernels", out / "source", "--out", out / "prior"]
+                + options["prior"],
+            ),
+        ]
+    prior = ["--pretrained", shipped] if shipped else ["--vae-dir", out / "prior"]
     for run, extra in classify_runs(dwp_init).items():
         folder = out / "classify" / run
-        argv = ["dwp-classify", "--out", folder, "--vae-dir", out / "prior", *options["classify"]]
+        argv = ["dwp-classify", "--out", folder, *prior, *options["classify"]]
         plan.append((f"classify/{run}", [*argv, *extra]))
     return plan
 
@@ -264,7 +294,7 @@ def _refuse_other_settings(
     """Stop before a source or prior stage reruns under results made with other settings."""
     for name in ("source", "prior"):
         record = state["stages"].get(name)
-        if record is not None and record["argv"] != _argv(plan, name):
+        if record is not None and name in dict(plan) and record["argv"] != _argv(plan, name):
             raise ValueError(
                 f"{out / name} was made with other settings ({' '.join(record['argv'])}) than "
                 f"this run ({' '.join(_argv(plan, name))}): use another --out, or delete {out}"
@@ -300,8 +330,23 @@ def _cells(folder: Path) -> list[dict[str, Any]]:
     return json.loads((folder / RESULTS).read_text())["cells"]
 
 
-def _outputs(out: Path) -> dict[str, Any]:
+def _outputs(out: Path, shipped: str | None) -> dict[str, Any]:
     """Paths of every output of the pipeline, by stage."""
+    classify = out / "classify"
+    runs = {
+        run: [str(classify / run / f) for f in (RESULTS, dwp_classify.TABLE, dwp_classify.FIGURE)]
+        for run in classify_runs()
+    }
+    outputs: dict[str, Any] = {
+        "summary": str(out / SUMMARY),
+        "classify": {
+            "table": str(classify / dwp_classify.TABLE),
+            "figure": str(classify / dwp_classify.FIGURE),
+            **runs,
+        },
+    }
+    if shipped:
+        return {**outputs, "prior": str(pretrained_dir(shipped))}
     prior_report = json.loads((out / "prior" / "prior_report.json").read_text())
     prior_files = [
         out / "prior" / layer[key]
@@ -309,21 +354,11 @@ def _outputs(out: Path) -> dict[str, Any]:
         for key in ("vae_file", "samples_plot", "latent_plot")
         if layer.get(key)
     ]
-    classify = out / "classify"
-    runs = {
-        run: [str(classify / run / f) for f in (RESULTS, dwp_classify.TABLE, dwp_classify.FIGURE)]
-        for run in classify_runs()
-    }
     return {
-        "summary": str(out / SUMMARY),
+        **outputs,
         "source": [
             str(out / "source" / f)
             for f in ("kernels_conv1.pt", "kernels_conv2.pt", "source_report.json", "source_nets")
         ],
         "prior": [str(p) for p in prior_files] + [str(out / "prior" / "prior_report.json")],
-        "classify": {
-            "table": str(classify / dwp_classify.TABLE),
-            "figure": str(classify / dwp_classify.FIGURE),
-            **runs,
-        },
     }
