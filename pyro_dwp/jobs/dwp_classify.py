@@ -68,6 +68,7 @@ from pyro_dwp.pretrained import PRETRAINED, pretrained_dir
 __all__ = [
     "EVALUATIONS",
     "add_arguments",
+    "add_out_argument",
     "add_training_arguments",
     "build_cell",
     "ensemble_probs",
@@ -118,7 +119,8 @@ DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_out_argument(p: argparse.ArgumentParser) -> None:
+    """``--out``, of the jobs that resume automatically (dwp-classify, dwp-gap, dwp)."""
     p.add_argument(
         "--out",
         type=Path,
@@ -126,6 +128,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="output directory (resume: automatic, a rerun with the same settings continues "
         "the run there; other settings are refused)",
     )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_out_argument(p)
     vaes = p.add_mutually_exclusive_group()
     vaes.add_argument("--vae-dir", type=Path, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt")
     vaes.add_argument(

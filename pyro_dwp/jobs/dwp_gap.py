@@ -36,6 +36,7 @@ from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.io import add_device_argument, check_device, prepare_out
 from pyro_dwp.jobs.dwp_classify import (
+    add_out_argument,
     add_training_arguments,
     build_cell,
     load_results,
@@ -69,13 +70,7 @@ _CONFIG_KEYS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="output directory (resume: automatic, a rerun with the same settings continues "
-        "the run there; other settings are refused)",
-    )
+    add_out_argument(p)
     p.add_argument(
         "--vae-dir", type=Path, required=True, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt"
     )
