@@ -241,7 +241,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{label.replace('_', '-')} must be >= 1")
     if min(args.n_train) < 1 or min(args.channels) < 1 or args.gap_samples < 0:
         raise ValueError("--n-train and --channels must be >= 1, --gap-samples >= 0")
-    if getattr(args, "pretrained", None) is not None:  # checksums verified here
+    if args.pretrained is not None:  # checksums verified here
         args.vae_dir = pretrained_dir(args.pretrained)
     if ("dwp" in args.priors or args.guide_init == "dwp") and args.vae_dir is None:
         raise ValueError(

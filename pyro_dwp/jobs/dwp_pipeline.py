@@ -22,8 +22,8 @@ the ``paper`` preset) runs all three:
 stage (its options and seconds), the settings, the results and the paths of all outputs. A
 rerun with the same settings skips the stages recorded there; an interrupted stage resumes
 (``dwp-source`` loads the nets it trained, ``dwp-classify`` skips finished cells and resumes
-the unfinished one from its checkpoint; ``dwp-prior`` starts
-again). Other source or prior settings in the same ``--out`` are refused.
+the unfinished one from its checkpoint; ``dwp-prior`` starts again). Other source or prior
+settings, or another prior, in the same ``--out`` are refused.
 
 Presets (the options below override single values):
 
