@@ -9,6 +9,8 @@ import torch
 
 import pyro_dwp
 from pyro_dwp.cli import main
+from pyro_dwp.data import true_curve
+from pyro_dwp.jobs.regression import band_coverage
 
 TINY = [
     "--n-train",
@@ -30,6 +32,8 @@ def test_regression_job_writes_its_files(tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("seconds", "test_rmse", "band_width_in", "band_width_out"):
         assert isinstance(metrics[key], float) and metrics[key] > 0
+    for key in ("coverage_in", "coverage_out"):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0
     assert json.loads(capsys.readouterr().out)["test_rmse"] == metrics["test_rmse"]
     assert (tmp_path / "regression.png").stat().st_size > 10_000
     idata = az.from_netcdf(tmp_path / "posterior.nc")
@@ -37,6 +41,24 @@ def test_regression_job_writes_its_files(tmp_path, capsys):
         idata.groups()
     )
     assert idata.log_likelihood["obs"].shape == (1, 20, 40)
+
+
+def test_band_coverage_counts_the_masked_points_inside_the_band():
+    g = torch.linspace(-0.2, 1.2, 561)
+    truth = true_curve(g)
+    inside = (g >= 0) & (g <= 0.5)
+    # the band holds the curve on every other point inside the data (edges included: a band
+    # touching the curve covers it) and on the first quarter of the points outside
+    lower, upper = truth - 0.1, truth.clone()
+    lower[inside.nonzero()[1::2, 0]] = truth[inside.nonzero()[1::2, 0]] + 1e-3
+    out_idx = (~inside).nonzero()[:, 0]
+    lower[out_idx[len(out_idx) // 4 :]] = truth[out_idx[len(out_idx) // 4 :]] + 1e-3
+    n_in = int(inside.sum())
+    assert band_coverage(lower, upper, truth, inside) == (n_in + 1) // 2 / n_in
+    assert band_coverage(lower, upper, truth, ~inside) == (len(out_idx) // 4) / len(out_idx)
+    assert band_coverage(truth - 1, truth - 0.5, truth, inside) == 0.0  # a band below the curve
+    with pytest.raises(ValueError, match="selects no grid point"):
+        band_coverage(lower, upper, truth, torch.zeros_like(inside))
 
 
 def test_regression_job_resumes(tmp_path):
@@ -47,7 +69,8 @@ def test_regression_job_resumes(tmp_path):
 
 
 def test_regression_job_bad_input_is_reported(tmp_path, capsys):
-    assert main(["regression", "--out", str(tmp_path), *TINY, "--pi", "1.5"]) == 1
+    extra = ["--prior", "scale-mixture", "--pi", "1.5"]
+    assert main(["regression", "--out", str(tmp_path), *TINY, *extra]) == 1
     assert "pi" in capsys.readouterr().err
 
 
