@@ -48,6 +48,7 @@ __all__ = [
     "ThompsonBBBAgent",
     "bandit_net",
     "expected_reward",
+    "network_inputs",
     "oracle_reward",
     "reward",
 ]
@@ -209,7 +210,8 @@ class ReplayBuffer:
 
     def add(self, context: Tensor, action: int, received: float) -> None:
         """Store ``(context (D,), action, reward)``, replacing the oldest when full."""
-        self.x[self.next] = inputs(context[None], torch.tensor([action], device=context.device))[0]
+        actions = torch.tensor([action], device=context.device)
+        self.x[self.next] = network_inputs(context[None], actions)[0]
         self.y[self.next, 0] = received
         self.next = (self.next + 1) % len(self.x)
         self.size = min(self.size + 1, len(self.x))
@@ -236,7 +238,7 @@ class ReplayBuffer:
         self._gen.set_state(state["rng"])
 
 
-def inputs(contexts: Tensor, actions: Tensor) -> Tensor:
+def network_inputs(contexts: Tensor, actions: Tensor) -> Tensor:
     """Network inputs: ``contexts (B, D)`` and int ``actions (B,)`` -> ``(B, D + 2)``."""
     onehot = nn.functional.one_hot(actions, NUM_ACTIONS).to(contexts.dtype)
     return torch.cat([contexts, onehot], dim=-1)
@@ -245,7 +247,7 @@ def inputs(contexts: Tensor, actions: Tensor) -> Tensor:
 def _both_actions(context: Tensor) -> Tensor:
     """The inputs of eating and passing on one context ``(D,)``: ``(2, D + 2)``."""
     actions = torch.arange(NUM_ACTIONS, device=context.device)
-    return inputs(context.expand(NUM_ACTIONS, -1), actions)
+    return network_inputs(context.expand(NUM_ACTIONS, -1), actions)
 
 
 def bandit_net(context_dim: int, hidden: tuple[int, ...] = (100, 100)) -> nn.Sequential:

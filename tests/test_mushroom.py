@@ -236,6 +236,15 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, data_dir: Path, one_
     assert "| bbb |" in (tmp_path / "a" / "regret.md").read_text()
 
 
+def test_an_agent_runs_the_same_alone(tmp_path: Path, data_dir: Path):
+    assert _job(tmp_path / "all", data_dir, "--steps", "100") == 0
+    argv = ["--steps", "100", "--agents", "eps0.05"]
+    assert _job(tmp_path / "one", data_dir, *argv) == 0
+    alone = json.loads((tmp_path / "one" / "regret.json").read_text())["regret"]
+    together = json.loads((tmp_path / "all" / "regret.json").read_text())["regret"]
+    assert alone == {"eps0.05": together["eps0.05"]}
+
+
 def test_resume_refuses_other_settings(tmp_path: Path, data_dir: Path, capsys):
     assert _job(tmp_path, data_dir, "--steps", "20") == 0
     assert _job(tmp_path, data_dir, "--steps", "40", "--resume", "--lr", "0.01") == 1

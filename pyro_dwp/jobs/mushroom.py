@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -241,9 +242,10 @@ def _check_args(args: argparse.Namespace) -> None:
 def _make_agent(
     name: str, args: argparse.Namespace, context_dim: int, device: torch.device
 ) -> GreedyAgent | ThompsonBBBAgent:
-    """The agent ``name``, its seed derived from ``--seed`` and its position in the list."""
+    """The agent ``name``, its seed derived from ``--seed`` and its name (so an agent's run does
+    not depend on which others run beside it)."""
     common: dict[str, Any] = {
-        "seed": args.seed * 1000 + 10 * args.agents.index(name),
+        "seed": args.seed * 1000 + zlib.crc32(name.encode()) % 1000,
         "hidden": tuple(args.hidden),
         "buffer_size": args.buffer_size,
         "batch_size": args.batch_size,
