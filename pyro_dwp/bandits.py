@@ -40,6 +40,7 @@ from pyro_dwp.models import mlp
 
 __all__ = [
     "EAT",
+    "NUM_ACTIONS",
     "PASS",
     "GreedyAgent",
     "MushroomBandit",
@@ -58,6 +59,7 @@ EAT = 0
 PASS = 1
 """Action: pass."""
 NUM_ACTIONS = 2
+"""Eat and pass."""
 _EDIBLE_REWARD = 5.0
 _POISON_REWARD = -35.0
 
