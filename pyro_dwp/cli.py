@@ -20,6 +20,7 @@ JOBS = {
     "dwp-prior": ("dwp_prior", "DWP kernel VAEs (the prior) fitted to the source kernels"),
     "dwp-classify": ("dwp_classify", "DWP vs normal vs log-uniform priors on small MNIST (Fig. 2)"),
     "dwp-gap": ("dwp_gap", "DWP bound gap L - L_aux, trainable vs frozen reverse model (App. F)"),
+    "mushroom": ("mushroom", "Mushroom bandit: BBB Thompson sampling vs greedy (Sec. 5.3)"),
 }
 
 

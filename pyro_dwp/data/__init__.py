@@ -1,4 +1,5 @@
-"""Data of the papers' experiments: MNIST and notMNIST images, kernel sets, the regression curve."""
+"""Data of the papers' experiments: MNIST and notMNIST images, kernel sets, the regression curve,
+UCI Mushroom."""
 
 from pyro_dwp.data.images import (
     BBB_PIXEL_SCALE,
@@ -10,6 +11,7 @@ from pyro_dwp.data.images import (
     load_notmnist,
 )
 from pyro_dwp.data.kernels import kernel_smoothness, kernel_stats, select_kernels, split_kernels
+from pyro_dwp.data.mushroom import MUSHROOM_CONTEXT_DIM, load_mushroom
 from pyro_dwp.data.regression import curve, make_regression_data, true_curve
 
 __all__ = [
@@ -17,11 +19,13 @@ __all__ = [
     "CACHE_ENV_VAR",
     "DATA_ENV_VAR",
     "DWP_PIXEL_SCALE",
+    "MUSHROOM_CONTEXT_DIM",
     "curve",
     "find_data_dir",
     "kernel_smoothness",
     "kernel_stats",
     "load_mnist",
+    "load_mushroom",
     "load_notmnist",
     "make_regression_data",
     "select_kernels",

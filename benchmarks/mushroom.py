@@ -1,0 +1,117 @@
+"""Mushroom contextual bandit of Blundell et al. (2015), Section 5.3 / Figure 5.
+
+Runs ``pyro-dwp mushroom --preset paper`` (:mod:`pyro_dwp.jobs.mushroom`: 50,000 steps, 64
+minibatches of 64 per step, buffer of 4,096; agents ``bbb``, ``greedy``, ``eps0.01``,
+``eps0.05``) once per seed, each into ``--work-dir/seed<S>`` (a rerun resumes an interrupted
+seed), and writes ``mushroom.md`` and ``mushroom.json`` to ``--results-dir``: the mean
+cumulative regret over the seeds per agent (``{"steps": S, "regret": {agent: r}, ...}``), each
+seed's regret, the paper's values, the command, date and hardware.
+
+``--steps`` below 50,000 runs a shortened protocol; the table then says so in its title.
+
+Example (one GPU)::
+
+    python benchmarks/mushroom.py --device cuda --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_dwp.cli import build_parser
+from pyro_dwp.jobs.mushroom import PAPER_REGRET, PRESETS
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PAPER_STEPS = PRESETS["paper"]["steps"]
+
+
+def build_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=PAPER_STEPS, help="shorten the protocol")
+    p.add_argument("--data-dir", type=Path, help="folder with mushroom/ (else PYRO_DWP_DATA)")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/mushroom_benchmark"))
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One ``pyro-dwp mushroom --preset paper`` run; its result (``regret``, ``seconds``...)."""
+    out = args.work_dir / f"seed{seed}"
+    argv = ["mushroom", "--preset", "paper", "--out", str(out), "--seed", str(seed)]
+    argv += ["--steps", str(args.steps), "--device", args.device, "--resume"]
+    if args.data_dir is not None:
+        argv += ["--data-dir", str(args.data_dir)]
+    if args.no_progress:
+        argv.append("--no-progress")
+    job_args = build_parser().parse_args(argv)
+    return job_args.run(job_args)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The markdown report."""
+    steps, seeds = result["steps"], result["seeds"]
+    protocol = (
+        "the paper's protocol"
+        if steps == PAPER_STEPS
+        else f"a SHORT {result['device'].split()[0].upper()} RUN of {steps:,} steps, not the "
+        f"paper's protocol of {PAPER_STEPS:,}"
+    )
+    lines = [
+        f"# Mushroom bandit (Blundell et al. 2015, Fig. 5): cumulative regret, {protocol}",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; {result['device']}; {result['date']}; "
+        f"{result['minutes']:.1f} minutes.",
+        f"Command: `{result['command']}`",
+        "",
+        "| agent | mean regret | per seed | paper at 50,000 steps (approx.) |",
+        "|---|---:|---|---:|",
+    ]
+    for name, mean in result["regret"].items():
+        per_seed = ", ".join(f"{r[name]:,.0f}" for r in result["per_seed"].values())
+        paper = PAPER_REGRET.get(name)
+        paper_text = f"{paper:,}" if paper is not None else "-"
+        lines.append(f"| {name} | {mean:,.0f} | {per_seed} | {paper_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_args_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    per_seed = {str(seed): run_seed(args, seed)["regret"] for seed in args.seeds}
+    agents = list(next(iter(per_seed.values())))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+    result = {
+        "steps": args.steps,
+        "regret": {a: sum(r[a] for r in per_seed.values()) / len(per_seed) for a in agents},
+        "seeds": args.seeds,
+        "per_seed": per_seed,
+        "paper": PAPER_REGRET,
+        "device": f"{args.device} ({device or platform.machine()})",
+        "date": datetime.date.today().isoformat(),
+        "minutes": (time.perf_counter() - t0) / 60,
+        "command": shlex.join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "mushroom.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results_dir / "mushroom.md").write_text(table(result))
+    print(table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Tests of the Mushroom bandit: data encoding, rewards and regret, agents, the job's resume.
+
+The real-data tests read ``../shared/data/mushroom/agaricus-lepiota.data`` (beside the
+repository) and are skipped if it is absent; the others use hand-made rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_dwp.bandits import (
+    EAT,
+    PASS,
+    GreedyAgent,
+    MushroomBandit,
+    RegretLog,
+    ReplayBuffer,
+    ThompsonBBBAgent,
+    expected_reward,
+    oracle_reward,
+    reward,
+)
+from pyro_dwp.cli import main as cli_main
+from pyro_dwp.data import DATA_ENV_VAR
+from pyro_dwp.data.mushroom import (
+    MUSHROOM_CONTEXT_DIM,
+    encode_mushrooms,
+    find_mushroom_file,
+    load_mushroom,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_FILE = SHARED_DATA / "mushroom" / "agaricus-lepiota.data"
+needs_real = pytest.mark.skipif(not REAL_FILE.is_file(), reason=f"{REAL_FILE} not found")
+
+EDIBLE_ROW = "e,x,s,y,t,a,f,c,b,k,e,c,s,s,w,w,p,w,o,p,n,n,g"
+POISONOUS_ROW = "p,x,s,n,t,p,f,c,n,k,e,e,s,s,w,w,p,w,o,p,k,s,u"
+MISSING_ROOT_ROW = "p,x,y,n,f,f,f,c,n,b,t,?,s,s,p,w,p,w,o,e,w,v,l"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A data folder whose mushroom file holds 60 hand-made rows (half edible)."""
+    rows = [EDIBLE_ROW, POISONOUS_ROW, MISSING_ROOT_ROW, EDIBLE_ROW.replace(",g", ",d")] * 15
+    (tmp_path / "mushroom").mkdir()
+    (tmp_path / "mushroom" / "agaricus-lepiota.data").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_encoding_shape_and_missing_value():
+    contexts, edible = encode_mushrooms([EDIBLE_ROW, MISSING_ROOT_ROW, ""])
+    assert contexts.shape == (2, MUSHROOM_CONTEXT_DIM) == (2, 126)
+    assert edible.tolist() == [True, False]
+    assert (contexts.sum(1) == 22).all()
+    # stalk-root is attribute 11, its '?' the last of "bcuezr?": column 54 + 6 = 60
+    stalk_root = slice(54, 61)
+    assert contexts[1, stalk_root].tolist() == [0, 0, 0, 0, 0, 0, 1]
+    assert contexts[0, stalk_root].tolist() == [0, 1, 0, 0, 0, 0, 0]  # 'c', club
+
+
+@needs_real
+def test_real_file():
+    contexts, edible = load_mushroom(SHARED_DATA)
+    assert contexts.shape == (8124, 126)
+    assert int(edible.sum()) == 4208
+    assert int((contexts.sum(0) > 0).sum()) == 117  # the width of an observed-values encoding
+    assert int(contexts[:, 60].sum()) == 2480  # missing stalk-root
+
+
+def test_missing_file_names_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with pytest.raises(FileNotFoundError, match="mushroom/agaricus-lepiota.data not found"):
+        load_mushroom(tmp_path)
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
+    with pytest.raises(FileNotFoundError, match=DATA_ENV_VAR):
+        find_mushroom_file()
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"environment variable {DATA_ENV_VAR}"):
+        find_mushroom_file()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (EDIBLE_ROW[:-2], "expected 23 comma-separated fields"),
+        ("x" + EDIBLE_ROW[1:], "the class must be 'e' or 'p'"),
+        ("e,q" + EDIBLE_ROW[3:], "attribute cap-shape has the value 'q'"),
+    ],
+)
+def test_malformed_file_names_file_and_line(data_dir: Path, bad: str, message: str):
+    path = data_dir / "mushroom" / "agaricus-lepiota.data"
+    lines = path.read_text().splitlines()
+    lines[6] = bad
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"{path}, line 7: {message}"):
+        load_mushroom(data_dir)
+
+
+def test_rewards_and_oracle():
+    edible = torch.tensor([True, True, False, False, False, False])
+    action = torch.tensor([EAT, PASS, EAT, EAT, PASS, PASS])
+    coin = torch.tensor([True, False, True, False, True, False])
+    assert reward(edible, action, coin).tolist() == [5, 0, -35, 5, 0, 0]
+    assert expected_reward(edible, action).tolist() == [5, 0, -15, -15, 0, 0]
+    assert oracle_reward(edible).tolist() == [5, 5, 0, 0, 0, 0]
+
+
+def test_seeded_stream_and_coin():
+    contexts, edible = encode_mushrooms([EDIBLE_ROW, POISONOUS_ROW])
+    streams = []
+    for _ in range(2):
+        env = MushroomBandit(contexts, edible, seed=3)
+        seen = []
+        for _ in range(200):
+            env.observe()
+            seen.append((env.index, env.coin, env.reward(EAT), env.reward(PASS)))
+        streams.append(seen)
+    assert streams[0] == streams[1]
+    poisonous_meals = [r for i, _, r, _ in streams[0] if i == 1]
+    assert set(poisonous_meals) == {-35.0, 5.0}  # both sides of the coin
+    assert all((r == -35.0) == coin for i, coin, r, _ in streams[0] if i == 1)
+    assert all(r == 5.0 for i, _, r, _ in streams[0] if i == 0)
+    assert all(p == 0.0 for *_, p in streams[0])
+    other = MushroomBandit(contexts, edible, seed=4)
+    assert [(other.observe(), other.index)[1] for _ in range(200)] != [s[0] for s in streams[0]]
+
+
+def test_regret_log():
+    log = RegretLog(every=2)
+    for oracle, received in [(5, 5), (5, 0), (0, -35), (0, 5), (0, 0)]:
+        log.add(oracle, received)
+    assert log.total == 5 + 35 - 5
+    assert log.steps == 5
+    assert log.curve == [5.0, 35.0]
+    restored = RegretLog()
+    restored.load_state_dict(log.state_dict())
+    assert restored.state_dict() == log.state_dict()
+
+
+def test_agent_told_the_labels_has_zero_regret():
+    contexts, edible = encode_mushrooms([EDIBLE_ROW, POISONOUS_ROW, MISSING_ROOT_ROW])
+    env, log = MushroomBandit(contexts, edible, seed=0), RegretLog()
+    for _ in range(300):
+        env.observe()
+        log.add(env.oracle_reward(), env.reward(env.oracle_action()))
+    assert log.total == 0.0 and log.curve == [0.0, 0.0, 0.0]
+
+
+def test_buffer_keeps_the_last_interactions():
+    buffer = ReplayBuffer(3, 2, seed=0)
+    for i in range(5):
+        buffer.add(torch.tensor([float(i), 0.0]), i % 2, float(i))
+    assert len(buffer) == 3
+    assert sorted(buffer.y[:, 0].tolist()) == [2.0, 3.0, 4.0]
+    x, y = buffer.sample(16)
+    assert x.shape == (16, 4) and y.shape == (16, 1)
+    assert torch.equal(x[:, 0], y[:, 0])  # each row's context and reward travel together
+
+
+def _run(env: MushroomBandit, agent: GreedyAgent | ThompsonBBBAgent, steps: int) -> float:
+    log = RegretLog()
+    for _ in range(steps):
+        context = env.observe()
+        action = agent.act(context)
+        received = env.reward(action)
+        log.add(env.oracle_reward(), received)
+        agent.learn(context, action, received)
+    return log.total
+
+
+@needs_real
+def test_bbb_beats_a_uniformly_random_agent(one_thread):
+    contexts, edible = load_mushroom(SHARED_DATA)
+    steps = 300
+    env = MushroomBandit(contexts, edible, seed=0)
+    coins, log = torch.Generator().manual_seed(1), RegretLog()
+    for _ in range(steps):
+        env.observe()
+        log.add(env.oracle_reward(), env.reward(int(torch.randint(2, (), generator=coins))))
+    agent = ThompsonBBBAgent(contexts.shape[1], hidden=(50, 50), num_batches=2, lr=1e-2)
+    bbb = _run(MushroomBandit(contexts, edible, seed=0), agent, steps)
+    assert log.total > 1000  # about 4.9 per step
+    assert bbb < 0.8 * log.total  # 710 against 1,145
+
+
+def _job(out: Path, data_dir: Path, *extra: str) -> int:
+    return cli_main(
+        [
+            "mushroom",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+            "--agents",
+            "bbb",
+            "greedy",
+            "eps0.05",
+            "--hidden",
+            "16",
+            "--buffer-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--num-batches",
+            "2",
+            "--checkpoint-every",
+            "20",
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def _final_state(out: Path) -> tuple[dict, dict]:
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    return json.loads((out / "regret.json").read_text()), state
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path, data_dir: Path, one_thread):
+    assert _job(tmp_path / "a", data_dir, "--steps", "200") == 0
+    assert _job(tmp_path / "b", data_dir, "--steps", "120") == 0
+    assert _job(tmp_path / "b", data_dir, "--steps", "200", "--resume") == 0
+    (ra, sa), (rb, sb) = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    assert ra["regret"] == rb["regret"] and ra["curves"] == rb["curves"]
+    assert len(ra["curves"]["bbb"]) == 2
+    for name in ("bbb", "greedy", "eps0.05"):
+        assert sa["agents"][name]["buffer"]["y"].equal(sb["agents"][name]["buffer"]["y"])
+    pa, pb = sa["agents"]["bbb"]["params"]["params"], sb["agents"]["bbb"]["params"]["params"]
+    assert pa.keys() == pb.keys() and all(pa[k].equal(pb[k]) for k in pa)
+    ga, gb = sa["agents"]["greedy"]["net"], sb["agents"]["greedy"]["net"]
+    assert all(ga[k].equal(gb[k]) for k in ga)
+    assert (tmp_path / "a" / "regret.png").is_file()
+    assert "| bbb |" in (tmp_path / "a" / "regret.md").read_text()
+
+
+def test_an_agent_runs_the_same_alone(tmp_path: Path, data_dir: Path):
+    assert _job(tmp_path / "all", data_dir, "--steps", "100") == 0
+    argv = ["--steps", "100", "--agents", "eps0.05"]
+    assert _job(tmp_path / "one", data_dir, *argv) == 0
+    alone = json.loads((tmp_path / "one" / "regret.json").read_text())["regret"]
+    together = json.loads((tmp_path / "all" / "regret.json").read_text())["regret"]
+    assert alone == {"eps0.05": together["eps0.05"]}
+
+
+def test_resume_refuses_other_settings(tmp_path: Path, data_dir: Path, capsys):
+    assert _job(tmp_path, data_dir, "--steps", "20") == 0
+    assert _job(tmp_path, data_dir, "--steps", "40", "--resume", "--lr", "0.01") == 1
+    assert "--lr: 0.001 -> 0.01" in capsys.readouterr().err
+
+
+def test_bad_agent_name():
+    with pytest.raises(SystemExit):
+        cli_main(["mushroom", "--out", "x", "--agents", "eps2"])
