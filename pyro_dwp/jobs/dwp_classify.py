@@ -510,13 +510,11 @@ def summary_table(summary: dict[tuple[str, int], dict[str, tuple]], test_samples
 
 def plot_figure2(path: Path, summary: dict[tuple[str, int], dict[str, tuple]]) -> None:
     """Save accuracy vs N per prior (mean, a ± std band) beside the paper's Figure 2 as ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
 
     colours = {"dwp": "tab:red", "log-uniform": "tab:green", "normal": "tab:blue"}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for p in sorted({p for p, _ in summary}, key=PRIORS.index):
         sizes = sorted(n for q, n in summary if q == p)
         mean = [summary[p, n]["accuracy"][0] for n in sizes]
@@ -536,4 +534,3 @@ def plot_figure2(path: Path, summary: dict[tuple[str, int], dict[str, tuple]]) -
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

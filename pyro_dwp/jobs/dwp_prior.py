@@ -329,10 +329,7 @@ def _grid(kernels: Tensor, columns: int) -> Tensor:
 def _plot_samples(path: Path, vae: KernelVAE, real: Tensor, layer: str) -> None:
     """Held-out kernels, their reconstructions and samples ``w ~ p(w | z) p(z)`` of the VAE,
     one diverging colour scale centred at 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
 
     n = min(_PLOT_KERNELS, len(real))
     real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n]]
@@ -340,7 +337,8 @@ def _plot_samples(path: Path, vae: KernelVAE, real: Tensor, layer: str) -> None:
     z = torch.randn(n, vae.z_dim, generator=torch.Generator().manual_seed(0))
     fake = vae.decode(z).sample()
     vmax = real.abs().quantile(0.99).item() or 1.0
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), layout="constrained")
+    fig = Figure(figsize=(13, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3)
     panels = (
         (real, "source kernels (held out)"),
         (reconstructions, "their reconstructions (decoder mean)"),
@@ -353,23 +351,19 @@ def _plot_samples(path: Path, vae: KernelVAE, real: Tensor, layer: str) -> None:
     fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
     fig.suptitle(f"{layer}: {vae.kernel_size}x{vae.kernel_size} kernels, z_dim {vae.z_dim}")
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 @torch.no_grad()
 def _plot_latent(path: Path, vae: KernelVAE, kernels: Tensor, layer: str) -> None:
     """Encoder means of kernels ``(N, k, k)`` in the 2-D latent space, coloured by L2 norm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
 
     loc = vae.encode(kernels).mean.numpy()
     norms = kernels.flatten(1).norm(dim=1).numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     points = ax.scatter(loc[:, 0], loc[:, 1], c=norms, s=6, cmap="viridis")
     fig.colorbar(points, ax=ax, label="kernel L2 norm")
     ax.set(xlabel="$z_1$", ylabel="$z_2$", title=f"{layer}: latent means of held-out kernels")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -337,12 +337,10 @@ def _table(result: dict[str, Any], preset: str) -> str:
 
 def _plot(path: Path, result: dict[str, Any]) -> None:
     """Cumulative regret against steps, log y (values <= 0 are not drawn)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     every = result["every"]
     for name, curve in result["curves"].items():
         ax.plot([every * (i + 1) for i in range(len(curve))], curve, label=name)
@@ -351,4 +349,3 @@ def _plot(path: Path, result: dict[str, Any]) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -254,12 +254,10 @@ def _check_finished_run(out: Path, settings: dict[str, Any], resume: bool) -> No
 def _plot(path: Path, x: Tensor, y: Tensor, g: Tensor, q: Tensor, prior: str) -> None:
     """Draw the data ``x, y`` ``(N, 1)``, the band quantiles ``q`` ``(5, G)`` (2.5, 25, 50, 75,
     97.5%) on the grid ``g`` ``(G,)`` and the noise-free curve into ``path``."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.fill_between(g, q[0], q[4], color="tab:blue", alpha=0.2, label="95% predictive")
     ax.fill_between(g, q[1], q[3], color="tab:blue", alpha=0.4, label="50% predictive")
     ax.plot(g, q[2], color="tab:blue", label="predictive median")
@@ -275,4 +273,3 @@ def _plot(path: Path, x: Tensor, y: Tensor, g: Tensor, q: Tensor, prior: str) ->
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
