@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 __all__ = [
     "DEVICES",
     "add_device_argument",
+    "add_out_argument",
+    "add_resume_argument",
     "check_device",
     "prepare_out",
     "progress_bar",
@@ -35,6 +37,30 @@ def progress_bar(iterable: Iterable, **kwargs: Any) -> tqdm:
     if not sys.stderr.isatty():
         kwargs = {"mininterval": _LOG_INTERVAL_S, "maxinterval": _LOG_INTERVAL_S, **kwargs}
     return tqdm(iterable, **kwargs)
+
+
+_OUT_HELP = {
+    "explicit": "output directory (resume: explicit, with --resume; see --resume)",
+    "automatic": "output directory (resume: automatic, a rerun with the same settings continues "
+    "the run there; other settings are refused)",
+}
+
+
+def add_out_argument(p: argparse.ArgumentParser, resume: str) -> None:
+    """Add the required ``--out`` directory, its help naming the job's resume rule:
+    ``"explicit"`` (with :func:`add_resume_argument`) or ``"automatic"``."""
+    p.add_argument("--out", type=Path, required=True, help=_OUT_HELP[resume])
+
+
+def add_resume_argument(p: argparse.ArgumentParser, length: str = "--epochs") -> None:
+    """Add ``--resume`` of the jobs that resume explicitly; ``length`` is the option that may
+    differ on a resume (the run's length)."""
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run in --out from its checkpoint.pt (settings must match; {length} "
+        "may differ); without it the run starts afresh",
+    )
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:

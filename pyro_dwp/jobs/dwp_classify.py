@@ -53,7 +53,7 @@ from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fingerprint import file_digest
 from pyro_dwp.infer.fit import fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
-from pyro_dwp.io import add_device_argument, check_device, prepare_out
+from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out
 from pyro_dwp.models.dwp_bnn import (
     LOG_UNIFORM_FAMILIES,
     PRIORS,
@@ -68,7 +68,6 @@ from pyro_dwp.pretrained import PRETRAINED, pretrained_dir
 __all__ = [
     "EVALUATIONS",
     "add_arguments",
-    "add_out_argument",
     "add_training_arguments",
     "build_cell",
     "ensemble_probs",
@@ -119,19 +118,8 @@ DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
 
-def add_out_argument(p: argparse.ArgumentParser) -> None:
-    """``--out``, of the jobs that resume automatically (dwp-classify, dwp-gap, dwp)."""
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="output directory (resume: automatic, a rerun with the same settings continues "
-        "the run there; other settings are refused)",
-    )
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_out_argument(p)
+    add_out_argument(p, "automatic")
     vaes = p.add_mutually_exclusive_group()
     vaes.add_argument("--vae-dir", type=Path, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt")
     vaes.add_argument(

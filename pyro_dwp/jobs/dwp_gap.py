@@ -34,9 +34,8 @@ import torch
 
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
-from pyro_dwp.io import add_device_argument, check_device, prepare_out
+from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out
 from pyro_dwp.jobs.dwp_classify import (
-    add_out_argument,
     add_training_arguments,
     build_cell,
     load_results,
@@ -70,7 +69,7 @@ _CONFIG_KEYS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_out_argument(p)
+    add_out_argument(p, "automatic")
     p.add_argument(
         "--vae-dir", type=Path, required=True, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt"
     )

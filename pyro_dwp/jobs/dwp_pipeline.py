@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_dwp.data import DATA_ENV_VAR, find_data_dir
+from pyro_dwp.io import add_out_argument
 from pyro_dwp.jobs import dwp_classify, dwp_prior, dwp_source
 from pyro_dwp.jobs.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.pretrained import pretrained_dir
@@ -102,7 +103,7 @@ _STAGE_FILES = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    dwp_classify.add_out_argument(p)
+    add_out_argument(p, "automatic")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     p.add_argument(
         "--train-prior",

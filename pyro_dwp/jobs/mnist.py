@@ -60,7 +60,14 @@ from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
 from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
-from pyro_dwp.io import add_device_argument, check_device, prepare_out, progress_bar
+from pyro_dwp.io import (
+    add_device_argument,
+    add_out_argument,
+    add_resume_argument,
+    check_device,
+    prepare_out,
+    progress_bar,
+)
 from pyro_dwp.jobs.regression import sigma_from_neg_log
 from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
@@ -109,12 +116,7 @@ _RENAMED_KEYS = {"samples": "particles", "eval_samples": "test_samples", "n_eval
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="output directory (resume: explicit, with --resume; see --resume)",
-    )
+    add_out_argument(p, "explicit")
     p.add_argument("--method", choices=METHODS, default="bbb")
     p.add_argument("--hidden", type=int, default=1200, help="units per hidden layer (400/800/1200)")
     p.add_argument("--prior", choices=["scale-mixture", "gaussian"], default="scale-mixture")
@@ -156,12 +158,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_device_argument(p)
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its checkpoint.pt (settings must match; --epochs "
-        "may differ); without it the run starts afresh",
-    )
+    add_resume_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 

@@ -39,6 +39,8 @@ from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.infer.fit import save_checkpoint
 from pyro_dwp.io import (
     add_device_argument,
+    add_out_argument,
+    add_resume_argument,
     check_device,
     prepare_out,
     progress_bar,
@@ -92,12 +94,7 @@ def parse_agent(name: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="output directory (resume: explicit, with --resume; see --resume)",
-    )
+    add_out_argument(p, "explicit")
     p.add_argument("--data-dir", type=Path, help="folder with mushroom/ (else PYRO_DWP_DATA)")
     p.add_argument(
         "--agents",
@@ -135,12 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="torch CPU threads during the run (the nets are small: one thread is the fastest, "
         "and several collapse on a loaded machine)",
     )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its checkpoint.pt (settings must match; --steps "
-        "may differ); without it the run starts afresh",
-    )
+    add_resume_argument(p, "--steps")
     p.add_argument("--no-progress", action="store_true")
 
 

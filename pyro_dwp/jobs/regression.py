@@ -49,7 +49,13 @@ from pyro_dwp.diagnostics import to_inference_data
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import fit, predict
-from pyro_dwp.io import add_device_argument, check_device, prepare_out
+from pyro_dwp.io import (
+    add_device_argument,
+    add_out_argument,
+    add_resume_argument,
+    check_device,
+    prepare_out,
+)
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
 
@@ -64,12 +70,7 @@ _ADDED_KEYS = {"prior": "scale-mixture"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="output directory (resume: explicit, with --resume; see --resume)",
-    )
+    add_out_argument(p, "explicit")
     p.add_argument("--n-train", type=int, default=1000, help="training points in [0, 0.5]")
     p.add_argument("--hidden", type=int, nargs="+", default=[50, 50], help="hidden layer sizes")
     p.add_argument("--epochs", type=int, default=1500)
@@ -108,12 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its checkpoint.pt (settings must match; --epochs "
-        "may differ); without it the run starts afresh",
-    )
+    add_resume_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
 
