@@ -31,7 +31,7 @@ import torch
 from pyro_dwp.distributions import DeepWeightPrior
 from pyro_dwp.models.kernel_vae import load_kernel_vae
 
-__all__ = ["PRETRAINED", "pretrained", "pretrained_dir", "pretrained_metadata"]
+__all__ = ["PRETRAINED", "pretrained", "pretrained_dir", "pretrained_metadata", "sha256"]
 
 PRETRAINED: tuple[str, ...] = ("notmnist",)
 """Names of the priors shipped with the package."""
