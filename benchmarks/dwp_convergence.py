@@ -22,22 +22,26 @@ cores; notMNIST test accuracy 0.82), not the paper's 10 fully trained source net
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from dwp_random_features import accuracy, initialise, source_kernels
+from dwp_random_features import (
+    accuracy,
+    add_shared_arguments,
+    initialise,
+    shared_settings,
+    source_kernels,
+    write_results,
+)
 
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
 from pyro_dwp.priors import pretrained
 
 __all__ = ["main", "train_curve"]
 
-RESULTS = Path(__file__).parent / "results"
 REPORTED = (50, 100, 500)
 
 
@@ -112,27 +116,14 @@ def main(args: argparse.Namespace) -> dict:
             "channels": [32, 128],
             "train": f"{args.n_train or 50_000} of the first 50,000 MNIST training images "
             "(all, or a class-balanced subset), minibatches drawn with replacement",
-            "n_test": args.n_test or 10_000,
             "steps": args.steps,
             "eval_at": eval_at,
-            "seeds": args.seeds,
-            "batch_size": args.batch_size,
             "optimiser": f"Adam lr {args.lr}, all parameters",
             "conv_biases": "zero at the start",
-            "pixel_scale": DWP_PIXEL_SCALE,
-            "dwp": "pretrained('notmnist') samples (decoder draws, sample_mean=False)",
-            "filters": f"train kernels of {args.source_kernels}" if kernels else "omitted",
-            "threads": args.threads,
+            **shared_settings(args, bool(kernels)),
         },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - start, 1),
     }
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dwp_convergence.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "dwp_convergence.md").write_text(_markdown(result))
-    _plot(result, out / "dwp_convergence.png")
-    return result
+    return write_results(result, args.results_dir, "dwp_convergence", start, _markdown, _plot)
 
 
 def _markdown(result: dict) -> str:
@@ -187,17 +178,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--results-dir", default=str(RESULTS))
-    p.add_argument("--source-kernels", default=None, help="a pyro-dwp dwp-source --out folder")
+    add_shared_arguments(p)
     p.add_argument("--n-train", type=int, default=0, help="0: all 50,000")
     p.add_argument("--n-test", type=int, default=2_000, help="0: all 10,000")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--eval-at", type=int, nargs="+", default=[25, 200])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     args.n_train, args.n_test = args.n_train or None, args.n_test or None
     return args

@@ -29,7 +29,7 @@ import datetime
 import json
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from pathlib import Path
 
@@ -180,26 +180,56 @@ def main(args: argparse.Namespace) -> dict:
             "train_subset": "class-balanced subset of the first 50,000 MNIST training images"
             if args.n_train
             else "the first 50,000 MNIST training images",
-            "n_test": args.n_test or 10_000,
             "widths": {k: [max(1, round(Fraction(k) * c)) for c in (32, 128)] for k in args.widths},
-            "seeds": args.seeds,
             "epochs": args.epochs,
-            "batch_size": args.batch_size,
             "optimiser": f"Adam lr {args.lr} on the classifier only, standardised features",
             "conv_biases": "zero, frozen",
-            "pixel_scale": DWP_PIXEL_SCALE,
-            "dwp": "pretrained('notmnist') samples (decoder draws, sample_mean=False)",
-            "filters": f"train kernels of {args.source_kernels}" if kernels else "omitted",
-            "threads": args.threads,
+            **shared_settings(args, bool(kernels)),
         },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - start, 1),
     }
-    out = Path(args.results_dir)
+    return write_results(result, args.results_dir, "dwp_random_features", start, _markdown, _plot)
+
+
+def add_shared_arguments(p: argparse.ArgumentParser) -> None:
+    """The options both CPU-sized DWP benchmarks share (this one and ``dwp_convergence.py``)."""
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--results-dir", default=str(RESULTS))
+    p.add_argument("--source-kernels", default=None, help="a pyro-dwp dwp-source --out folder")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def shared_settings(args: argparse.Namespace, filters: bool) -> dict:
+    """The settings both CPU-sized DWP benchmarks (this one and ``dwp_convergence.py``) record."""
+    return {
+        "n_test": args.n_test or 10_000,
+        "seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "pixel_scale": DWP_PIXEL_SCALE,
+        "dwp": "pretrained('notmnist') samples (decoder draws, sample_mean=False)",
+        "filters": f"train kernels of {args.source_kernels}" if filters else "omitted",
+        "threads": args.threads,
+    }
+
+
+def write_results(
+    result: dict,
+    results_dir: str | Path,
+    name: str,
+    start: float,
+    markdown: Callable[[dict], str],
+    plot: Callable[[dict, Path], None],
+) -> dict:
+    """Stamp ``result`` with the date and the seconds since ``start``, then write
+    ``NAME.json``, ``NAME.md`` (``markdown(result)``) and ``NAME.png`` (``plot``) into
+    ``results_dir``; return ``result``."""
+    result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    result["seconds"] = round(time.time() - start, 1)
+    out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "dwp_random_features.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "dwp_random_features.md").write_text(_markdown(result))
-    _plot(result, out / "dwp_random_features.png")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(result))
+    plot(result, out / f"{name}.png")
     return result
 
 
@@ -261,17 +291,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--results-dir", default=str(RESULTS))
-    p.add_argument("--source-kernels", default=None, help="a pyro-dwp dwp-source --out folder")
+    add_shared_arguments(p)
     p.add_argument("--n-train", type=int, default=10_000, help="0: all 50,000")
     p.add_argument("--n-test", type=int, default=0, help="0: all 10,000")
     p.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=WIDTHS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     args.n_train, args.n_test = args.n_train or None, args.n_test or None
     return args
