@@ -1,10 +1,10 @@
 """MNIST benchmark of Blundell et al. (2015), Table 1, and the pruning table of Section 5.1.
 
 Trains the 2 x H (default 1200) scale-mixture BBB network, then the SGD and dropout baselines for
-the same number of epochs, through ``pyro-dwp mnist`` (:mod:`pyro_dwp.jobs.mnist`), and prunes the
-BBB run with ``pyro-dwp prune`` (:mod:`pyro_dwp.jobs.prune`). Writes ``bbb_mnist.md`` and
-``bbb_mnist.json`` to ``--results-dir``: the paper's numbers beside ours, the command line, the
-date, the device, the epochs done by each method and the pruning table.
+the same number of epochs, through ``pyro-dwp mnist`` (:mod:`pyro_dwp.experiments.mnist`), and
+prunes the BBB run with ``pyro-dwp prune`` (:mod:`pyro_dwp.experiments.prune`). Writes
+``bbb_mnist.md`` and ``bbb_mnist.json`` to ``--results-dir``: the paper's numbers beside ours, the
+command line, the date, the device, the epochs done by each method and the pruning table.
 
 With ``--time-budget-minutes T`` the whole benchmark fits in about T minutes: 15% is kept for data
 loading, evaluation and pruning; BBB (the slowest) trains in half of the rest; the baselines then
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from pyro_dwp.jobs import mnist, prune
+from pyro_dwp.experiments import mnist, prune
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EVAL_RESERVE = 0.15
@@ -84,10 +84,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     epochs = args.epochs
     for method, share in (("bbb", BBB_SHARE), ("sgd", 0.5), ("dropout", 1.0)):
         budget = None if deadline is None else share * (deadline - time.perf_counter()) / 60
-        results[method] = _run_job(mnist, _mnist_argv(args, method, epochs, budget))
+        results[method] = _run_experiment(mnist, _mnist_argv(args, method, epochs, budget))
         if method == "bbb":
             epochs = min(epochs, results["bbb"]["epochs"])  # the baselines: the same epochs
-    pruning = _run_job(prune, _prune_argv(args))
+    pruning = _run_experiment(prune, _prune_argv(args))
     report = {
         "command": "python benchmarks/bbb_mnist.py " + shlex.join(_argv(args)),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -108,11 +108,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _run_job(job: Any, argv: list[str]) -> dict[str, Any]:
-    """Parse ``argv`` with the job's own options and run its ``main``."""
+def _run_experiment(experiment: Any, argv: list[str]) -> dict[str, Any]:
+    """Parse ``argv`` with the experiment's own options and run it."""
     parser = argparse.ArgumentParser()
-    job.add_arguments(parser)
-    return job.main(parser.parse_args(argv))
+    experiment.add_arguments(parser)
+    return experiment.run(parser.parse_args(argv))
 
 
 def _mnist_argv(

@@ -38,7 +38,7 @@ from dwp_random_features import (
 )
 
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
-from pyro_dwp.priors import pretrained
+from pyro_dwp.pretrained import pretrained
 
 __all__ = ["main", "train_curve"]
 

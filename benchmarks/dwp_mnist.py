@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_dwp.jobs.dwp_classify import (
+from pyro_dwp.experiments.dwp_classify import (
     EVALUATIONS,
     PAPER,
     RESULTS,
@@ -35,7 +35,7 @@ from pyro_dwp.jobs.dwp_classify import (
     summarise,
     summary_table,
 )
-from pyro_dwp.jobs.dwp_pipeline import classify_runs, run_stage
+from pyro_dwp.experiments.dwp_pipeline import classify_runs, run_stage
 
 __all__ = ["main"]
 

@@ -39,10 +39,10 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
+from pyro_dwp.experiments.dwp_prior import load_kernel_set
 from pyro_dwp.init import init_from_kernels, init_from_prior, xavier
-from pyro_dwp.jobs.dwp_prior import load_kernel_set
 from pyro_dwp.models.dwp_cnn import DWPConvNet
-from pyro_dwp.priors import pretrained
+from pyro_dwp.pretrained import pretrained
 
 __all__ = ["PAPER", "initialise", "main", "source_kernels", "train_classifier"]
 

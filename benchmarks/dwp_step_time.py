@@ -1,7 +1,7 @@
 """One training step of the DWP ConvNet: deep weight prior vs standard-normal prior.
 
 The same :class:`~pyro_dwp.models.DWPConvNet` (channels 32 / 128, batch 256 of MNIST-shaped
-inputs, ``dataset_size`` 1,000), built by :func:`~pyro_dwp.models.dwp_bnn.make_dwp_cnn_model`
+inputs, ``dataset_size`` 1,000), built by :func:`~pyro_dwp.experiments.dwp_bnn.make_dwp_cnn_model`
 once with ``prior="dwp"`` (paper-sized kernel VAEs, randomly initialised: the cost does not depend
 on their training; trainable reverse model) and once with ``prior="normal"``; each step is one
 ``svi.step`` under :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`, as
@@ -33,8 +33,8 @@ import pyro.optim
 import torch
 from pyro.infer import SVI
 
+from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
-from pyro_dwp.models.dwp_bnn import make_dwp_cnn_model
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE
 

@@ -1,6 +1,6 @@
 """Mushroom contextual bandit of Blundell et al. (2015), Section 5.3 / Figure 5.
 
-Runs ``pyro-dwp mushroom --preset paper`` (:mod:`pyro_dwp.jobs.mushroom`: 50,000 steps, 64
+Runs ``pyro-dwp mushroom --preset paper`` (:mod:`pyro_dwp.experiments.mushroom`: 50,000 steps, 64
 minibatches of 64 per step, buffer of 4,096; agents ``bbb``, ``greedy``, ``eps0.01``,
 ``eps0.05``) once per seed, each into ``--work-dir/seed<S>`` (a rerun resumes an interrupted
 seed), and writes ``mushroom.md`` and ``mushroom.json`` to ``--results-dir``: the mean
@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from pyro_dwp.cli import build_parser
-from pyro_dwp.jobs.mushroom import PAPER_REGRET, PRESETS
+from pyro_dwp.experiments import mushroom
+from pyro_dwp.experiments.mushroom import PAPER_REGRET, PRESETS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PAPER_STEPS = PRESETS["paper"]["steps"]
@@ -50,14 +50,15 @@ def build_args_parser() -> argparse.ArgumentParser:
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One ``pyro-dwp mushroom --preset paper`` run; its result (``regret``, ``seconds``...)."""
     out = args.work_dir / f"seed{seed}"
-    argv = ["mushroom", "--preset", "paper", "--out", str(out), "--seed", str(seed)]
+    argv = ["--preset", "paper", "--out", str(out), "--seed", str(seed)]
     argv += ["--steps", str(args.steps), "--device", args.device, "--resume"]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
     if args.no_progress:
         argv.append("--no-progress")
-    job_args = build_parser().parse_args(argv)
-    return job_args.run(job_args)
+    parser = argparse.ArgumentParser(prog="pyro-dwp mushroom")
+    mushroom.add_arguments(parser)
+    return mushroom.run(parser.parse_args(argv))
 
 
 def table(result: dict[str, Any]) -> str:

@@ -12,11 +12,18 @@ import pyro.poutine as poutine
 from pyro.infer.autoguide import AutoGuide
 from torch import Tensor, nn
 
-from pyro_dwp.infer.reparam import latent_site_name
-
 from .bbb import _replace_stale_params
 
-__all__ = ["ReverseModelGuide"]
+__all__ = ["ReverseModelGuide", "latent_site_name"]
+
+
+def latent_site_name(name: str) -> str:
+    """Name of the latent-code site of a reparameterised deep-weight-prior site ``name``.
+
+    :class:`~pyro_dwp.infer.reparam.DeepWeightPriorReparam` adds it, :class:`ReverseModelGuide`
+    samples it: ``"conv1.weight" -> "conv1.weight_z"``.
+    """
+    return f"{name}_z"
 
 
 class ReverseModelGuide(nn.Module):

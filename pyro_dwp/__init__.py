@@ -10,6 +10,6 @@ from pyro_dwp.bnn import BNN
 from pyro_dwp.likelihoods import Categorical, Gaussian, Likelihood
 from pyro_dwp.priors import Prior, SelectorPrior
 from pyro_dwp.saving import load, save
+from pyro_dwp.version import __version__ as __version__
 
 __all__ = ["BNN", "Categorical", "Gaussian", "Likelihood", "Prior", "SelectorPrior", "load", "save"]
-__version__ = "0.1.0"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer.reparam.reparam import Reparam
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.func import functional_call, vmap
@@ -12,7 +15,10 @@ from torch.func import functional_call, vmap
 from pyro_dwp.likelihoods import Likelihood
 from pyro_dwp.priors import PriorSpec, as_prior, expand_to_param
 
-__all__ = ["BNN", "move_distribution"]
+__all__ = ["BNN", "ReparamConfig", "move_distribution"]
+
+ReparamConfig = Mapping[str, Reparam] | Callable[[dict], Reparam | None]
+"""What ``poutine.reparam(config=...)`` takes: ``{site name: Reparam}`` or a strategy."""
 
 
 def move_distribution(d: Distribution, device: torch.device) -> Distribution:
@@ -40,9 +46,10 @@ class BNN(nn.Module):
 
     Every parameter of ``net`` that the prior selects becomes a ``pyro.sample`` site of the same
     name (``"0.weight"``, ``"conv1.weight"``...), with event shape equal to the parameter's shape;
-    the others stay point estimates registered as ``pyro.param`` (same names). A site's prior that
-    defines ``make_reparam()`` (an implicit, hierarchical prior) is rewritten by that
-    ``pyro.infer.reparam.Reparam`` through ``poutine.reparam``.
+    the others stay point estimates registered as ``pyro.param`` (same names). With ``reparam``
+    the weight sites are rewritten through ``poutine.reparam`` (an implicit, hierarchical prior
+    such as the deep weight prior: ``reparam=DeepWeightPriorStrategy()`` from
+    :mod:`pyro_dwp.infer.reparam`).
 
     Calling the model runs the network with sampled weights and, if a likelihood is given, adds
     the observed site. Weights sampled with extra leading (particle) dimensions, as under
@@ -53,6 +60,8 @@ class BNN(nn.Module):
         net: The deterministic network, ``(B, *in_shape) -> (B, *out_shape)``.
         prior: A prior specification (see :mod:`pyro_dwp.priors`).
         likelihood: Observation model; ``None`` makes the model return network outputs only.
+        reparam: ``poutine.reparam`` configuration of the weight sites: ``{site name: Reparam}``
+            or a strategy (a callable ``site message -> Reparam | None``); ``None``: none.
 
     Example::
 
@@ -61,7 +70,12 @@ class BNN(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, prior: PriorSpec, likelihood: Likelihood | None = None
+        self,
+        net: nn.Module,
+        prior: PriorSpec,
+        likelihood: Likelihood | None = None,
+        *,
+        reparam: ReparamConfig | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -86,9 +100,7 @@ class BNN(nn.Module):
             {name.replace(".", "__"): d for name, d in priors.items() if isinstance(d, nn.Module)}
         )
         self.deterministic = [n for n in params if n not in priors]
-        self._reparam = {
-            n: d.make_reparam() for n, d in priors.items() if hasattr(d, "make_reparam")
-        }
+        self._reparam = reparam
         self._site_fns: dict[tuple[torch.device, torch.dtype], dict[str, Distribution]] = {}
         self._params: dict[str, Tensor] | None = None
 
@@ -135,7 +147,7 @@ class BNN(nn.Module):
         """Run the network with sampled weights: ``(B, *in) -> (*particles, B, *out)``."""
         params = self._net_params()
         fixed = {n: pyro.param(n, params[n]) for n in self.deterministic}
-        if self._reparam:
+        if self._reparam is not None:
             with poutine.reparam(config=self._reparam):
                 sampled = self.sample_weights()
         else:

@@ -8,6 +8,8 @@ import json
 import re
 import sys
 
+from pyro_dwp.version import __version__
+
 __all__ = ["main"]
 
 # job name -> (module under pyro_dwp.jobs, one-line help)
@@ -48,8 +50,6 @@ def _plain(doc: str | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pyro_dwp import __version__
-
     parser = argparse.ArgumentParser(prog="pyro-dwp", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"pyro-dwp {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")

@@ -1,12 +1,16 @@
-"""Files and output: reading ``torch.save`` files with errors that name the file and the remedy,
-output folders checked before training, progress bars; the jobs' shared ``--device`` option."""
+"""Files and output: atomic writers (``torch.save`` files, JSON), reading ``torch.save`` files
+with errors that name the file and the remedy, output folders checked before training, progress
+bars; the jobs' shared ``--device`` option."""
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import os
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,8 @@ __all__ = [
     "prepare_out",
     "progress_bar",
     "read_torch_file",
+    "save_checkpoint",
+    "write_json",
 ]
 
 DEVICES = ("cpu", "cuda")
@@ -29,6 +35,40 @@ DEVICES = ("cpu", "cuda")
 
 _LOG_INTERVAL_S = 60.0
 """Seconds between progress lines when stderr is not a terminal (a log file)."""
+
+
+def _atomic_write(path: Path, mode: str, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then ``os.replace`` it onto
+    ``path``: a reader never sees a half-written file. Temporaries of ``path`` that a killed
+    write left (``<name>.*.tmp``) are removed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` atomically: a temporary file, then ``os.replace``."""
+    _atomic_write(Path(path), "wb", lambda f: torch.save(state, f))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON (and a final newline) atomically."""
+
+    def dump(f: Any) -> None:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+    _atomic_write(Path(path), "w", dump)
 
 
 def progress_bar(iterable: Iterable, **kwargs: Any) -> tqdm:

@@ -8,7 +8,8 @@ A prior specification is one of
   where the first matching pattern wins and ``None`` keeps the parameter a point estimate,
 - or a :class:`Prior` object (TyXe style) that decides per parameter in code.
 
-:func:`pretrained` loads the deep weight priors that ship with the package (``"notmnist"``).
+The deep weight priors that ship with the package are loaded by
+:func:`pyro_dwp.pretrained.pretrained` (``"notmnist"``).
 
 A parameter that no rule selects stays deterministic (a ``pyro.param``).
 """
@@ -24,16 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from pyro_dwp.pretrained import PRETRAINED, pretrained
-
 __all__ = [
-    "PRETRAINED",
     "Prior",
     "PriorSpec",
     "SelectorPrior",
     "as_prior",
     "expand_to_param",
-    "pretrained",
 ]
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyro
 
-from pyro_dwp.infer.fit import save_checkpoint
-from pyro_dwp.io import read_torch_file
+from pyro_dwp.io import read_torch_file, save_checkpoint
+from pyro_dwp.version import __version__
 
 __all__ = ["SAVE_VERSION", "load", "save"]
 
@@ -33,8 +33,6 @@ def save(path: str | os.PathLike, model: Callable, guide: Callable) -> None:
         ValueError: If ``guide`` has not been run yet (it has no parameters to save).
         TypeError: If the model or guide cannot be pickled (e.g. a lambda inside it).
     """
-    from pyro_dwp import __version__
-
     params = pyro.get_param_store().get_state()
     if not params["params"]:
         raise ValueError("nothing to save: the param store is empty (fit the guide first)")

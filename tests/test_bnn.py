@@ -55,14 +55,10 @@ def test_prior_object_and_kernel_event_shape():
     assert tr.nodes["_RETURN"]["value"].shape == (2, 3)
 
 
-def test_hierarchical_prior_is_rewritten_by_its_reparam():
-    """A prior with make_reparam() is split into extra latent sites by that Reparam."""
-
-    class NonCentredNormal(dist.Normal):
-        def make_reparam(self):
-            return LocScaleReparam(centered=0.0)
-
-    model = BNN(nn.Linear(2, 1), NonCentredNormal(0.0, 2.0), Gaussian(4, 0.1))
+def test_reparam_argument_rewrites_the_weight_sites():
+    """``BNN(..., reparam=...)`` splits the weight sites into extra latent sites."""
+    config = {"weight": LocScaleReparam(centered=0.0), "bias": LocScaleReparam(centered=0.0)}
+    model = BNN(nn.Linear(2, 1), dist.Normal(0.0, 2.0), Gaussian(4, 0.1), reparam=config)
     tr = poutine.trace(model).get_trace(torch.randn(4, 2), torch.randn(4, 1))
     assert "weight_decentered" in tr.nodes and "bias_decentered" in tr.nodes
     assert tr.nodes["weight"]["infer"].get("_deterministic") or tr.nodes["weight"]["is_observed"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pyro_dwp.cli import build_parser, main
-from pyro_dwp.jobs.dwp_classify import load_results
-from pyro_dwp.jobs.mnist import upgrade_config
+from pyro_dwp.experiments.dwp_classify import load_results
+from pyro_dwp.experiments.mnist import upgrade_config
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
-from pyro_dwp.infer.reparam import DeepWeightPriorReparam
+from pyro_dwp.infer.reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy
 from pyro_dwp.models.kernel_vae import KernelVAE
 
 
@@ -178,8 +178,11 @@ def test_conditional_and_latent():
     assert p_w.batch_shape == (4, 3) and p_w.event_shape == (5, 5)
 
 
-def test_make_reparam():
-    assert isinstance(_small_prior().make_reparam(), DeepWeightPriorReparam)
+def test_strategy_reparameterises_deep_weight_prior_sites_only():
+    strategy = DeepWeightPriorStrategy()
+    site = {"name": "w", "fn": _small_prior().expand((2, 3)).to_event(2)}
+    assert isinstance(strategy(site), DeepWeightPriorReparam)
+    assert strategy({"name": "b", "fn": dist.Normal(0.0, 1.0).expand((3,)).to_event(1)}) is None
 
 
 def test_bad_arguments_raise():

@@ -9,10 +9,10 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
 from pyro_dwp.distributions.log_uniform import _kl_normal_log_uniform
+from pyro_dwp.experiments.dwp_bnn import PRIORS, make_dwp_cnn_model
 from pyro_dwp.guides import LogVarianceNormal, ReverseModelGuide
 from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
-from pyro_dwp.models.dwp_bnn import PRIORS, make_dwp_cnn_model
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE
 

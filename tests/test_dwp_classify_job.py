@@ -93,7 +93,7 @@ def test_replaced_vaes_are_not_mixed_with_old_cells(tmp_path, vae_dir, capsys, o
 def test_cell_checkpoint_of_other_epochs_or_lr_is_refused(
     tmp_path, vae_dir, capsys, monkeypatch, one_thread, option
 ):
-    from pyro_dwp.jobs import dwp_classify
+    from pyro_dwp.experiments import dwp_classify
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # killed after training, before the cell is recorded

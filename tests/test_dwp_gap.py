@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
+from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap, kernel_bound_terms
-from pyro_dwp.models.dwp_bnn import make_dwp_cnn_model
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
-from pyro_dwp.priors import pretrained
+from pyro_dwp.pretrained import pretrained
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

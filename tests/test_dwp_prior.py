@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pyro_dwp.cli import main
-from pyro_dwp.infer.fit import save_checkpoint
-from pyro_dwp.jobs.dwp_prior import evaluate_kernel_vae, load_kernel_set
-from pyro_dwp.models import KernelVAE, fit_kernel_vae, load_kernel_vae, save_kernel_vae
+from pyro_dwp.experiments.dwp_prior import evaluate_kernel_vae, load_kernel_set
+from pyro_dwp.infer import fit_kernel_vae
+from pyro_dwp.io import save_checkpoint
+from pyro_dwp.models import KernelVAE, load_kernel_vae, save_kernel_vae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

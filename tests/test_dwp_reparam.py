@@ -13,7 +13,7 @@ from torch.distributions import Normal
 
 from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
 from pyro_dwp.guides.reverse import ReverseModelGuide
-from pyro_dwp.infer.reparam import DeepWeightPriorReparam, latent_site_name
+from pyro_dwp.infer.reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
 from pyro_dwp.models.kernel_vae import KernelVAE
 
 OUT, IN, K, Z_DIM, N, NOISE = 3, 2, 3, 2, 6, 0.5
@@ -34,7 +34,7 @@ def _setup():
     prior = DeepWeightPrior.from_vae(vae, with_encoder=False)
     x = torch.randn(N, OUT, IN, K, K)
     y = torch.randn(N)
-    config = {"w": prior.make_reparam()}
+    config = DeepWeightPriorStrategy()
 
     def model(x, y):
         with poutine.reparam(config=config):

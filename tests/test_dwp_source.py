@@ -13,8 +13,8 @@ import torch
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import CACHE_ENV_VAR, DATA_ENV_VAR, split_kernels
-from pyro_dwp.jobs import dwp_source
-from pyro_dwp.jobs.dwp_source import CHANCE_ACCURACY, select_kernels
+from pyro_dwp.experiments import dwp_source
+from pyro_dwp.experiments.dwp_source import CHANCE_ACCURACY, select_kernels
 from pyro_dwp.models import DWPConvNet, conv_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")

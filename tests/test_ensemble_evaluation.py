@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from pyro_dwp import BNN, Categorical
+from pyro_dwp.experiments.dwp_classify import ensemble_probs
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.jobs.dwp_classify import ensemble_probs
 
 
 @pytest.fixture

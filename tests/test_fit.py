@@ -142,7 +142,7 @@ def test_mismatched_data_lengths():
 def test_resume_keeps_a_trained_reverse_model(tmp_path, one_thread):
     """A deep-weight-prior run resumed from a checkpoint equals the uninterrupted run, with the
     reverse models (registered through ``pyro.module``) trained after the resume too."""
-    from pyro_dwp.models.dwp_bnn import make_dwp_cnn_model
+    from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
     from pyro_dwp.models.dwp_cnn import DWPConvNet
     from pyro_dwp.models.kernel_vae import KernelVAE
 

@@ -8,7 +8,7 @@ from pyro_dwp.distributions import DeepWeightPrior
 from pyro_dwp.init import init_from_kernels, init_from_prior, xavier
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE
-from pyro_dwp.priors import pretrained
+from pyro_dwp.pretrained import pretrained
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from pyro_dwp.models.kernel_vae import KernelVAE, fit_kernel_vae, iwae_log_marginal
+from pyro_dwp.distributions.deep_weight_prior import iwae_log_marginal
+from pyro_dwp.infer import fit_kernel_vae
+from pyro_dwp.models.kernel_vae import KernelVAE
 
 
 def _num_params(module: torch.nn.Module) -> int:
@@ -149,7 +151,7 @@ def test_selection_restores_the_state_of_the_best_validation_epoch(monkeypatch, 
 
 
 def test_dihedral_augment_draws_each_of_the_eight_symmetries():
-    from pyro_dwp.models import dihedral_augment
+    from pyro_dwp.infer import dihedral_augment
 
     torch.manual_seed(0)
     w = torch.arange(9.0).reshape(3, 3)

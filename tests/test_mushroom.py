@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_dwp.bandits import (
+from pyro_dwp.cli import main as cli_main
+from pyro_dwp.data import DATA_ENV_VAR
+from pyro_dwp.data.mushroom import (
+    MUSHROOM_CONTEXT_DIM,
+    encode_mushrooms,
+    find_mushroom_file,
+    load_mushroom,
+)
+from pyro_dwp.experiments.bandits import (
     EAT,
     PASS,
     GreedyAgent,
@@ -23,14 +31,6 @@ from pyro_dwp.bandits import (
     expected_reward,
     oracle_reward,
     reward,
-)
-from pyro_dwp.cli import main as cli_main
-from pyro_dwp.data import DATA_ENV_VAR
-from pyro_dwp.data.mushroom import (
-    MUSHROOM_CONTEXT_DIM,
-    encode_mushrooms,
-    find_mushroom_file,
-    load_mushroom,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

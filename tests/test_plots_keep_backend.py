@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib
 
-from pyro_dwp.jobs.dwp_classify import plot_figure2
+from pyro_dwp.experiments.dwp_classify import plot_figure2
 
 
 def test_plot_figure2_writes_a_png_and_leaves_the_backend_alone(tmp_path) -> None:

@@ -14,9 +14,9 @@ from torch import nn
 import pyro_dwp.pretrained as shipped
 from pyro_dwp import BNN, Categorical
 from pyro_dwp.distributions import DeepWeightPrior
-from pyro_dwp.jobs import dwp_classify
+from pyro_dwp.experiments import dwp_classify
 from pyro_dwp.models.kernel_vae import load_kernel_vae
-from pyro_dwp.priors import PRETRAINED, pretrained
+from pyro_dwp.pretrained import PRETRAINED, pretrained
 
 
 @pytest.fixture

@@ -14,14 +14,13 @@ from pyro_dwp import BNN, Categorical
 from pyro_dwp.diagnostics import to_inference_data
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer.pruning import (
-    SparseLinear,
     posterior_mean_network,
     pruned_network,
     sample_weights,
     sampled_outputs,
     snr_masks,
 )
-from pyro_dwp.models import mlp
+from pyro_dwp.models import SparseLinear, mlp
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 import pyro_dwp
 from pyro_dwp.cli import main
 from pyro_dwp.data import true_curve
-from pyro_dwp.jobs.regression import band_coverage
+from pyro_dwp.experiments.regression import band_coverage
 
 TINY = [
     "--n-train",

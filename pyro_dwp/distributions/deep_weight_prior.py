@@ -3,18 +3,66 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
-from pyro.infer.reparam.reparam import Reparam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyro_dwp.models.kernel_vae import KernelVAE, iwae_log_marginal
+__all__ = ["DeepWeightPrior", "iwae_log_marginal"]
 
-__all__ = ["DeepWeightPrior"]
+
+def iwae_log_marginal(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    w: Tensor,
+    num_samples: int,
+    *,
+    chunk_size: int = 1024,
+) -> Tensor:
+    r"""Importance-weighted estimate of :math:`\log p(w) = \log \int p(w \mid z) p(z) \, dz`.
+
+    The IWAE bound of Burda et al. (2016) with proposal :math:`q(z \mid w)` and
+    :math:`p(z) = \mathcal{N}(0, I)`:
+
+    .. math::
+
+        \log \frac{1}{K} \sum_{k=1}^K \frac{p(w \mid z_k) \, p(z_k)}{q(z_k \mid w)},
+        \qquad z_k \sim q(z \mid w).
+
+    It is a lower bound on :math:`\log p(w)` in expectation, non-decreasing in ``K`` and
+    consistent as ``K`` grows. Samples are drawn in chunks of ``chunk_size`` (a running
+    log-sum-exp), so memory stays bounded for ``K`` in the thousands (Appendix F uses 10,000).
+
+    Args:
+        encoder: ``(..., k, k) -> (loc, scale)``, each ``(..., z_dim)``.
+        decoder: ``(..., z_dim) -> (loc, scale)``, each ``(..., k, k)``.
+        w: Kernels ``(..., k, k)``.
+        num_samples: Number ``K`` of importance samples per kernel (>= 1).
+        chunk_size: Importance samples evaluated at once.
+
+    Returns:
+        Estimates of shape ``(...)``, differentiable (reparameterised samples).
+    """
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
+        )
+    q = dist.Normal(*encoder(w)).to_event(1)
+    total = None
+    for start in range(0, num_samples, chunk_size):
+        z = q.rsample((min(chunk_size, num_samples - start),))
+        log_weight = (
+            dist.Normal(*decoder(z)).to_event(2).log_prob(w)
+            + dist.Normal(torch.zeros_like(z), torch.ones_like(z)).to_event(1).log_prob(z)
+            - q.log_prob(z)
+        )
+        chunk = log_weight.logsumexp(0)
+        total = chunk if total is None else torch.logaddexp(total, chunk)
+    return total - math.log(num_samples)
 
 
 class DeepWeightPrior(TorchDistribution, nn.Module):
@@ -26,10 +74,11 @@ class DeepWeightPrior(TorchDistribution, nn.Module):
     ``to_event`` (or :func:`pyro_dwp.priors.expand_to_param`) for a layer's ``(out, in, k, k)``
     weight.
 
-    The marginal density is intractable. For variational inference use :meth:`make_reparam`:
-    under ``poutine.reparam`` the weight site becomes ``z ~ p(z)``, ``w ~ p(w | z)``, and with a
-    reverse model :math:`r(z \mid w)` in the guide (``pyro_dwp.guides.reverse``)
-    ``Trace_ELBO`` optimises the auxiliary bound :math:`\mathcal{L}^{aux}` of eq. 8.
+    The marginal density is intractable. For variational inference, the reparameterisation
+    strategy :class:`~pyro_dwp.infer.reparam.DeepWeightPriorStrategy` (``BNN(..., reparam=...)``)
+    rewrites the weight site into ``z ~ p(z)``, ``w ~ p(w | z)``, and with a reverse model
+    :math:`r(z \mid w)` in the guide (``pyro_dwp.guides.reverse``) ``Trace_ELBO`` optimises the
+    auxiliary bound :math:`\mathcal{L}^{aux}` of eq. 8.
     :meth:`log_prob` is only an *estimate* (see there) and needs an encoder.
 
     Like GPyTorch priors this is also an :class:`torch.nn.Module`: ``.to(device)`` moves the
@@ -86,12 +135,13 @@ class DeepWeightPrior(TorchDistribution, nn.Module):
 
     @classmethod
     def from_vae(
-        cls, vae: KernelVAE, *, with_encoder: bool = True, **kwargs: Any
+        cls, vae: nn.Module, *, with_encoder: bool = True, **kwargs: Any
     ) -> DeepWeightPrior:
-        """The prior of a trained :class:`~pyro_dwp.models.kernel_vae.KernelVAE`.
+        """The prior of a trained kernel VAE (:class:`~pyro_dwp.models.kernel_vae.KernelVAE`).
 
         Args:
-            vae: The kernel VAE (copied, so later training of ``vae`` does not change the prior).
+            vae: A module with ``decoder`` and ``encoder`` attributes as described above
+                (copied, so later training of ``vae`` does not change the prior).
             with_encoder: Keep the encoder too (for :meth:`log_prob`).
             **kwargs: Keyword arguments of :class:`DeepWeightPrior`.
         """
@@ -123,7 +173,7 @@ class DeepWeightPrior(TorchDistribution, nn.Module):
         *lower bound* on :math:`\log p(w)` in expectation (its exponential is unbiased), tight
         as ``K`` grows or when :math:`q(z \mid w)` is the exact posterior (Appendix F of the
         paper estimates the bound gap this way with ``K = 10,000``). It is a diagnostic, not a
-        training objective: see :meth:`make_reparam`.
+        training objective: see :class:`~pyro_dwp.infer.reparam.DeepWeightPriorStrategy`.
 
         Raises:
             RuntimeError: If the prior has no encoder, or ``value`` is on another device.
@@ -136,18 +186,12 @@ class DeepWeightPrior(TorchDistribution, nn.Module):
             raise RuntimeError(
                 "DeepWeightPrior.log_prob needs an encoder q(z|w) for its importance-weighted "
                 "estimate: build the prior with DeepWeightPrior.from_vae(vae) or encoder=...; "
-                "variational inference uses make_reparam() instead, which needs no encoder"
+                "variational inference reparameterises the site instead (DeepWeightPriorStrategy), "
+                "which needs no encoder"
             )
         return iwae_log_marginal(
             self.encoder, self.decoder, value, self.num_samples, chunk_size=self.chunk_size
         )
-
-    def make_reparam(self) -> Reparam:
-        """The :class:`~pyro_dwp.infer.reparam.DeepWeightPriorReparam` for this prior's sites."""
-        # Imported here: pyro_dwp.infer.reparam imports this module.
-        from pyro_dwp.infer.reparam import DeepWeightPriorReparam
-
-        return DeepWeightPriorReparam()
 
     def _check_kernels(self, value: Tensor) -> None:
         k = self.kernel_size

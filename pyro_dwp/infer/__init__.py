@@ -1,23 +1,28 @@
-"""Inference helpers: minibatch KL weights, training, prediction, reparameterisations.
+"""Inference helpers: minibatch KL weights, training (SVI, the kernel VAE), prediction,
+reparameterisations.
 
 Modules that build on the guides are imported by path: :mod:`pyro_dwp.infer.pruning`
 (signal-to-noise pruning) and :mod:`pyro_dwp.infer.dwp_gap` (the auxiliary bound's gap).
 """
 
 from .fit import CheckpointError, fit, load_checkpoint, save_checkpoint
+from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
 from .local_reparam import LocalReparameterizationMessenger
 from .optim import JointAdam
 from .predict import predict
-from .reparam import DeepWeightPriorReparam, latent_site_name
+from .reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
 
 __all__ = [
     "CheckpointError",
     "DeepWeightPriorReparam",
+    "DeepWeightPriorStrategy",
     "JointAdam",
     "KLScaleMessenger",
     "LocalReparameterizationMessenger",
+    "dihedral_augment",
     "fit",
+    "fit_kernel_vae",
     "kl_weights",
     "latent_site_name",
     "load_checkpoint",

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import glob
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,8 +24,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.distributions import LogUniform
-from pyro_dwp.io import progress_bar, read_torch_file
+from pyro_dwp.distributions import DeepWeightPrior, LogUniform
+from pyro_dwp.io import progress_bar, read_torch_file, save_checkpoint
 
 from .fingerprint import describe, differences, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
@@ -88,7 +86,9 @@ class _DataTermMessenger(Messenger):
 
 class _ImproperPriorCheck(Messenger):
     """Refuse a latent site with the improper ``LogUniform`` prior: under a Monte Carlo ELBO its
-    term is ``-log|w|`` up to an infinite constant, and the loss means nothing."""
+    term is ``-log|w|`` up to an infinite constant, and the loss means nothing. Refuse a
+    ``DeepWeightPrior`` site that no reparameterisation rewrote: its ``log_prob`` is only an
+    importance-sampled estimate, not the auxiliary bound."""
 
     def __init__(self, elbo: type[ELBO]) -> None:
         super().__init__()
@@ -103,6 +103,12 @@ class _ImproperPriorCheck(Messenger):
                 f"site {msg['name']!r} has the improper prior LogUniform: under "
                 f"{self.elbo.__name__} (a Monte Carlo ELBO) the loss is meaningless; pass "
                 "elbo=TraceMeanField_ELBO, which uses its registered KL (Molchanov et al., 2017)"
+            )
+        if not msg["is_observed"] and isinstance(fn, DeepWeightPrior):
+            raise ValueError(
+                f"site {msg['name']!r} has a DeepWeightPrior that is not reparameterised: build "
+                "the model with BNN(..., reparam=DeepWeightPriorStrategy()) "
+                "(pyro_dwp.infer.reparam) to train on the auxiliary bound"
             )
 
 
@@ -119,27 +125,6 @@ def _warn_about_guide_init(model: Callable, guide: Callable) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` atomically: a temporary file, then ``os.replace``.
-
-    Temporaries of ``path`` that a killed write left (``<name>.*.tmp``) are removed first.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

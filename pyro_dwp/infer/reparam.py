@@ -1,23 +1,30 @@
-"""Reparameterisation of deep-weight-prior sites into latent codes and conditional weights."""
+"""Reparameterisation of deep-weight-prior sites into latent codes and conditional weights, and
+the strategy that chooses it for every such site (as ``pyro.infer.reparam.strategies`` does)."""
 
 from __future__ import annotations
 
 import pyro
-from pyro.distributions import ExpandedDistribution
+from pyro.distributions import Distribution, ExpandedDistribution
 from pyro.infer.reparam.reparam import Reparam, ReparamMessage, ReparamResult
+from pyro.infer.reparam.strategies import Strategy
 from torch.distributions import Independent
 
 from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
+from pyro_dwp.guides.reverse import latent_site_name
 
-__all__ = ["DeepWeightPriorReparam", "latent_site_name"]
+__all__ = ["DeepWeightPriorReparam", "DeepWeightPriorStrategy", "latent_site_name"]
 
 
-def latent_site_name(name: str) -> str:
-    """Name of the latent-code site that :class:`DeepWeightPriorReparam` adds for site ``name``.
-
-    ``"conv1.weight" -> "conv1.weight_z"``.
-    """
-    return f"{name}_z"
+def _unwrap(fn: Distribution) -> tuple[Distribution, Distribution]:
+    """``fn`` without its ``Independent`` wrappers, then also without ``expand``: the batched
+    distribution and the base prior."""
+    batched = fn
+    while isinstance(batched, Independent):
+        batched = batched.base_dist
+    prior = batched
+    while isinstance(prior, ExpandedDistribution):
+        prior = prior.base_dist
+    return batched, prior
 
 
 class DeepWeightPriorReparam(Reparam):
@@ -26,7 +33,8 @@ class DeepWeightPriorReparam(Reparam):
     The site's distribution must be a
     :class:`~pyro_dwp.distributions.deep_weight_prior.DeepWeightPrior`, possibly expanded and
     wrapped in ``Independent``: typically ``DWP.expand((out, in)).to_event(2)`` with event shape
-    ``(out, in, k, k)``. Under ``poutine.reparam(config={name: prior.make_reparam()})`` the site
+    ``(out, in, k, k)``. Under ``poutine.reparam(config={name: DeepWeightPriorReparam()})`` (or
+    ``config=DeepWeightPriorStrategy()``, which picks it for every such site) the site
     ``name`` becomes
 
     - a new latent site :func:`latent_site_name` (``f"{name}_z"``) with distribution
@@ -51,12 +59,7 @@ class DeepWeightPriorReparam(Reparam):
 
     def apply(self, msg: ReparamMessage) -> ReparamResult:
         name, fn = msg["name"], msg["fn"]
-        batched = fn
-        while isinstance(batched, Independent):
-            batched = batched.base_dist
-        prior = batched
-        while isinstance(prior, ExpandedDistribution):
-            prior = prior.base_dist
+        batched, prior = _unwrap(fn)
         if not isinstance(prior, DeepWeightPrior):
             raise TypeError(
                 f"DeepWeightPriorReparam at site {name!r} expects a DeepWeightPrior, possibly "
@@ -69,3 +72,18 @@ class DeepWeightPriorReparam(Reparam):
         )
         new_fn = prior.conditional(z).to_event(extra_event_dims)
         return {"fn": new_fn, "value": msg["value"], "is_observed": msg["is_observed"]}
+
+
+class DeepWeightPriorStrategy(Strategy):
+    """Reparameterises every site whose prior is a (possibly expanded, ``Independent``)
+    :class:`~pyro_dwp.distributions.deep_weight_prior.DeepWeightPrior` with
+    :class:`DeepWeightPriorReparam`, and leaves other sites alone: an ``isinstance`` dispatch on
+    the site's distribution, as Pyro's ``MinimalReparam``.
+
+    Give it to a model as ``BNN(net, prior, likelihood, reparam=DeepWeightPriorStrategy())`` or
+    use it as ``poutine.reparam(model, config=DeepWeightPriorStrategy())``.
+    """
+
+    def configure(self, msg: ReparamMessage) -> Reparam | None:
+        _, prior = _unwrap(msg["fn"])
+        return DeepWeightPriorReparam() if isinstance(prior, DeepWeightPrior) else None

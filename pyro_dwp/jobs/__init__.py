@@ -1,1 +1,2 @@
-"""Command-line jobs: each module has ``add_arguments(parser)`` and ``main(args) -> dict``."""
+"""Command-line jobs, thin adapters over :mod:`pyro_dwp.experiments`: each module's docstring is
+its ``--help`` text, ``add_arguments(parser)`` its options and ``main(args) -> dict`` its run."""

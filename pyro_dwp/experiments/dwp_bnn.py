@@ -17,10 +17,10 @@ from pyro_dwp.distributions.log_uniform import LogUniform
 from pyro_dwp.guides import LogVarianceNormal, ReverseModelGuide, init_to_module
 from pyro_dwp.guides.initialization import init_to_prior_sample
 from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
+from pyro_dwp.infer.reparam import DeepWeightPriorStrategy
 from pyro_dwp.likelihoods import Categorical
-
-from .dwp_cnn import conv_layers
-from .kernel_vae import KernelVAE
+from pyro_dwp.models.dwp_cnn import conv_layers
+from pyro_dwp.models.kernel_vae import KernelVAE
 
 __all__ = ["LOG_UNIFORM_FAMILIES", "PRIORS", "DWPSetup", "PriorName", "make_dwp_cnn_model"]
 
@@ -124,7 +124,8 @@ def make_dwp_cnn_model(
         n: dwps[n] if p == "dwp" else dist.Normal(0.0, 1.0) if p == "normal" else LogUniform()
         for n, p in layer_priors.items()
     }
-    model = BNN(net, rules, Categorical(dataset_size))
+    reparam = DeepWeightPriorStrategy() if dwp_sites else None
+    model = BNN(net, rules, Categorical(dataset_size), reparam=reparam)
     if init == "dwp":
         means = {
             n: DeepWeightPrior.from_vae(vaes[n], with_encoder=False, sample_mean=True)

@@ -1,0 +1,8 @@
+"""The papers' experiments, reusable from Python and notebooks: recipes (networks, priors,
+guides, ELBOs), training runs, evaluation, tables and figures. The command-line jobs
+(:mod:`pyro_dwp.jobs`) are thin adapters over these modules.
+
+One module per experiment (``regression``, ``mnist``, ``prune``, ``mushroom``, ``dwp_source``,
+``dwp_prior``, ``dwp_classify``, ``dwp_gap``, ``dwp_pipeline``), plus ``dwp_bnn`` (the DWP
+ConvNet's model, guide and ELBO per prior) and ``bandits`` (the contextual-bandit agents).
+"""

@@ -1,0 +1,487 @@
+"""MNIST with few examples under the deep weight prior (Figure 2).
+
+The experiment of ``pyro-dwp dwp-classify``, reusable from Python: :func:`add_arguments` declares
+its settings, :func:`run` runs it from them and writes its outputs (described in the
+command's help, :mod:`pyro_dwp.jobs.dwp_classify`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.optim
+import pyro.poutine as poutine
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
+from pyro_dwp.experiments.dwp_bnn import (
+    LOG_UNIFORM_FAMILIES,
+    PRIORS,
+    DWPSetup,
+    PriorName,
+    make_dwp_cnn_model,
+)
+from pyro_dwp.guides import ReverseModelGuide
+from pyro_dwp.infer.dwp_gap import dwp_bound_gap
+from pyro_dwp.infer.fingerprint import file_digest
+from pyro_dwp.infer.fit import fit
+from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
+from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out, write_json
+from pyro_dwp.models.dwp_cnn import DWPConvNet
+from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
+from pyro_dwp.pretrained import PRETRAINED, pretrained_dir
+
+__all__ = [
+    "EVALUATIONS",
+    "add_arguments",
+    "add_training_arguments",
+    "build_cell",
+    "ensemble_probs",
+    "load_results",
+    "load_vaes",
+    "run",
+    "plot_figure2",
+    "summarise",
+    "summary_table",
+    "train_cell",
+]
+
+RESULTS, TABLE, FIGURE = "dwp_classify.json", "dwp_classify.md", "figure2.png"
+# Figure 2 of the paper (mean test accuracy over data splits), for the plot.
+PAPER = {
+    "dwp": {50: 0.800, 100: 0.867, 200: 0.915, 500: 0.945, 1000: 0.961},
+    "log-uniform": {50: 0.766, 100: 0.839, 200: 0.894, 500: 0.938, 1000: 0.958},
+    "normal": {50: 0.717, 100: 0.816, 200: 0.890, 500: 0.938, 1000: 0.959},
+}
+EVALUATIONS = {
+    "lrt": "ensemble with the local reparameterisation at test time (fresh noise per activation, "
+    "the DWP authors')",
+    "weights": "ensemble of weight draws from q (one draw per member, shared by all test images)",
+}
+"""``--evaluation`` choices: the test-time ensemble, in words."""
+# Settings that must match for a rerun to reuse finished cells.
+_CONFIG_KEYS = (
+    "evaluation",
+    "pixel_scale",
+    "epochs",
+    "batch_size",
+    "lr",
+    "channels",
+    "guide_init",
+    "reverse",
+    "init_log_variance",
+    "log_uniform_guide",
+    "test_samples",
+    "n_test",
+    "gap_samples",
+    "vae_dir",
+    "dwp_layers",
+)
+# Config keys renamed with their options (old -> new), read from the results of an older run.
+_RENAMED_KEYS = {"init": "guide_init"}
+DWP_LAYERS = ("conv1", "conv2")
+"""The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_out_argument(p, "automatic")
+    vaes = p.add_mutually_exclusive_group()
+    vaes.add_argument("--vae-dir", type=Path, help="dwp-prior output: vae_conv1.pt, vae_conv2.pt")
+    vaes.add_argument(
+        "--pretrained",
+        choices=PRETRAINED,
+        help="a deep weight prior shipped with the package instead of --vae-dir",
+    )
+    p.add_argument("--data-dir", type=Path, help="folder with mnist/ (else PYRO_DWP_DATA)")
+    p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
+    p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data seeds")
+    add_training_arguments(p)
+    p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
+    p.add_argument(
+        "--dwp-layers",
+        nargs="+",
+        choices=DWP_LAYERS,
+        default=None,
+        help="the prior 'dwp' on these layers only, the standard normal on the others "
+        "(default: all layers)",
+    )
+    p.add_argument(
+        "--log-uniform-guide",
+        choices=list(LOG_UNIFORM_FAMILIES),
+        default="truncated-alpha",
+        help="log-uniform prior's guide: N(mu, alpha mu^2) with alpha <= 1 (the DWP authors' "
+        "baseline) or (mu, log sigma^2) (sparse VD: collapses to chance on few examples)",
+    )
+    p.add_argument("--test-samples", type=int, default=10, help="test-time ensemble size")
+    p.add_argument(
+        "--evaluation",
+        choices=list(EVALUATIONS),
+        default="lrt",
+        help="test-time ensemble: local reparameterisation (fresh noise per activation, the "
+        "DWP authors') or one weight draw per member",
+    )
+    p.add_argument(
+        "--n-test", type=int, default=None, help="test subset size (default: all 10,000)"
+    )
+    p.add_argument("--gap-samples", type=int, default=0, help="K of the gap estimate (0: off)")
+    add_device_argument(p)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a cell's network, guide and training, read by :func:`build_cell` and
+    :func:`train_cell` (shared with ``pyro-dwp dwp-gap``)."""
+    p.add_argument("--epochs", type=int, default=1000, help="the paper trains 10,000")
+    p.add_argument("--batch-size", type=int, default=256, help="capped at N")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
+    p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
+    p.add_argument(
+        "--guide-init",
+        choices=["module", "dwp"],
+        default="module",
+        help="guide means' initialisation: the network's own or samples of the deep weight prior",
+    )
+    p.add_argument("--init-log-variance", type=float, default=-10.0)
+    p.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=DWP_PIXEL_SCALE,
+        help="images are divided by this (default 255, as dwp-source's notMNIST)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every missing (prior, N, seed) cell, then write the table and the figure."""
+    _check_args(args)
+    out: Path = prepare_out(args.out)
+    config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
+    if "dwp" in args.priors or args.guide_init == "dwp":  # replaced VAE files: other cells
+        config["vae_checksums"] = {
+            f.name: file_digest(f) for f in sorted(args.vae_dir.glob("vae_conv*.pt"))
+        }
+    results = load_results(out / RESULTS, config, {"config": config, "cells": []})
+    done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
+    needs_vaes = "dwp" in args.priors or args.guide_init == "dwp"
+    vaes = load_vaes(args.vae_dir, args.device) if needs_vaes else None
+    x_test, y_test = load_mnist(
+        "test", args.data_dir, n=args.n_test, seed=0, flatten=False, pixel_scale=args.pixel_scale
+    )
+    # N outermost, priors innermost: an interrupted grid still compares the priors.
+    for n in args.n_train:
+        for seed in args.seeds:
+            for prior in args.priors:
+                if (prior, n, seed) in done:
+                    continue
+                cell = _run_cell(args, prior, n, seed, vaes, x_test, y_test)
+                results["cells"].append(cell)
+                write_json(out / RESULTS, results)
+    summary = summarise(results["cells"])
+    (out / TABLE).write_text(summary_table(summary, args.test_samples))
+    plot_figure2(out / FIGURE, summary)
+    return {
+        "results": str(out / RESULTS),
+        "table": str(out / TABLE),
+        "figure": str(out / FIGURE),
+        "accuracy": {f"{p} N={n}": s["accuracy"][0] for (p, n), s in sorted(summary.items())},
+    }
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    check_device(args.device)
+    for label in ("epochs", "batch_size", "test_samples"):
+        if getattr(args, label) < 1:
+            raise ValueError(f"--{label.replace('_', '-')} must be >= 1")
+    if min(args.n_train) < 1 or min(args.channels) < 1 or args.gap_samples < 0:
+        raise ValueError("--n-train and --channels must be >= 1, --gap-samples >= 0")
+    if args.pretrained is not None:  # checksums verified here
+        args.vae_dir = pretrained_dir(args.pretrained)
+    if ("dwp" in args.priors or args.guide_init == "dwp") and args.vae_dir is None:
+        raise ValueError(
+            "the deep weight prior (and --guide-init dwp) needs --vae-dir from dwp-prior or "
+            "--pretrained (a shipped prior)"
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    return str(v) if isinstance(v, Path) else v
+
+
+def load_vaes(vae_dir: Path, device: str) -> dict[str, KernelVAE]:
+    """``{"conv1.weight": VAE, "conv2.weight": VAE}`` from ``vae_conv{1,2}.pt`` in ``vae_dir``.
+
+    Raises:
+        FileNotFoundError: If a file is missing (the message names it and how to make it).
+    """
+    return {
+        f"{layer}.weight": load_kernel_vae(vae_dir / f"vae_{layer}.pt", map_location=device)[0]
+        for layer in ("conv1", "conv2")
+    }
+
+
+def load_results(path: Path, config: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """The results JSON at ``path`` if it exists, else ``fresh`` (its ``"config"``, ``config``).
+
+    A file written before an option was renamed is read with the option's new key
+    (``init`` -> ``guide_init``).
+
+    Raises:
+        ValueError: If the file was written with another ``"config"`` than ``config``.
+    """
+    if not path.exists():
+        return fresh
+    results = json.loads(path.read_text())
+    if isinstance(results.get("config"), dict):
+        results["config"] = {_RENAMED_KEYS.get(k, k): v for k, v in results["config"].items()}
+    if results.get("config") != config:
+        raise ValueError(
+            f"{path} was written with other settings ({results.get('config')}); "
+            f"use another --out for {config}"
+        )
+    return results
+
+
+def build_cell(
+    args: argparse.Namespace,
+    prior: PriorName | dict[str, PriorName],
+    n: int,
+    seed: int,
+    vaes: dict[str, KernelVAE] | None,
+) -> tuple[DWPSetup, Tensor, Tensor]:
+    """Seed, load the ``N`` training examples of ``seed`` and build the untrained cell.
+
+    Reads ``args.data_dir``, ``pixel_scale``, ``channels``, ``device``, ``reverse``, ``guide_init``,
+    ``init_log_variance`` and ``log_uniform_guide``. Clears the Pyro param store.
+
+    Returns:
+        ``(DWPSetup(model, guide, elbo), x, y)``, with ``x`` ``(N, 1, 28, 28)`` and ``y``
+        ``(N,)`` on the CPU.
+    """
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    x, y = load_mnist(
+        "train", args.data_dir, n=n, seed=seed, flatten=False, pixel_scale=args.pixel_scale
+    )
+    net = DWPConvNet(tuple(args.channels)).to(args.device)
+    setup = make_dwp_cnn_model(
+        net,
+        prior,
+        dataset_size=n,
+        vaes=vaes,
+        trainable_reverse=args.reverse == "trainable",
+        init=args.guide_init,
+        init_log_variance=args.init_log_variance,
+        log_uniform_family=args.log_uniform_guide,
+    )
+    return setup, x, y
+
+
+def train_cell(
+    args: argparse.Namespace,
+    setup: DWPSetup,
+    x: Tensor,
+    y: Tensor,
+    seed: int,
+    checkpoint: Path | None,
+) -> list[dict[str, float]]:
+    """Fit a cell of :func:`build_cell`: Adam, the rate decayed linearly to 0 over the epochs.
+
+    Reads ``args.epochs``, ``lr``, ``batch_size``, ``device`` and ``no_progress``. With a
+    ``checkpoint`` the fit resumes from it if it exists.
+
+    Returns:
+        ``fit``'s history, one record per epoch.
+    """
+    epochs = args.epochs
+    optim = pyro.optim.LambdaLR(
+        {
+            "optimizer": torch.optim.Adam,
+            "optim_args": {"lr": args.lr},
+            "lr_lambda": partial(_linear_decay, epochs=epochs),  # epochs in the fingerprint
+        }
+    )
+    return fit(
+        setup.model,
+        setup.guide,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=min(args.batch_size, len(x)),
+        optim=optim,
+        elbo=setup.elbo,
+        kl_scheme="uniform",
+        device=args.device,
+        checkpoint=checkpoint,
+        checkpoint_every=max(1, epochs // 10),
+        resume=checkpoint is not None,
+        seed=seed,
+        progress=not args.no_progress,
+        callback=lambda record: optim.step(),  # the linear decay, once per epoch
+        handlers=[LocalReparameterizationMessenger()],
+    )
+
+
+def _linear_decay(epoch: int, epochs: int) -> float:
+    """The learning-rate factor ``1 - epoch / epochs`` of :func:`train_cell`."""
+    return 1 - epoch / epochs
+
+
+def _run_cell(
+    args: argparse.Namespace,
+    prior: PriorName,
+    n: int,
+    seed: int,
+    vaes: dict[str, KernelVAE] | None,
+    x_test: Tensor,
+    y_test: Tensor,
+) -> dict[str, Any]:
+    """Train one (prior, N, seed) cell and evaluate it on the test set."""
+    t0 = time.perf_counter()
+    layer_prior: PriorName | dict[str, PriorName] = prior
+    if prior == "dwp" and args.dwp_layers is not None:
+        layer_prior = {k: "dwp" if k in args.dwp_layers else "normal" for k in DWP_LAYERS}
+    setup, x, y = build_cell(args, layer_prior, n, seed, vaes)
+    model, guide = setup.model, setup.guide
+    checkpoint = args.out / "cells" / f"{prior}_n{n}_seed{seed}.pt"
+    history = train_cell(args, setup, x, y, seed, checkpoint)
+    x_test, y_test = x_test.to(args.device), y_test.to(args.device)
+    probs = ensemble_probs(model, guide, x_test, args.test_samples, args.evaluation)
+    accuracy = (probs.argmax(-1) == y_test).float().mean().item()
+    nll = -probs.gather(1, y_test[:, None]).clamp_min(torch.finfo(probs.dtype).tiny).log().mean()
+    cell = {
+        "prior": prior,
+        "n": n,
+        "seed": seed,
+        "accuracy": accuracy,
+        "nll": nll.item(),
+        "final_loss": history[-1]["loss"],
+        "final_kl": history[-1]["kl"],
+        "seconds": time.perf_counter() - t0,
+    }
+    if prior == "dwp" and args.gap_samples:
+        cell["gap"] = dwp_bound_gap(
+            model, guide, x[:1].to(args.device), y[:1].to(args.device), num_samples=args.gap_samples
+        )["total"]
+    checkpoint.unlink(missing_ok=True)
+    return cell
+
+
+@torch.no_grad()
+def ensemble_probs(
+    model: BNN,
+    guide: torch.nn.Module,
+    x: Tensor,
+    num_samples: int,
+    evaluation: str = "lrt",
+    chunk: int = 1000,
+) -> Tensor:
+    """The ensemble's predictive probabilities ``p(y | x) = mean_s softmax(f_s(x))``,
+    ``(N, ...) -> (N, classes)``.
+
+    Each member draws the Bayesian weights from ``q(w)`` once (for the deep weight prior, from
+    the reverse-model guide's base guide: the codes are not needed); with ``evaluation="lrt"``
+    the member runs under :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`,
+    so every pre-activation of a Bayesian layer is drawn from its Gaussian given the input,
+    independently per activation and test image (the sampled weights themselves are not
+    used); with ``"weights"`` the member is the plain network with the drawn weights.
+    """
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"unknown evaluation {evaluation!r}; choose one of {list(EVALUATIONS)}")
+    weight_guide = guide.base if isinstance(guide, ReverseModelGuide) else guide
+    fixed = {n: pyro.param(n) for n in model.deterministic}
+    probs = None
+    for _ in range(num_samples):
+        with poutine.block(), _local_reparam(evaluation == "lrt"):
+            weights = {n: v for n, v in weight_guide(x[:1], None).items() if n in model.priors}
+            for start in range(0, len(x), chunk):
+                logits = functional_call(
+                    model.net, {**fixed, **weights}, (x[start : start + chunk],)
+                )
+                if probs is None:
+                    probs = torch.zeros(len(x), logits.shape[-1], device=x.device)
+                probs[start : start + chunk] += logits.softmax(-1)
+    return probs / num_samples
+
+
+def _local_reparam(active: bool) -> LocalReparameterizationMessenger | contextlib.nullcontext:
+    return LocalReparameterizationMessenger() if active else contextlib.nullcontext()
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tuple]]:
+    """``{(prior, N): {metric: (mean, std, seeds)}}`` over the seeds of each cell."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["prior"], c["n"]), []).append(c)
+    summary = {}
+    for key, group in groups.items():
+        summary[key] = {}
+        for metric in ("accuracy", "nll"):
+            values = [c[metric] for c in group]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[key][metric] = (statistics.fmean(values), std, len(values))
+    return summary
+
+
+def summary_table(summary: dict[tuple[str, int], dict[str, tuple]], test_samples: int = 10) -> str:
+    """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`,
+    of ``test_samples``-sample ensembles."""
+    priors = sorted({p for p, _ in summary}, key=PRIORS.index)
+    sizes = sorted({n for _, n in summary})
+    lines = []
+    for metric, title in (("accuracy", "Test accuracy"), ("nll", "Test NLL")):
+        lines += [
+            f"## {title} ({test_samples}-sample ensemble; mean ± std over data seeds)",
+            "",
+            "| prior | " + " | ".join(f"N={n}" for n in sizes) + " |",
+            "|---|" + "---|" * len(sizes),
+        ]
+        for p in priors:
+            row = []
+            for n in sizes:
+                if (p, n) in summary:
+                    mean, std, k = summary[p, n][metric]
+                    row.append(f"{mean:.3f} ± {std:.3f} ({k})")
+                else:
+                    row.append("")
+            lines.append(f"| {p} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_figure2(path: Path, summary: dict[tuple[str, int], dict[str, tuple]]) -> None:
+    """Save accuracy vs N per prior (mean, a ± std band) beside the paper's Figure 2 as ``path``."""
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
+
+    colours = {"dwp": "tab:red", "log-uniform": "tab:green", "normal": "tab:blue"}
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for p in sorted({p for p, _ in summary}, key=PRIORS.index):
+        sizes = sorted(n for q, n in summary if q == p)
+        mean = [summary[p, n]["accuracy"][0] for n in sizes]
+        std = [summary[p, n]["accuracy"][1] for n in sizes]
+        ax.plot(sizes, mean, "o-", color=colours[p], label=f"{p} (ours)")
+        ax.fill_between(
+            sizes,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color=colours[p],
+            alpha=0.2,
+        )
+        paper = sorted(PAPER[p].items())
+        ax.plot(*zip(*paper, strict=True), "--", color=colours[p], lw=1, label=f"{p} (paper)")
+    ax.set(xscale="log", xlabel="training examples N", ylabel="test accuracy")
+    ax.set_title("MNIST, Bayesian ConvNet: accuracy vs N (mean ± std over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

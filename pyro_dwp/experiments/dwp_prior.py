@@ -1,0 +1,337 @@
+"""The kernel VAEs of the deep weight prior (Atanov et al., 2019).
+
+The experiment of ``pyro-dwp dwp-prior``, reusable from Python: :func:`add_arguments` declares
+its settings, :func:`run` runs it from them and writes its outputs (described in the
+command's help, :mod:`pyro_dwp.jobs.dwp_prior`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyro_dwp.data import kernel_smoothness, select_kernels, split_kernels
+from pyro_dwp.infer.kernel_vae import fit_kernel_vae
+from pyro_dwp.io import add_device_argument, check_device, read_torch_file
+from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
+
+__all__ = ["add_arguments", "evaluate_kernel_vae", "load_kernel_set", "run"]
+
+_EVAL_BATCH = 128  # kernels per evaluation batch
+_ELBO_SAMPLES = 10  # reconstruction samples per kernel in the held-out ELBO
+_PLOT_KERNELS = 64  # kernels per panel of the sample plots (an 8 x 8 grid)
+_SMOOTHNESS_SAMPLES = 10_000  # prior samples in the smoothness statistic
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernels", type=Path, required=True, help="output folder of dwp-source")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (resume: none, a rerun fits again and overwrites it)",
+    )
+    p.add_argument("--layers", nargs="+", default=["conv1", "conv2"], help="kernel sets to fit")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--steps", type=int, default=40_000, help="optimisation steps per layer (whole epochs)"
+    )
+    length.add_argument("--epochs", type=int, default=None, help="passes instead of --steps")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="training kernels held out to keep the VAE of the best validation ELBO (0: none, "
+        "the last epoch's VAE is kept)",
+    )
+    p.add_argument("--augment", action="store_true", help="train under random flips and transposes")
+    p.add_argument(
+        "--min-norm",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="M",
+        help="drop the kernels (train and test) of L2 norm below M before fitting: one value for "
+        "every layer or one per --layers entry (default: keep the source's set)",
+    )
+    p.add_argument(
+        "--z-dim",
+        type=int,
+        default=None,
+        help="latent dimension of every layer's VAE (default: the paper's, 2 for 7x7, 4 for 5x5)",
+    )
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
+    p.add_argument("--iwae-samples", type=int, default=100, help="K of the held-out IWAE bound")
+    p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Fit, save, evaluate and plot one kernel VAE per layer; return (and write) the report."""
+    t0 = time.perf_counter()
+    check_device(args.device)
+    if args.iwae_samples < 1:
+        raise ValueError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
+    if args.z_dim is not None and args.z_dim < 1:
+        raise ValueError(f"--z-dim must be >= 1, got {args.z_dim}")
+    if not 0 <= args.valid_fraction < 1:
+        raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    if (args.steps if args.epochs is None else args.epochs) < 1:
+        raise ValueError("--steps and --epochs must be >= 1")
+    floors = args.min_norm or [0.0]
+    if len(floors) not in (1, len(args.layers)) or min(floors) < 0:
+        raise ValueError(
+            f"--min-norm takes one value >= 0 or one per layer of --layers {args.layers}, got "
+            f"{args.min_norm}"
+        )
+    floors = dict(
+        zip(args.layers, floors * len(args.layers) if len(floors) == 1 else floors, strict=True)
+    )
+    # Read every kernel set first, so that a missing one fails before any training.
+    sets = {layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt") for layer in args.layers}
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    training = {
+        "min_norm": floors,
+        "steps": args.steps if args.epochs is None else None,
+        "epochs": args.epochs,
+        "valid_fraction": args.valid_fraction,
+        "augment": args.augment,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
+    layers = {}
+    for layer, (kernels, test, kernel_size, provenance) in sets.items():
+        if floors[layer]:
+            kernels, test, provenance = _apply_floor(
+                layer, kernels, test, floors[layer], provenance
+            )
+        train, valid = (
+            split_kernels(kernels, args.valid_fraction, args.seed)
+            if args.valid_fraction
+            else (kernels, None)
+        )
+        if valid is not None and len(valid) == 0:  # too few kernels to hold any out
+            train, valid = kernels, None
+        torch.manual_seed(args.seed)
+        vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim).to(args.device)
+        history = fit_kernel_vae(
+            vae,
+            train,
+            valid,
+            epochs=args.epochs,
+            steps=args.steps if args.epochs is None else None,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            augment=args.augment,
+            progress=not args.no_progress,
+        )
+        vae.cpu().eval()
+        bounds = evaluate_kernel_vae(vae, test, iwae_samples=args.iwae_samples)
+        files = {"vae_file": f"vae_{layer}.pt", "samples_plot": f"samples_{layer}.png"}
+        save_kernel_vae(
+            out / files["vae_file"],
+            vae,
+            layer=layer,
+            provenance={**provenance, "kernels_file": str(args.kernels / f"kernels_{layer}.pt")},
+            history=history,
+            training=training,
+            **bounds,
+        )
+        _plot_samples(out / files["samples_plot"], vae, test, layer)
+        files["latent_plot"] = None
+        if vae.z_dim == 2:
+            files["latent_plot"] = f"latent_{layer}.png"
+            _plot_latent(out / files["latent_plot"], vae, test, layer)
+        layers[layer] = {
+            "kernel_size": kernel_size,
+            "z_dim": vae.z_dim,
+            "hidden": vae.hidden,
+            "n_train": len(train),
+            "n_valid": 0 if valid is None else len(valid),
+            "n_test": len(test),
+            "epochs": history["epochs"],
+            "steps": history["steps"],
+            "best_epoch": history["best_epoch"],
+            "final_train_elbo": history["train_elbo"][-1],
+            **bounds,
+            "iwae_samples": args.iwae_samples,
+            **files,
+        }
+    report = {
+        "layers": layers,
+        "recon_over_std": {layer: e["recon_over_std"] for layer, e in layers.items()},
+        "smoothness": {layer: e["smoothness"] for layer, e in layers.items()},
+        "training": training,
+        "seconds": time.perf_counter() - t0,
+    }
+    (out / "prior_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def load_kernel_set(path: Path) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
+    """Read ``kernels_<layer>.pt`` of ``pyro-dwp dwp-source``.
+
+    Returns:
+        Train kernels ``(n, k, k)``, test kernels ``(m, k, k)``, ``k`` and the provenance dict.
+
+    Raises:
+        FileNotFoundError: If there is no file (the message names the command that makes it).
+        ValueError: If the file is unreadable or not a kernel set of consistent shapes.
+    """
+    state = read_torch_file(
+        path,
+        what="kernel dataset",
+        remedy=f"make it with `pyro-dwp dwp-source --out {path.parent}`",
+    )
+    if not isinstance(state, dict) or not {"train", "test", "kernel_size"} <= set(state):
+        raise ValueError(f"{path} is not a kernel dataset written by pyro-dwp dwp-source")
+    k = state["kernel_size"]
+    for split in ("train", "test"):
+        kernels = state[split]
+        if not isinstance(kernels, Tensor) or kernels.dim() != 3 or kernels.shape[1:] != (k, k):
+            shape = tuple(kernels.shape) if isinstance(kernels, Tensor) else type(kernels)
+            raise ValueError(
+                f"kernel dataset {path}: {split!r} must be {k}x{k} kernels (N, {k}, {k}), "
+                f"got {shape}"
+            )
+    if len(state["train"]) == 0 or len(state["test"]) == 0:
+        raise ValueError(f"kernel dataset {path} has an empty train or test split")
+    return state["train"].float(), state["test"].float(), k, state.get("provenance", {})
+
+
+def _apply_floor(
+    layer: str, train: Tensor, test: Tensor, floor: float, provenance: dict[str, Any]
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Drop the kernels of L2 norm below ``floor`` from both splits; the provenance records it.
+
+    Raises:
+        ValueError: If a split is left empty.
+    """
+    try:
+        kept = [w[select_kernels(w, min_norm=floor)[0]] for w in (train, test)]
+    except ValueError as e:
+        raise ValueError(f"--min-norm {floor} leaves no {layer} kernel in a split: {e}") from e
+    floor_record = {
+        "min_norm": floor,
+        "kept_of_total": f"kept {len(kept[0]) + len(kept[1])} of {len(train) + len(test)}",
+    }
+    return kept[0], kept[1], {**provenance, "prior_floor": floor_record}
+
+
+@torch.no_grad()
+def evaluate_kernel_vae(vae: KernelVAE, kernels: Tensor, *, iwae_samples: int) -> dict[str, Any]:
+    """How well a kernel VAE fits held-out kernels ``(N, k, k)``.
+
+    Returns:
+        ``test_elbo``, ``test_iwae``: mean bounds on ``log p(w)`` per kernel, in nats (the ELBO's
+        reconstruction term averaged over 10 samples of ``z``; the IWAE bound with
+        ``K = iwae_samples``); ``recon_over_std``: the RMS error of the reconstructions (the
+        decoder mean at the encoder mean) over the kernels' std; ``decoder_scale_over_std``: the
+        RMS decoder scale there over the kernels' std; ``sample_std_over_std``: the std of
+        prior samples ``w ~ p(w | z) p(z)`` over the kernels'; ``smoothness``:
+        :func:`~pyro_dwp.data.kernel_smoothness` of the kernels (``"source"``), of prior
+        samples (``"prior_samples"``) and of the decoder means of prior codes
+        (``"prior_means"``). Prior samples are drawn with a fixed seed.
+
+    Raises:
+        ValueError: If the kernels are not ``(N, k, k)`` with ``k`` the VAE's kernel size.
+    """
+    k = vae.kernel_size
+    if kernels.dim() != 3 or kernels.shape[1:] != (k, k):
+        raise ValueError(
+            f"a KernelVAE for {k}x{k} kernels cannot evaluate kernels of shape "
+            f"{tuple(kernels.shape)}: expected (N, {k}, {k})"
+        )
+    device = next(vae.parameters()).device
+    kernels = kernels.to(device)
+    elbo = iwae = squared_error = squared_scale = 0.0
+    for w in kernels.split(_EVAL_BATCH):
+        elbo += vae.elbo(w, num_samples=_ELBO_SAMPLES).sum().item()
+        iwae += vae.iwae_bound(w, iwae_samples, chunk_size=50).sum().item()
+        loc, scale = vae.decoder(vae.encoder(w)[0])
+        squared_error += (w - loc).square().sum().item()
+        squared_scale += scale.square().sum().item()
+    std = kernels.std().item()
+    z = torch.randn(_SMOOTHNESS_SAMPLES, vae.z_dim, generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
+    prior = vae.decode(z)
+    samples = prior.sample()
+    return {
+        "test_elbo": elbo / len(kernels),
+        "test_iwae": iwae / len(kernels),
+        "recon_over_std": (squared_error / kernels.numel()) ** 0.5 / std,
+        "decoder_scale_over_std": (squared_scale / kernels.numel()) ** 0.5 / std,
+        "sample_std_over_std": samples.std().item() / std,
+        "smoothness": {
+            "source": kernel_smoothness(kernels),
+            "prior_samples": kernel_smoothness(samples),
+            "prior_means": kernel_smoothness(prior.mean),
+        },
+    }
+
+
+def _grid(kernels: Tensor, columns: int) -> Tensor:
+    """Tile kernels ``(N, k, k)`` into one image with NaN gaps of one pixel."""
+    n, k = len(kernels), kernels.shape[-1]
+    rows = -(-n // columns)
+    image = torch.full((rows * (k + 1) - 1, columns * (k + 1) - 1), float("nan"))
+    for i, w in enumerate(kernels):
+        r, c = divmod(i, columns)
+        image[r * (k + 1) : r * (k + 1) + k, c * (k + 1) : c * (k + 1) + k] = w
+    return image
+
+
+@torch.no_grad()
+def _plot_samples(path: Path, vae: KernelVAE, real: Tensor, layer: str) -> None:
+    """Held-out kernels, their reconstructions and samples ``w ~ p(w | z) p(z)`` of the VAE,
+    one diverging colour scale centred at 0."""
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
+
+    n = min(_PLOT_KERNELS, len(real))
+    real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n]]
+    reconstructions = vae.decoder(vae.encoder(real)[0])[0]
+    z = torch.randn(n, vae.z_dim, generator=torch.Generator().manual_seed(0))
+    fake = vae.decode(z).sample()
+    vmax = real.abs().quantile(0.99).item() or 1.0
+    fig = Figure(figsize=(13, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = (
+        (real, "source kernels (held out)"),
+        (reconstructions, "their reconstructions (decoder mean)"),
+        (fake, "prior samples"),
+    )
+    for ax, (kernels, title) in zip(axes, panels, strict=True):
+        im = ax.imshow(_grid(kernels, 8).numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
+    fig.suptitle(f"{layer}: {vae.kernel_size}x{vae.kernel_size} kernels, z_dim {vae.z_dim}")
+    fig.savefig(path, dpi=120)
+
+
+@torch.no_grad()
+def _plot_latent(path: Path, vae: KernelVAE, kernels: Tensor, layer: str) -> None:
+    """Encoder means of kernels ``(N, k, k)`` in the 2-D latent space, coloured by L2 norm."""
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
+
+    loc = vae.encode(kernels).mean.numpy()
+    norms = kernels.flatten(1).norm(dim=1).numpy()
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    points = ax.scatter(loc[:, 0], loc[:, 1], c=norms, s=6, cmap="viridis")
+    fig.colorbar(points, ax=ax, label="kernel L2 norm")
+    ax.set(xlabel="$z_1$", ylabel="$z_2$", title=f"{layer}: latent means of held-out kernels")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,584 @@
+"""MNIST classification of Blundell et al. (2015), Table 1.
+
+The experiment of ``pyro-dwp mnist``, reusable from Python: :func:`add_arguments` declares
+its settings, :func:`run` runs it from them and writes its outputs (described in the
+command's help, :mod:`pyro_dwp.jobs.mnist`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.data import load_mnist, load_notmnist
+from pyro_dwp.diagnostics import (
+    auroc,
+    expected_calibration_error,
+    plot_reliability_diagram,
+    predictive_entropy,
+)
+from pyro_dwp.distributions import ScaleMixtureNormal
+from pyro_dwp.experiments.regression import sigma_from_neg_log
+from pyro_dwp.guides import BBBNormal
+from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
+from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
+from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
+from pyro_dwp.io import (
+    add_device_argument,
+    add_out_argument,
+    add_resume_argument,
+    check_device,
+    prepare_out,
+    progress_bar,
+)
+from pyro_dwp.likelihoods import Categorical
+from pyro_dwp.models import mlp
+
+__all__ = [
+    "Classifier",
+    "MnistData",
+    "add_arguments",
+    "baseline_classifier",
+    "baseline_net",
+    "bbb_classifier",
+    "build_bbb",
+    "evaluate",
+    "load_bbb_run",
+    "load_data",
+    "run",
+    "upgrade_config",
+]
+
+METHODS = ("bbb", "sgd", "dropout")
+IN_FEATURES = 28 * 28
+NUM_CLASSES = 10
+ECE_BINS = 15
+_EVAL_CHUNK = 1000
+# Config keys that define a training run: a resumed run must agree on all of them.
+_RUN_KEYS = (
+    "method",
+    "hidden",
+    "prior",
+    "pi",
+    "neg_log_sigma1",
+    "neg_log_sigma2",
+    "neg_log_sigma",
+    "kl_scheme",
+    "batch_size",
+    "lr",
+    "particles",
+    "init_scale",
+    "dropout",
+    "input_dropout",
+    "n_train",
+    "seed",
+)
+# Config keys renamed with their options (old -> new), read from the config of an older run.
+_RENAMED_KEYS = {"samples": "particles", "eval_samples": "test_samples", "n_eval": "n_test"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_out_argument(p, "explicit")
+    p.add_argument("--method", choices=METHODS, default="bbb")
+    p.add_argument("--hidden", type=int, default=1200, help="units per hidden layer (400/800/1200)")
+    p.add_argument("--prior", choices=["scale-mixture", "gaussian"], default="scale-mixture")
+    p.add_argument("--pi", type=float, default=0.5, help="scale-mixture weight pi")
+    p.add_argument("--neg-log-sigma1", type=float, default=0.0, help="scale mixture: -log sigma1")
+    p.add_argument("--neg-log-sigma2", type=float, default=6.0, help="scale mixture: -log sigma2")
+    p.add_argument("--neg-log-sigma", type=float, default=0.0, help="Gaussian prior: -log sigma")
+    p.add_argument("--kl-scheme", choices=["uniform", "blundell"], default="uniform")
+    p.add_argument("--epochs", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all methods)")
+    p.add_argument(
+        "--particles", type=int, default=1, help="BBB: weight samples (particles) per step"
+    )
+    p.add_argument(
+        "--init-scale",
+        type=float,
+        default=1e-3,
+        help="BBB: initial posterior sigma; must be small (1e-3 .. softplus(-5) = 6.7e-3)",
+    )
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout: hidden-layer rate")
+    p.add_argument("--input-dropout", type=float, default=0.0, help="dropout: input rate")
+    p.add_argument(
+        "--test-samples", type=int, default=10, help="test-time ensemble size (networks)"
+    )
+    p.add_argument("--n-train", type=int, default=None, help="training subset (default: 50k)")
+    p.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="test subset size; also subsets the validation set and the notMNIST test letters "
+        "(default: all)",
+    )
+    p.add_argument(
+        "--max-train-minutes",
+        type=float,
+        default=None,
+        help="stop training before an epoch that would overrun this; epochs done are recorded",
+    )
+    add_device_argument(p)
+    p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
+    add_resume_argument(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+@dataclass
+class MnistData:
+    """The splits used by the job; images ``(N, 784)`` float32, labels ``(N,)`` int64."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_valid: Tensor
+    y_valid: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    x_ood: Tensor
+    """notMNIST test letters ``(N_ood, 784)``, the out-of-distribution positives."""
+
+    def to(self, device: torch.device | str) -> MnistData:
+        return MnistData(**{k: v.to(device) for k, v in vars(self).items()})
+
+
+@dataclass
+class Classifier:
+    """What :func:`evaluate` needs of a trained classifier, whatever the method.
+
+    Attributes:
+        mean_net: A deterministic network ``(N, 784) -> (N, 10)`` logits.
+        sample_logits: ``(x, S) -> (S, N, 10)`` logits of S sampled networks.
+    """
+
+    mean_net: nn.Module
+    sample_logits: Callable[[Tensor, int], Tensor]
+
+
+def load_data(
+    data_dir: Path | None,
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+) -> MnistData:
+    """MNIST train/valid/test (pixels / 126) and the notMNIST test letters.
+
+    Args:
+        data_dir: Folder holding ``mnist/`` and ``notmnist/``, or ``None`` for ``PYRO_DWP_DATA``.
+        n_train: Class-balanced training subset size (when divisible by 10), or all 50,000.
+        n_test: Subset size of the test, validation and notMNIST sets, or all.
+        seed: Seed of the subsets.
+    """
+    x_train, y_train = load_mnist("train", data_dir, n=n_train, seed=seed)
+    x_valid, y_valid = load_mnist("valid", data_dir, n=n_test, seed=seed)
+    x_test, y_test = load_mnist("test", data_dir, n=n_test, seed=seed)
+    x_ood, _ = load_notmnist("test", data_dir)
+    if n_test is not None and n_test < len(x_ood):
+        x_ood, _ = load_notmnist("test", data_dir, n=n_test, seed=seed)
+    return MnistData(x_train, y_train, x_valid, y_valid, x_test, y_test, x_ood)
+
+
+def build_bbb(config: dict[str, Any]) -> tuple[BNN, BBBNormal]:
+    """The BBB model and (not yet run) guide of a run's ``config``; seeds torch first."""
+    torch.manual_seed(config["seed"])
+    if config["prior"] == "scale-mixture":
+        prior = ScaleMixtureNormal(
+            config["pi"],
+            sigma_from_neg_log(config["neg_log_sigma1"], "--neg-log-sigma1"),
+            sigma_from_neg_log(config["neg_log_sigma2"], "--neg-log-sigma2"),
+        )
+    else:
+        prior = dist.Normal(0.0, sigma_from_neg_log(config["neg_log_sigma"], "--neg-log-sigma"))
+    net = mlp(IN_FEATURES, [config["hidden"]] * 2, NUM_CLASSES)
+    model = BNN(net, prior, Categorical(config["train_size"]))
+    return model, BBBNormal(model, init_scale=config["init_scale"])
+
+
+def baseline_net(config: dict[str, Any]) -> nn.Sequential:
+    """The SGD or dropout network of a run's ``config``; seeds torch first."""
+    torch.manual_seed(config["seed"])
+    hidden = [config["hidden"]] * 2
+    if config["method"] == "sgd":
+        return mlp(IN_FEATURES, hidden, NUM_CLASSES)
+    net = mlp(IN_FEATURES, hidden, NUM_CLASSES, dropout=config["dropout"])
+    if config["input_dropout"] > 0:
+        return nn.Sequential(nn.Dropout(config["input_dropout"]), *net)
+    return net
+
+
+def bbb_classifier(
+    model: BNN, guide: BBBNormal, masks: dict[str, Tensor] | None = None
+) -> Classifier:
+    """The posterior-mean network and weight-sample ensemble of a (pruned) BBB guide."""
+    mean_net = posterior_mean_network(model, guide, masks)
+
+    def sample_logits(x: Tensor, num_samples: int) -> Tensor:
+        weights = sample_weights(guide, num_samples, masks)
+        return sampled_outputs(mean_net, weights, x, batch_size=_EVAL_CHUNK)
+
+    return Classifier(mean_net, sample_logits)
+
+
+def baseline_classifier(net: nn.Module) -> Classifier:
+    """A point-estimate network; its ensemble is Monte Carlo dropout, or the network itself."""
+    has_dropout = any(isinstance(m, nn.Dropout) for m in net.modules())
+
+    @torch.no_grad()
+    def sample_logits(x: Tensor, num_samples: int) -> Tensor:
+        if not has_dropout:
+            return _chunked(net.eval(), x).unsqueeze(0)
+        net.train()
+        try:
+            return torch.stack([_chunked(net, x) for _ in range(num_samples)])
+        finally:
+            net.eval()
+
+    return Classifier(net.eval(), sample_logits)
+
+
+@torch.no_grad()
+def evaluate(
+    clf: Classifier, x: Tensor, y: Tensor, num_samples: int, x_ood: Tensor | None = None
+) -> tuple[dict[str, float], Tensor]:
+    """Test metrics of a classifier, the same for every method.
+
+    Args:
+        clf: The classifier.
+        x: Test images ``(N, 784)``.
+        y: Test labels ``(N,)``.
+        num_samples: Networks S in the ensemble.
+        x_ood: Out-of-distribution images ``(N_ood, 784)``; if given, ``ood_auroc`` is added.
+
+    Returns:
+        The metrics (``test_error_mean``, ``test_nll_mean``, ``test_error_ensemble``,
+        ``test_nll_ensemble``, ``ece`` and maybe ``ood_auroc``; errors are fractions, NLLs mean
+        nats per example) and the ensemble's probabilities ``(N, 10)``.
+    """
+    mean_logp = _chunked(clf.mean_net, x).log_softmax(-1)
+    log_probs = _ensemble_log_probs(clf, x, num_samples)
+    probs = log_probs.exp()
+    labels = y[:, None]
+    metrics = {
+        "test_error_mean": _error(mean_logp, y),
+        "test_nll_mean": float(-mean_logp.gather(1, labels).mean()),
+        "test_error_ensemble": _error(log_probs, y),
+        "test_nll_ensemble": float(-log_probs.gather(1, labels).mean()),
+        "ece": expected_calibration_error(probs.cpu(), y.cpu(), ECE_BINS),
+    }
+    if x_ood is not None:
+        ood_probs = _ensemble_log_probs(clf, x_ood, num_samples).exp()
+        metrics["ood_auroc"] = auroc(predictive_entropy(probs), predictive_entropy(ood_probs))
+    return metrics, probs
+
+
+def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dict, BNN, BBBNormal]:
+    """Reload a BBB run of this job from ``run_dir/model.pt``.
+
+    The Pyro param store is cleared and filled with the run's fitted parameters.
+
+    Returns:
+        The run's config (the keys of renamed options under their new names), the model and
+        the fitted guide, on ``device``.
+
+    Raises:
+        FileNotFoundError: If there is no ``model.pt``.
+        ValueError: If the run is not a BBB run.
+    """
+    path = Path(run_dir) / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no model.pt in {run_dir}: train one with "
+            f"`pyro-dwp mnist --method bbb --out {run_dir}`"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = upgrade_config(state["config"])
+    if config["method"] != "bbb":
+        raise ValueError(f"{run_dir} is a {config['method']!r} run; only BBB runs can be pruned")
+    pyro.clear_param_store()
+    model, guide = build_bbb(config)
+    model.to(device)
+    with torch.no_grad(), poutine.block():  # set the guide up, then load the run's values
+        guide(
+            torch.zeros(1, IN_FEATURES, device=device),
+            torch.zeros(1, dtype=torch.long, device=device),
+        )
+    params = state["params"]
+    on_device = {name: v.to(device) for name, v in params["params"].items()}
+    pyro.get_param_store().set_state({**params, "params": on_device})
+    return config, model, guide
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, evaluate and write the outputs; return the metrics."""
+    t0 = time.perf_counter()
+    _check_args(args)
+    out: Path = prepare_out(args.out)
+    device = torch.device(args.device)
+    data = load_data(args.data_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    config = _config(args, train_size=len(data.x_train))
+    _check_resume(out, config, args.resume)
+    data = data.to(device)
+    max_seconds = None if args.max_train_minutes is None else 60 * args.max_train_minutes
+    pyro.clear_param_store()
+    if args.method == "bbb":
+        model, guide = build_bbb(config)
+        history = _train_bbb(model, guide, data, args, max_seconds)
+        clf = bbb_classifier(model, guide)
+        saved = {"config": config, "params": pyro.get_param_store().get_state()}
+    else:
+        net = baseline_net(config).to(device)
+        history = _train_baseline(net, data, args, max_seconds)
+        clf = baseline_classifier(net)
+        saved = {"config": config, "state_dict": net.state_dict()}
+    torch.save(saved, out / "model.pt")
+    metrics, probs = evaluate(clf, data.x_test, data.y_test, args.test_samples, data.x_ood)
+    (out / "learning_curves.json").write_text(json.dumps(history, indent=2) + "\n")
+    _plot_learning_curves(out / "learning_curves.png", history, args.method)
+    ax = plot_reliability_diagram(probs.cpu(), data.y_test.cpu(), ECE_BINS)
+    ax.set_title(f"{args.method}, H={args.hidden}: {ax.get_title()}")
+    ax.figure.savefig(out / "reliability.png", dpi=120)
+    result = {
+        "method": args.method,
+        "hidden": args.hidden,
+        **metrics,
+        "epochs": history[-1]["epoch"] if history else 0,
+        "train_seconds": sum(h["seconds"] for h in history),
+        "seconds": time.perf_counter() - t0,
+        "config": config,
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config with the keys of renamed options under their new names
+    (``samples`` -> ``particles``, ``eval_samples`` -> ``test_samples``, ``n_eval`` ->
+    ``n_test``), so that runs written before the renames can still be resumed and pruned."""
+    return {_RENAMED_KEYS.get(k, k): v for k, v in config.items()}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    positive = ("hidden", "epochs", "batch_size", "particles", "test_samples")
+    for key in positive:
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    for key in ("n_train", "n_test"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if not 0 < args.pi < 1:
+        raise ValueError(f"--pi must be in (0, 1), got {args.pi}")
+    if not args.lr > 0 or not args.init_scale > 0:
+        raise ValueError(f"--lr and --init-scale must be > 0, got {args.lr}, {args.init_scale}")
+    for key in ("dropout", "input_dropout"):
+        if not 0 <= getattr(args, key) < 1:
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be in [0, 1), got {getattr(args, key)}"
+            )
+    if args.max_train_minutes is not None and not args.max_train_minutes > 0:
+        raise ValueError(f"--max-train-minutes must be > 0, got {args.max_train_minutes}")
+    check_device(args.device)
+
+
+def _config(args: argparse.Namespace, train_size: int) -> dict[str, Any]:
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config.pop("run", None)  # the CLI's handler, not a setting
+    config["train_size"] = train_size
+    return config
+
+
+def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> None:
+    """On resume, refuse a run directory trained with other settings; then record ``config``."""
+    path = out / "config.json"
+    if resume and path.is_file():
+        old = upgrade_config(json.loads(path.read_text()))
+        changed = {k: (old.get(k), config[k]) for k in _RUN_KEYS if old.get(k) != config[k]}
+        if changed:
+            raise ValueError(
+                f"--resume: {out} holds a run with other settings (old, new): {changed}; "
+                "use another --out or drop --resume"
+            )
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _train_bbb(
+    model: BNN,
+    guide: BBBNormal,
+    data: MnistData,
+    args: argparse.Namespace,
+    max_seconds: float | None,
+) -> list[dict[str, float]]:
+    def record_valid_error(record: dict[str, float]) -> None:
+        net = posterior_mean_network(model, guide)
+        record["valid_error"] = _error(_chunked(net, data.x_valid), data.y_valid)
+
+    def train(epochs: int, resume: bool) -> list[dict[str, float]]:
+        return fit(
+            model,
+            guide,
+            data.x_train,
+            data.y_train,
+            epochs=epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_particles=args.particles,
+            vectorize_particles=True,
+            kl_scheme=args.kl_scheme,
+            device=args.device,
+            checkpoint=args.out / "checkpoint.pt",
+            resume=resume,
+            seed=args.seed,
+            progress=not args.no_progress,
+            callback=record_valid_error,
+        )
+
+    return _train_within(train, args.epochs, args.resume, max_seconds, args.out / "checkpoint.pt")
+
+
+def _train_baseline(
+    net: nn.Module, data: MnistData, args: argparse.Namespace, max_seconds: float | None
+) -> list[dict[str, float]]:
+    """Plain cross-entropy training, checkpointed every epoch in ``fit``'s format."""
+    x, y = data.x_train, data.y_train
+    n = len(x)
+    num_batches = math.ceil(n / args.batch_size)
+    optim = torch.optim.Adam(net.parameters(), lr=args.lr)
+    shuffle = torch.Generator().manual_seed(args.seed)
+    checkpoint = args.out / "checkpoint.pt"
+    fingerprint = {"n": n, "batch_size": args.batch_size, "seed": args.seed, "method": args.method}
+    cuda = x.device.type == "cuda"
+
+    def train(epochs: int, resume: bool) -> list[dict[str, float]]:
+        history: list[dict[str, float]] = []
+        start = 0
+        if resume and checkpoint.exists():
+            state = load_checkpoint(checkpoint)
+            if state["fingerprint"] != fingerprint:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} was written by a run with {state['fingerprint']}, "
+                    f"not {fingerprint}"
+                )
+            net.load_state_dict(state["state_dict"])
+            optim.load_state_dict(state["optim"])
+            pyro.util.set_rng_state(state["rng"])
+            if cuda and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"])
+            shuffle.set_state(state["shuffle_rng"])
+            history, start = state["history"], state["epoch"]
+        else:
+            pyro.set_rng_seed(args.seed)
+        bar = progress_bar(
+            range(start, epochs), desc="epochs", disable=args.no_progress, initial=start
+        )
+        for epoch in bar:
+            t0 = time.perf_counter()
+            net.train()
+            loss_sum = torch.zeros((), device=x.device)
+            order = torch.randperm(n, generator=shuffle).to(x.device)
+            for i in range(num_batches):
+                idx = order[i * args.batch_size : (i + 1) * args.batch_size]
+                loss = F.cross_entropy(net(x[idx]), y[idx])
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                loss_sum += loss.detach()
+            nll = float(loss_sum) / num_batches * n  # full-data NLL, on the scale of BBB's
+            if not math.isfinite(nll):
+                raise FloatingPointError(f"loss is {nll} at epoch {epoch + 1}")
+            record = {"epoch": epoch + 1, "loss": nll, "nll": nll, "kl": 0.0}
+            record["seconds"] = time.perf_counter() - t0
+            record["valid_error"] = _error(_chunked(net.eval(), data.x_valid), data.y_valid)
+            history.append(record)
+            bar.set_postfix(
+                nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}", refresh=False
+            )
+            save_checkpoint(
+                checkpoint,
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "epoch": epoch + 1,
+                    "fingerprint": fingerprint,
+                    "state_dict": net.state_dict(),
+                    "optim": optim.state_dict(),
+                    "rng": pyro.util.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
+                    "shuffle_rng": shuffle.get_state(),
+                    "history": history,
+                },
+            )
+        return history
+
+    return _train_within(train, args.epochs, args.resume, max_seconds, checkpoint)
+
+
+def _train_within(
+    train: Callable[[int, bool], list[dict[str, float]]],
+    epochs: int,
+    resume: bool,
+    max_seconds: float | None,
+    checkpoint: Path,
+) -> list[dict[str, float]]:
+    """Run ``train(epochs, resume)``, or as many epochs as fit in ``max_seconds``.
+
+    With a time limit, one epoch is trained first and timed (setup and checkpointing included);
+    training then resumes up to the number of epochs whose estimated time still fits.
+    """
+    if max_seconds is None:
+        return train(epochs, resume)
+    start = load_checkpoint(checkpoint)["epoch"] if resume and checkpoint.exists() else 0
+    if start >= epochs:
+        return train(epochs, resume)
+    t0 = time.perf_counter()
+    history = train(start + 1, resume)
+    per_epoch = time.perf_counter() - t0
+    affordable = int((max_seconds - per_epoch) // per_epoch)
+    target = min(epochs, start + 1 + max(0, affordable))
+    return train(target, True) if target > start + 1 else history
+
+
+@torch.no_grad()
+def _chunked(net: nn.Module, x: Tensor) -> Tensor:
+    """``net`` over ``x`` in chunks of rows: ``(N, 784) -> (N, 10)``."""
+    return torch.cat([net(c) for c in torch.split(x, _EVAL_CHUNK)])
+
+
+def _ensemble_log_probs(clf: Classifier, x: Tensor, num_samples: int) -> Tensor:
+    """``log mean_s softmax(logits_s)``, ``(N, 10)``, computed with log-sum-exp."""
+    log_p = clf.sample_logits(x, num_samples).log_softmax(-1)
+    return torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
+
+
+def _error(scores: Tensor, y: Tensor) -> float:
+    """Fraction of rows whose top score is not the label."""
+    return float((scores.argmax(-1) != y).float().mean())
+
+
+def _plot_learning_curves(path: Path, history: list[dict[str, float]], method: str) -> None:
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 3.5))
+    ax_loss, ax_err = fig.subplots(1, 2)
+    for key, label in (("loss", "loss (-ELBO)"), ("nll", "data term (NLL)"), ("kl", "KL term")):
+        if method == "bbb" or key == "nll":
+            ax_loss.plot(epochs, [h[key] for h in history], marker=".", label=label)
+    ax_loss.set(xlabel="epoch", yscale="symlog", title=f"{method}: training objective")
+    ax_loss.legend()
+    ax_err.plot(epochs, [100 * h.get("valid_error", math.nan) for h in history], marker=".")
+    ax_err.set(xlabel="epoch", ylabel="validation error (%)", title="mean network, validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

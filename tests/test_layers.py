@@ -1,0 +1,62 @@
+"""The floors stay straight: ``lint-imports`` checks the layer contract of ``pyproject.toml``, and
+the benchmarks build on the experiments, never on a command-line job."""
+
+import ast
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pt", "*.json")
+
+
+def _installed_layout(dest: Path) -> Path:
+    """A copy of the package's sources laid out as installed: the top-level folders installed as
+    subpackages (``models/`` as ``pyro_dwp.models``, ``guides/`` as ``pyro_dwp.guides``) go
+    inside ``pyro_dwp/``, where import-linter needs them to see them as part of the package."""
+    shutil.copytree(ROOT / "pyro_dwp", dest / "pyro_dwp", ignore=_IGNORE)
+    for folder in sorted(p for p in ROOT.iterdir() if (p / "__init__.py").is_file()):
+        spec = importlib.util.find_spec(f"pyro_dwp.{folder.name}")
+        if spec is not None and Path(spec.origin).parent == folder:
+            shutil.copytree(folder, dest / "pyro_dwp" / folder.name, ignore=_IGNORE)
+    shutil.copy(ROOT / "pyproject.toml", dest)
+    return dest
+
+
+def test_lint_imports_passes_the_layer_contract(tmp_path):
+    tree = _installed_layout(tmp_path)
+    assert (tree / "pyro_dwp" / "models").is_dir() and (tree / "pyro_dwp" / "guides").is_dir()
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint), "--no-cache"],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Layers point down KEPT" in result.stdout
+    assert "No job imports another job KEPT" in result.stdout
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_benchmarks_and_scripts_do_not_import_jobs():
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(m for m in _imported_modules(path) if "jobs" in m)
+        for folder in ("benchmarks", "scripts")
+        for path in sorted((ROOT / folder).glob("*.py"))
+    }
+    assert not {k: v for k, v in offenders.items() if v}, offenders
