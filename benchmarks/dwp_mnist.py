@@ -29,13 +29,13 @@ import torch
 
 from pyro_dwp.experiments.dwp_classify import (
     EVALUATIONS,
-    PAPER,
     RESULTS,
     plot_figure2,
     summarise,
     summary_table,
 )
 from pyro_dwp.experiments.dwp_pipeline import classify_runs, run_stage
+from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
 
 __all__ = ["main"]
 
@@ -152,7 +152,7 @@ def main(args: argparse.Namespace) -> dict:
         "reverse": args.reverse,
         "prior": str(prior),
         "seconds": seconds,
-        "paper": PAPER,
+        "paper": {p: dict(r.paper) for p, r in PRIOR_RECIPES.items() if r.paper},
         "ours": {f"{p} N={n}": s for (p, n), s in sorted(summary.items())},
         "cells": cells,
     }
@@ -182,9 +182,10 @@ def _markdown(result: dict, summary: dict) -> str:
         "| prior | " + " | ".join(f"N={n}" for n in sizes) + " |",
         "|---|" + "---|" * len(sizes),
     ]
-    for p, row in PAPER.items():
+    for p, row in result["paper"].items():
+        label = PRIOR_RECIPES[p].label
         lines.append(
-            f"| {p} | " + " | ".join(f"{row.get(n, float('nan')):.3f}" for n in sizes) + " |"
+            f"| {label} | " + " | ".join(f"{row.get(n, float('nan')):.3f}" for n in sizes) + " |"
         )
     lines += ["", "## Ours", "", summary_table(summary)]
     return "\n".join(lines) + "\n"

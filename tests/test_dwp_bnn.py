@@ -9,7 +9,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
 from pyro_dwp.distributions.log_uniform import _kl_normal_log_uniform
-from pyro_dwp.experiments.dwp_bnn import PRIORS, make_dwp_cnn_model
+from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
+from pyro_dwp.experiments.prior_recipes import prior_names
 from pyro_dwp.guides import LogVarianceNormal, ReverseModelGuide
 from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
@@ -23,7 +24,7 @@ def _vaes(k1=7, k2=5):
     return {"conv1.weight": KernelVAE(k1, 2, 4), "conv2.weight": KernelVAE(k2, 2, 4)}
 
 
-@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("prior", prior_names("dwp"))
 @pytest.mark.parametrize("init", ["module", "dwp"])
 def test_one_svi_step_per_prior(prior, init):
     net = DWPConvNet((2, 3))

@@ -6,14 +6,18 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Literal, NamedTuple
 
-import pyro.distributions as dist
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 from torch import nn
 from torch.distributions import Distribution
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
-from pyro_dwp.distributions.log_uniform import LogUniform
+from pyro_dwp.experiments.prior_recipes import (
+    PRIOR_RECIPES,
+    PriorRecipe,
+    PriorSettings,
+    prior_names,
+)
 from pyro_dwp.guides import LogVarianceNormal, ReverseModelGuide, init_to_module
 from pyro_dwp.guides.initialization import init_to_prior_sample
 from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
@@ -22,14 +26,13 @@ from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models.dwp_cnn import conv_layers
 from pyro_dwp.models.kernel_vae import KernelVAE
 
-__all__ = ["LOG_UNIFORM_FAMILIES", "PRIORS", "DWPSetup", "PriorName", "make_dwp_cnn_model"]
+__all__ = ["LOG_UNIFORM_FAMILIES", "DWPSetup", "make_dwp_cnn_model"]
 
-PriorName = Literal["dwp", "normal", "log-uniform"]
 LogUniformFamily = Literal["truncated-alpha", "additive"]
 LOG_UNIFORM_FAMILIES: tuple[LogUniformFamily, ...] = ("truncated-alpha", "additive")
 """Guides of the log-uniform prior: ``N(mu, alpha mu^2), alpha <= 1`` or ``(mu, log sigma^2)``."""
-PRIORS: tuple[PriorName, ...] = ("dwp", "normal", "log-uniform")
-"""The priors of the paper's comparison (Section 4.1, Figure 2)."""
+_MIXABLE = {"log-variance", "reverse"}
+"""Guide families that share a network: the reverse guide's base guide is the log-variance one."""
 
 
 class DWPSetup(NamedTuple):
@@ -42,7 +45,7 @@ class DWPSetup(NamedTuple):
 
 def make_dwp_cnn_model(
     net: nn.Module,
-    prior: PriorName | Mapping[str, PriorName] = "dwp",
+    prior: str | Mapping[str, str] = "dwp",
     *,
     dataset_size: int,
     vaes: Mapping[str, KernelVAE] | None = None,
@@ -61,6 +64,12 @@ def make_dwp_cnn_model(
     reparameterisation is a separate handler,
     :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`.
 
+    The priors are the entries of :data:`~pyro_dwp.experiments.prior_recipes.PRIOR_RECIPES`
+    offered to the ``"dwp"`` experiments; each entry gives the distribution, the ELBO and the
+    guide family (``"log-variance"``: the guide above; ``"reverse"``: it plus reverse models,
+    with the sites reparameterised by
+    :class:`~pyro_dwp.infer.reparam.DeepWeightPriorStrategy`). The paper's three:
+
     - ``"dwp"``: a :class:`~pyro_dwp.distributions.DeepWeightPrior` per layer from ``vaes``,
       rewritten into :math:`p(z) p(w \mid z)`; the guide is a
       :class:`~pyro_dwp.guides.ReverseModelGuide` whose reverse models start at the VAEs'
@@ -78,15 +87,16 @@ def make_dwp_cnn_model(
     Args:
         net: The deterministic network, e.g. ``DWPConvNet()``; its current parameters are the
             point estimates' and (``init="module"``) the guide means' initial values.
-        prior: ``"dwp"``, ``"normal"`` or ``"log-uniform"`` for every Bayesian kernel, or one per
-            layer, ``{layer name: prior}`` with every square convolution named, e.g.
-            ``{"conv1": "dwp", "conv2": "normal"}`` (the deep weight prior on some layers only;
-            the reverse models then cover those layers). ``"log-uniform"`` cannot be mixed with
-            the others: its guide family and ELBO differ.
+        prior: A registered prior's name (``"dwp"``, ``"normal"``, ``"log-uniform"``...) for
+            every Bayesian kernel, or one per layer, ``{layer name: prior}`` with every square
+            convolution named, e.g. ``{"conv1": "dwp", "conv2": "normal"}`` (the deep weight
+            prior on some layers only; the reverse models then cover those layers). Priors
+            whose ELBOs or guide families differ (``"log-uniform"`` and the others) cannot be
+            mixed.
         dataset_size: Number of training examples ``N`` (scales the data term by ``N / B``).
         vaes: ``{weight name: KernelVAE}`` for every Bayesian kernel, on ``net``'s device, e.g.
-            ``{"conv1.weight": vae7, "conv2.weight": vae5}``; needed by ``prior="dwp"`` and
-            ``init="dwp"``, ignored otherwise.
+            ``{"conv1.weight": vae7, "conv2.weight": vae5}``; needed by the priors that read a
+            VAE (``"dwp"``) and ``init="dwp"``, ignored otherwise.
         trainable_reverse: Train the reverse models :math:`r(z \mid w; \psi)` jointly with
             :math:`q` (the paper) or keep them frozen at the VAE encoders (the public code).
         init: Guide means from the network's initialisation (``"module"``) or from the decoder
@@ -103,7 +113,7 @@ def make_dwp_cnn_model(
 
     Raises:
         ValueError: On an unknown prior or init, a per-layer ``prior`` that misses or invents a
-            layer or mixes ``"log-uniform"`` with other priors, a missing or unknown VAE, a VAE
+            layer or mixes priors that cannot be mixed, a missing or unknown VAE, a VAE
             whose kernel size differs from its layer's, or a VAE on another device than ``net``.
     """
     if log_uniform_family not in LOG_UNIFORM_FAMILIES:
@@ -116,15 +126,15 @@ def make_dwp_cnn_model(
     kernels = {f"{name}.weight": k for name, k in conv_layers(net).items()}
     if not kernels:
         raise ValueError(f"{type(net).__name__} has no square nn.Conv2d layer to make Bayesian")
-    layer_priors = _layer_priors(prior, kernels)
-    dwp_sites = [n for n, p in layer_priors.items() if p == "dwp"]
-    needs_vaes = list(kernels) if init == "dwp" else dwp_sites
-    dwps = _deep_weight_priors(net, kernels, needs_vaes, vaes) if needs_vaes else {}
+    recipes = _layer_priors(prior, kernels)
+    reverse_sites = [n for n, r in recipes.items() if r.guide == "reverse"]
+    needs_vaes = list(kernels) if init == "dwp" else [n for n, r in recipes.items() if r.needs_vae]
+    if needs_vaes:
+        _check_vaes(net, kernels, needs_vaes, vaes)
     rules: dict[str, Distribution | None] = {
-        n: dwps[n] if p == "dwp" else dist.Normal(0.0, 1.0) if p == "normal" else LogUniform()
-        for n, p in layer_priors.items()
+        n: r.build(PriorSettings(vae=vaes[n] if r.needs_vae else None)) for n, r in recipes.items()
     }
-    reparam = DeepWeightPriorStrategy() if dwp_sites else None
+    reparam = DeepWeightPriorStrategy() if reverse_sites else None
     model = BNN(net, rules, Categorical(dataset_size), reparam=reparam)
     if init == "dwp":
         means = {
@@ -137,25 +147,26 @@ def make_dwp_cnn_model(
     builder = partial(
         LogVarianceNormal, init_loc_fn=init_loc_fn, init_log_variance=init_log_variance
     )
-    if dwp_sites:
-        encoders = {n: vaes[n].encoder for n in dwp_sites}
+    (elbo,) = {r.elbo for r in recipes.values()}  # one ELBO: checked by _layer_priors
+    if reverse_sites:
+        encoders = {n: vaes[n].encoder for n in reverse_sites}
         guide = ReverseModelGuide(model, builder, encoders, trainable=trainable_reverse)
-        return DWPSetup(model, guide, Trace_ELBO)
-    if "log-uniform" in layer_priors.values():
+    elif any(r.guide == "log-uniform" for r in recipes.values()):
         if log_uniform_family == "truncated-alpha":
             guide = TruncatedAlphaNormal(
                 model, init_loc_fn=init_loc_fn, init_alpha_logit=init_alpha_logit
             )
         else:
             guide = builder(model)
-        return DWPSetup(model, guide, TraceMeanField_ELBO)
-    return DWPSetup(model, builder(model), Trace_ELBO)
+    else:
+        guide = builder(model)
+    return DWPSetup(model, guide, elbo)
 
 
 def _layer_priors(
-    prior: PriorName | Mapping[str, PriorName], kernels: dict[str, int]
-) -> dict[str, PriorName]:
-    """``{weight name: prior name}`` of every Bayesian kernel from ``prior`` (one or per layer)."""
+    prior: str | Mapping[str, str], kernels: dict[str, int]
+) -> dict[str, PriorRecipe]:
+    """``{weight name: recipe}`` of every Bayesian kernel from ``prior`` (one or per layer)."""
     if isinstance(prior, str):
         per_layer = {n.removesuffix(".weight"): prior for n in kernels}
     else:
@@ -167,24 +178,32 @@ def _layer_priors(
                 f"a per-layer prior must name every Bayesian layer {layers}; missing "
                 f"{sorted(missing)}, unknown {sorted(extra)}"
             )
+    names = prior_names("dwp")
     for name, p in per_layer.items():
-        if p not in PRIORS:
-            raise ValueError(f"unknown prior {p!r} for {name}; choose one of {PRIORS}")
-    if "log-uniform" in per_layer.values() and len(set(per_layer.values())) > 1:
+        if p not in names:
+            raise ValueError(f"unknown prior {p!r} for {name}; choose one of {names}")
+    recipes = {f"{name}.weight": PRIOR_RECIPES[p] for name, p in per_layer.items()}
+    families = {r.guide for r in recipes.values()}
+    if len({r.elbo for r in recipes.values()}) > 1 or (
+        len(families) > 1 and not families <= _MIXABLE
+    ):
+        used = sorted(set(per_layer.values()))
+        odd = [p for p in used if PRIOR_RECIPES[p].guide not in _MIXABLE] or used
         raise ValueError(
-            f"the log-uniform prior cannot be mixed with other priors ({per_layer}): it needs "
-            "its own guide family and TraceMeanField_ELBO"
+            f"the {', '.join(odd)} prior cannot be mixed with other priors ({per_layer}): "
+            "priors on one network need one ELBO and guide families that combine"
         )
-    return {f"{name}.weight": p for name, p in per_layer.items()}
+    return recipes
 
 
-def _deep_weight_priors(
+def _check_vaes(
     net: nn.Module,
     kernels: dict[str, int],
     needed: list[str],
     vaes: Mapping[str, KernelVAE] | None,
-) -> dict[str, DeepWeightPrior]:
-    """Check ``vaes`` for the kernels ``needed`` of ``net`` and build their priors."""
+) -> None:
+    """Check that ``vaes`` has a VAE of the right kernel size and device for each of the
+    kernels ``needed`` of ``net``."""
     if vaes is None:
         raise ValueError(
             f"the deep weight prior needs a kernel VAE for each of {needed}: pass "
@@ -210,4 +229,3 @@ def _deep_weight_priors(
                 f"the VAE for {name} is on {vae_device} but the network is on {device}: move it "
                 f"with vae.to({str(device)!r}) (or load it with map_location)"
             )
-    return {n: DeepWeightPrior.from_vae(vaes[n]) for n in needed}

@@ -25,13 +25,8 @@ from torch.func import functional_call
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
-from pyro_dwp.experiments.dwp_bnn import (
-    LOG_UNIFORM_FAMILIES,
-    PRIORS,
-    DWPSetup,
-    PriorName,
-    make_dwp_cnn_model,
-)
+from pyro_dwp.experiments.dwp_bnn import LOG_UNIFORM_FAMILIES, DWPSetup, make_dwp_cnn_model
+from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fingerprint import file_digest
@@ -58,12 +53,6 @@ __all__ = [
 ]
 
 RESULTS, TABLE, FIGURE = "dwp_classify.json", "dwp_classify.md", "figure2.png"
-# Figure 2 of the paper (mean test accuracy over data splits), for the plot.
-PAPER = {
-    "dwp": {50: 0.800, 100: 0.867, 200: 0.915, 500: 0.945, 1000: 0.961},
-    "log-uniform": {50: 0.766, 100: 0.839, 200: 0.894, 500: 0.938, 1000: 0.958},
-    "normal": {50: 0.717, 100: 0.816, 200: 0.890, 500: 0.938, 1000: 0.959},
-}
 EVALUATIONS = {
     "lrt": "ensemble with the local reparameterisation at test time (fresh noise per activation, "
     "the DWP authors')",
@@ -104,7 +93,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a deep weight prior shipped with the package instead of --vae-dir",
     )
     p.add_argument("--data-dir", type=Path, help="folder with mnist/ (else PYRO_DWP_DATA)")
-    p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
+    p.add_argument(
+        "--priors",
+        nargs="+",
+        choices=prior_names("dwp"),
+        default=list(prior_names("dwp")),
+        help="priors of pyro_dwp.experiments.prior_recipes.PRIOR_RECIPES",
+    )
     p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data seeds")
     add_training_arguments(p)
@@ -167,13 +162,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_args(args)
     out: Path = prepare_out(args.out)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
-    if "dwp" in args.priors or args.guide_init == "dwp":  # replaced VAE files: other cells
+    needs_vaes = _needs_vaes(args)
+    if needs_vaes:  # replaced VAE files: other cells
         config["vae_checksums"] = {
             f.name: file_digest(f) for f in sorted(args.vae_dir.glob("vae_conv*.pt"))
         }
     results = load_results(out / RESULTS, config, {"config": config, "cells": []})
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
-    needs_vaes = "dwp" in args.priors or args.guide_init == "dwp"
     vaes = load_vaes(args.vae_dir, args.device) if needs_vaes else None
     x_test, y_test = load_mnist(
         "test", args.data_dir, n=args.n_test, seed=0, flatten=False, pixel_scale=args.pixel_scale
@@ -207,11 +202,17 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--n-train and --channels must be >= 1, --gap-samples >= 0")
     if args.pretrained is not None:  # checksums verified here
         args.vae_dir = pretrained_dir(args.pretrained)
-    if ("dwp" in args.priors or args.guide_init == "dwp") and args.vae_dir is None:
+    if _needs_vaes(args) and args.vae_dir is None:
         raise ValueError(
             "the deep weight prior (and --guide-init dwp) needs --vae-dir from dwp-prior or "
             "--pretrained (a shipped prior)"
         )
+
+
+def _needs_vaes(args: argparse.Namespace) -> bool:
+    """Whether a prior of ``--priors`` (the deep weight prior) or ``--guide-init dwp`` reads
+    the kernel VAEs."""
+    return args.guide_init == "dwp" or any(PRIOR_RECIPES[p].needs_vae for p in args.priors)
 
 
 def _jsonable(v: Any) -> Any:
@@ -254,7 +255,7 @@ def load_results(path: Path, config: dict[str, Any], fresh: dict[str, Any]) -> d
 
 def build_cell(
     args: argparse.Namespace,
-    prior: PriorName | dict[str, PriorName],
+    prior: str | dict[str, str],
     n: int,
     seed: int,
     vaes: dict[str, KernelVAE] | None,
@@ -339,7 +340,7 @@ def _linear_decay(epoch: int, epochs: int) -> float:
 
 def _run_cell(
     args: argparse.Namespace,
-    prior: PriorName,
+    prior: str,
     n: int,
     seed: int,
     vaes: dict[str, KernelVAE] | None,
@@ -348,7 +349,7 @@ def _run_cell(
 ) -> dict[str, Any]:
     """Train one (prior, N, seed) cell and evaluate it on the test set."""
     t0 = time.perf_counter()
-    layer_prior: PriorName | dict[str, PriorName] = prior
+    layer_prior: str | dict[str, str] = prior
     if prior == "dwp" and args.dwp_layers is not None:
         layer_prior = {k: "dwp" if k in args.dwp_layers else "normal" for k in DWP_LAYERS}
     setup, x, y = build_cell(args, layer_prior, n, seed, vaes)
@@ -436,7 +437,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tu
 def summary_table(summary: dict[tuple[str, int], dict[str, tuple]], test_samples: int = 10) -> str:
     """Markdown tables of test accuracy and NLL (rows: priors, columns: N) of :func:`summarise`,
     of ``test_samples``-sample ensembles."""
-    priors = sorted({p for p, _ in summary}, key=PRIORS.index)
+    priors = _in_registry_order({p for p, _ in summary})
     sizes = sorted({n for _, n in summary})
     lines = []
     for metric, title in (("accuracy", "Test accuracy"), ("nll", "Test NLL")):
@@ -454,32 +455,39 @@ def summary_table(summary: dict[tuple[str, int], dict[str, tuple]], test_samples
                     row.append(f"{mean:.3f} ± {std:.3f} ({k})")
                 else:
                     row.append("")
-            lines.append(f"| {p} | " + " | ".join(row) + " |")
+            lines.append(f"| {PRIOR_RECIPES[p].label} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _in_registry_order(names: set[str]) -> list[str]:
+    """Prior names in the order of :data:`PRIOR_RECIPES` (the tables' and figures' order)."""
+    return [p for p in PRIOR_RECIPES if p in names]
 
 
 def plot_figure2(path: Path, summary: dict[tuple[str, int], dict[str, tuple]]) -> None:
     """Save accuracy vs N per prior (mean, a ± std band) beside the paper's Figure 2 as ``path``."""
     from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
 
-    colours = {"dwp": "tab:red", "log-uniform": "tab:green", "normal": "tab:blue"}
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for p in sorted({p for p, _ in summary}, key=PRIORS.index):
+    for p in _in_registry_order({p for p, _ in summary}):
+        recipe = PRIOR_RECIPES[p]
         sizes = sorted(n for q, n in summary if q == p)
         mean = [summary[p, n]["accuracy"][0] for n in sizes]
         std = [summary[p, n]["accuracy"][1] for n in sizes]
-        ax.plot(sizes, mean, "o-", color=colours[p], label=f"{p} (ours)")
+        ax.plot(sizes, mean, "o-", color=recipe.colour, label=f"{recipe.label} (ours)")
         ax.fill_between(
             sizes,
             [m - s for m, s in zip(mean, std, strict=True)],
             [m + s for m, s in zip(mean, std, strict=True)],
-            color=colours[p],
+            color=recipe.colour,
             alpha=0.2,
         )
-        paper = sorted(PAPER[p].items())
-        ax.plot(*zip(*paper, strict=True), "--", color=colours[p], lw=1, label=f"{p} (paper)")
+        if recipe.paper:
+            paper = sorted(recipe.paper.items())
+            label = f"{recipe.label} (paper)"
+            ax.plot(*zip(*paper, strict=True), "--", color=recipe.colour, lw=1, label=label)
     ax.set(xscale="log", xlabel="training examples N", ylabel="test accuracy")
     ax.set_title("MNIST, Bayesian ConvNet: accuracy vs N (mean ± std over seeds)", fontsize=9)
     ax.legend(fontsize=7)

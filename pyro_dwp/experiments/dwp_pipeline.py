@@ -19,6 +19,7 @@ from typing import Any
 from pyro_dwp.data import DATA_ENV_VAR, find_data_dir
 from pyro_dwp.experiments import dwp_classify, dwp_prior, dwp_source
 from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
+from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.io import add_out_argument, write_json
 from pyro_dwp.pretrained import pretrained_dir
 
@@ -186,13 +187,17 @@ def run_stage(argv: Sequence[object]) -> tuple[dict[str, Any], float]:
 def classify_runs(dwp_init: str = "dwp", reverse: str = "trainable") -> dict[str, list[str]]:
     """The ``dwp-classify`` options of the two runs whose cells make up the comparison.
 
-    ``"baselines"``: the normal and log-uniform priors, guide means from the network's own
-    initialisation; ``"dwp"``: the deep weight prior, guide means from ``dwp_init`` (``"dwp"``:
+    ``"baselines"``: the registered priors of the DWP experiments that need no kernel VAE
+    (the normal and log-uniform priors), guide means from the network's own initialisation;
+    ``"dwp"``: those that do (the deep weight prior), guide means from ``dwp_init`` (``"dwp"``:
     samples of the prior) and its reverse model ``reverse`` (``"trainable"`` or ``"frozen"``).
     """
+    names = prior_names("dwp")
+    baselines = [p for p in names if not PRIOR_RECIPES[p].needs_vae]
+    dwp = [p for p in names if PRIOR_RECIPES[p].needs_vae]
     return {
-        "baselines": ["--priors", "normal", "log-uniform", "--guide-init", "module"],
-        "dwp": ["--priors", "dwp", "--guide-init", dwp_init, "--reverse", reverse],
+        "baselines": ["--priors", *baselines, "--guide-init", "module"],
+        "dwp": ["--priors", *dwp, "--guide-init", dwp_init, "--reverse", reverse],
     }
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,12 @@ from pyro_dwp.diagnostics import (
     plot_reliability_diagram,
     predictive_entropy,
 )
-from pyro_dwp.distributions import ScaleMixtureNormal
+from pyro_dwp.experiments.prior_recipes import (
+    PRIOR_RECIPES,
+    RENAMED_PRIORS,
+    PriorSettings,
+    prior_names,
+)
 from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
@@ -95,11 +99,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out_argument(p, "explicit")
     p.add_argument("--method", choices=METHODS, default="bbb")
     p.add_argument("--hidden", type=int, default=1200, help="units per hidden layer (400/800/1200)")
-    p.add_argument("--prior", choices=["scale-mixture", "gaussian"], default="scale-mixture")
+    p.add_argument(
+        "--prior",
+        choices=prior_names("bbb"),
+        default="scale-mixture",
+        help="normal: N(0, sigma^2) (--neg-log-sigma); scale-mixture: pi N(0, sigma1^2) + "
+        "(1 - pi) N(0, sigma2^2); the priors of pyro_dwp.experiments.prior_recipes.PRIOR_RECIPES",
+    )
     p.add_argument("--pi", type=float, default=0.5, help="scale-mixture weight pi")
     p.add_argument("--neg-log-sigma1", type=float, default=0.0, help="scale mixture: -log sigma1")
     p.add_argument("--neg-log-sigma2", type=float, default=6.0, help="scale mixture: -log sigma2")
-    p.add_argument("--neg-log-sigma", type=float, default=0.0, help="Gaussian prior: -log sigma")
+    p.add_argument("--neg-log-sigma", type=float, default=0.0, help="normal prior: -log sigma")
     p.add_argument("--kl-scheme", choices=["uniform", "blundell"], default="uniform")
     p.add_argument("--epochs", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=128)
@@ -196,14 +206,15 @@ def load_data(
 def build_bbb(config: dict[str, Any]) -> tuple[BNN, BBBNormal]:
     """The BBB model and (not yet run) guide of a run's ``config``; seeds torch first."""
     torch.manual_seed(config["seed"])
-    if config["prior"] == "scale-mixture":
-        prior = ScaleMixtureNormal(
-            config["pi"],
-            sigma_from_neg_log(config["neg_log_sigma1"], "--neg-log-sigma1"),
-            sigma_from_neg_log(config["neg_log_sigma2"], "--neg-log-sigma2"),
+    # The normal prior's scale has an option of its own, --neg-log-sigma.
+    key = "neg_log_sigma" if config["prior"] == "normal" else "neg_log_sigma1"
+    prior = PRIOR_RECIPES[config["prior"]].build(
+        PriorSettings(
+            sigma1=sigma_from_neg_log(config[key], "--" + key.replace("_", "-")),
+            sigma2=sigma_from_neg_log(config["neg_log_sigma2"], "--neg-log-sigma2"),
+            pi=config["pi"],
         )
-    else:
-        prior = dist.Normal(0.0, sigma_from_neg_log(config["neg_log_sigma"], "--neg-log-sigma"))
+    )
     net = mlp(IN_FEATURES, [config["hidden"]] * 2, NUM_CLASSES)
     model = BNN(net, prior, Categorical(config["train_size"]))
     return model, BBBNormal(model, init_scale=config["init_scale"])
@@ -368,8 +379,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's recorded config with the keys of renamed options under their new names
     (``samples`` -> ``particles``, ``eval_samples`` -> ``test_samples``, ``n_eval`` ->
-    ``n_test``), so that runs written before the renames can still be resumed and pruned."""
-    return {_RENAMED_KEYS.get(k, k): v for k, v in config.items()}
+    ``n_test``) and renamed priors under theirs (``gaussian`` -> ``normal``), so that runs
+    written before the renames can still be resumed and pruned."""
+    config = {_RENAMED_KEYS.get(k, k): v for k, v in config.items()}
+    if "prior" in config:
+        config["prior"] = RENAMED_PRIORS.get(config["prior"], config["prior"])
+    return config
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import Tensor
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.data import make_regression_data, true_curve
 from pyro_dwp.diagnostics import to_inference_data
-from pyro_dwp.distributions import ScaleMixtureNormal
+from pyro_dwp.experiments.prior_recipes import (
+    PRIOR_RECIPES,
+    RENAMED_PRIORS,
+    PriorSettings,
+    prior_names,
+)
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import fit, predict
 from pyro_dwp.io import (
@@ -59,10 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-2)
     p.add_argument(
         "--prior",
-        choices=["gaussian", "scale-mixture"],
-        default="gaussian",
-        help="gaussian: N(0, sigma1^2) (--pi and --neg-log-sigma2 unused); scale-mixture: "
-        "pi N(0, sigma1^2) + (1 - pi) N(0, sigma2^2)",
+        choices=prior_names("bbb"),
+        default="normal",
+        help="normal: N(0, sigma1^2) (--pi and --neg-log-sigma2 unused); scale-mixture: "
+        "pi N(0, sigma1^2) + (1 - pi) N(0, sigma2^2); the priors of "
+        "pyro_dwp.experiments.prior_recipes.PRIOR_RECIPES",
     )
     p.add_argument("--pi", type=float, default=0.5, help="scale-mixture weight pi")
     p.add_argument("--neg-log-sigma1", type=float, default=0.0, help="-log sigma1")
@@ -99,12 +104,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pyro.clear_param_store()
     torch.manual_seed(args.seed)
     x, y = make_regression_data(args.n_train, seed=args.seed)
-    sigma1 = sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1")
-    prior: dist.Distribution = (
-        dist.Normal(0.0, sigma1)
-        if args.prior == "gaussian"
-        else ScaleMixtureNormal(
-            args.pi, sigma1, sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2")
+    prior = PRIOR_RECIPES[args.prior].build(
+        PriorSettings(
+            sigma1=sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
+            sigma2=sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
+            pi=args.pi,
         )
     )
     model = BNN(
@@ -211,6 +215,7 @@ def _check_finished_run(out: Path, settings: dict[str, Any], resume: bool) -> No
         return
     old = json.loads(path.read_text()).get("settings", {})
     old = _ADDED_KEYS | {_RENAMED_KEYS.get(k, k): v for k, v in old.items()}
+    old["prior"] = RENAMED_PRIORS.get(old["prior"], old["prior"])
     changed = [
         f"--{k.replace('_', '-')}: {old.get(k, '(not recorded)')} -> {v}"
         for k, v in settings.items()
