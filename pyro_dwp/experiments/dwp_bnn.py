@@ -147,19 +147,17 @@ def make_dwp_cnn_model(
     builder = partial(
         LogVarianceNormal, init_loc_fn=init_loc_fn, init_log_variance=init_log_variance
     )
-    (elbo,) = {r.elbo for r in recipes.values()}  # one ELBO: checked by _layer_priors
+    families = {r.guide for r in recipes.values()}
     if reverse_sites:
         encoders = {n: vaes[n].encoder for n in reverse_sites}
         guide = ReverseModelGuide(model, builder, encoders, trainable=trainable_reverse)
-    elif any(r.guide == "log-uniform" for r in recipes.values()):
-        if log_uniform_family == "truncated-alpha":
-            guide = TruncatedAlphaNormal(
-                model, init_loc_fn=init_loc_fn, init_alpha_logit=init_alpha_logit
-            )
-        else:
-            guide = builder(model)
+    elif "log-uniform" in families and log_uniform_family == "truncated-alpha":
+        guide = TruncatedAlphaNormal(
+            model, init_loc_fn=init_loc_fn, init_alpha_logit=init_alpha_logit
+        )
     else:
         guide = builder(model)
+    (elbo,) = {r.elbo for r in recipes.values()}  # one ELBO: checked by _layer_priors
     return DWPSetup(model, guide, elbo)
 
 

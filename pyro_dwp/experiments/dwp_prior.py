@@ -77,6 +77,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fit, save, evaluate and plot one kernel VAE per layer; return (and write) the report."""
     t0 = time.perf_counter()
+    floors = _check_args(args)
+    # Read every kernel set first, so that a missing one fails before any training.
+    sets = {layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt") for layer in args.layers}
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    training = {
+        "min_norm": floors,
+        "steps": args.steps if args.epochs is None else None,
+        "epochs": args.epochs,
+        "valid_fraction": args.valid_fraction,
+        "augment": args.augment,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
+    layers = {
+        layer: _fit_layer(args, layer, kernel_set, training) for layer, kernel_set in sets.items()
+    }
+    report = {
+        "layers": layers,
+        "recon_over_std": {layer: e["recon_over_std"] for layer, e in layers.items()},
+        "smoothness": {layer: e["smoothness"] for layer, e in layers.items()},
+        "training": training,
+        "seconds": time.perf_counter() - t0,
+    }
+    (out / "prior_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _check_args(args: argparse.Namespace) -> dict[str, float]:
+    """Check the options; return the ``--min-norm`` floor of each layer of ``--layers``."""
     check_device(args.device)
     if args.iwae_samples < 1:
         raise ValueError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
@@ -92,91 +123,77 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--min-norm takes one value >= 0 or one per layer of --layers {args.layers}, got "
             f"{args.min_norm}"
         )
-    floors = dict(
+    return dict(
         zip(args.layers, floors * len(args.layers) if len(floors) == 1 else floors, strict=True)
     )
-    # Read every kernel set first, so that a missing one fails before any training.
-    sets = {layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt") for layer in args.layers}
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    training = {
-        "min_norm": floors,
-        "steps": args.steps if args.epochs is None else None,
-        "epochs": args.epochs,
-        "valid_fraction": args.valid_fraction,
-        "augment": args.augment,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
+
+
+def _fit_layer(
+    args: argparse.Namespace,
+    layer: str,
+    kernel_set: tuple[Tensor, Tensor, int, dict[str, Any]],
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit, save, evaluate and plot the kernel VAE of ``layer`` on its kernel set (train ``(n, k,
+    k)``, test ``(m, k, k)``, ``k``, provenance, as :func:`load_kernel_set` reads it); return
+    its entry of the report."""
+    kernels, test, kernel_size, provenance = kernel_set
+    floor = training["min_norm"][layer]
+    if floor:
+        kernels, test, provenance = _apply_floor(layer, kernels, test, floor, provenance)
+    train, valid = (
+        split_kernels(kernels, args.valid_fraction, args.seed)
+        if args.valid_fraction
+        else (kernels, None)
+    )
+    if valid is not None and len(valid) == 0:  # too few kernels to hold any out
+        train, valid = kernels, None
+    torch.manual_seed(args.seed)
+    vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim).to(args.device)
+    history = fit_kernel_vae(
+        vae,
+        train,
+        valid,
+        epochs=args.epochs,
+        steps=args.steps if args.epochs is None else None,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        augment=args.augment,
+        progress=not args.no_progress,
+    )
+    vae.cpu().eval()
+    bounds = evaluate_kernel_vae(vae, test, iwae_samples=args.iwae_samples)
+    files = {"vae_file": f"vae_{layer}.pt", "samples_plot": f"samples_{layer}.png"}
+    save_kernel_vae(
+        args.out / files["vae_file"],
+        vae,
+        layer=layer,
+        provenance={**provenance, "kernels_file": str(args.kernels / f"kernels_{layer}.pt")},
+        history=history,
+        training=training,
+        **bounds,
+    )
+    _plot_samples(args.out / files["samples_plot"], vae, test, layer)
+    files["latent_plot"] = None
+    if vae.z_dim == 2:
+        files["latent_plot"] = f"latent_{layer}.png"
+        _plot_latent(args.out / files["latent_plot"], vae, test, layer)
+    return {
+        "kernel_size": kernel_size,
+        "z_dim": vae.z_dim,
+        "hidden": vae.hidden,
+        "n_train": len(train),
+        "n_valid": 0 if valid is None else len(valid),
+        "n_test": len(test),
+        "epochs": history["epochs"],
+        "steps": history["steps"],
+        "best_epoch": history["best_epoch"],
+        "final_train_elbo": history["train_elbo"][-1],
+        **bounds,
+        "iwae_samples": args.iwae_samples,
+        **files,
     }
-    layers = {}
-    for layer, (kernels, test, kernel_size, provenance) in sets.items():
-        if floors[layer]:
-            kernels, test, provenance = _apply_floor(
-                layer, kernels, test, floors[layer], provenance
-            )
-        train, valid = (
-            split_kernels(kernels, args.valid_fraction, args.seed)
-            if args.valid_fraction
-            else (kernels, None)
-        )
-        if valid is not None and len(valid) == 0:  # too few kernels to hold any out
-            train, valid = kernels, None
-        torch.manual_seed(args.seed)
-        vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim).to(args.device)
-        history = fit_kernel_vae(
-            vae,
-            train,
-            valid,
-            epochs=args.epochs,
-            steps=args.steps if args.epochs is None else None,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            augment=args.augment,
-            progress=not args.no_progress,
-        )
-        vae.cpu().eval()
-        bounds = evaluate_kernel_vae(vae, test, iwae_samples=args.iwae_samples)
-        files = {"vae_file": f"vae_{layer}.pt", "samples_plot": f"samples_{layer}.png"}
-        save_kernel_vae(
-            out / files["vae_file"],
-            vae,
-            layer=layer,
-            provenance={**provenance, "kernels_file": str(args.kernels / f"kernels_{layer}.pt")},
-            history=history,
-            training=training,
-            **bounds,
-        )
-        _plot_samples(out / files["samples_plot"], vae, test, layer)
-        files["latent_plot"] = None
-        if vae.z_dim == 2:
-            files["latent_plot"] = f"latent_{layer}.png"
-            _plot_latent(out / files["latent_plot"], vae, test, layer)
-        layers[layer] = {
-            "kernel_size": kernel_size,
-            "z_dim": vae.z_dim,
-            "hidden": vae.hidden,
-            "n_train": len(train),
-            "n_valid": 0 if valid is None else len(valid),
-            "n_test": len(test),
-            "epochs": history["epochs"],
-            "steps": history["steps"],
-            "best_epoch": history["best_epoch"],
-            "final_train_elbo": history["train_elbo"][-1],
-            **bounds,
-            "iwae_samples": args.iwae_samples,
-            **files,
-        }
-    report = {
-        "layers": layers,
-        "recon_over_std": {layer: e["recon_over_std"] for layer, e in layers.items()},
-        "smoothness": {layer: e["smoothness"] for layer, e in layers.items()},
-        "training": training,
-        "seconds": time.perf_counter() - t0,
-    }
-    (out / "prior_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def load_kernel_set(path: Path) -> tuple[Tensor, Tensor, int, dict[str, Any]]:

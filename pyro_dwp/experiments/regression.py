@@ -39,7 +39,14 @@ from pyro_dwp.io import (
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
 
-__all__ = ["add_arguments", "band_coverage", "run", "sigma_from_neg_log"]
+__all__ = [
+    "add_arguments",
+    "band_coverage",
+    "band_metrics",
+    "build_model",
+    "run",
+    "sigma_from_neg_log",
+]
 
 # Options that do not change the result (where it goes, how it is shown, where it runs).
 _NOT_SETTINGS = ("out", "resume", "no_progress", "device", "run", "job")
@@ -104,19 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pyro.clear_param_store()
     torch.manual_seed(args.seed)
     x, y = make_regression_data(args.n_train, seed=args.seed)
-    prior = PRIOR_RECIPES[args.prior].build(
-        PriorSettings(
-            sigma1=sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
-            sigma2=sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
-            pi=args.pi,
-        )
-    )
-    model = BNN(
-        mlp(1, args.hidden, 1),
-        prior,
-        Gaussian(args.n_train, None if args.learn_noise else args.noise, init_scale=args.noise),
-    )
-    guide = BBBNormal(model, init_scale=args.init_scale)
+    model, guide = build_model(args)
     history = fit(
         model,
         guide,
@@ -141,20 +136,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     q = torch.quantile(ys, torch.tensor([0.025, 0.25, 0.5, 0.75, 0.975]), dim=0)
     g = grid[:, 0]
-    truth = true_curve(g)
-    inside, far = (g >= 0) & (g <= 0.5), (g >= 0.9) & (g <= 1.2)
-    width = q[4] - q[0]
-    metrics = {
-        "test_rmse": float(((q[2] - truth)[inside] ** 2).mean().sqrt()),
-        "coverage_in": band_coverage(q[0], q[4], truth, inside),
-        "coverage_out": band_coverage(q[0], q[4], truth, ~inside),
-        "band_width_in": float(width[inside].mean()),
-        "band_width_out": float(width[far].mean()),
-        "final_loss": history[-1]["loss"],
-        "final_nll": history[-1]["nll"],
-        "final_kl": history[-1]["kl"],
-        "epochs": history[-1]["epoch"],
-    }
+    metrics = band_metrics(q, g)
+    metrics.update(
+        final_loss=history[-1]["loss"],
+        final_nll=history[-1]["nll"],
+        final_kl=history[-1]["kl"],
+        epochs=history[-1]["epoch"],
+    )
     metrics["band_ratio"] = metrics["band_width_out"] / metrics["band_width_in"]
     idata = to_inference_data(
         model, guide, x, y, num_samples=args.predictive_samples, output_name="mean"
@@ -165,6 +153,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics["settings"] = settings
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def build_model(args: argparse.Namespace) -> tuple[BNN, BBBNormal]:
+    """The BBB network of the settings ``args`` (``1 -> hidden -> 1``, the prior ``--prior``
+    from the registry, a Gaussian likelihood over ``--n-train`` points) and its guide, with
+    weights drawn from torch's current RNG state."""
+    prior = PRIOR_RECIPES[args.prior].build(
+        PriorSettings(
+            sigma1=sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
+            sigma2=sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
+            pi=args.pi,
+        )
+    )
+    model = BNN(
+        mlp(1, args.hidden, 1),
+        prior,
+        Gaussian(args.n_train, None if args.learn_noise else args.noise, init_scale=args.noise),
+    )
+    return model, BBBNormal(model, init_scale=args.init_scale)
+
+
+def band_metrics(q: Tensor, g: Tensor) -> dict[str, float]:
+    """The predictive band against the noise-free curve.
+
+    Args:
+        q: Predictive quantiles 2.5%, 25%, 50%, 75%, 97.5% at the grid, ``(5, G)``.
+        g: The grid ``(G,)``, covering the data's [0, 0.5] and beyond.
+
+    Returns:
+        ``test_rmse`` (the median on [0, 0.5]), ``coverage_in`` / ``coverage_out`` (of the 95%
+        band inside / outside [0, 0.5]), ``band_width_in`` / ``band_width_out`` (its mean width
+        on [0, 0.5] / on [0.9, 1.2]).
+    """
+    truth = true_curve(g)
+    inside, far = (g >= 0) & (g <= 0.5), (g >= 0.9) & (g <= 1.2)
+    width = q[4] - q[0]
+    return {
+        "test_rmse": float(((q[2] - truth)[inside] ** 2).mean().sqrt()),
+        "coverage_in": band_coverage(q[0], q[4], truth, inside),
+        "coverage_out": band_coverage(q[0], q[4], truth, ~inside),
+        "band_width_in": float(width[inside].mean()),
+        "band_width_out": float(width[far].mean()),
+    }
 
 
 def band_coverage(lower: Tensor, upper: Tensor, target: Tensor, mask: Tensor) -> float:
