@@ -220,7 +220,8 @@ class KernelVAE(nn.Module):
         See :func:`~pyro_dwp.distributions.deep_weight_prior.iwae_log_marginal` (Burda et al.,
         2016); ``k_samples`` is ``K``.
         """
-        return iwae_log_marginal(self.encoder, self.decoder, w, k_samples, chunk_size=chunk_size)
+        iwae, _ = iwae_log_marginal(self.encoder, self.decoder, w, k_samples, chunk_size=chunk_size)
+        return iwae
 
 
 _FILE_FORMAT = "pyro_dwp.kernel_vae"

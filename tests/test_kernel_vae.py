@@ -67,8 +67,9 @@ def test_iwae_function_matches_method():
     torch.manual_seed(1)
     a = vae.iwae_bound(w, 5)
     torch.manual_seed(1)
-    b = iwae_log_marginal(vae.encoder, vae.decoder, w, 5)
+    b, mean_log_weight = iwae_log_marginal(vae.encoder, vae.decoder, w, 5)
     torch.testing.assert_close(a, b)
+    assert mean_log_weight.shape == (6,) and (b >= mean_log_weight).all()  # Jensen
     with pytest.raises(ValueError, match="num_samples"):
         iwae_log_marginal(vae.encoder, vae.decoder, w, 0)
 

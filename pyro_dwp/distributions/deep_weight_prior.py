@@ -22,20 +22,23 @@ def iwae_log_marginal(
     num_samples: int,
     *,
     chunk_size: int = 1024,
-) -> Tensor:
-    r"""Importance-weighted estimate of :math:`\log p(w) = \log \int p(w \mid z) p(z) \, dz`.
+) -> tuple[Tensor, Tensor]:
+    r"""Importance-weighted estimate of :math:`\log p(w) = \log \int p(w \mid z) p(z) \, dz`,
+    and the mean log-weight.
 
-    The IWAE bound of Burda et al. (2016) with proposal :math:`q(z \mid w)` and
-    :math:`p(z) = \mathcal{N}(0, I)`:
+    With ``K = num_samples`` codes :math:`z_k \sim q(z \mid w)` (the proposal, ``encoder``),
+    :math:`p(z) = \mathcal{N}(0, I)` and log-weights
+    :math:`\ell_k = \log p(w \mid z_k) + \log p(z_k) - \log q(z_k \mid w)`:
 
-    .. math::
+    - ``iwae`` :math:`= \log \frac{1}{K} \sum_k e^{\ell_k}`, the IWAE bound of Burda et al.
+      (2016): a lower bound on :math:`\log p(w)` in expectation, non-decreasing in ``K`` and
+      consistent as ``K`` grows;
+    - ``mean_log_weight`` :math:`= \frac{1}{K} \sum_k \ell_k`, an unbiased estimate of the
+      ELBO-like term :math:`\mathbb{E}_q[\log p(w \mid z) + \log p(z) - \log q(z \mid w)]`
+      (the auxiliary bound's per-kernel prior term when :math:`q` is the reverse model).
 
-        \log \frac{1}{K} \sum_{k=1}^K \frac{p(w \mid z_k) \, p(z_k)}{q(z_k \mid w)},
-        \qquad z_k \sim q(z \mid w).
-
-    It is a lower bound on :math:`\log p(w)` in expectation, non-decreasing in ``K`` and
-    consistent as ``K`` grows. Samples are drawn in chunks of ``chunk_size`` (a running
-    log-sum-exp), so memory stays bounded for ``K`` in the thousands (Appendix F uses 10,000).
+    Samples are drawn in chunks of ``chunk_size`` (a running log-sum-exp), so memory stays
+    bounded for ``K`` in the thousands (Appendix F uses 10,000).
 
     Args:
         encoder: ``(..., k, k) -> (loc, scale)``, each ``(..., z_dim)``.
@@ -45,14 +48,15 @@ def iwae_log_marginal(
         chunk_size: Importance samples evaluated at once.
 
     Returns:
-        Estimates of shape ``(...)``, differentiable (reparameterised samples).
+        ``(iwae, mean_log_weight)``, each of shape ``(...)``, differentiable (reparameterised
+        samples).
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(
             f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
         )
     q = dist.Normal(*encoder(w)).to_event(1)
-    total = None
+    log_sum_exp, total = None, torch.zeros(w.shape[:-2], dtype=w.dtype, device=w.device)
     for start in range(0, num_samples, chunk_size):
         z = q.rsample((min(chunk_size, num_samples - start),))
         log_weight = (
@@ -61,8 +65,9 @@ def iwae_log_marginal(
             - q.log_prob(z)
         )
         chunk = log_weight.logsumexp(0)
-        total = chunk if total is None else torch.logaddexp(total, chunk)
-    return total - math.log(num_samples)
+        log_sum_exp = chunk if log_sum_exp is None else torch.logaddexp(log_sum_exp, chunk)
+        total = total + log_weight.sum(0)
+    return log_sum_exp - math.log(num_samples), total / num_samples
 
 
 class DeepWeightPrior(TorchDistribution, nn.Module):
@@ -189,9 +194,10 @@ class DeepWeightPrior(TorchDistribution, nn.Module):
                 "variational inference reparameterises the site instead (DeepWeightPriorStrategy), "
                 "which needs no encoder"
             )
-        return iwae_log_marginal(
+        iwae, _ = iwae_log_marginal(
             self.encoder, self.decoder, value, self.num_samples, chunk_size=self.chunk_size
         )
+        return iwae
 
     def _check_kernels(self, value: Tensor) -> None:
         k = self.kernel_size

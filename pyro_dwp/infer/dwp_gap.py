@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
+from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior, iwae_log_marginal
 from pyro_dwp.guides.reverse import ReverseModelGuide
 
 __all__ = ["dwp_bound_gap", "kernel_bound_terms"]
@@ -28,12 +27,12 @@ def kernel_bound_terms(
 ) -> tuple[Tensor, Tensor]:
     r"""Per kernel, the IWAE estimate of :math:`\log p(w)` and the auxiliary term, jointly.
 
-    With ``K = num_samples`` codes :math:`z_k \sim r(z \mid w)` (the reverse model, ``encoder``)
-    and log-weights :math:`\ell_k = \log p(w \mid z_k) + \log p(z_k) - \log r(z_k \mid w)`,
-    :math:`p(z) = \mathcal{N}(0, I)`:
+    :func:`~pyro_dwp.distributions.deep_weight_prior.iwae_log_marginal` with the reverse model
+    :math:`r(z \mid w)` (``encoder``) as the proposal, without gradients, in chunks of at most
+    ``chunk_size`` decoder evaluations (samples x kernels):
 
-    - ``iwae`` :math:`= \log \frac{1}{K} \sum_k e^{\ell_k}`, the importance-weighted bound of
-      Burda et al. (2016) on :math:`\log p(w)` (eq. 18), tight as ``K`` grows;
+    - ``iwae`` :math:`= \log \frac{1}{K} \sum_k e^{\ell_k}`, the importance-weighted bound on
+      :math:`\log p(w)` (eq. 18), tight as ``K`` grows;
     - ``aux`` :math:`= \frac{1}{K} \sum_k \ell_k`, an unbiased estimate of the auxiliary bound's
       per-kernel prior term :math:`\mathbb{E}_r[\log p(w \mid z) + \log p(z) - \log r(z \mid w)]`.
 
@@ -51,24 +50,10 @@ def kernel_bound_terms(
     Returns:
         ``(iwae, aux)``, each of shape ``(...)``.
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
-        )
-    r = dist.Normal(*encoder(w)).to_event(1)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     per_chunk = max(1, chunk_size // max(1, math.prod(w.shape[:-2])))
-    log_sum_exp, total = None, torch.zeros(w.shape[:-2], dtype=w.dtype, device=w.device)
-    for start in range(0, num_samples, per_chunk):
-        z = r.sample((min(per_chunk, num_samples - start),))
-        log_w = (
-            dist.Normal(*decoder(z)).to_event(2).log_prob(w)
-            + dist.Normal(torch.zeros_like(z), 1.0).to_event(1).log_prob(z)
-            - r.log_prob(z)
-        )
-        chunk = log_w.logsumexp(0)
-        log_sum_exp = chunk if log_sum_exp is None else torch.logaddexp(log_sum_exp, chunk)
-        total = total + log_w.sum(0)
-    return log_sum_exp - math.log(num_samples), total / num_samples
+    return iwae_log_marginal(encoder, decoder, w, num_samples, chunk_size=per_chunk)
 
 
 @torch.no_grad()
