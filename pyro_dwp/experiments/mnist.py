@@ -1,4 +1,5 @@
-"""MNIST classification of Blundell et al. (2015), Table 1.
+"""MNIST classification of Blundell et al. (2015), Table 1: data, networks, training, outputs
+(the test metrics are :mod:`pyro_dwp.experiments.classification`'s).
 
 The experiment of ``pyro-dwp mnist``, reusable from Python: :func:`add_arguments` declares
 its settings, :func:`run` runs it from them and writes its outputs (described in the
@@ -24,11 +25,14 @@ from torch import Tensor, nn
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.data import load_mnist, load_notmnist
-from pyro_dwp.diagnostics import (
-    auroc,
-    expected_calibration_error,
-    plot_reliability_diagram,
-    predictive_entropy,
+from pyro_dwp.diagnostics import plot_reliability_diagram
+from pyro_dwp.experiments.classification import (
+    ECE_BINS,
+    baseline_classifier,
+    bbb_classifier,
+    error_rate,
+    evaluate,
+    network_logits,
 )
 from pyro_dwp.experiments.prior_recipes import (
     PRIOR_RECIPES,
@@ -40,7 +44,7 @@ from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
 from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
-from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
+from pyro_dwp.infer.pruning import posterior_mean_network
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -53,14 +57,10 @@ from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
 
 __all__ = [
-    "Classifier",
     "MnistData",
     "add_arguments",
-    "baseline_classifier",
     "baseline_net",
-    "bbb_classifier",
     "build_bbb",
-    "evaluate",
     "load_bbb_run",
     "load_data",
     "run",
@@ -70,8 +70,6 @@ __all__ = [
 METHODS = ("bbb", "sgd", "dropout")
 IN_FEATURES = 28 * 28
 NUM_CLASSES = 10
-ECE_BINS = 15
-_EVAL_CHUNK = 1000
 # Config keys that define a training run: a resumed run must agree on all of them.
 _RUN_KEYS = (
     "method",
@@ -166,19 +164,6 @@ class MnistData:
         return MnistData(**{k: v.to(device) for k, v in vars(self).items()})
 
 
-@dataclass
-class Classifier:
-    """What :func:`evaluate` needs of a trained classifier, whatever the method.
-
-    Attributes:
-        mean_net: A deterministic network ``(N, 784) -> (N, 10)`` logits.
-        sample_logits: ``(x, S) -> (S, N, 10)`` logits of S sampled networks.
-    """
-
-    mean_net: nn.Module
-    sample_logits: Callable[[Tensor, int], Tensor]
-
-
 def load_data(
     data_dir: Path | None,
     *,
@@ -230,71 +215,6 @@ def baseline_net(config: dict[str, Any]) -> nn.Sequential:
     if config["input_dropout"] > 0:
         return nn.Sequential(nn.Dropout(config["input_dropout"]), *net)
     return net
-
-
-def bbb_classifier(
-    model: BNN, guide: BBBNormal, masks: dict[str, Tensor] | None = None
-) -> Classifier:
-    """The posterior-mean network and weight-sample ensemble of a (pruned) BBB guide."""
-    mean_net = posterior_mean_network(model, guide, masks)
-
-    def sample_logits(x: Tensor, num_samples: int) -> Tensor:
-        weights = sample_weights(guide, num_samples, masks)
-        return sampled_outputs(mean_net, weights, x, batch_size=_EVAL_CHUNK)
-
-    return Classifier(mean_net, sample_logits)
-
-
-def baseline_classifier(net: nn.Module) -> Classifier:
-    """A point-estimate network; its ensemble is Monte Carlo dropout, or the network itself."""
-    has_dropout = any(isinstance(m, nn.Dropout) for m in net.modules())
-
-    @torch.no_grad()
-    def sample_logits(x: Tensor, num_samples: int) -> Tensor:
-        if not has_dropout:
-            return _chunked(net.eval(), x).unsqueeze(0)
-        net.train()
-        try:
-            return torch.stack([_chunked(net, x) for _ in range(num_samples)])
-        finally:
-            net.eval()
-
-    return Classifier(net.eval(), sample_logits)
-
-
-@torch.no_grad()
-def evaluate(
-    clf: Classifier, x: Tensor, y: Tensor, num_samples: int, x_ood: Tensor | None = None
-) -> tuple[dict[str, float], Tensor]:
-    """Test metrics of a classifier, the same for every method.
-
-    Args:
-        clf: The classifier.
-        x: Test images ``(N, 784)``.
-        y: Test labels ``(N,)``.
-        num_samples: Networks S in the ensemble.
-        x_ood: Out-of-distribution images ``(N_ood, 784)``; if given, ``ood_auroc`` is added.
-
-    Returns:
-        The metrics (``test_error_mean``, ``test_nll_mean``, ``test_error_ensemble``,
-        ``test_nll_ensemble``, ``ece`` and maybe ``ood_auroc``; errors are fractions, NLLs mean
-        nats per example) and the ensemble's probabilities ``(N, 10)``.
-    """
-    mean_logp = _chunked(clf.mean_net, x).log_softmax(-1)
-    log_probs = _ensemble_log_probs(clf, x, num_samples)
-    probs = log_probs.exp()
-    labels = y[:, None]
-    metrics = {
-        "test_error_mean": _error(mean_logp, y),
-        "test_nll_mean": float(-mean_logp.gather(1, labels).mean()),
-        "test_error_ensemble": _error(log_probs, y),
-        "test_nll_ensemble": float(-log_probs.gather(1, labels).mean()),
-        "ece": expected_calibration_error(probs.cpu(), y.cpu(), ECE_BINS),
-    }
-    if x_ood is not None:
-        ood_probs = _ensemble_log_probs(clf, x_ood, num_samples).exp()
-        metrics["ood_auroc"] = auroc(predictive_entropy(probs), predictive_entropy(ood_probs))
-    return metrics, probs
 
 
 def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dict, BNN, BBBNormal]:
@@ -439,7 +359,7 @@ def _train_bbb(
 ) -> list[dict[str, float]]:
     def record_valid_error(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)
-        record["valid_error"] = _error(_chunked(net, data.x_valid), data.y_valid)
+        record["valid_error"] = error_rate(network_logits(net, data.x_valid), data.y_valid)
 
     def train(epochs: int, resume: bool) -> list[dict[str, float]]:
         return fit(
@@ -516,7 +436,9 @@ def _train_baseline(
                 raise FloatingPointError(f"loss is {nll} at epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "loss": nll, "nll": nll, "kl": 0.0}
             record["seconds"] = time.perf_counter() - t0
-            record["valid_error"] = _error(_chunked(net.eval(), data.x_valid), data.y_valid)
+            record["valid_error"] = error_rate(
+                network_logits(net.eval(), data.x_valid), data.y_valid
+            )
             history.append(record)
             bar.set_postfix(
                 nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}", refresh=False
@@ -563,23 +485,6 @@ def _train_within(
     affordable = int((max_seconds - per_epoch) // per_epoch)
     target = min(epochs, start + 1 + max(0, affordable))
     return train(target, True) if target > start + 1 else history
-
-
-@torch.no_grad()
-def _chunked(net: nn.Module, x: Tensor) -> Tensor:
-    """``net`` over ``x`` in chunks of rows: ``(N, 784) -> (N, 10)``."""
-    return torch.cat([net(c) for c in torch.split(x, _EVAL_CHUNK)])
-
-
-def _ensemble_log_probs(clf: Classifier, x: Tensor, num_samples: int) -> Tensor:
-    """``log mean_s softmax(logits_s)``, ``(N, 10)``, computed with log-sum-exp."""
-    log_p = clf.sample_logits(x, num_samples).log_softmax(-1)
-    return torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
-
-
-def _error(scores: Tensor, y: Tensor) -> float:
-    """Fraction of rows whose top score is not the label."""
-    return float((scores.argmax(-1) != y).float().mean())
 
 
 def _plot_learning_curves(path: Path, history: list[dict[str, float]], method: str) -> None:

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from pyro_dwp.data import load_mnist
-from pyro_dwp.experiments.mnist import bbb_classifier, evaluate, load_bbb_run
+from pyro_dwp.experiments.classification import bbb_classifier, evaluate
+from pyro_dwp.experiments.mnist import load_bbb_run
 from pyro_dwp.infer.pruning import posterior_mean_network, pruned_network, snr_masks
 from pyro_dwp.io import add_device_argument, check_device, prepare_out
 
