@@ -11,8 +11,11 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch.distributions import Normal
 
+from pyro_dwp import BNN, Categorical
 from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
+from pyro_dwp.guides import init_to_module
 from pyro_dwp.guides.reverse import ReverseModelGuide
+from pyro_dwp.infer import fit
 from pyro_dwp.infer.reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
 from pyro_dwp.models.kernel_vae import KernelVAE
 
@@ -186,3 +189,17 @@ def test_reverse_model_guide_errors():
     guide = ReverseModelGuide(model, AutoNormal, {"w": vae.encoder, "v": vae.encoder})
     with pytest.raises(KeyError, match="'v'"):
         guide(x, y)
+
+
+def test_bnn_with_the_strategy_rewrites_only_dwp_sites_and_fit_refuses_it_without():
+    prior = DeepWeightPrior.from_vae(KernelVAE(K, z_dim=Z_DIM, hidden=8), with_encoder=False)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, K), torch.nn.Flatten())
+    rules = {"0.weight": prior, "0.bias": dist.Normal(0.0, 1.0)}
+    x, y = torch.randn(4, 1, K, K), torch.tensor([0, 1, 0, 1])
+    model = BNN(net, rules, Categorical(4), reparam=DeepWeightPriorStrategy())
+    tr = poutine.trace(model).get_trace(x, y)
+    assert latent_site_name("0.weight") in tr.nodes and latent_site_name("0.bias") not in tr.nodes
+    plain = BNN(net, rules, Categorical(4))
+    with pytest.raises(ValueError, match="not reparameterised"):
+        guide = AutoNormal(plain, init_loc_fn=init_to_module)
+        fit(plain, guide, x, y, epochs=1, batch_size=4, progress=False)
