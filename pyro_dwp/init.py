@@ -48,7 +48,7 @@ def init_from_prior(
     Args:
         module: Any module; its named layers must be :class:`torch.nn.Conv2d`.
         priors: ``{layer name: distribution with event shape (k, k)}``, e.g. the dict of
-            :func:`pyro_dwp.priors.pretrained` for :class:`~pyro_dwp.models.DWPConvNet`.
+            :func:`pyro_dwp.pretrained.pretrained` for :class:`~pyro_dwp.models.DWPConvNet`.
         scale: Multiplies every kernel (> 0); 1 keeps the prior's own scale.
         seed: Seed of the draws (``None``: the global random stream).
 

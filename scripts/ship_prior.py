@@ -3,7 +3,7 @@
 Writes ``pyro_dwp/pretrained/NAME/{vae_conv1.pt, vae_conv2.pt, metadata.json}``: the metadata
 records the commands and commit that made the files, the source kernels' statistics (from
 ``source_report.json`` of ``dwp-source``), each VAE's held-out fit (from the file itself) and
-each file's SHA-256, which :func:`pyro_dwp.priors.pretrained` checks on every load::
+each file's SHA-256, which :func:`pyro_dwp.pretrained.pretrained` checks on every load::
 
     python scripts/ship_prior.py --name notmnist --conv1 runs/prior/vae_conv1.pt \\
         --conv2 runs/prior/vae_conv2.pt --source-report runs/source/source_report.json \\

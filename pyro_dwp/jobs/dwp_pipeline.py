@@ -2,7 +2,7 @@
 
 Runs the stages in this process, each into its own folder of ``--out``. By default (the
 ``quick`` preset) the deep weight prior is the one shipped with the package
-(:func:`pyro_dwp.priors.pretrained`, ``"notmnist"``: kernel VAEs that this pipeline learned on a
+(:func:`pyro_dwp.pretrained.pretrained`, ``"notmnist"``: kernel VAEs that this pipeline learned on a
 GPU from source nets of the DWP authors' recipe) and only stage 3 runs; ``--train-prior`` (and
 the ``paper`` preset) runs all three:
 

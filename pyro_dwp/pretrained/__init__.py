@@ -11,9 +11,9 @@ error, never a silently different prior.
 
 Usage, a deep weight prior on the kernels of any conv net with 7x7 and 5x5 layers::
 
-    priors = pyro_dwp.priors.pretrained("notmnist")            # {"conv1": DWP 7x7, "conv2": 5x5}
+    priors = pyro_dwp.pretrained.pretrained("notmnist")        # {"conv1": DWP 7x7, "conv2": 5x5}
     model = BNN(net, {"features.0.weight": priors["conv1"], "features.3.weight": priors["conv2"]},
-                Categorical(n))
+                Categorical(n), reparam=DeepWeightPriorStrategy())  # from pyro_dwp.infer.reparam
 
 or from the command line, ``pyro-dwp dwp-classify --pretrained notmnist ...``.
 """
