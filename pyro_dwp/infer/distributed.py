@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -60,7 +61,14 @@ from .fit import (
 )
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 
-__all__ = ["ACCELERATORS", "STRATEGIES", "SVIModule", "check_distributed_args", "fit_distributed"]
+__all__ = [
+    "ACCELERATORS",
+    "STRATEGIES",
+    "SVIModule",
+    "check_distributed_args",
+    "fit_distributed",
+    "load_distributed_checkpoint",
+]
 
 STRATEGIES = ("auto", "ddp")
 """``strategy`` choices: ``"auto"`` (one process on one device, DDP on more) or ``"ddp"``."""
@@ -409,5 +417,34 @@ def fit_distributed(
         num_sanity_val_steps=0,
     )
     resumed = resume and checkpoint is not None and Path(checkpoint).exists()
-    trainer.fit(module, ckpt_path=checkpoint if resumed else None, weights_only=False)
+    with warnings.catch_warnings():
+        # The checkpoint is one named file; other files beside it (a job's outputs) are fine.
+        warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, ckpt_path=checkpoint if resumed else None, weights_only=False)
     return module.history
+
+
+def load_distributed_checkpoint(
+    path: str | os.PathLike, model: Callable, guide: Callable, x: Tensor, y: Tensor
+) -> None:
+    """Put the learned values of a :func:`fit_distributed` checkpoint into Pyro's param store,
+    in one process on the CPU, for :func:`~pyro_dwp.infer.predict` or
+    :func:`~pyro_dwp.diagnostics.to_inference_data` (only load files you trust: pickle).
+
+    Args:
+        path: The checkpoint (``.ckpt``).
+        model: The model, built as for the training run.
+        guide: Its guide, built as for the training run and not yet run.
+        x: Example inputs ``(>= 1, *in_shape)`` to set the guide up.
+        y: Their targets ``(>= 1, ...)``.
+
+    Raises:
+        CheckpointError: If the file is not a checkpoint of :func:`fit_distributed`.
+        RuntimeError: If its parameters do not match the model and guide (their names, shapes).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or _CHECKPOINT_KEY not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of pyro_dwp's fit_distributed")
+    module = SVIModule(model, guide, x[:1].cpu(), y[:1].cpu(), batch_size=1)
+    module.prepare()
+    module.load_state_dict(state["state_dict"])
