@@ -4,6 +4,7 @@ One run of ``tests/ddp_worker.py`` (two processes, about 10 s) records what the 
 against single-process computations done here with plain Pyro.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -15,13 +16,16 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyro_dwp
+from pyro_dwp.cli import main
 from pyro_dwp.diagnostics import to_inference_data
 from pyro_dwp.infer import CheckpointError, KLScaleMessenger, kl_weights, predict
+from pyro_dwp.jobs.mnist import load_bbb_run
 
 if os.environ.get("CI") != "true":  # CI installs the dev extra, which has lightning: never skip
     pytest.importorskip("lightning", reason="needs the extra pyro-dwp[distributed] (lightning)")
 
 import ddp_worker as worker  # noqa: E402  (tests/ is on sys.path, as for conftest)
+from test_mnist_job import SHARED_DATA, TINY  # noqa: E402
 
 from pyro_dwp.infer.distributed import fit_distributed, load_distributed_checkpoint  # noqa: E402
 
@@ -161,3 +165,32 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     model, guide = worker.build(12)
     with pytest.raises(CheckpointError, match="batch_size: 4 -> 3"):
         fit_distributed(model, guide, x, y, epochs=2, batch_size=3, resume=True, **options)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST in {SHARED_DATA}")
+def test_mnist_job_trains_on_two_processes(tmp_path):
+    args = ["mnist", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path), *TINY]
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_dwp.cli", *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and 0 <= metrics["test_error_mean"] <= 1
+    assert metrics["config"]["devices"] == 2 and (tmp_path / "checkpoint.ckpt").is_file()
+    (record,) = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert {"loss", "nll", "kl", "valid_error"} <= record.keys()
+    _, model, guide = load_bbb_run(tmp_path)  # onto one process
+    assert predict(model, guide, torch.zeros(3, 784), num_samples=2)["obs"].shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (["--devices", "0"], "devices must be a positive integer, got 0"),
+        (["--devices", "2", "--method", "sgd"], "need --method bbb"),
+        (["--devices", "2", "--max-train-minutes", "1"], "no time limit"),
+    ],
+)
+def test_mnist_job_refuses_bad_distributed_options(options, match, tmp_path, capsys):
+    assert main(["mnist", "--out", str(tmp_path), *options]) == 1
+    assert match in capsys.readouterr().err

@@ -24,6 +24,12 @@ loss, NLL, KL and validation error of the mean network), ``reliability.png``, ``
 config and the fitted Pyro param store, or the baseline's ``state_dict``; reload a BBB run with
 :func:`load_bbb_run`), ``config.json`` and the resumable ``checkpoint.pt``.
 
+Data-parallel BBB: ``--devices N --strategy ddp`` trains on N processes (GPUs with
+``--device cuda``, else CPU processes) with :func:`pyro_dwp.infer.distributed.fit_distributed`
+(needs ``pyro-dwp[distributed]``); ``--batch-size`` is per process, the checkpoint is
+``checkpoint.ckpt`` and process 0 evaluates and writes the outputs. Several nodes: README,
+"Multi-device and multi-node training".
+
 Resume: explicit. ``--resume`` continues the run in ``--out`` from its ``checkpoint.pt`` (up to
 ``--epochs``, which may differ); other settings are refused. Without ``--resume`` the run starts
 afresh and overwrites ``--out``.
@@ -157,6 +163,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stop training before an epoch that would overrun this; epochs done are recorded",
     )
     add_device_argument(p)
+    p.add_argument("--devices", type=int, default=1, help="BBB: processes (GPUs), data-parallel")
+    p.add_argument("--strategy", choices=["auto", "ddp"], default="auto", help="BBB: 'ddp' for DDP")
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
     add_resume_argument(p)
     p.add_argument("--seed", type=int, default=0)
@@ -362,6 +370,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.method == "bbb":
         model, guide = build_bbb(config)
         history = _train_bbb(model, guide, data, args, max_seconds)
+        if _global_rank() != 0:
+            return {}  # process 0 evaluates and writes the outputs
         clf = bbb_classifier(model, guide)
         saved = {"config": config, "params": pyro.get_param_store().get_state()}
     else:
@@ -416,6 +426,23 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.max_train_minutes is not None and not args.max_train_minutes > 0:
         raise ValueError(f"--max-train-minutes must be > 0, got {args.max_train_minutes}")
     check_device(args.device)
+    if _distributed(args):
+        if args.method != "bbb" or args.max_train_minutes is not None:
+            raise ValueError("--devices and --strategy ddp need --method bbb, no time limit")
+        try:
+            from pyro_dwp.infer.distributed import check_distributed_args
+        except ImportError as e:
+            raise ValueError(f"--devices and --strategy need pyro-dwp[distributed]: {e}") from e
+        check_distributed_args(args.devices, 1, args.strategy, args.device)
+
+
+def _distributed(args: argparse.Namespace) -> bool:
+    return args.devices != 1 or args.strategy == "ddp"
+
+
+def _global_rank() -> int:
+    """This process's rank in a data-parallel run (0 otherwise)."""
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def _config(args: argparse.Namespace, train_size: int) -> dict[str, Any]:
@@ -448,7 +475,8 @@ def _train_bbb(
 ) -> list[dict[str, float]]:
     def record_valid_error(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)
-        record["valid_error"] = _error(_chunked(net, data.x_valid), data.y_valid)
+        x_valid = data.x_valid.to(guide.loc(guide.site_names[0]).device)  # a DDP process's GPU
+        record["valid_error"] = _error(_chunked(net, x_valid), data.y_valid.to(x_valid.device))
 
     def train(epochs: int, resume: bool) -> list[dict[str, float]]:
         return fit(
@@ -470,6 +498,29 @@ def _train_bbb(
             callback=record_valid_error,
         )
 
+    if _distributed(args):
+        from pyro_dwp.infer.distributed import fit_distributed
+
+        return fit_distributed(
+            model,
+            guide,
+            data.x_train,
+            data.y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_particles=args.particles,
+            vectorize_particles=True,
+            kl_scheme=args.kl_scheme,
+            devices=args.devices,
+            strategy=args.strategy,
+            accelerator=args.device,
+            checkpoint=args.out / "checkpoint.ckpt",
+            resume=args.resume,
+            seed=args.seed,
+            progress=not args.no_progress,
+            callback=record_valid_error,
+        )
     return _train_within(train, args.epochs, args.resume, max_seconds, args.out / "checkpoint.pt")
 
 
