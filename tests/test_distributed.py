@@ -194,3 +194,21 @@ def test_mnist_job_trains_on_two_processes(tmp_path):
 def test_mnist_job_refuses_bad_distributed_options(options, match, tmp_path, capsys):
     assert main(["mnist", "--out", str(tmp_path), *options]) == 1
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST in {SHARED_DATA}")
+def test_ddp_scaling_benchmark_runs_on_tiny_settings(tmp_path):
+    sys.path.insert(0, str(WORKER.parents[1] / "benchmarks"))
+    try:
+        import ddp_scaling
+    finally:
+        sys.path.pop(0)
+    argv = ["--devices", "1", "--epochs", "1", "--hidden", "8", "--n-train", "200"]
+    argv += ["--n-test", "100", "--test-samples", "2", "--data-dir", str(SHARED_DATA)]
+    argv += ["--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    report = ddp_scaling.main(ddp_scaling.build_parser().parse_args(argv))
+    saved = json.loads((tmp_path / "ddp_scaling.json").read_text())
+    (run,) = saved["devices"].values()
+    assert saved["devices"].keys() == {"1"} and report["devices"][1] == run
+    assert run["examples_per_s"] > 0 and 0 <= run["test_error"] <= 100
+    assert "| 1 | 128 |" in (tmp_path / "ddp_scaling.md").read_text()
