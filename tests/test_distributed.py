@@ -187,7 +187,7 @@ def test_mnist_job_trains_on_two_processes(tmp_path):
     "options, match",
     [
         (["--devices", "0"], "devices must be a positive integer, got 0"),
-        (["--devices", "2", "--method", "sgd"], "need --method bbb"),
+        (["--devices", "2", "--method", "sgd"], "needs --method bbb"),
         (["--devices", "2", "--max-train-minutes", "1"], "no time limit"),
     ],
 )

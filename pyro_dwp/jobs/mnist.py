@@ -164,6 +164,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_device_argument(p)
     p.add_argument("--devices", type=int, default=1, help="BBB: processes (GPUs), data-parallel")
+    p.add_argument("--num-nodes", type=int, default=1, help="BBB: machines, each with --devices")
     p.add_argument("--strategy", choices=["auto", "ddp"], default="auto", help="BBB: 'ddp' for DDP")
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
     add_resume_argument(p)
@@ -428,16 +429,16 @@ def _check_args(args: argparse.Namespace) -> None:
     check_device(args.device)
     if _distributed(args):
         if args.method != "bbb" or args.max_train_minutes is not None:
-            raise ValueError("--devices and --strategy ddp need --method bbb, no time limit")
+            raise ValueError("data-parallel training needs --method bbb and no time limit")
         try:
             from pyro_dwp.infer.distributed import check_distributed_args
         except ImportError as e:
-            raise ValueError(f"--devices and --strategy need pyro-dwp[distributed]: {e}") from e
-        check_distributed_args(args.devices, 1, args.strategy, args.device)
+            raise ValueError(f"--devices and --strategy need pyro-dwp[distributed] ({e})") from e
+        check_distributed_args(args.devices, args.num_nodes, args.strategy, args.device)
 
 
 def _distributed(args: argparse.Namespace) -> bool:
-    return args.devices != 1 or args.strategy == "ddp"
+    return args.devices != 1 or args.num_nodes != 1 or args.strategy == "ddp"
 
 
 def _global_rank() -> int:
@@ -513,6 +514,7 @@ def _train_bbb(
             vectorize_particles=True,
             kl_scheme=args.kl_scheme,
             devices=args.devices,
+            num_nodes=args.num_nodes,
             strategy=args.strategy,
             accelerator=args.device,
             checkpoint=args.out / "checkpoint.ckpt",
