@@ -136,6 +136,7 @@ def test_ddp_trained_model_predicts_on_one_process(ddp_run):
         ({"num_nodes": 0}, "num_nodes must be a positive integer"),
         ({"strategy": "horovod"}, "unknown strategy 'horovod'; choose one of auto, ddp"),
         ({"accelerator": "tpu"}, "unknown accelerator 'tpu'"),
+        ({"checkpoint": "run.pt"}, "checkpoint must be a Lightning .ckpt file, got 'run.pt'"),
     ],
 )
 def test_bad_distributed_settings_are_refused_before_any_work(kwargs, match):

@@ -23,7 +23,8 @@ Minibatch weighting across ``R`` ranks (processes: devices x nodes), each with a
   per epoch) follows the global batch index; the averaged KL gradient is counted once per global
   step, not once per rank;
 - every rank starts from the same seed and so draws the same weight samples: a DDP step is the
-  single-process step on the global batch, bit for bit up to the order of floating-point sums.
+  single-process step on the global batch (a contiguous block of the epoch's permutation), equal
+  up to floating-point rounding (the order of the sums).
 
 The sampler pads an epoch to a multiple of ``R`` by repeating up to ``R - 1`` examples (as
 ``DistributedSampler`` does); with ``N`` divisible by ``R`` nothing is repeated.
@@ -156,7 +157,8 @@ class SVIModule(pl.LightningModule):
         then register the param store's values that no submodule holds (a learned
         ``noise_scale``...) in :attr:`extra_params`, and tell DDP to ignore module parameters
         that SVI does not train (a ``BNN``'s sampled weights, used only as initial values)."""
-        x, y = self.x[: self.batch_size], self.y[: self.batch_size]
+        device = next(self.parameters(), self.x).device  # where the model was put, if anywhere
+        x, y = self.x[: self.batch_size].to(device), self.y[: self.batch_size].to(device)
         with torch.no_grad(), poutine.block():
             traced = poutine.trace(self.guide).get_trace(x, y)
             poutine.replay(self.model, trace=traced)(x, y)
@@ -370,6 +372,8 @@ def fit_distributed(
         CheckpointError: on resume, if the checkpoint belongs to another run.
     """
     check_distributed_args(devices, num_nodes, strategy, accelerator)
+    if checkpoint is not None and Path(checkpoint).suffix != ".ckpt":
+        raise ValueError(f"checkpoint must be a Lightning .ckpt file, got {str(checkpoint)!r}")
     _check_fit_args(x, y, epochs, batch_size, num_particles, checkpoint_every, resume, checkpoint)
     _warn_about_guide_init(model, guide)
     pyro.set_rng_seed(seed)
