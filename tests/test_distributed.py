@@ -169,7 +169,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST in {SHARED_DATA}")
-def test_mnist_job_trains_on_two_processes(tmp_path):
+def test_mnist_job_trains_on_two_processes(tmp_path, capsys):
     args = ["mnist", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path), *TINY]
     done = subprocess.run(
         [sys.executable, "-m", "pyro_dwp.cli", *args], capture_output=True, text=True, timeout=300
@@ -182,6 +182,9 @@ def test_mnist_job_trains_on_two_processes(tmp_path):
     assert {"loss", "nll", "kl", "valid_error"} <= record.keys()
     _, model, guide = load_bbb_run(tmp_path)  # onto one process
     assert predict(model, guide, torch.zeros(3, 784), num_samples=2)["obs"].shape == (2, 3)
+    # Resuming it on one process would start afresh from another checkpoint: refused.
+    assert main([args[0], *args[5:], "--epochs", "2", "--resume"]) == 1
+    assert "holds checkpoint.ckpt, a run trained with other --devices" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -474,6 +474,13 @@ def _train_bbb(
     args: argparse.Namespace,
     max_seconds: float | None,
 ) -> list[dict[str, float]]:
+    ours, theirs = ("checkpoint.pt", "checkpoint.ckpt")[:: -1 if _distributed(args) else 1]
+    if args.resume and (args.out / theirs).exists() and not (args.out / ours).exists():
+        raise ValueError(
+            f"--resume: {args.out} holds {theirs}, a run trained with other --devices / "
+            "--strategy options; resume it with its own"
+        )
+
     def record_valid_error(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)
         x_valid = data.x_valid.to(guide.loc(guide.site_names[0]).device)  # a DDP process's GPU
