@@ -474,7 +474,9 @@ def _train_bbb(
     args: argparse.Namespace,
     max_seconds: float | None,
 ) -> list[dict[str, float]]:
-    ours, theirs = ("checkpoint.pt", "checkpoint.ckpt")[:: -1 if _distributed(args) else 1]
+    ours, theirs = "checkpoint.pt", "checkpoint.ckpt"  # fit's, fit_distributed's
+    if _distributed(args):
+        ours, theirs = theirs, ours
     if args.resume and (args.out / theirs).exists() and not (args.out / ours).exists():
         raise ValueError(
             f"--resume: {args.out} holds {theirs}, a run trained with other --devices / "
