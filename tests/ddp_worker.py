@@ -57,13 +57,17 @@ class Recorder(pl.Callback):
     def __init__(self) -> None:
         self.steps: list[dict[str, Any]] = []
 
-    def on_train_batch_start(self, trainer, pl_module: SVIModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: SVIModule, batch: list[Tensor], batch_idx: int
+    ) -> None:
         x, y = (pl_module.all_gather(t).flatten(0, 1) for t in batch)  # (R * B, ...)
         before = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
         rng = pyro.util.get_rng_state()
         self.steps.append({"x": x, "y": y, "params": before, "rng": rng, "batch_idx": batch_idx})
 
-    def on_before_optimizer_step(self, trainer, pl_module: SVIModule, optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: SVIModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         store = pyro.get_param_store()
         self.steps[-1]["grads"] = {k: v.grad.clone() for k, v in store.named_parameters()}
 

@@ -48,7 +48,9 @@ def ddp_run(tmp_path_factory) -> Path:
     return out
 
 
-def _single_process_gradients(step: dict, n: int, likelihood: bool, elbo: type, num_batches: int):
+def _single_process_gradients(
+    step: dict, n: int, likelihood: bool, elbo: type, num_batches: int
+) -> dict[str, torch.Tensor]:
     """The gradient of one process's loss on the whole global batch of ``step``, from the same
     parameters and RNG state, with the Blundell KL weight of the step's global batch index."""
     model, guide = worker.build(n, likelihood)
