@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from devices import run_processes, visible_gpus
 
 from pyro_dwp.experiments.dwp_classify import (
     EVALUATIONS,
@@ -44,36 +41,11 @@ def _stage(argv: list[object]) -> float:
     return run_stage(argv)[1]
 
 
-def _gpus(device: str) -> int:
-    return torch.cuda.device_count() if device == "cuda" else 0
-
-
-def _run_processes(jobs: list[list[object]], workers: int, gpus: int) -> float:
-    """Run ``pyro-dwp`` argvs as separate processes, ``workers`` at a time, job ``i`` on GPU
-    ``i % gpus`` (``CUDA_VISIBLE_DEVICES``; all devices when ``gpus`` is 0); the wall seconds.
-
-    Raises:
-        RuntimeError: If a process fails (its command and the end of its stderr).
-    """
-
-    def run(i: int) -> None:
-        command = [sys.executable, "-m", "pyro_dwp.cli", *map(str, jobs[i])]
-        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {})}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"stage failed: {' '.join(command)}\n{done.stderr[-2000:]}")
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run, range(len(jobs))))
-    return time.perf_counter() - t0
-
-
 def main(args: argparse.Namespace) -> dict:
     work = Path(args.work_dir)
     common = ["--device", args.device, "--no-progress"]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
-    gpus = _gpus(args.device)
+    gpus = visible_gpus(args.device)
     seconds = {}
     source = work / "source"
     prior = work / args.prior_dir
@@ -85,7 +57,7 @@ def main(args: argparse.Namespace) -> dict:
                 [*base, "--seed", seed, "--num-nets", 1, "--train-only"]
                 for seed in range(args.source_nets)
             ]
-            seconds["source_nets"] = _run_processes(nets, args.workers, gpus)
+            seconds["source_nets"] = run_processes(nets, args.workers, gpus)
         seconds["source"] = _stage([*base, "--num-nets", args.source_nets])
     if "prior" in args.stages:
         base = ["dwp-prior", "--kernels", source, "--steps", args.prior_steps, *common]
@@ -93,7 +65,7 @@ def main(args: argparse.Namespace) -> dict:
         layers = ("conv1", "conv2")
         # one process per layer, each into its own folder; the VAE files are then gathered
         jobs = [[*base, "--out", prior / layer, "--layers", layer] for layer in layers]
-        seconds["prior"] = _run_processes(jobs, len(jobs), gpus)
+        seconds["prior"] = run_processes(jobs, len(jobs), gpus)
         report = {"layers": {}, "recon_over_std": {}, "smoothness": {}}
         for layer in layers:
             part = json.loads((prior / layer / "prior_report.json").read_text())
@@ -137,7 +109,7 @@ def main(args: argparse.Namespace) -> dict:
             for seed in args.seeds
         }
         jobs = [[*argv, out] for out, argv in cells.items()]
-        seconds["classify"] = _run_processes(jobs, args.workers, gpus)
+        seconds["classify"] = run_processes(jobs, args.workers, gpus)
         out_dirs = list(cells)
     cells = [c for d in out_dirs for c in json.loads((d / RESULTS).read_text())["cells"]]
     summary = summarise(cells)

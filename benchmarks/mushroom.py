@@ -12,6 +12,12 @@ seed's regret, the paper's values, the command, date and hardware.
 Example (one GPU)::
 
     python benchmarks/mushroom.py --device cuda --seeds 0 1
+
+With several GPUs the seeds run side by side, one process per seed, seed ``i`` on GPU
+``i % GPUs`` (``--workers``: processes at a time, default the number of visible GPUs; 1 runs
+the seeds one after the other in this process)::
+
+    python benchmarks/mushroom.py --device cuda --seeds 0 1 2 3 4 5 6 7
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from devices import run_processes, visible_gpus
 
 from pyro_dwp.experiments import mushroom
 from pyro_dwp.experiments.mushroom import PAPER_REGRET, PRESETS
@@ -44,11 +51,15 @@ def build_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path("runs/mushroom_benchmark"))
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--workers", type=int, default=None, help="seeds at a time (default: the visible GPUs)"
+    )
     return p
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """One ``pyro-dwp mushroom --preset paper`` run; its result (``regret``, ``seconds``...)."""
+def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
+    """The ``pyro-dwp mushroom --preset paper`` command line of one seed, into
+    ``--work-dir/seed<S>``."""
     out = args.work_dir / f"seed{seed}"
     argv = ["--preset", "paper", "--out", str(out), "--seed", str(seed)]
     argv += ["--steps", str(args.steps), "--device", args.device, "--resume"]
@@ -56,9 +67,26 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         argv += ["--data-dir", str(args.data_dir)]
     if args.no_progress:
         argv.append("--no-progress")
-    parser = argparse.ArgumentParser(prog="pyro-dwp mushroom")
-    mushroom.add_arguments(parser)
-    return mushroom.run(parser.parse_args(argv))
+    return argv
+
+
+def run_seeds(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Each seed's final cumulative regret per agent: in this process, one seed after the other
+    (``workers`` 1), or as processes over the visible GPUs."""
+    gpus = visible_gpus(args.device)
+    workers = args.workers if args.workers is not None else max(1, gpus)
+    if workers == 1:
+        parser = argparse.ArgumentParser(prog="pyro-dwp mushroom")
+        mushroom.add_arguments(parser)
+        return {
+            str(seed): mushroom.run(parser.parse_args(seed_argv(args, seed)))["regret"]
+            for seed in args.seeds
+        }
+    run_processes([["mushroom", *seed_argv(args, seed)] for seed in args.seeds], workers, gpus)
+    return {
+        str(seed): json.loads((args.work_dir / f"seed{seed}" / "regret.json").read_text())["regret"]
+        for seed in args.seeds
+    }
 
 
 def table(result: dict[str, Any]) -> str:
@@ -90,8 +118,10 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_args_parser().parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     t0 = time.perf_counter()
-    per_seed = {str(seed): run_seed(args, seed)["regret"] for seed in args.seeds}
+    per_seed = run_seeds(args)
     agents = list(next(iter(per_seed.values())))
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
     result = {

@@ -24,6 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_dwp.bnn import BNN
+
+try:  # the optional extra pyro-dwp[distributed] (lightning)
+    from pyro_dwp.infer import distributed
+except ImportError as _error:
+    distributed = None
+    _NO_DISTRIBUTED = str(_error)
 from pyro_dwp.data import load_mnist, load_notmnist
 from pyro_dwp.diagnostics import plot_reliability_diagram
 from pyro_dwp.experiments.classification import (
@@ -141,6 +147,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stop training before an epoch that would overrun this; epochs done are recorded",
     )
     add_device_argument(p)
+    p.add_argument("--devices", type=int, default=1, help="BBB: processes (GPUs), data-parallel")
+    p.add_argument("--num-nodes", type=int, default=1, help="BBB: machines, each with --devices")
+    p.add_argument("--strategy", choices=["auto", "ddp"], default="auto", help="BBB: 'ddp' for DDP")
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
     add_resume_argument(p)
     p.add_argument("--seed", type=int, default=0)
@@ -269,6 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.method == "bbb":
         model, guide = build_bbb(config)
         history = _train_bbb(model, guide, data, args, max_seconds)
+        if _global_rank() != 0:
+            return {}  # process 0 evaluates and writes the outputs
         clf = bbb_classifier(model, guide)
         saved = {"config": config, "params": pyro.get_param_store().get_state()}
     else:
@@ -327,6 +338,23 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.max_train_minutes is not None and not args.max_train_minutes > 0:
         raise ValueError(f"--max-train-minutes must be > 0, got {args.max_train_minutes}")
     check_device(args.device)
+    if _distributed(args):
+        if args.method != "bbb" or args.max_train_minutes is not None:
+            raise ValueError("data-parallel training needs --method bbb and no time limit")
+        if distributed is None:
+            raise ValueError(
+                f"--devices and --strategy need pyro-dwp[distributed] ({_NO_DISTRIBUTED})"
+            )
+        distributed.check_distributed_args(args.devices, args.num_nodes, args.strategy, args.device)
+
+
+def _distributed(args: argparse.Namespace) -> bool:
+    return args.devices != 1 or args.num_nodes != 1 or args.strategy == "ddp"
+
+
+def _global_rank() -> int:
+    """This process's rank in a data-parallel run (0 otherwise)."""
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def _config(args: argparse.Namespace, train_size: int) -> dict[str, Any]:
@@ -357,9 +385,21 @@ def _train_bbb(
     args: argparse.Namespace,
     max_seconds: float | None,
 ) -> list[dict[str, float]]:
+    ours, theirs = "checkpoint.pt", "checkpoint.ckpt"  # fit's, fit_distributed's
+    if _distributed(args):
+        ours, theirs = theirs, ours
+    if args.resume and (args.out / theirs).exists() and not (args.out / ours).exists():
+        raise ValueError(
+            f"--resume: {args.out} holds {theirs}, a run trained with other --devices / "
+            "--strategy options; resume it with its own"
+        )
+
     def record_valid_error(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)
-        record["valid_error"] = error_rate(network_logits(net, data.x_valid), data.y_valid)
+        x_valid = data.x_valid.to(guide.loc(guide.site_names[0]).device)  # a DDP process's GPU
+        record["valid_error"] = error_rate(
+            network_logits(net, x_valid), data.y_valid.to(x_valid.device)
+        )
 
     def train(epochs: int, resume: bool) -> list[dict[str, float]]:
         return fit(
@@ -381,6 +421,28 @@ def _train_bbb(
             callback=record_valid_error,
         )
 
+    if _distributed(args):
+        return distributed.fit_distributed(
+            model,
+            guide,
+            data.x_train,
+            data.y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_particles=args.particles,
+            vectorize_particles=True,
+            kl_scheme=args.kl_scheme,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            accelerator=args.device,
+            checkpoint=args.out / "checkpoint.ckpt",
+            resume=args.resume,
+            seed=args.seed,
+            progress=not args.no_progress,
+            callback=record_valid_error,
+        )
     return _train_within(train, args.epochs, args.resume, max_seconds, args.out / "checkpoint.pt")
 
 

@@ -24,6 +24,12 @@ loss, NLL, KL and validation error of the mean network), ``reliability.png``, ``
 config and the fitted Pyro param store, or the baseline's ``state_dict``; reload a BBB run with
 :func:`load_bbb_run`), ``config.json`` and the resumable ``checkpoint.pt``.
 
+Data-parallel BBB: ``--devices N --strategy ddp`` trains on N processes (GPUs with
+``--device cuda``, else CPU processes) with :func:`pyro_dwp.infer.distributed.fit_distributed`
+(needs ``pyro-dwp[distributed]``); ``--batch-size`` is per process, the checkpoint is
+``checkpoint.ckpt`` and process 0 evaluates and writes the outputs. Several nodes: README,
+"Multi-device and multi-node training".
+
 Resume: explicit. ``--resume`` continues the run in ``--out`` from its ``checkpoint.pt`` (up to
 ``--epochs``, which may differ); other settings are refused. Without ``--resume`` the run starts
 afresh and overwrites ``--out``.

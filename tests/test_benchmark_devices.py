@@ -1,0 +1,31 @@
+"""Benchmark grids spread over devices: independent cells as processes, one device each."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+sys.path.insert(0, str(BENCHMARKS))
+
+import mushroom  # noqa: E402  (benchmarks/mushroom.py)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mushroom").is_dir(), reason="no UCI mushroom data")
+def test_mushroom_seeds_as_processes_equal_the_seeds_in_one_process(tmp_path):
+    common = ["--seeds", "0", "1", "--steps", "2", "--data-dir", str(SHARED_DATA), "--no-progress"]
+    runs = {}
+    for workers in ("2", "1"):
+        out = tmp_path / workers
+        argv = [*common, "--workers", workers, "--work-dir", str(out), "--results-dir", str(out)]
+        runs[workers] = mushroom.main(argv)["per_seed"]
+    assert runs["2"] == runs["1"] and runs["1"].keys() == {"0", "1"}
+
+
+def test_mushroom_benchmark_refuses_zero_workers():
+    with pytest.raises(ValueError, match="--workers must be >= 1, got 0"):
+        mushroom.main(["--workers", "0"])
