@@ -18,8 +18,8 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 import pyro_dwp
 from pyro_dwp.cli import main
 from pyro_dwp.diagnostics import to_inference_data
+from pyro_dwp.experiments.mnist import load_bbb_run
 from pyro_dwp.infer import CheckpointError, KLScaleMessenger, kl_weights, predict
-from pyro_dwp.jobs.mnist import load_bbb_run
 
 if os.environ.get("CI") != "true":  # CI installs the dev extra, which has lightning: never skip
     pytest.importorskip("lightning", reason="needs the extra pyro-dwp[distributed] (lightning)")
