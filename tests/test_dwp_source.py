@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pyro_dwp.cli import main
-from pyro_dwp.data import CACHE_ENV_VAR, DATA_ENV_VAR, split_kernels
+from pyro_dwp.data import CACHE_ENV_VAR, DATA_ENV_VAR, random_affine, split_kernels
 from pyro_dwp.experiments import dwp_source
 from pyro_dwp.experiments.dwp_source import CHANCE_ACCURACY, select_kernels
 from pyro_dwp.models import DWPConvNet, conv_layers
@@ -318,3 +318,89 @@ def test_kernel_smoothness_separates_noise_bars_and_checkerboards():
     assert kernel_smoothness(checker * signs) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match=r"\(N, k, k\)"):
         kernel_smoothness(torch.randn(7, 7))
+
+
+# --- options beyond the recipe: the He gauge, augmentation ----------------------------------
+
+
+def test_he_gauge_rescales_each_layer_to_the_target_he_scale_and_keeps_the_shapes(
+    tmp_path, data_dir
+):
+    plain, gauged = tmp_path / "plain", tmp_path / "he"
+    assert main(_tiny(plain, data_dir)) == 0
+    args = [*_tiny(gauged, data_dir), "--kernel-gauge", "he", "--target-channels", "3", "9"]
+    assert main(args) == 0
+    report = json.loads((gauged / "source_report.json").read_text())
+    for layer, fan_in in (("conv1", 1 * 49), ("conv2", 3 * 25)):
+        ours = torch.load(plain / f"kernels_{layer}.pt", weights_only=True)
+        theirs = torch.load(gauged / f"kernels_{layer}.pt", weights_only=True)
+        both = torch.cat([theirs["train"], theirs["test"]])
+        # RMS of the written kernels = He std of the target layer (fan-in = in-channels x k^2)
+        assert both.square().mean().sqrt().item() == pytest.approx((2 / fan_in) ** 0.5, rel=1e-5)
+        factor = report["layers"][layer]["gauge_factor"]
+        assert theirs["provenance"]["gauge_factor"] == factor
+        assert theirs["provenance"]["kernel_gauge"] == "he"
+        assert theirs["provenance"]["target_channels"] == [3, 9]
+        # one factor per layer: the same kernels (same filter, split) times the factor
+        torch.testing.assert_close(theirs["train"], ours["train"] * factor)
+        assert report["layers"][layer]["kept_kernels"]["std"] == pytest.approx(
+            both.std().item(), rel=1e-5
+        )
+    # the gauge acts on the written kernels only: the trained nets are reused as they are
+    assert all(net["resumed"] is False for net in report["nets"])
+    assert main(args) == 0
+    assert all(
+        n["resumed"] for n in json.loads((gauged / "source_report.json").read_text())["nets"]
+    )
+
+
+def test_he_scale_is_the_he_standard_deviation():
+    assert dwp_source.he_scale(7, 1) == pytest.approx((2 / 49) ** 0.5)  # 0.202, the paper's conv1
+    assert dwp_source.he_scale(5, 32) == pytest.approx(0.05)
+
+
+def test_augment_is_a_training_setting_and_old_nets_count_as_not_augmented(
+    tmp_path, data_dir, capsys
+):
+    out = tmp_path / "source"
+    args = _tiny(out, data_dir)
+    assert main(args) == 0
+    plain = torch.load(out / "kernels_conv1.pt", weights_only=True)["train"]
+    # a net saved before --augment existed has no "augment" setting: it is resumed, not refused
+    path = out / "source_nets" / "net_seed0.pt"
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["augment"]
+    torch.save(state, path)
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--augment"]) == 1
+    assert "'augment': (False, True)" in capsys.readouterr().err
+    augmented = tmp_path / "augmented"
+    assert main([*_tiny(augmented, data_dir), "--augment"]) == 0
+    report = json.loads((augmented / "source_report.json").read_text())
+    assert all(net["test_accuracy"] > CHANCE_ACCURACY for net in report["nets"])
+    assert not torch.equal(
+        torch.load(augmented / "kernels_conv1.pt", weights_only=True)["train"], plain
+    )
+
+
+def test_random_affine_identity_shift_determinism_and_bad_input():
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    same = random_affine(images, generator, degrees=0, scale=0, shift=0)
+    torch.testing.assert_close(same, images)
+    a = random_affine(images, torch.Generator().manual_seed(2))
+    b = random_affine(images, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and a.shape == images.shape and not torch.equal(a, images)
+    # a bar moved by at most `shift` pixels (rows) when only shifts are drawn
+    bar = torch.zeros(200, 1, 28, 28)
+    bar[:, :, 14, :] = 1
+    moved = random_affine(bar, torch.Generator().manual_seed(3), degrees=0, scale=0, shift=2)
+    rows = (moved[:, 0, :, 10:18].sum(-1) * torch.arange(28.0)).sum(-1) / moved[:, 0, :, 10:18].sum(
+        (-1, -2)
+    )
+    assert (rows - 14).abs().max() <= 2 + 1e-4 and (rows - 14).abs().max() > 1
+    with pytest.raises(ValueError, match="square images"):
+        random_affine(torch.zeros(2, 28, 28), generator)
+    with pytest.raises(ValueError, match="scale"):
+        random_affine(images, generator, scale=1.5)

@@ -9,6 +9,7 @@ from pyro_dwp.data.images import (
     find_data_dir,
     load_mnist,
     load_notmnist,
+    random_affine,
 )
 from pyro_dwp.data.kernels import kernel_smoothness, kernel_stats, select_kernels, split_kernels
 from pyro_dwp.data.mushroom import MUSHROOM_CONTEXT_DIM, load_mushroom
@@ -28,6 +29,7 @@ __all__ = [
     "load_mushroom",
     "load_notmnist",
     "make_regression_data",
+    "random_affine",
     "select_kernels",
     "split_kernels",
     "true_curve",

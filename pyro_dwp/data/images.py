@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
@@ -42,6 +43,7 @@ __all__ = [
     "find_data_dir",
     "load_mnist",
     "load_notmnist",
+    "random_affine",
 ]
 
 DATA_ENV_VAR = "PYRO_DWP_DATA"
@@ -407,3 +409,45 @@ def _subset_indices(labels: Tensor, n: int, seed: int) -> Tensor:
     by_class = shuffled[torch.argsort(labels[shuffled], stable=True)]  # random within a class
     starts = (counts.cumsum(0) - counts).tolist()
     return torch.cat([by_class[start : start + per_class] for start in starts]).sort().values
+
+
+def random_affine(
+    images: Tensor,
+    generator: torch.Generator,
+    *,
+    degrees: float = 10.0,
+    scale: float = 0.1,
+    shift: float = 2.0,
+) -> Tensor:
+    """Each image under its own random rotation, zoom and translation (bilinear, zero fill).
+
+    Args:
+        images: ``(B, C, H, W)`` with ``H == W``.
+        generator: CPU generator drawing the ``(B, 4)`` parameters (so a seed fixes them on any
+            device).
+        degrees: Rotations are uniform in ``[-degrees, degrees]``.
+        scale: Zoom factors are uniform in ``[1 - scale, 1 + scale]``.
+        shift: Translations are uniform in ``[-shift, shift]`` pixels along each axis.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype and device.
+    """
+    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(
+            f"random_affine expects square images (B, C, H, W), got {tuple(images.shape)}"
+        )
+    if not (degrees >= 0 and 0 <= scale < 1 and shift >= 0):
+        raise ValueError(
+            f"need degrees >= 0, 0 <= scale < 1, shift >= 0; got {degrees}, {scale}, {shift}"
+        )
+    u = torch.rand(len(images), 4, generator=generator, dtype=torch.float64) * 2 - 1
+    angle = u[:, 0] * degrees * torch.pi / 180
+    zoom = 1 + u[:, 1] * scale
+    theta = torch.zeros(len(images), 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = theta[:, 1, 1] = torch.cos(angle) / zoom
+    theta[:, 0, 1] = -torch.sin(angle) / zoom
+    theta[:, 1, 0] = torch.sin(angle) / zoom
+    theta[:, :, 2] = u[:, 2:] * shift * 2 / images.shape[-1]  # pixels -> [-1, 1] coordinates
+    theta = theta.to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

@@ -25,6 +25,7 @@ from pyro_dwp.data import (
     DWP_PIXEL_SCALE,
     kernel_stats,
     load_notmnist,
+    random_affine,
     select_kernels,
     split_kernels,
 )
@@ -34,8 +35,10 @@ from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 __all__ = [
     "CHANCE_ACCURACY",
     "INITS",
+    "KERNEL_GAUGES",
     "L2_PARAMS",
     "add_arguments",
+    "he_scale",
     "l2_penalty",
     "run",
 ]
@@ -58,6 +61,10 @@ INITS: dict[str, Callable[[nn.Module], None]] = {
 }
 """``--net-init`` choices: functions that re-initialise a freshly built net's weights in place."""
 
+
+KERNEL_GAUGES = ("none", "he")
+"""``--kernel-gauge`` choices: the kernels as trained, or each layer's set rescaled to the He
+scale of the target network's layer (:func:`he_scale`)."""
 
 L2_PARAMS = ("conv", "all")
 """``--l2-params`` choices: the conv weights only (the DWP authors') or every parameter."""
@@ -107,6 +114,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=L2_PARAMS,
         default="conv",
         help="which weights --l2 penalises: the conv weights only (default) or all parameters",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="train on randomly rotated (10 degrees), zoomed (10%%) and shifted (2 px) images",
+    )
+    p.add_argument(
+        "--kernel-gauge",
+        choices=KERNEL_GAUGES,
+        default="none",
+        help="rescale each layer's kept kernels by one factor so that their RMS is the He "
+        "scale sqrt(2 / fan-in) of that layer in the target net (he), or keep the trained "
+        "scale (none, default)",
+    )
+    p.add_argument(
+        "--target-channels",
+        type=int,
+        nargs=2,
+        default=[32, 128],
+        metavar=("C1", "C2"),
+        help="channels of the target net whose fan-ins --kernel-gauge he uses (default: the "
+        "paper's 32 / 128)",
     )
     p.add_argument(
         "--pixel-scale",
@@ -218,6 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "excluded_seeds": [r["seed"] for r in records if r["test_accuracy"] <= CHANCE_ACCURACY],
             "test_accuracy": {r["seed"]: r["test_accuracy"] for r in records},
             **settings,
+            "kernel_gauge": args.kernel_gauge,
+            "target_channels": list(args.target_channels),
             "max_kernels": args.max_kernels,
             "test_fraction": args.test_fraction,
             "split_seed": args.seed,
@@ -230,6 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 [net.get_submodule(layer).weight.detach().cpu() for _, net in nets],
                 provenance,
                 _floor(args, i),
+                [1, *args.target_channels][i],
                 args,
             )
             for i, (layer, k) in enumerate(conv_layers(nets[0][1]).items())
@@ -242,6 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # Options that change a trained net (with ``channels`` and ``n_train``): a net trained with
 # others is not reused.
 _SETTINGS = (
+    "augment",
     "bf16",
     "epochs",
     "lr_schedule",
@@ -257,6 +290,9 @@ _SETTINGS = (
 
 # Settings renamed with their options (old -> new), read from the nets of an older run.
 _RENAMED_KEYS = {"init": "net_init"}
+
+# Settings added later, with the value that nets trained before them had.
+_ADDED_KEYS = {"augment": False}
 
 
 def _floor(args: argparse.Namespace, layer_index: int) -> dict[str, float]:
@@ -310,7 +346,10 @@ def _trained_net(
     evaluate and save it; return it (on the CPU) and its report record."""
     if path.is_file():
         state = _load_net_checkpoint(path)
-        state["settings"] = {_RENAMED_KEYS.get(k, k): v for k, v in state["settings"].items()}
+        state["settings"] = {
+            **_ADDED_KEYS,
+            **{_RENAMED_KEYS.get(k, k): v for k, v in state["settings"].items()},
+        }
         if state["settings"] != settings or state["seed"] != seed:
             old = {**state["settings"], "seed": state["seed"]}
             new = {**settings, "seed": seed}
@@ -365,6 +404,14 @@ def l2_penalty(net: nn.Module, params: str) -> Tensor:
     return sum(t.square().sum() for t in _l2_tensors(net, params))
 
 
+def he_scale(kernel_size: int, in_channels: int) -> float:
+    """The He-initialisation standard deviation ``sqrt(2 / fan_in)`` of a convolution with
+    ``in_channels`` inputs and ``kernel_size`` x ``kernel_size`` kernels (fan-in ``in_channels *
+    kernel_size**2``): the weight scale at which a ReLU-family layer keeps the variance of its
+    input."""
+    return math.sqrt(2.0 / (in_channels * kernel_size**2))
+
+
 def _l2_tensors(net: nn.Module, params: str) -> list[Tensor]:
     if params not in L2_PARAMS:
         raise ValueError(f"params must be one of {L2_PARAMS}, got {params!r}")
@@ -393,6 +440,7 @@ def _train(
     )
     decayed = _l2_tensors(net, args.l2_params)  # looked up once, not every step
     generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator().manual_seed(seed + 1)
     losses = []
     bar = tqdm(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
     for _ in bar:
@@ -400,7 +448,7 @@ def _train(
         for idx in torch.randperm(len(x), generator=generator).split(args.batch_size):
             idx = idx.to(device)
             with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
-                logits = net(x[idx])
+                logits = net(random_affine(x[idx], augment_generator) if args.augment else x[idx])
             loss = F.cross_entropy(logits.float(), y[idx])
             if args.l2:
                 loss = loss + args.l2 * sum(t.square().sum() for t in decayed)
@@ -437,11 +485,13 @@ def _write_kernel_set(
     weights: list[Tensor],
     provenance: dict[str, Any],
     floor: dict[str, float],
+    target_in_channels: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Filter (``floor``: :func:`select_kernels`'s rule), cap and split one layer's kernels;
-    write ``kernels_<layer>.pt``; return its summary (with :func:`kernel_stats` of all and of
-    the kept kernels)."""
+    """Filter (``floor``: :func:`select_kernels`'s rule), cap, gauge (``--kernel-gauge``, with
+    the target layer's ``target_in_channels``) and split one layer's kernels; write
+    ``kernels_<layer>.pt``; return its summary (with :func:`kernel_stats` of all kernels as
+    trained and of the kept ones as written, and the ``gauge_factor``)."""
     kernels = torch.cat([w.reshape(-1, kernel_size, kernel_size) for w in weights])
     try:
         keep, threshold = select_kernels(kernels, **floor)
@@ -451,6 +501,12 @@ def _write_kernel_set(
     if len(kept) > args.max_kernels:
         generator = torch.Generator().manual_seed(args.seed)
         kept = kept[torch.randperm(len(kept), generator=generator)[: args.max_kernels]]
+    gauge_factor = 1.0
+    if args.kernel_gauge == "he":
+        gauge_factor = (
+            he_scale(kernel_size, target_in_channels) / kept.square().mean().sqrt().item()
+        )
+        kept = kept * gauge_factor
     train, test = split_kernels(kept, args.test_fraction, args.seed)
     summary = {
         "kernel_size": kernel_size,
@@ -459,6 +515,7 @@ def _write_kernel_set(
         "total": len(kernels),
         "kept_of_total": f"kept {int(keep.sum())} of {len(kernels)}",
         "norm_threshold": threshold,
+        "gauge_factor": gauge_factor,
         "subsampled": len(kept),
         "n_train": len(train),
         "n_test": len(test),
@@ -474,7 +531,10 @@ def _write_kernel_set(
     layer_provenance = {
         **provenance,
         "rule": rule,
-        **{k: summary[k] for k in (*floor, "kept", "total", "kept_of_total", "subsampled")},
+        **{
+            k: summary[k]
+            for k in (*floor, "kept", "total", "kept_of_total", "subsampled", "gauge_factor")
+        },
         "norm_threshold": threshold,
     }
     save_checkpoint(

@@ -11,6 +11,16 @@ conv``: neither the biases nor the classifier are decayed), pixels / 255 (the sa
 ``dwp-classify``'s MNIST), the whole notMNIST training set. A net whose test accuracy is at chance
 (``<= 0.15``) is excluded with a warning.
 
+Options beyond the recipe: ``--augment`` trains on randomly rotated, zoomed and shifted images
+(:func:`~pyro_dwp.data.random_affine`). ``--kernel-gauge he`` multiplies each layer's kept
+kernels by one factor (``gauge_factor`` in the report) so that their RMS is the He scale
+``sqrt(2 / fan-in)`` of that layer in the target network (``--target-channels``, default the
+paper's 32 / 128: 0.202 for conv1, 0.05 for conv2). A LeakyReLU net computes the same function
+when a layer's weights are multiplied by ``c > 0`` and the next layer's divided by it, so the
+scale of trained kernels is set by the training (weight decay and length trade it against the
+unpenalised classifier), not by what they compute; the prior learned from them inherits it, and
+a prior far smaller than the target layer's working scale starves the target network.
+
 Norm filter: the L2 penalty drives the kernels that a net does not use to zero; the public
 kernel sets keep only the upper tail of the norms (hard floors at 0.392 for 7x7 and 0.131 for
 5x5: about 86% of the 7x7 and 8% of the 5x5 kernels). Per layer, either the ``--keep-fraction``
