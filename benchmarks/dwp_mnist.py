@@ -10,6 +10,13 @@ the two kernel VAEs and the classifier cells (one process per (N, seed) and run)
 over the devices, ``--workers`` processes at a time::
 
     python benchmarks/dwp_mnist.py --device cuda --work-dir runs/dwp_mnist --workers 40
+
+The shipped prior's recipe (``pyro_dwp/pretrained/notmnist/metadata.json``; its conv2 VAE had
+8,000 steps) with the grid of ``results/dwp_mnist.md``::
+
+    python benchmarks/dwp_mnist.py --device cuda --workers 16 --source-nets 6 \
+        --source-epochs 50 --source-bf16 --source-gauge he --source-keep-fraction 0.5 0.08 \
+        --prior-steps 10000 --prior-z-dim 8 --prior-augment conv2 --epochs 4000
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ def main(args: argparse.Namespace) -> dict:
     if "source" in args.stages:
         base = ["dwp-source", "--out", source, "--epochs", args.source_epochs, *data, *common]
         base += ["--bf16"] if args.source_bf16 else []
+        base += ["--kernel-gauge", args.source_gauge]
+        base += ["--keep-fraction", *args.source_keep_fraction] if args.source_keep_fraction else []
         if gpus > 1:  # one process per net, spread over the GPUs; then one run writes the sets
             nets = [
                 [*base, "--seed", seed, "--num-nets", 1, "--train-only"]
@@ -61,10 +70,14 @@ def main(args: argparse.Namespace) -> dict:
         seconds["source"] = _stage([*base, "--num-nets", args.source_nets])
     if "prior" in args.stages:
         base = ["dwp-prior", "--kernels", source, "--steps", args.prior_steps, *common]
-        base += ["--augment"] if args.prior_augment else []
+        base += ["--z-dim", args.prior_z_dim] if args.prior_z_dim else []
         layers = ("conv1", "conv2")
         # one process per layer, each into its own folder; the VAE files are then gathered
-        jobs = [[*base, "--out", prior / layer, "--layers", layer] for layer in layers]
+        jobs = [
+            [*base, "--out", prior / layer, "--layers", layer]
+            + (["--augment"] if layer in args.prior_augment else [])
+            for layer in layers
+        ]
         seconds["prior"] = run_processes(jobs, len(jobs), gpus)
         report = {"layers": {}, "recon_over_std": {}, "smoothness": {}}
         for layer in layers:
@@ -181,9 +194,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source-nets", type=int, default=10)
     p.add_argument("--source-epochs", type=int, default=100)
     p.add_argument("--source-bf16", action="store_true", help="dwp-source --bf16")
+    p.add_argument(
+        "--source-gauge", choices=["none", "he"], default="none", help="dwp-source --kernel-gauge"
+    )
+    p.add_argument(
+        "--source-keep-fraction",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("F1", "F2"),
+        help="dwp-source --keep-fraction (default: dwp-source's)",
+    )
     p.add_argument("--prior-dir", default="prior", help="the VAEs' folder in --work-dir")
     p.add_argument("--prior-steps", type=int, default=40_000)
-    p.add_argument("--prior-augment", action="store_true", help="dwp-prior --augment")
+    p.add_argument(
+        "--prior-z-dim", type=int, default=None, help="dwp-prior --z-dim (default: dwp-prior's)"
+    )
+    p.add_argument(
+        "--prior-augment",
+        nargs="+",
+        choices=["conv1", "conv2"],
+        default=[],
+        help="layers whose VAE trains with dwp-prior --augment",
+    )
     p.add_argument("--epochs", type=int, default=10_000, help="per (prior, N, seed) cell")
     p.add_argument("--evaluation", choices=list(EVALUATIONS), default="lrt")
     p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200])
