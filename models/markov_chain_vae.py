@@ -9,7 +9,6 @@ small MLPs of our own choice (the paper gives none).
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -140,18 +139,33 @@ class MarkovChainVAE(nn.Module):
         )
 
     @classmethod
-    def from_kernel_vae(cls, vae: KernelVAE, steps: int, **kwargs: float) -> MarkovChainVAE:
+    def from_kernel_vae(
+        cls,
+        vae: KernelVAE,
+        steps: int,
+        *,
+        transition_hidden: int = 32,
+        init_scale: float = 0.1,
+    ) -> MarkovChainVAE:
         """A chain of ``steps`` new transitions around a trained kernel VAE's networks (copied):
         a warm start whose prior is nearly the deep weight prior of ``vae``.
 
         Args:
             vae: The kernel VAE.
             steps: ``T >= 0``.
-            **kwargs: ``transition_hidden``, ``init_scale``.
+            transition_hidden: Width of the transitions' MLPs.
+            init_scale: Initial scale of every transition.
         """
-        chain = cls(vae.kernel_size, vae.z_dim, vae.hidden, steps, **kwargs)
-        chain.encoder.load_state_dict(copy.deepcopy(vae.encoder.state_dict()))
-        chain.decoder.load_state_dict(copy.deepcopy(vae.decoder.state_dict()))
+        chain = cls(
+            vae.kernel_size,
+            vae.z_dim,
+            vae.hidden,
+            steps,
+            transition_hidden=transition_hidden,
+            init_scale=init_scale,
+        )
+        chain.encoder.load_state_dict(vae.encoder.state_dict())
+        chain.decoder.load_state_dict(vae.decoder.state_dict())
         return chain.to(next(vae.parameters()).device)
 
     def elbo(self, w: Tensor, num_samples: int = 1) -> Tensor:

@@ -58,6 +58,9 @@ def chain_log_weights(
 
     Returns:
         ``(K, ...)``, differentiable.
+
+    Raises:
+        ValueError: If ``reverse`` and ``transitions`` differ in length.
     """
     if len(reverse) != len(transitions):
         raise ValueError(
