@@ -20,7 +20,7 @@ dwp-source`` output (``--kernels DIR`` with ``kernels_conv1.pt``, ``kernels_conv
 kernels of the real comparison).
 
 ``--preset tiny`` (default: N = 50 and 100, one seed, channels 8 / 16, 100 epochs, 100 VAE
-steps on 256 kernels per layer, 500 test images, K = 100) takes about 10 minutes on 2 busy CPU
+steps on 256 kernels per layer, 500 test images, K = 100) takes about 13 minutes on 2 busy CPU
 cores and only shows the pipeline at work, not the paper's regime; ``--preset gpu`` is the
 comparison the issue asks for (N = 50 and 100, 3 seeds, channels 32 / 128, 1,000 epochs, 20,000
 VAE steps on 20,000 kernels per layer, K = 1,000), for ``--device cuda``::
