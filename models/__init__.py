@@ -2,14 +2,17 @@
 
 from .dwp_cnn import DWPConvNet, conv_layers
 from .kernel_vae import KernelDecoder, KernelEncoder, KernelVAE, load_kernel_vae, save_kernel_vae
+from .markov_chain_vae import GaussianTransition, MarkovChainVAE
 from .mlp import mlp
 from .sparse import SparseLinear
 
 __all__ = [
     "DWPConvNet",
+    "GaussianTransition",
     "KernelDecoder",
     "KernelEncoder",
     "KernelVAE",
+    "MarkovChainVAE",
     "SparseLinear",
     "conv_layers",
     "load_kernel_vae",

@@ -2,13 +2,16 @@
 reparameterisations.
 
 Modules that build on the guides are imported by path: :mod:`pyro_dwp.infer.pruning`
-(signal-to-noise pruning) and :mod:`pyro_dwp.infer.dwp_gap` (the auxiliary bound's gap).
+(signal-to-noise pruning), :mod:`pyro_dwp.infer.dwp_gap` (the auxiliary bound's gap),
+:mod:`pyro_dwp.infer.markov_chain_reparam` and :mod:`pyro_dwp.infer.markov_chain_gap` (the
+Markov-chain prior's reparameterisation and bound gap).
 """
 
 from .fit import CheckpointError, fit, load_checkpoint, save_checkpoint
 from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
 from .local_reparam import LocalReparameterizationMessenger
+from .markov_chain_vae import fit_markov_chain_vae
 from .optim import JointAdam
 from .predict import predict
 from .reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
@@ -23,6 +26,7 @@ __all__ = [
     "dihedral_augment",
     "fit",
     "fit_kernel_vae",
+    "fit_markov_chain_vae",
     "kl_weights",
     "latent_site_name",
     "load_checkpoint",

@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_dwp.models.kernel_vae import KernelVAE, check_kernel_shape
+from pyro_dwp.models.markov_chain_vae import MarkovChainVAE
 
 __all__ = ["dihedral_augment", "fit_kernel_vae"]
 
@@ -29,7 +30,7 @@ def dihedral_augment(w: Tensor) -> Tensor:
 
 
 def fit_kernel_vae(
-    vae: KernelVAE,
+    vae: KernelVAE | MarkovChainVAE,
     train_kernels: Tensor,
     valid_kernels: Tensor | None,
     *,
@@ -43,7 +44,8 @@ def fit_kernel_vae(
     valid_samples: int = 4,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a :class:`KernelVAE` on a set of kernels, as in Section 3.3 / Appendix D.
+    """Train a :class:`KernelVAE` (or a ``MarkovChainVAE``) on a set of kernels, as in Section
+    3.3 / Appendix D.
 
     Adam on the summed negative ELBO of each minibatch, the learning rate decayed linearly to 0
     over all steps. The length is ``epochs`` passes over ``train_kernels`` or, with ``steps``,
