@@ -15,7 +15,7 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.autoguide.utils import deep_setattr
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch import Tensor
 
 from .initialization import init_to_module
@@ -92,7 +92,11 @@ class BBBNormal(AutoGuide):
     Its parameters live in Pyro's param store under ``f"{type name}.locs.{site}"`` and
     ``f"{type name}.scales.{site}"``. A new guide, on its first call, replaces values an earlier
     guide left there under the same names (with a warning): call ``pyro.clear_param_store()``
-    before building a new model and guide.
+    before building a new model and guide. The accessors (:meth:`loc`, :meth:`scale`,
+    :meth:`rho`, :meth:`median`, :meth:`signal_to_noise`) read the param store too, through the
+    guide's Pyro context (``pyro.nn.pyro_method``): values put there after the guide's last call
+    (``set_state`` by a load or a resume) are the ones they return, not the copies the guide's
+    modules kept from that call.
 
     Subclasses change the scale parameterisation by overriding :attr:`scale_constraint`, whose
     ``biject_to`` transform maps the optimised unconstrained parameter to ``sigma`` (see
@@ -151,16 +155,20 @@ class BBBNormal(AutoGuide):
         self._check_ready()
         return list(self._event_dims)
 
+    @pyro_method
     def loc(self, name: str) -> Tensor:
-        """Posterior mean ``mu`` of site ``name`` (same shape as the site)."""
+        """Posterior mean ``mu`` of site ``name`` (same shape as the site), as held by the param
+        store."""
         self._check_ready(name)
         return attrgetter(name)(self.locs)
 
+    @pyro_method
     def scale(self, name: str) -> Tensor:
         """Posterior standard deviation ``sigma = softplus(rho)`` of site ``name``."""
         self._check_ready(name)
         return attrgetter(name)(self.scales)
 
+    @pyro_method
     def rho(self, name: str) -> Tensor:
         """The unconstrained scale parameter of site ``name``, the one actually optimised.
 

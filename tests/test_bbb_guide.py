@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
 from torch import nn
+from torch.distributions import transform_to
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.guides import BBBNormal
+from pyro_dwp.guides import BBBNormal, LogVarianceNormal
+from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.infer import fit
 from pyro_dwp.likelihoods import Gaussian
 
@@ -144,3 +146,31 @@ def test_a_second_guide_gets_its_own_parameters():
         guide(x, y)
     torch.testing.assert_close(guide.loc("0.weight"), model.net[0].weight, rtol=0, atol=0)
     torch.testing.assert_close(guide.scale("0.weight"), torch.full((4, 1), 0.01))
+
+
+@pytest.mark.parametrize("guide_class", [BBBNormal, LogVarianceNormal, TruncatedAlphaNormal])
+def test_accessors_read_the_param_store_after_its_values_are_replaced(guide_class):
+    """``loc``, ``scale``, ``rho``, ``median`` and ``signal_to_noise`` return the param store's
+    values, also when those were replaced after the guide's last call (``set_state``, as a load
+    or a resume does), not the copies the guide's modules kept from that call."""
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    guide = guide_class(BNN(net, dist.Normal(0.0, 1.0), Gaussian(10, 0.1)))
+    guide(torch.zeros(1, 2), torch.zeros(1, 1))
+    store = pyro.get_param_store()
+    state = store.get_state()
+    new = {k: torch.randn_like(v) for k, v in state["params"].items()}
+    store.set_state({**state, "params": new})
+    to_scale = transform_to(guide_class.scale_constraint)
+    for name in guide.site_names:
+        loc, rho = (
+            new[f"{guide_class.__name__}.locs.{name}"],
+            new[f"{guide_class.__name__}.scales.{name}"],
+        )
+        assert torch.equal(guide.loc(name), loc)
+        assert torch.equal(guide.rho(name), rho)
+        assert torch.equal(guide.median()[name], loc)
+        if guide_class is not TruncatedAlphaNormal:  # its scale is sqrt(alpha) |mu|
+            assert torch.equal(guide.scale(name), to_scale(rho))
+            assert torch.equal(guide.signal_to_noise()[name], loc.abs() / to_scale(rho))
+        else:
+            assert torch.equal(guide.alpha(name), to_scale(rho))

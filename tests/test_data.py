@@ -28,6 +28,7 @@ from pyro_dwp.data import (
     load_mnist,
     load_notmnist,
     make_regression_data,
+    noise_in_y,
     true_curve,
 )
 
@@ -317,6 +318,21 @@ def test_make_regression_data() -> None:
     assert torch.equal(y0, true_curve(x0))
     residual = y - true_curve(x)
     assert 0.0 < residual.abs().mean() < 0.2
+
+
+def test_noise_in_y_is_the_data_noise_around_the_curve() -> None:
+    """The noise inside the curve, ``y = f(x + e)``, gives ``y`` a noise of RMS 0.063 (not the
+    0.02 of ``e``); ``noise_in_y`` is what the data show, in closed form to first order."""
+    x, y = make_regression_data(200_000, seed=0)
+    empirical = float((y - true_curve(x)).square().mean().sqrt())
+    assert noise_in_y() == pytest.approx(empirical, rel=0.02)
+    assert noise_in_y() == pytest.approx(0.02 * math.sqrt(1 + 0.9 * math.pi**2), rel=1e-4)
+    assert noise_in_y(noise_std=0.0) == 0.0
+    x, y = make_regression_data(200_000, low=0.1, high=0.2, noise_std=0.01, seed=1)
+    empirical = float((y - true_curve(x)).square().mean().sqrt())
+    assert noise_in_y(low=0.1, high=0.2, noise_std=0.01) == pytest.approx(empirical, rel=0.05)
+    with pytest.raises(ValueError, match="low < high"):
+        noise_in_y(low=0.5, high=0.5)
 
 
 @pytest.mark.parametrize(

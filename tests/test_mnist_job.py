@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
+from pyro_dwp.experiments.mnist import load_bbb_run
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
@@ -104,3 +106,31 @@ def test_prune_job_rejects_baselines_and_bad_fractions(tmp_path: Path, capsys) -
     assert "[0, 1)" in capsys.readouterr().err
     assert main(["prune", "--run", str(tmp_path / "nothing")]) == 1
     assert "no model.pt" in capsys.readouterr().err
+
+
+def test_prune_at_zero_reproduces_the_run_from_its_saved_parameters(tmp_path: Path) -> None:
+    """Reloading a run gives exactly its saved parameters, so pruning nothing gives the run's own
+    test metrics: the same mean network (same error and NLL) and an ensemble of the same
+    posterior (other weight draws)."""
+    run = tmp_path / "run"
+    assert (
+        main(
+            ["mnist", "--method", "bbb", "--out", str(run), *TINY, "--epochs", "2", "--lr", "0.01"]
+        )
+        == 0
+    )
+    saved = torch.load(run / "model.pt", weights_only=False)["params"]["params"]
+    _, _, guide = load_bbb_run(run)
+    for name in guide.site_names:
+        assert torch.equal(guide.loc(name), saved[f"BBBNormal.locs.{name}"]), name
+        assert torch.equal(guide.rho(name), saved[f"BBBNormal.scales.{name}"]), name
+    assert main(["prune", "--run", str(run), "--fractions", "0.5"]) == 0
+    unpruned = json.loads((run / "prune" / "pruning.json").read_text())["rows"][0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert unpruned["fraction"] == 0.0
+    assert unpruned["test_error_mean"] == metrics["test_error_mean"]
+    assert unpruned["test_nll_mean"] == pytest.approx(metrics["test_nll_mean"], rel=1e-6)
+    assert unpruned["test_error_ensemble"] == pytest.approx(
+        metrics["test_error_ensemble"], abs=0.02
+    )
+    assert unpruned["test_nll_ensemble"] == pytest.approx(metrics["test_nll_ensemble"], rel=0.02)

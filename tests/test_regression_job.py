@@ -89,11 +89,11 @@ def test_regression_job_can_learn_the_noise(tmp_path):
 def test_regression_job_records_its_settings_and_refuses_to_overwrite_other_ones(tmp_path, capsys):
     assert main(["regression", "--out", str(tmp_path), *TINY]) == 0
     settings = json.loads((tmp_path / "metrics.json").read_text())["settings"]
-    assert settings["lr"] == 2e-2 and settings["hidden"] == [8] and settings["epochs"] == 3
+    assert settings["lr"] == 1e-2 and settings["hidden"] == [8] and settings["epochs"] == 3
     capsys.readouterr()
     assert main(["regression", "--out", str(tmp_path), *TINY, "--lr", "0.05"]) == 1
     err = capsys.readouterr().err
-    assert "finished run with other settings (--lr: 0.02 -> 0.05)" in err
+    assert "finished run with other settings (--lr: 0.01 -> 0.05)" in err
     assert json.loads((tmp_path / "metrics.json").read_text())["settings"] == settings
 
 
@@ -103,7 +103,7 @@ def test_regression_job_resume_with_another_lr_is_refused(tmp_path, capsys):
     assert main(args) == 0
     (tmp_path / "run" / "metrics.json").unlink()  # as if killed before the end
     assert main([*args, "--epochs", "5", "--resume", "--lr", "0.05"]) == 1
-    assert "optim.args.lr: 0.02 -> 0.05" in capsys.readouterr().err
+    assert "optim.args.lr: 0.01 -> 0.05" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_version(capsys):
 @pytest.mark.parametrize(
     "job,option",
     [
-        ("regression", r"--epochs EPOCHS\s+\(default: 1500\)"),
+        ("regression", r"--epochs EPOCHS\s+\(default: 3000\)"),
         ("mnist", r"--seed SEED\s+\(default: 0\)"),
         ("prune", r"--device \{cpu,cuda\}\s+where to compute \(default: cpu\)"),
         ("dwp-classify", r"--n-train N_TRAIN \[N_TRAIN \.\.\.\]\s+\(default: \[50, 100,"),

@@ -12,6 +12,7 @@ from torch import nn
 
 import pyro_dwp
 from pyro_dwp import BNN, Gaussian
+from pyro_dwp.diagnostics import to_inference_data
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import fit, predict
@@ -82,3 +83,35 @@ def test_bad_files_are_clear_errors(tmp_path):
     pyro.clear_param_store()
     with pytest.raises(ValueError, match="param store is empty"):
         pyro_dwp.save(tmp_path / "empty.pt", model, guide)
+
+
+def test_a_guide_loaded_into_the_store_saves_and_loads_its_store_values(tmp_path):
+    """A guide set up, then given a fitted run's values through the param store (as
+    ``load_bbb_run`` or a resume does), saves those values, and ``load`` gives them back exactly:
+    through the guide's accessors, ``predict`` and ``to_inference_data``."""
+    model, guide = _fitted()
+    fitted = {
+        k: v.detach().clone() for k, v in pyro.get_param_store().get_state()["params"].items()
+    }
+    pyro.set_rng_seed(3)
+    expected = predict(model, guide, X, num_samples=4)
+    pyro.set_rng_seed(3)
+    expected_idata = to_inference_data(model, guide, X, Y, num_samples=4)
+    pyro.clear_param_store()
+    torch.manual_seed(1)
+    model2, guide2 = _fitted()  # other values, then the fitted ones through the store
+    store = pyro.get_param_store()
+    store.set_state({**store.get_state(), "params": {k: v.clone() for k, v in fitted.items()}})
+    pyro_dwp.save(tmp_path / "model.pt", model2, guide2)
+    pyro.clear_param_store()
+    model3, guide3 = pyro_dwp.load(tmp_path / "model.pt")
+    for name in guide3.site_names:
+        assert torch.equal(guide3.loc(name), fitted[f"BBBNormal.locs.{name}"]), name
+        assert torch.equal(guide3.rho(name), fitted[f"BBBNormal.scales.{name}"]), name
+    pyro.set_rng_seed(3)
+    got = predict(model3, guide3, X, num_samples=4)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    pyro.set_rng_seed(3)
+    idata = to_inference_data(model3, guide3, X, Y, num_samples=4)
+    for group in ("posterior", "log_likelihood", "constant_data"):
+        assert idata[group].equals(expected_idata[group]), group

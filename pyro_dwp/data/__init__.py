@@ -13,7 +13,7 @@ from pyro_dwp.data.images import (
 )
 from pyro_dwp.data.kernels import kernel_smoothness, kernel_stats, select_kernels, split_kernels
 from pyro_dwp.data.mushroom import MUSHROOM_CONTEXT_DIM, load_mushroom
-from pyro_dwp.data.regression import curve, make_regression_data, true_curve
+from pyro_dwp.data.regression import curve, make_regression_data, noise_in_y, true_curve
 
 __all__ = [
     "BBB_PIXEL_SCALE",
@@ -29,6 +29,7 @@ __all__ = [
     "load_mushroom",
     "load_notmnist",
     "make_regression_data",
+    "noise_in_y",
     "random_affine",
     "select_kernels",
     "split_kernels",

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.data import make_regression_data, true_curve
+from pyro_dwp.data import make_regression_data, noise_in_y, true_curve
 from pyro_dwp.diagnostics import to_inference_data
 from pyro_dwp.experiments.prior_recipes import (
     PRIOR_RECIPES,
@@ -40,6 +40,7 @@ from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
 
 __all__ = [
+    "NOISE",
     "add_arguments",
     "band_coverage",
     "band_metrics",
@@ -48,6 +49,9 @@ __all__ = [
     "sigma_from_neg_log",
 ]
 
+NOISE = round(noise_in_y(), 3)
+"""Default likelihood noise: the RMS noise in ``y`` of the training data (0.063), not the 0.02 of
+the ``epsilon`` inside the curve."""
 # Options that do not change the result (where it goes, how it is shown, where it runs).
 _NOT_SETTINGS = ("out", "resume", "no_progress", "device", "run", "job")
 # Settings renamed with their options (old -> new), read from the metrics of an older run.
@@ -60,14 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out_argument(p, "explicit")
     p.add_argument("--n-train", type=int, default=1000, help="training points in [0, 0.5]")
     p.add_argument("--hidden", type=int, nargs="+", default=[50, 50], help="hidden layer sizes")
-    p.add_argument("--epochs", type=int, default=1500)
+    p.add_argument("--epochs", type=int, default=3000)
     p.add_argument(
         "--batch-size",
         type=int,
         default=1000,
         help="minibatch size (default: the full training set, the steadiest)",
     )
-    p.add_argument("--lr", type=float, default=2e-2)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument(
         "--prior",
         choices=prior_names("bbb"),
@@ -83,8 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--noise",
         type=float,
-        default=0.02,
-        help="fixed likelihood noise std (default 0.02, the data's noise level)",
+        default=NOISE,
+        help=f"fixed likelihood noise std (default {NOISE}: the data's noise level in y, "
+        "pyro_dwp.data.noise_in_y; their points are y = f(x + e), e ~ N(0, 0.02^2))",
     )
     p.add_argument(
         "--learn-noise",
