@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
 TINY += ["--test-samples", "4", "--data-dir", str(SHARED_DATA), "--no-progress"]
 METRICS = (
@@ -31,10 +31,7 @@ FILES = (
     "checkpoint.pt",
 )
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "notmnist").is_dir(),
-    reason=f"the bundled MNIST/notMNIST files are not in {SHARED_DATA}",
-)
+pytestmark = needs_shared_data("mnist", "notmnist")
 
 
 @pytest.fixture(autouse=True)
