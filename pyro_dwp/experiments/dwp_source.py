@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pyro_dwp.data import (
     DWP_PIXEL_SCALE,
@@ -28,7 +27,13 @@ from pyro_dwp.data import (
     select_kernels,
     split_kernels,
 )
-from pyro_dwp.io import add_device_argument, check_device, read_torch_file, save_checkpoint
+from pyro_dwp.io import (
+    add_device_argument,
+    check_device,
+    progress_bar,
+    read_torch_file,
+    save_checkpoint,
+)
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
 __all__ = [
@@ -394,7 +399,7 @@ def _train(
     decayed = _l2_tensors(net, args.l2_params)  # looked up once, not every step
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    bar = tqdm(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
+    bar = progress_bar(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
     for _ in bar:
         total = torch.zeros((), device=device)
         for idx in torch.randperm(len(x), generator=generator).split(args.batch_size):

@@ -5,7 +5,8 @@ Modules that build on the guides are imported by path: :mod:`pyro_dwp.infer.prun
 (signal-to-noise pruning) and :mod:`pyro_dwp.infer.dwp_gap` (the auxiliary bound's gap).
 """
 
-from .fit import CheckpointError, fit, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .fit import SVITrainer, fit, save_checkpoint
 from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
 from .local_reparam import LocalReparameterizationMessenger
@@ -14,12 +15,14 @@ from .predict import predict
 from .reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
 
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
     "DeepWeightPriorReparam",
     "DeepWeightPriorStrategy",
     "JointAdam",
     "KLScaleMessenger",
     "LocalReparameterizationMessenger",
+    "SVITrainer",
     "dihedral_augment",
     "fit",
     "fit_kernel_vae",

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pyro_dwp.io import progress_bar
 from pyro_dwp.models.kernel_vae import KernelVAE, check_kernel_shape
 
 __all__ = ["dihedral_augment", "fit_kernel_vae"]
@@ -111,7 +111,7 @@ def fit_kernel_vae(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
     history: dict[str, Any] = {"train_elbo": [], "valid_elbo": []}
     best, best_state = -math.inf, None
-    for epoch in tqdm(range(epochs), desc="kernel VAE", disable=not progress):
+    for epoch in progress_bar(range(epochs), desc="kernel VAE", disable=not progress):
         epoch_sum = torch.zeros((), device=device)
         for idx in torch.randperm(len(train), device=device).split(batch_size):
             w = dihedral_augment(train[idx]) if augment else train[idx]
