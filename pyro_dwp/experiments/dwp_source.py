@@ -27,6 +27,7 @@ from pyro_dwp.data import (
     select_kernels,
     split_kernels,
 )
+from pyro_dwp.infer.steps import AdamSteps
 from pyro_dwp.io import (
     add_device_argument,
     check_device,
@@ -390,12 +391,9 @@ def _train(
     linearly to 0 over all steps (``--lr-schedule linear``) or constant; the mean loss of each
     epoch."""
     x, y = x.to(device), y.to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     total_steps = args.epochs * math.ceil(len(x) / args.batch_size)
-    decay = args.lr_schedule == "linear"
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1 - step / total_steps if decay else 1.0
-    )
+    decay = total_steps if args.lr_schedule == "linear" else None
+    steps = AdamSteps(net.parameters(), args.lr, decay_steps=decay)
     decayed = _l2_tensors(net, args.l2_params)  # looked up once, not every step
     generator = torch.Generator().manual_seed(seed)
     losses = []
@@ -409,10 +407,7 @@ def _train(
             loss = F.cross_entropy(logits.float(), y[idx])
             if args.l2:
                 loss = loss + args.l2 * sum(t.square().sum() for t in decayed)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            steps.step(loss)
             total += loss.detach() * len(idx)
         losses.append(total.item() / len(x))
         if not math.isfinite(losses[-1]):

@@ -50,6 +50,7 @@ from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import Checkpoint, fit, load_checkpoint
 from pyro_dwp.infer.pruning import posterior_mean_network
+from pyro_dwp.infer.steps import AdamSteps
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -453,7 +454,7 @@ def _train_baseline(
     x, y = data.x_train, data.y_train
     n = len(x)
     num_batches = math.ceil(n / args.batch_size)
-    optim = torch.optim.Adam(net.parameters(), lr=args.lr)
+    steps = AdamSteps(net.parameters(), args.lr)
     shuffle = torch.Generator().manual_seed(args.seed)
     checkpoint = Checkpoint(
         args.out / "checkpoint.pt", device=x.device, generators={"shuffle": shuffle}
@@ -466,7 +467,7 @@ def _train_baseline(
         if resume and checkpoint.exists():
             state = checkpoint.load(fingerprint)
             net.load_state_dict(state["state_dict"])
-            optim.load_state_dict(state["optim"])
+            steps.optimizer.load_state_dict(state["optim"])
             checkpoint.restore_rng(state)
             history, start = state["history"], state["epoch"]
         else:
@@ -482,9 +483,7 @@ def _train_baseline(
             for i in range(num_batches):
                 idx = order[i * args.batch_size : (i + 1) * args.batch_size]
                 loss = F.cross_entropy(net(x[idx]), y[idx])
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
+                steps.step(loss)
                 loss_sum += loss.detach()
             nll = float(loss_sum) / num_batches * n  # full-data NLL, on the scale of BBB's
             if not math.isfinite(nll):
@@ -503,7 +502,7 @@ def _train_baseline(
                 fingerprint,
                 history,
                 state_dict=net.state_dict(),
-                optim=optim.state_dict(),
+                optim=steps.optimizer.state_dict(),
             )
         return history
 
