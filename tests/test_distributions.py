@@ -192,14 +192,19 @@ def test_log_prob_matches_reference(name):
     torch.testing.assert_close(d.log_prob(samples), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", PROPER)
+def _has_moments(name: str) -> bool:
+    try:
+        _ = CASES[name].build().variance
+    except NotImplementedError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", [n for n in PROPER if _has_moments(n)])
 def test_sample_moments(name):
     """Sample mean and variance against ``mean`` / ``variance`` where the class defines them."""
     d = CASES[name].build()
-    try:
-        mean, variance = d.mean, d.variance
-    except NotImplementedError:
-        pytest.skip(f"{type(d).__name__} defines no mean / variance")
+    mean, variance = d.mean, d.variance
     samples = d.sample((NUM_SAMPLES,))
     se = (variance / NUM_SAMPLES).sqrt()
     assert ((samples.mean(0) - mean).abs() <= 5 * se).all()
