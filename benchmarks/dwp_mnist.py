@@ -102,6 +102,7 @@ def main(args: argparse.Namespace) -> dict:
             args.epochs,
             "--evaluation",
             args.evaluation,
+            *_classify_options(args),
             *extra,
             *data,
             *common,
@@ -147,6 +148,17 @@ def main(args: argparse.Namespace) -> dict:
     (out / "dwp_mnist.md").write_text(_markdown(result, summary))
     plot_figure2(out / "dwp_mnist_figure2.png", summary)
     return result
+
+
+def _classify_options(args: argparse.Namespace) -> list[object]:
+    """The ``dwp-classify`` options given on this command line (``--n-test``, ``--test-samples``,
+    ``--channels``); those left out keep the job's defaults."""
+    argv: list[object] = []
+    for key in ("n_test", "test_samples", "channels"):
+        value = getattr(args, key)
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", *(value if isinstance(value, list) else [value])]
+    return argv
 
 
 def _markdown(result: dict, summary: dict) -> str:
@@ -221,6 +233,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--evaluation", choices=list(EVALUATIONS), default="lrt")
     p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n-test", type=int, default=None, help="dwp-classify --n-test (all)")
+    p.add_argument("--test-samples", type=int, default=None, help="dwp-classify --test-samples")
+    p.add_argument("--channels", type=int, nargs=2, default=None, help="dwp-classify --channels")
     p.add_argument(
         "--dwp-init", choices=["module", "dwp"], default="dwp", help="the DWP prior's q means"
     )

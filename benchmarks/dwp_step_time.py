@@ -143,14 +143,15 @@ def main(args: argparse.Namespace) -> dict:
         "ratio_dwp_to_normal": median["dwp"] / median["normal"],
         "prior_networks_ms": _time_networks(device, channels, args.steps),
     }
-    _write(result)
+    _write(result, Path(args.results_dir))
     print(json.dumps(result, indent=2))
     return result
 
 
-def _write(result: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "dwp_step_time.json"
+def _write(result: dict, results: Path) -> None:
+    """Merge ``result`` (one device) into ``results/dwp_step_time.{json,md}``."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "dwp_step_time.json"
     runs = json.loads(path.read_text()) if path.exists() else {}
     runs[result["device"].split(" ")[0]] = result
     path.write_text(json.dumps(runs, indent=2) + "\n")
@@ -175,7 +176,7 @@ def _write(result: dict) -> None:
     for r in runs.values():
         cells = " | ".join(f"{v:.1f}" for v in r["prior_networks_ms"].values())
         lines.append(f"| {r['device']} | {cells} |")
-    (RESULTS / "dwp_step_time.md").write_text("\n".join(lines) + "\n")
+    (results / "dwp_step_time.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
@@ -187,4 +188,5 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--channels", type=int, nargs=2, default=[32, 128])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--results-dir", default=str(RESULTS))
     main(parser.parse_args())

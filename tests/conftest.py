@@ -1,10 +1,76 @@
-"""Shared test fixtures: every test starts seeded and with an empty Pyro param store."""
+"""Shared test fixtures and helpers.
+
+- Every test starts seeded and with an empty Pyro param store (autouse fixture).
+- Real data: ``SHARED_DATA`` is ``../shared/data`` beside the repository. A test that needs it
+  carries ``@pytest.mark.shared_data("mnist", ...)`` (paths under ``SHARED_DATA``) or
+  :func:`needs_shared_data`; a missing path skips the test, except under ``CI=true``, where it
+  fails it (CI must not pass by skipping the real-data tests).
+- Command lines: :func:`options` turns keywords into ``--option value`` lists, :func:`data_args`
+  the data folder's options.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pyro
 import pytest
 import torch
 
 from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root."""
+SHARED_DATA = ROOT.parent / "shared" / "data"
+"""The bundled data sets (``mnist/``, ``notmnist/``, ``mushroom/``), beside the repository."""
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def in_ci() -> bool:
+    """Whether the suite runs in CI (``CI`` set to anything but empty, ``0`` or ``false``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def needs_shared_data(*paths: str) -> pytest.MarkDecorator:
+    """The mark of a test that reads ``paths`` (folders or files) under :data:`SHARED_DATA`."""
+    return pytest.mark.shared_data(*paths)
+
+
+def missing_shared_data(paths: tuple[str, ...]) -> list[str]:
+    """Those of ``paths`` (under :data:`SHARED_DATA`) that do not exist."""
+    return [p for p in paths if not (SHARED_DATA / p).exists()]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (locally) or fail (in CI) a ``shared_data`` test whose files are missing."""
+    paths = tuple(p for mark in item.iter_markers("shared_data") for p in mark.args)
+    missing = missing_shared_data(paths)
+    if missing:
+        reason = f"missing under {SHARED_DATA}: {', '.join(missing)}"
+        if in_ci():
+            pytest.fail(f"CI needs the bundled data; {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+def options(**values: object) -> list[str]:
+    """``--name value`` per keyword (``n_train=200`` -> ``["--n-train", "200"]``): a list or
+    tuple gives several values, ``True`` a bare flag, ``None`` or ``False`` nothing."""
+    argv: list[str] = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list | tuple):
+            argv += [flag, *map(str, value)]
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return argv
+
+
+def data_args() -> list[str]:
+    """``["--data-dir", SHARED_DATA]``: the jobs' and benchmarks' data option."""
+    return ["--data-dir", str(SHARED_DATA)]
 
 
 @pytest.fixture(autouse=True)

@@ -6,16 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_shared_data
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 sys.path.insert(0, str(BENCHMARKS))
 
 import mushroom  # noqa: E402  (benchmarks/mushroom.py)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mushroom").is_dir(), reason="no UCI mushroom data")
+@needs_shared_data("mushroom")
 def test_mushroom_seeds_as_processes_equal_the_seeds_in_one_process(tmp_path):
     common = ["--seeds", "0", "1", "--steps", "2", "--data-dir", str(SHARED_DATA), "--no-progress"]
     runs = {}

@@ -5,16 +5,14 @@ recorded under the old names still resume."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import build_parser, main
 from pyro_dwp.experiments.dwp_classify import load_results
 from pyro_dwp.experiments.mnist import upgrade_config
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # The options each job needs to parse at all.
 REQUIRED = {
@@ -95,10 +93,7 @@ def test_configs_recorded_under_old_option_names_are_read_under_the_new_ones(tmp
         load_results(path, {**config, "guide_init": "module"}, {})
 
 
-@pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "notmnist").is_dir(),
-    reason=f"the bundled MNIST/notMNIST files are not in {SHARED_DATA}",
-)
+@needs_shared_data("mnist", "notmnist")
 def test_mnist_run_recorded_under_old_option_names_resumes_and_prunes(tmp_path):
     tiny = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
     tiny += ["--test-samples", "2", "--data-dir", str(SHARED_DATA), "--no-progress"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_label_file
 
@@ -32,7 +33,6 @@ from pyro_dwp.data import (
     true_curve,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GZ_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -56,10 +56,7 @@ DECOMPRESSED_MD5 = {
 }
 MAX_PIXEL = 255 / 126
 
-needs_data = pytest.mark.skipif(
-    not all((SHARED_DATA / d / f).is_file() for d in ("mnist", "notmnist") for f in GZ_FILES),
-    reason=f"the bundled MNIST/notMNIST files are not in {SHARED_DATA}",
-)
+needs_data = needs_shared_data(*(f"{d}/{f}" for d in ("mnist", "notmnist") for f in GZ_FILES))
 
 
 @pytest.fixture(autouse=True)

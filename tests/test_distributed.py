@@ -13,6 +13,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyro_dwp
@@ -25,7 +26,7 @@ if os.environ.get("CI") != "true":  # CI installs the dev extra, which has light
     pytest.importorskip("lightning", reason="needs the extra pyro-dwp[distributed] (lightning)")
 
 import ddp_worker as worker  # noqa: E402  (tests/ is on sys.path, as for conftest)
-from test_mnist_job import SHARED_DATA, TINY  # noqa: E402
+from test_mnist_job import TINY  # noqa: E402
 
 from pyro_dwp.infer.distributed import fit_distributed, load_distributed_checkpoint  # noqa: E402
 
@@ -170,7 +171,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         fit_distributed(model, guide, x, y, epochs=2, batch_size=3, resume=True, **options)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST in {SHARED_DATA}")
+@needs_shared_data("mnist")
 def test_mnist_job_trains_on_two_processes(tmp_path, capsys):
     args = ["mnist", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path), *TINY]
     done = subprocess.run(
@@ -202,7 +203,7 @@ def test_mnist_job_refuses_bad_distributed_options(options, match, tmp_path, cap
     assert match in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST in {SHARED_DATA}")
+@needs_shared_data("mnist")
 def test_ddp_scaling_benchmark_runs_on_tiny_settings(tmp_path):
     sys.path.insert(0, str(WORKER.parents[1] / "benchmarks"))
     try:

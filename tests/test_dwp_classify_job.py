@@ -1,17 +1,14 @@
 """``pyro-dwp dwp-classify``: a tiny run writes its files, resumes by cell, rejects bad input."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST files in {SHARED_DATA}"
-)
+needs_data = needs_shared_data("mnist")
 
 
 def _args(out, vae_dir, *extra):

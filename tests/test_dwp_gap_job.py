@@ -2,19 +2,16 @@
 
 import json
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.infer.dwp_gap import kernel_bound_terms
 from pyro_dwp.models.kernel_vae import KernelVAE
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST files in {SHARED_DATA}"
-)
+needs_data = needs_shared_data("mnist")
 
 
 def _args(out, vae_dir, *extra):

@@ -8,20 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
 from pyro_dwp.pretrained import pretrained
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 sys.path.insert(0, str(BENCHMARKS))
 
 import dwp_convergence  # noqa: E402
 import dwp_random_features  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir(), reason=f"the MNIST files are not in {SHARED_DATA}"
-)
+pytestmark = needs_shared_data("mnist")
 
 
 @pytest.fixture

@@ -5,15 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "notmnist").is_dir(),
-    reason=f"no MNIST / notMNIST files in {SHARED_DATA}",
-)
+needs_data = needs_shared_data("mnist", "notmnist")
 
 
 def _args(out, *extra):

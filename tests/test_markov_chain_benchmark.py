@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import BENCHMARKS, SHARED_DATA, needs_shared_data
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 sys.path.insert(0, str(BENCHMARKS))
 
 import dwp_markov_chain  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir(), reason=f"the MNIST files are not in {SHARED_DATA}"
-)
+pytestmark = needs_shared_data("mnist")
 
 
 def test_benchmark_outputs(tmp_path, one_thread):

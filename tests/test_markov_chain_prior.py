@@ -394,3 +394,14 @@ def test_errors():
         poutine.trace(model).get_trace()
     with pytest.raises(ValueError, match="at least one"):
         ReverseChainGuide(model, AutoNormal, {})
+
+
+def test_fit_refuses_a_markov_chain_prior_that_no_strategy_rewrote():
+    """Without the strategy the site's log_prob would be the IWAE estimate, not the bound."""
+    prior = MarkovChainPrior.from_vae(MarkovChainVAE(K, Z_DIM, 8, 1), with_encoder=False)
+    net = nn.Sequential(nn.Conv2d(1, 2, K), nn.Flatten())
+    x, y = torch.randn(4, 1, K, K), torch.tensor([0, 1, 0, 1])
+    plain = BNN(net, {"0.weight": prior, "0.bias": dist.Normal(0.0, 1.0)}, Categorical(4))
+    with pytest.raises(ValueError, match="MarkovChainPrior that is not reparameterised"):
+        guide = AutoNormal(plain, init_loc_fn=init_to_module)
+        fit(plain, guide, x, y, epochs=1, batch_size=4, progress=False)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
 from pyro_dwp.experiments.mnist import load_bbb_run
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
 TINY += ["--test-samples", "4", "--data-dir", str(SHARED_DATA), "--no-progress"]
 METRICS = (
@@ -33,10 +33,7 @@ FILES = (
     "checkpoint.pt",
 )
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "notmnist").is_dir(),
-    reason=f"the bundled MNIST/notMNIST files are not in {SHARED_DATA}",
-)
+pytestmark = needs_shared_data("mnist", "notmnist")
 
 
 @pytest.fixture(autouse=True)

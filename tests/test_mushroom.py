@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main as cli_main
 from pyro_dwp.data import DATA_ENV_VAR
@@ -33,9 +34,8 @@ from pyro_dwp.experiments.bandits import (
     reward,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_FILE = SHARED_DATA / "mushroom" / "agaricus-lepiota.data"
-needs_real = pytest.mark.skipif(not REAL_FILE.is_file(), reason=f"{REAL_FILE} not found")
+needs_real = needs_shared_data("mushroom/agaricus-lepiota.data")
 
 EDIBLE_ROW = "e,x,s,y,t,a,f,c,b,k,e,c,s,s,w,w,p,w,o,p,n,n,g"
 POISONOUS_ROW = "p,x,s,n,t,p,f,c,n,k,e,e,s,s,w,w,p,w,o,p,k,s,u"

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import SHARED_DATA
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_notebooks_exist():

@@ -1,10 +1,10 @@
 """The registry of prior recipes drives the experiments: a new prior is one entry."""
 
 import json
-from pathlib import Path
 
 import pyro.distributions as dist
 import pytest
+from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import build_parser, main
 from pyro_dwp.experiments.dwp_pipeline import classify_runs
@@ -16,10 +16,7 @@ from pyro_dwp.experiments.prior_recipes import (
     prior_names,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir(), reason=f"no MNIST files in {SHARED_DATA}"
-)
+needs_data = needs_shared_data("mnist")
 
 LAPLACE = PriorRecipe(
     label="laplace",

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pyro_dwp.data import (
     DWP_PIXEL_SCALE,
@@ -29,7 +28,14 @@ from pyro_dwp.data import (
     select_kernels,
     split_kernels,
 )
-from pyro_dwp.io import add_device_argument, check_device, read_torch_file, save_checkpoint
+from pyro_dwp.infer.steps import AdamSteps
+from pyro_dwp.io import (
+    add_device_argument,
+    check_device,
+    progress_bar,
+    read_torch_file,
+    save_checkpoint,
+)
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
 __all__ = [
@@ -432,17 +438,14 @@ def _train(
     linearly to 0 over all steps (``--lr-schedule linear``) or constant; the mean loss of each
     epoch."""
     x, y = x.to(device), y.to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     total_steps = args.epochs * math.ceil(len(x) / args.batch_size)
-    decay = args.lr_schedule == "linear"
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1 - step / total_steps if decay else 1.0
-    )
+    decay = total_steps if args.lr_schedule == "linear" else None
+    steps = AdamSteps(net.parameters(), args.lr, decay_steps=decay)
     decayed = _l2_tensors(net, args.l2_params)  # looked up once, not every step
     generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator().manual_seed(seed + 1)
     losses = []
-    bar = tqdm(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
+    bar = progress_bar(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
     for _ in bar:
         total = torch.zeros((), device=device)
         for idx in torch.randperm(len(x), generator=generator).split(args.batch_size):
@@ -452,10 +455,7 @@ def _train(
             loss = F.cross_entropy(logits.float(), y[idx])
             if args.l2:
                 loss = loss + args.l2 * sum(t.square().sum() for t in decayed)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            steps.step(loss)
             total += loss.detach() * len(idx)
         losses.append(total.item() / len(x))
         if not math.isfinite(losses[-1]):

@@ -48,9 +48,9 @@ from pyro_dwp.experiments.prior_recipes import (
 )
 from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import CheckpointError, fit, load_checkpoint, save_checkpoint
-from pyro_dwp.infer.fit import CHECKPOINT_VERSION  # baseline checkpoints share fit's format
+from pyro_dwp.infer import Checkpoint, fit, load_checkpoint
 from pyro_dwp.infer.pruning import posterior_mean_network
+from pyro_dwp.infer.steps import AdamSteps
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -449,32 +449,26 @@ def _train_bbb(
 def _train_baseline(
     net: nn.Module, data: MnistData, args: argparse.Namespace, max_seconds: float | None
 ) -> list[dict[str, float]]:
-    """Plain cross-entropy training, checkpointed every epoch in ``fit``'s format."""
+    """Plain cross-entropy training, checkpointed every epoch in ``fit``'s format (the same
+    :class:`~pyro_dwp.infer.checkpoint.Checkpoint`)."""
     x, y = data.x_train, data.y_train
     n = len(x)
     num_batches = math.ceil(n / args.batch_size)
-    optim = torch.optim.Adam(net.parameters(), lr=args.lr)
+    steps = AdamSteps(net.parameters(), args.lr)
     shuffle = torch.Generator().manual_seed(args.seed)
-    checkpoint = args.out / "checkpoint.pt"
+    checkpoint = Checkpoint(
+        args.out / "checkpoint.pt", device=x.device, generators={"shuffle": shuffle}
+    )
     fingerprint = {"n": n, "batch_size": args.batch_size, "seed": args.seed, "method": args.method}
-    cuda = x.device.type == "cuda"
 
     def train(epochs: int, resume: bool) -> list[dict[str, float]]:
         history: list[dict[str, float]] = []
         start = 0
         if resume and checkpoint.exists():
-            state = load_checkpoint(checkpoint)
-            if state["fingerprint"] != fingerprint:
-                raise CheckpointError(
-                    f"checkpoint {checkpoint} was written by a run with {state['fingerprint']}, "
-                    f"not {fingerprint}"
-                )
+            state = checkpoint.load(fingerprint)
             net.load_state_dict(state["state_dict"])
-            optim.load_state_dict(state["optim"])
-            pyro.util.set_rng_state(state["rng"])
-            if cuda and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"])
-            shuffle.set_state(state["shuffle_rng"])
+            steps.optimizer.load_state_dict(state["optim"])
+            checkpoint.restore_rng(state)
             history, start = state["history"], state["epoch"]
         else:
             pyro.set_rng_seed(args.seed)
@@ -489,9 +483,7 @@ def _train_baseline(
             for i in range(num_batches):
                 idx = order[i * args.batch_size : (i + 1) * args.batch_size]
                 loss = F.cross_entropy(net(x[idx]), y[idx])
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
+                steps.step(loss)
                 loss_sum += loss.detach()
             nll = float(loss_sum) / num_batches * n  # full-data NLL, on the scale of BBB's
             if not math.isfinite(nll):
@@ -505,23 +497,16 @@ def _train_baseline(
             bar.set_postfix(
                 nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}", refresh=False
             )
-            save_checkpoint(
-                checkpoint,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": epoch + 1,
-                    "fingerprint": fingerprint,
-                    "state_dict": net.state_dict(),
-                    "optim": optim.state_dict(),
-                    "rng": pyro.util.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
-                    "shuffle_rng": shuffle.get_state(),
-                    "history": history,
-                },
+            checkpoint.save(
+                epoch + 1,
+                fingerprint,
+                history,
+                state_dict=net.state_dict(),
+                optim=steps.optimizer.state_dict(),
             )
         return history
 
-    return _train_within(train, args.epochs, args.resume, max_seconds, checkpoint)
+    return _train_within(train, args.epochs, args.resume, max_seconds, checkpoint.path)
 
 
 def _train_within(

@@ -7,7 +7,8 @@ Modules that build on the guides are imported by path: :mod:`pyro_dwp.infer.prun
 Markov-chain prior's reparameterisation and bound gap).
 """
 
-from .fit import CheckpointError, fit, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .fit import SVITrainer, fit, save_checkpoint
 from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
 from .local_reparam import LocalReparameterizationMessenger
@@ -17,12 +18,14 @@ from .predict import predict
 from .reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
 
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
     "DeepWeightPriorReparam",
     "DeepWeightPriorStrategy",
     "JointAdam",
     "KLScaleMessenger",
     "LocalReparameterizationMessenger",
+    "SVITrainer",
     "dihedral_augment",
     "fit",
     "fit_kernel_vae",

@@ -10,7 +10,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from pathlib import Path
 from typing import Any
 
 import pyro
@@ -24,32 +23,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.distributions import DeepWeightPrior, LogUniform
-from pyro_dwp.io import progress_bar, read_torch_file, save_checkpoint
+from pyro_dwp.distributions import DeepWeightPrior, LogUniform, MarkovChainPrior
+from pyro_dwp.io import progress_bar, save_checkpoint
 
-from .fingerprint import describe, differences, tensor_digest
+from .checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointError, load_checkpoint
+from .fingerprint import describe, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
 
 __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "SVITrainer",
     "fit",
     "load_checkpoint",
     "run_settings",
     "save_checkpoint",
 ]
-
-CHECKPOINT_VERSION = 2
-"""Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
-
-
-# What every training checkpoint holds (fit's and the mnist job's deterministic ones).
-_CHECKPOINT_KEYS = frozenset({"version", "epoch", "fingerprint", "optim", "rng", "history"})
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not belong to this run."""
 
 
 class _DataTermMessenger(Messenger):
@@ -87,8 +77,8 @@ class _DataTermMessenger(Messenger):
 class _ImproperPriorCheck(Messenger):
     """Refuse a latent site with the improper ``LogUniform`` prior: under a Monte Carlo ELBO its
     term is ``-log|w|`` up to an infinite constant, and the loss means nothing. Refuse a
-    ``DeepWeightPrior`` site that no reparameterisation rewrote: its ``log_prob`` is only an
-    importance-sampled estimate, not the auxiliary bound."""
+    ``DeepWeightPrior`` or ``MarkovChainPrior`` site that no reparameterisation rewrote: its
+    ``log_prob`` is only an importance-sampled estimate, not the auxiliary bound."""
 
     def __init__(self, elbo: type[ELBO]) -> None:
         super().__init__()
@@ -110,6 +100,12 @@ class _ImproperPriorCheck(Messenger):
                 "the model with BNN(..., reparam=DeepWeightPriorStrategy()) "
                 "(pyro_dwp.infer.reparam) to train on the auxiliary bound"
             )
+        if not msg["is_observed"] and isinstance(fn, MarkovChainPrior):
+            raise ValueError(
+                f"site {msg['name']!r} has a MarkovChainPrior that is not reparameterised: build "
+                "the model with BNN(..., reparam=MarkovChainStrategy()) "
+                "(pyro_dwp.infer.markov_chain_reparam) to train on the auxiliary bound"
+            )
 
 
 def _warn_about_guide_init(model: Callable, guide: Callable) -> None:
@@ -125,29 +121,6 @@ def _warn_about_guide_init(model: Callable, guide: Callable) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU (only load files you
-    trust).
-
-    Raises:
-        FileNotFoundError: if there is no file.
-        CheckpointError: if the file is truncated, corrupt or not a pyro_dwp checkpoint.
-    """
-    remedy = "run without resume to write a new one"
-    try:
-        state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
-    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
-        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint; {remedy}")
-    if state["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} is a checkpoint of format {state['version']}, written by another version of "
-            f"pyro_dwp (this one reads format {CHECKPOINT_VERSION}); {remedy}"
-        )
-    return state
 
 
 def fit(
@@ -224,135 +197,232 @@ def fit(
             disk is the last good state and is left untouched.
     """
     _check_fit_args(x, y, epochs, batch_size, num_particles, checkpoint_every, resume, checkpoint)
-    _warn_about_guide_init(model, guide)
-    device = torch.device(device)
-    if isinstance(model, torch.nn.Module):
-        model.to(device)
-    if isinstance(guide, torch.nn.Module):
-        guide.to(device)
-    x, y = x.to(device), y.to(device)
-    n = x.shape[0]
-    num_batches = math.ceil(n / batch_size)
-    scales = (kl_weights(num_batches, kl_scheme) * num_batches).tolist()
-    optim = optim if optim is not None else JointAdam(lr)
-    kl_scale, data_term = KLScaleMessenger(), _DataTermMessenger()
-    loss = elbo(
-        num_particles=num_particles,
-        vectorize_particles=vectorize_particles,
-        max_plate_nesting=1 if vectorize_particles else float("inf"),
-    )
-    svi = SVI(data_term(kl_scale(model)), kl_scale(guide), optim, loss)
-    checks = [] if issubclass(elbo, TraceMeanField_ELBO) else [_ImproperPriorCheck(elbo)]
-    shuffle = torch.Generator().manual_seed(seed)
-    validate = is_validation_enabled()
-    history: list[dict[str, float]] = []
-    start = 0
-    options = {
-        "batch_size": batch_size,
-        "kl_scheme": kl_scheme,
-        "seed": seed,
-        "num_particles": num_particles,
-        "vectorize_particles": vectorize_particles,
-        "elbo": elbo,
-        "optim": optim,
-        "handlers": list(handlers),
-    }
-    fingerprint: dict[str, Any] | None = None  # known once model and guide are set up
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
+    trainer = SVITrainer(
+        model, guide, x, y, batch_size=batch_size, lr=lr, optim=optim, elbo=elbo,
+        num_particles=num_particles, vectorize_particles=vectorize_particles,
+        kl_scheme=kl_scheme, device=device, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, seed=seed, progress=progress, callback=callback,
+        handlers=handlers,
+    )  # fmt: skip
+    if resume:
+        trainer.resume()
+    return trainer.train(epochs)
+
+
+class SVITrainer:
+    """Minibatch SVI that keeps its optimiser, state and history between calls.
+
+    :meth:`train` continues the run up to a total number of epochs, so a caller that trains in
+    stages (a bandit, a time budget) keeps Adam's moments, the shuffling generator and the RNG
+    stream across calls; :func:`fit` is the one-call front door with the same arguments (see
+    there for their meaning). Each epoch shuffles the data into ``ceil(N / batch_size)``
+    minibatches; the checkpoint (:class:`~pyro_dwp.infer.checkpoint.Checkpoint`) is written
+    every ``checkpoint_every`` epochs and at the end of each :meth:`train` call.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        x: Tensor,
+        y: Tensor,
+        *,
+        batch_size: int,
+        lr: float = 1e-3,
+        optim: pyro.optim.PyroOptim | None = None,
+        elbo: type[ELBO] = Trace_ELBO,
+        num_particles: int = 1,
+        vectorize_particles: bool = False,
+        kl_scheme: KLScheme = "uniform",
+        device: str | torch.device = "cpu",
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        seed: int = 0,
+        progress: bool = True,
+        callback: Callable[[dict[str, float]], None] | None = None,
+        handlers: Sequence[AbstractContextManager] = (),
+    ) -> None:
+        _check_fit_args(x, y, 1, batch_size, num_particles, checkpoint_every, False, checkpoint)
+        _warn_about_guide_init(model, guide)
+        self.model, self.guide = model, guide
+        self.device = device = torch.device(device)
+        if isinstance(model, torch.nn.Module):
+            model.to(device)
+        if isinstance(guide, torch.nn.Module):
+            guide.to(device)
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.seed, self.progress = batch_size, seed, progress
+        self.callback, self.handlers = callback, list(handlers)
+        self.checkpoint_every = checkpoint_every
+        self.num_batches = math.ceil(self.x.shape[0] / batch_size)
+        self._scales = (kl_weights(self.num_batches, kl_scheme) * self.num_batches).tolist()
+        self.optim = optim if optim is not None else JointAdam(lr)
+        self._kl_scale, self._data_term = KLScaleMessenger(), _DataTermMessenger()
+        loss = elbo(
+            num_particles=num_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=1 if vectorize_particles else float("inf"),
+        )
+        self.svi = SVI(
+            self._data_term(self._kl_scale(model)), self._kl_scale(guide), self.optim, loss
+        )
+        self._checks = [] if issubclass(elbo, TraceMeanField_ELBO) else [_ImproperPriorCheck(elbo)]
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self._validate = is_validation_enabled()
+        self.checkpoint = (
+            None
+            if checkpoint is None
+            else Checkpoint(checkpoint, device=device, generators={"shuffle": self.shuffle})
+        )
+        self._options = {
+            "batch_size": batch_size,
+            "kl_scheme": kl_scheme,
+            "seed": seed,
+            "num_particles": num_particles,
+            "vectorize_particles": vectorize_particles,
+            "elbo": elbo,
+            "optim": self.optim,
+            "handlers": self.handlers,
+        }
+        self._fingerprint: dict[str, Any] | None = None  # known once model and guide are set up
+        self.epoch = 0
+        """Epochs trained so far."""
+        self.history: list[dict[str, float]] = []
+        """One record per epoch (see :func:`fit`)."""
+        self._started = False  # seeded (or resumed) and the first step checked
+        self._announce_resume = False  # say so at the next train()
+        self._last_saved: int | None = None
+
+    def resume(self) -> bool:
+        """Continue from the checkpoint if it exists (before the first :meth:`train`).
+
+        Returns:
+            Whether a checkpoint was read.
+
+        Raises:
+            CheckpointError: if it is unreadable or was written with other settings.
+        """
+        if self._started:
+            raise RuntimeError("resume() must come before the first train()")
+        if self.checkpoint is None:
+            raise ValueError("resume needs a checkpoint path")
+        self._last_saved = self.epoch
+        if not self.checkpoint.exists():
+            return False
+        x1, y1 = self.x[:1], self.y[:1]
         pyro.clear_param_store()
         with torch.no_grad(), pyro.poutine.block():
-            traced = pyro.poutine.trace(guide).get_trace(x[:1], y[:1])
-            pyro.poutine.replay(model, trace=traced)(x[:1], y[:1])
-        fingerprint = run_settings(model, guide, x, y, **options)
-        changed = differences(state["fingerprint"], fingerprint)
-        if changed:
-            raise CheckpointError(
-                f"checkpoint {checkpoint} was written with other settings ("
-                + "; ".join(changed)
-                + "): rerun with its settings, or start over with another checkpoint path"
-            )
+            traced = pyro.poutine.trace(self.guide).get_trace(x1, y1)
+            pyro.poutine.replay(self.model, trace=traced)(x1, y1)
+        self._fingerprint = run_settings(self.model, self.guide, self.x, self.y, **self._options)
+        state = self.checkpoint.load(self._fingerprint)
         pyro.clear_param_store()
-        params = {k: v.to(device) for k, v in state["params"]["params"].items()}
+        params = {k: v.to(self.device) for k, v in state["params"]["params"].items()}
         pyro.get_param_store().set_state({**state["params"], "params": params})
         with torch.no_grad(), pyro.poutine.block():
-            guide(x[:1], y[:1])  # set the guide up (its parameters come from the param store)
-        optim.set_state(state["optim"])
-        pyro.util.set_rng_state(state["rng"])
-        if state.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        shuffle.set_state(state["shuffle_rng"])
-        history, start = state["history"], state["epoch"]
-        if progress:
-            tqdm.write(f"resumed at epoch {start} of {epochs} from {checkpoint}", file=sys.stderr)
-    else:
-        pyro.set_rng_seed(seed)
+            self.guide(x1, y1)  # set the guide up (its parameters come from the param store)
+        self.optim.set_state(state["optim"])
+        self.checkpoint.restore_rng(state)
+        self.history, self.epoch = state["history"], state["epoch"]
+        self._last_saved = self.epoch
+        self._started = self._announce_resume = True
+        return True
 
-    bar = progress_bar(
-        range(start, epochs), desc="epochs", disable=not progress, initial=start, total=epochs
-    )
-    last_saved = start if resume else None
-    for epoch in bar:
+    def train(self, epochs: int) -> list[dict[str, float]]:
+        """Train up to ``epochs`` epochs in all (none if already there); the history so far.
+
+        Raises:
+            FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint
+                on disk is the last good state and is left untouched.
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        first_check = not self._started
+        if not self._started:
+            pyro.set_rng_seed(self.seed)
+            self._started = True
+        start = self.epoch
+        if self._announce_resume and self.progress:
+            message = f"resumed at epoch {start} of {epochs} from {self.checkpoint.path}"
+            tqdm.write(message, file=sys.stderr)
+        self._announce_resume = False
+        bar = progress_bar(
+            range(start, epochs),
+            desc="epochs",
+            disable=not self.progress,
+            initial=start,
+            total=epochs,
+        )
+        for epoch in bar:
+            record = self._epoch(epoch, check=first_check and epoch == start)
+            bar.set_postfix(  # shown at the bar's next refresh (see progress_bar)
+                loss=f"{record['loss']:.4g}",
+                nll=f"{record['nll']:.4g}",
+                kl=f"{record['kl']:.4g}",
+                refresh=False,
+            )
+            if self.callback is not None:
+                self.callback(record)
+            if self.checkpoint is not None and (
+                (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == epochs
+            ):
+                self._save()
+        return self.history
+
+    def _epoch(self, epoch: int, check: bool) -> dict[str, float]:
+        """One pass over the shuffled data; ``check``: validate the first step (Pyro's checks
+        and the refusal of improper priors under a Monte Carlo ELBO)."""
         t0 = time.perf_counter()
-        loss_sum, nll_sum = 0.0, torch.zeros((), device=device)
-        order = torch.randperm(n, generator=shuffle).to(device)
-        for i in range(num_batches):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            kl_scale.scale = scales[i]
-            data_term.reset()
+        loss_sum, nll_sum = 0.0, torch.zeros((), device=self.device)
+        order = torch.randperm(self.x.shape[0], generator=self.shuffle).to(self.device)
+        for i in range(self.num_batches):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            self._kl_scale.scale = self._scales[i]
+            self._data_term.reset()
+            first = check and i == 0
             with ExitStack() as stack:
-                for handler in [*handlers, *(checks if epoch == start and i == 0 else [])]:
+                for handler in [*self.handlers, *(self._checks if first else [])]:
                     stack.enter_context(handler)
                 # Validate the model on the first step only: Pyro's checks synchronise the GPU
                 # several times per step and add passes over every weight.
-                with pyro.validation_enabled(validate and epoch == start and i == 0):
-                    step_loss = svi.step(x[idx], y[idx])
+                with pyro.validation_enabled(self._validate and first):
+                    step_loss = self.svi.step(self.x[idx], self.y[idx])
             if not math.isfinite(step_loss):
                 kept = (
-                    f"the last good checkpoint, {checkpoint} (epoch {last_saved}), is kept"
-                    if last_saved is not None
+                    f"the last good checkpoint, {self.checkpoint.path} (epoch {self._last_saved}), "
+                    "is kept"
+                    if self._last_saved is not None and self.checkpoint is not None
                     else "no checkpoint was written"
                 )
                 raise FloatingPointError(
                     f"loss is {step_loss} at epoch {epoch + 1}, "
-                    f"step {i + 1} of {num_batches}; {kept}"
+                    f"step {i + 1} of {self.num_batches}; {kept}"
                 )
             loss_sum += step_loss
-            nll_sum -= data_term.mean()
+            nll_sum -= self._data_term.mean()
         record = {
             "epoch": epoch + 1,
-            "loss": loss_sum / num_batches,
-            "nll": float(nll_sum) / num_batches,
+            "loss": loss_sum / self.num_batches,
+            "nll": float(nll_sum) / self.num_batches,
         }
         record.update(kl=record["loss"] - record["nll"], seconds=time.perf_counter() - t0)
-        history.append(record)
-        bar.set_postfix(  # shown at the bar's next refresh (see progress_bar)
-            loss=f"{record['loss']:.4g}",
-            nll=f"{record['nll']:.4g}",
-            kl=f"{record['kl']:.4g}",
-            refresh=False,
-        )
-        if callback is not None:
-            callback(record)
-        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-            if fingerprint is None:
-                fingerprint = run_settings(model, guide, x, y, **options)
-            save_checkpoint(
-                checkpoint,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": epoch + 1,
-                    "fingerprint": fingerprint,
-                    "params": pyro.get_param_store().get_state(),
-                    "optim": optim.get_state(),
-                    "rng": pyro.util.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "shuffle_rng": shuffle.get_state(),
-                    "history": history,
-                },
+        self.history.append(record)
+        self.epoch = epoch + 1
+        return record
+
+    def _save(self) -> None:
+        if self._fingerprint is None:
+            self._fingerprint = run_settings(
+                self.model, self.guide, self.x, self.y, **self._options
             )
-            last_saved = epoch + 1
-    return history
+        self.checkpoint.save(
+            self.epoch,
+            self._fingerprint,
+            self.history,
+            params=pyro.get_param_store().get_state(),
+            optim=self.optim.get_state(),
+        )
+        self._last_saved = self.epoch
 
 
 def run_settings(

@@ -8,10 +8,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pyro_dwp.io import progress_bar
 from pyro_dwp.models.kernel_vae import KernelVAE, check_kernel_shape
 from pyro_dwp.models.markov_chain_vae import MarkovChainVAE
+
+from .steps import AdamSteps
 
 __all__ = ["dihedral_augment", "fit_kernel_vae"]
 
@@ -109,19 +111,15 @@ def fit_kernel_vae(
     steps_per_epoch = math.ceil(len(train) / batch_size)
     epochs = epochs if epochs is not None else math.ceil(steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
+    steps = AdamSteps(vae.parameters(), lr, decay_steps=total_steps)
     history: dict[str, Any] = {"train_elbo": [], "valid_elbo": []}
     best, best_state = -math.inf, None
-    for epoch in tqdm(range(epochs), desc="kernel VAE", disable=not progress):
+    for epoch in progress_bar(range(epochs), desc="kernel VAE", disable=not progress):
         epoch_sum = torch.zeros((), device=device)
         for idx in torch.randperm(len(train), device=device).split(batch_size):
             w = dihedral_augment(train[idx]) if augment else train[idx]
             loss = -vae.elbo(w).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            steps.step(loss)
             epoch_sum -= loss.detach()
         history["train_elbo"].append(epoch_sum.item() / len(train))
         if valid is not None:

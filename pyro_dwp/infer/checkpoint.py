@@ -1,0 +1,132 @@
+"""The one checkpoint/resume mechanism of the training loops: a settings fingerprint, every RNG
+state, the history, written atomically; resumed only by a run with the same settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_dwp.io import read_torch_file, save_checkpoint
+
+from .fingerprint import differences
+
+__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint"]
+
+CHECKPOINT_VERSION = 2
+"""Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
+
+# What every training checkpoint holds (fit's and the mnist job's deterministic ones).
+_CHECKPOINT_KEYS = frozenset({"version", "epoch", "fingerprint", "optim", "rng", "history"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :class:`Checkpoint` onto the CPU (only load files you trust).
+
+    Raises:
+        FileNotFoundError: if there is no file.
+        CheckpointError: if the file is truncated, corrupt or not a pyro_dwp checkpoint.
+    """
+    remedy = "run without resume to write a new one"
+    try:
+        state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
+        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint; {remedy}")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {state['version']}, written by another version of "
+            f"pyro_dwp (this one reads format {CHECKPOINT_VERSION}); {remedy}"
+        )
+    return state
+
+
+class Checkpoint:
+    """A training run's checkpoint file.
+
+    :meth:`save` writes (atomically, through :func:`pyro_dwp.io.save_checkpoint`) the format
+    version, the epoch, the settings' fingerprint, Pyro's RNG states (torch, numpy, random), the
+    CUDA generator of ``device``, the state of each named ``generators`` entry (key
+    ``f"{name}_rng"``), the history and the loop's own state (parameters, optimiser...).
+    :meth:`load` reads it back and refuses it if its fingerprint differs from the run's (naming
+    each differing setting, old -> new); :meth:`restore_rng` then restores every RNG.
+
+    Args:
+        path: The file.
+        device: The run's device (its CUDA generator is saved and restored).
+        generators: ``{name: torch.Generator}`` of the loop (e.g. ``{"shuffle": ...}``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str = "cpu",
+        generators: Mapping[str, torch.Generator] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.device = torch.device(device)
+        self.generators = dict(generators or {})
+
+    def exists(self) -> bool:
+        """Whether the file exists."""
+        return self.path.exists()
+
+    def save(
+        self,
+        epoch: int,
+        fingerprint: dict[str, Any],
+        history: list[dict[str, float]],
+        **state: Any,
+    ) -> None:
+        """Write the checkpoint of the run after ``epoch`` epochs (``state``: the loop's own
+        entries, e.g. ``params`` and ``optim``)."""
+        cuda = self.device.type == "cuda"
+        save_checkpoint(
+            self.path,
+            {
+                "version": CHECKPOINT_VERSION,
+                "epoch": epoch,
+                "fingerprint": fingerprint,
+                **state,
+                "rng": pyro.util.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+                **{f"{n}_rng": g.get_state() for n, g in self.generators.items()},
+                "history": history,
+            },
+        )
+
+    def load(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
+        """Read the checkpoint and check that it was written with ``fingerprint``; the loop then
+        restores its own state from it, and last the RNGs (:meth:`restore_rng`).
+
+        Raises:
+            CheckpointError: if the file is unreadable or was written with other settings.
+        """
+        state = load_checkpoint(self.path)
+        changed = differences(state["fingerprint"], fingerprint)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written with other settings ("
+                + "; ".join(changed)
+                + "): rerun with its settings, or start over with another checkpoint path"
+            )
+        return state
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """Set Pyro's RNGs, the CUDA generator and the named generators to ``state``'s, after
+        whatever the loop's own restoring drew, so the run continues as if uninterrupted."""
+        pyro.util.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        for name, generator in self.generators.items():
+            generator.set_state(state[f"{name}_rng"])

@@ -1,0 +1,143 @@
+"""Every script of ``benchmarks/`` runs from its command line on tiny settings, on CPU.
+
+As Pyro's ``tests/test_examples.py``: :data:`TINY` holds one command line per script, and
+:func:`test_every_benchmark_is_listed` fails when a script is added without one, so no benchmark
+rots unnoticed. Each script runs in this process through ``runpy`` (its ``__main__`` block and
+argument parser included, without the cost of a new interpreter), writing into ``tmp_path``;
+the scripts' own outputs are checked in detail by ``test_dwp_init_benchmarks.py``,
+``test_benchmark_devices.py`` and ``test_distributed.py``.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BENCHMARKS, data_args, needs_shared_data, options
+
+from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
+
+Argv = Callable[[Path], list[str]]
+"""``tmp_path -> command line`` of one script, its outputs under ``tmp_path``."""
+
+
+def _results(tmp: Path) -> list[str]:
+    return options(results_dir=tmp / "results")
+
+
+def _dwp_mnist(tmp: Path) -> list[str]:
+    """The classifier stage only, on untrained kernel VAEs (the source nets and the VAEs are
+    the ``dwp-source`` / ``dwp-prior`` jobs, tested on their own)."""
+    prior = tmp / "prior"
+    prior.mkdir()
+    save_kernel_vae(prior / "vae_conv1.pt", KernelVAE(7, 2, 4))
+    save_kernel_vae(prior / "vae_conv2.pt", KernelVAE(5, 2, 4))
+    tiny = options(stages="classify", prior_dir=prior, epochs=1, n_train=10, seeds=0, n_test=50)
+    tiny += options(test_samples=2, channels=(2, 3))
+    return [*tiny, "--device", "cpu", "--work-dir", str(tmp / "work"), *data_args(), *_results(tmp)]
+
+
+def _dwp_markov_chain(tmp: Path) -> list[str]:
+    """Random kernel sets in place of a ``dwp-source`` folder."""
+    for layer, k in (("conv1", 7), ("conv2", 5)):
+        state = {"train": torch.randn(20, k, k) * 0.1, "test": torch.randn(5, k, k) * 0.1}
+        torch.save({**state, "layer": layer, "kernel_size": k}, tmp / f"kernels_{layer}.pt")
+    tiny = options(steps=(0, 1), vae_steps=2, n_train=20, seeds=0, epochs=1, channels=(2, 4))
+    tiny += options(n_test=50, test_samples=1, gap_samples=4, threads=1)
+    return [*tiny, "--kernels", str(tmp), "--out", str(tmp / "results"), *data_args()]
+
+
+TINY: dict[str, Argv] = {
+    "bbb_regression.py": lambda tmp: [
+        *options(seeds=0, jobs=1, runs_dir=tmp / "runs"),
+        *_results(tmp),
+        "--",
+        *options(n_train=40, hidden=8, epochs=3, batch_size=20, predictive_samples=20),
+    ],
+    "bbb_mnist.py": lambda tmp: [
+        *options(epochs=1, hidden=8, n_train=200, n_test=100, test_samples=2, fractions=0.5),
+        *options(runs_dir=tmp / "runs", no_progress=True),
+        *data_args(),
+        *_results(tmp),
+    ],
+    "ddp_scaling.py": lambda tmp: [
+        *options(devices=1, epochs=1, hidden=8, n_train=200, n_test=100, test_samples=2),
+        *options(runs_dir=tmp / "runs"),
+        *data_args(),
+        *_results(tmp),
+    ],
+    "dwp_convergence.py": lambda tmp: [
+        *options(n_train=100, n_test=100, steps=4, eval_at=2, seeds=0, batch_size=16, threads=1),
+        *data_args(),
+        *_results(tmp),
+    ],
+    "dwp_markov_chain.py": _dwp_markov_chain,
+    "dwp_mnist.py": _dwp_mnist,
+    "dwp_random_features.py": lambda tmp: [
+        *options(n_train=100, n_test=100, widths="1/16", seeds=0, epochs=1, threads=1),
+        *data_args(),
+        *_results(tmp),
+    ],
+    "dwp_step_time.py": lambda tmp: [
+        *options(threads=1, rounds=1, steps=1, batch=4, channels=(2, 2)),
+        *_results(tmp),
+    ],
+    "mushroom.py": lambda tmp: [
+        *options(seeds=0, steps=2, workers=1, work_dir=tmp / "work", no_progress=True),
+        *data_args(),
+        *_results(tmp),
+    ],
+    "step_time.py": lambda tmp: [
+        *options(threads=1, hidden=8, batch=8, rounds=1, steps=1, warmup=1),
+        *_results(tmp),
+    ],
+}
+"""The tiny command line of each benchmark script."""
+
+HELPERS = {"devices.py"}
+"""Modules of ``benchmarks/`` that the scripts import; not scripts themselves."""
+
+NEEDS = {
+    "bbb_mnist.py": ("mnist", "notmnist"),
+    "ddp_scaling.py": ("mnist", "notmnist"),
+    "dwp_convergence.py": ("mnist",),
+    "dwp_markov_chain.py": ("mnist",),
+    "dwp_mnist.py": ("mnist",),
+    "dwp_random_features.py": ("mnist",),
+    "mushroom.py": ("mushroom",),
+}
+"""The folders of ``../shared/data`` each script reads."""
+
+
+def test_every_benchmark_is_listed():
+    scripts = {p.name for p in BENCHMARKS.glob("*.py")} - HELPERS
+    assert scripts == set(TINY), (
+        f"benchmarks without a tiny command line in TINY: {sorted(scripts - set(TINY))}; "
+        f"listed but gone: {sorted(set(TINY) - scripts)}"
+    )
+    assert set(NEEDS) <= set(TINY)
+
+
+@pytest.fixture
+def keep_threads():
+    """The scripts set torch's thread count (``--threads``): restore it afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "script", [pytest.param(s, marks=needs_shared_data(*NEEDS.get(s, ()))) for s in sorted(TINY)]
+)
+def test_benchmark_runs_on_tiny_settings(script, tmp_path, monkeypatch, keep_threads):
+    argv = TINY[script](tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), *argv])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+    written = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert any(name.endswith(".json") for name in written), written
+    assert any(name.endswith(".md") for name in written), written
