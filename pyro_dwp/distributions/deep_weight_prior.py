@@ -12,6 +12,8 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ._kernel_checks import KernelChecks
+
 __all__ = ["DeepWeightPrior", "iwae_log_marginal"]
 
 
@@ -70,7 +72,7 @@ def iwae_log_marginal(
     return log_sum_exp - math.log(num_samples), total / num_samples
 
 
-class DeepWeightPrior(TorchDistribution, nn.Module):
+class DeepWeightPrior(KernelChecks, TorchDistribution, nn.Module):
     r"""The deep weight prior over ``k x k`` kernels, :math:`p(w) = \int p(w \mid z) p(z) dz`.
 
     :math:`p(z) = \mathcal{N}(0, I_{z\_dim})` and :math:`p(w \mid z)` is the diagonal Gaussian
@@ -198,21 +200,3 @@ class DeepWeightPrior(TorchDistribution, nn.Module):
             self.encoder, self.decoder, value, self.num_samples, chunk_size=self.chunk_size
         )
         return iwae
-
-    def _check_kernels(self, value: Tensor) -> None:
-        k = self.kernel_size
-        if value.dim() < 2 or tuple(value.shape[-2:]) != (k, k):
-            got = "x".join(map(str, value.shape[-2:])) if value.dim() >= 2 else "non-matrix"
-            raise ValueError(
-                f"DeepWeightPrior for {k}x{k} kernels applied to {got} kernels "
-                f"(value of shape {tuple(value.shape)})"
-            )
-        self._check_device(value)
-
-    def _check_device(self, value: Tensor) -> None:
-        device = self.latent_loc.device
-        if value.device != device:
-            raise RuntimeError(
-                f"DeepWeightPrior is on {device} but its input is on {value.device}: "
-                f"move the prior with .to({str(value.device)!r}) (or the value to {device})"
-            )

@@ -18,6 +18,8 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ._kernel_checks import KernelChecks
+
 __all__ = ["MarkovChainPrior", "chain_log_weights", "markov_chain_log_marginal"]
 
 
@@ -128,7 +130,7 @@ def markov_chain_log_marginal(
     return log_sum_exp - math.log(num_samples), total / num_samples
 
 
-class MarkovChainPrior(TorchDistribution, nn.Module):
+class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
     r"""A Markov-chain implicit prior over ``k x k`` kernels (Appendix A of *The Deep Weight
     Prior*, Atanov et al., 2019):
 
@@ -303,21 +305,3 @@ class MarkovChainPrior(TorchDistribution, nn.Module):
             chunk_size=self.chunk_size,
         )
         return iwae
-
-    def _check_kernels(self, value: Tensor) -> None:
-        k = self.kernel_size
-        if value.dim() < 2 or tuple(value.shape[-2:]) != (k, k):
-            got = "x".join(map(str, value.shape[-2:])) if value.dim() >= 2 else "non-matrix"
-            raise ValueError(
-                f"MarkovChainPrior for {k}x{k} kernels applied to {got} kernels "
-                f"(value of shape {tuple(value.shape)})"
-            )
-        self._check_device(value)
-
-    def _check_device(self, value: Tensor) -> None:
-        device = self.latent_loc.device
-        if value.device != device:
-            raise RuntimeError(
-                f"MarkovChainPrior is on {device} but its input is on {value.device}: "
-                f"move the prior with .to({str(value.device)!r}) (or the value to {device})"
-            )
