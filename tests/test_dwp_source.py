@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import struct
@@ -404,3 +405,13 @@ def test_random_affine_identity_shift_determinism_and_bad_input():
         random_affine(torch.zeros(2, 28, 28), generator)
     with pytest.raises(ValueError, match="scale"):
         random_affine(images, generator, scale=1.5)
+
+
+def test_he_gauge_of_dead_kernels_and_bad_target_channels_are_errors(tmp_path, data_dir, capsys):
+    args = argparse.Namespace(kernel_gauge="he", max_kernels=100, seed=0, test_fraction=0.2)
+    dead, floor = [torch.zeros(4, 1, 7, 7)], {"keep_fraction": 0.5}
+    with pytest.raises(ValueError, match="conv1: the kept kernels are all zero"):
+        dwp_source._write_kernel_set(tmp_path, "conv1", 7, dead, {}, floor, 1, args)
+    assert not (tmp_path / "kernels_conv1.pt").exists()
+    assert main([*_tiny(tmp_path / "s", data_dir), "--target-channels", "0", "8"]) == 1
+    assert "--target-channels must be >= 1" in capsys.readouterr().err

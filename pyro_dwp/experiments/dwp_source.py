@@ -317,6 +317,7 @@ def _check_args(args: argparse.Namespace) -> None:
         "--batch-size": args.batch_size,
         "--max-kernels": args.max_kernels,
         "--channels": min(args.channels),
+        "--target-channels": min(args.target_channels),
     }
     for name, value in positive.items():
         if value < 1:
@@ -503,9 +504,13 @@ def _write_kernel_set(
         kept = kept[torch.randperm(len(kept), generator=generator)[: args.max_kernels]]
     gauge_factor = 1.0
     if args.kernel_gauge == "he":
-        gauge_factor = (
-            he_scale(kernel_size, target_in_channels) / kept.square().mean().sqrt().item()
-        )
+        rms = kept.square().mean().sqrt().item()
+        if not rms > 0:
+            raise ValueError(
+                f"{layer}: the kept kernels are all zero, --kernel-gauge he cannot rescale them "
+                "(the nets' kernels died: train with a smaller --l2 or keep fewer kernels)"
+            )
+        gauge_factor = he_scale(kernel_size, target_in_channels) / rms
         kept = kept * gauge_factor
     train, test = split_kernels(kept, args.test_fraction, args.seed)
     summary = {
