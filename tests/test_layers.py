@@ -2,41 +2,20 @@
 the benchmarks build on the experiments, never on a command-line job."""
 
 import ast
-import importlib.util
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pt", "*.json")
+sys.path.insert(0, str(ROOT / "scripts"))
 
-
-def _installed_layout(dest: Path) -> Path:
-    """A copy of the package's sources laid out as installed: the top-level folders installed as
-    subpackages (``models/`` as ``pyro_dwp.models``, ``guides/`` as ``pyro_dwp.guides``) go
-    inside ``pyro_dwp/``, where import-linter needs them to see them as part of the package."""
-    shutil.copytree(ROOT / "pyro_dwp", dest / "pyro_dwp", ignore=_IGNORE)
-    for folder in sorted(p for p in ROOT.iterdir() if (p / "__init__.py").is_file()):
-        spec = importlib.util.find_spec(f"pyro_dwp.{folder.name}")
-        if spec is not None and Path(spec.origin).parent == folder:
-            shutil.copytree(folder, dest / "pyro_dwp" / folder.name, ignore=_IGNORE)
-    shutil.copy(ROOT / "pyproject.toml", dest)
-    return dest
+from lint_imports import lint_imports  # noqa: E402
 
 
 def test_lint_imports_passes_the_layer_contract(tmp_path):
-    tree = _installed_layout(tmp_path)
-    assert (tree / "pyro_dwp" / "models").is_dir() and (tree / "pyro_dwp" / "guides").is_dir()
-    lint = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run(
-        [str(lint), "--no-cache"],
-        cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree)},
-        capture_output=True,
-        text=True,
-    )
+    result = lint_imports(tmp_path)
+    assert (tmp_path / "pyro_dwp" / "models").is_dir() and (
+        tmp_path / "pyro_dwp" / "guides"
+    ).is_dir()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Layers point down KEPT" in result.stdout
     assert "No job imports another job KEPT" in result.stdout
