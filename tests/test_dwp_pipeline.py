@@ -1,6 +1,7 @@
 """``pyro-dwp dwp``: a tiny pipeline writes every output and the table, a rerun skips it all;
 by default the classifier runs alone with the shipped prior."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
+from pyro_dwp.experiments import dwp_pipeline, dwp_source
 
 needs_data = needs_shared_data("mnist", "notmnist")
 
@@ -126,3 +128,19 @@ def test_default_runs_the_classifier_alone_with_the_shipped_prior(tmp_path, caps
     assert capsys.readouterr().err.count("finished in an earlier run") == 2
     assert main([*argv, "--train-prior"]) == 1
     assert "holds a run with the prior notmnist" in capsys.readouterr().err
+
+
+def test_kernel_gauge_reaches_the_source_stage_with_the_target_widths(tmp_path):
+    args = argparse.Namespace(**{k: None for k in dwp_pipeline._OPTIONS}, preset="quick")
+    args.kernel_gauge = "he"
+    settings = dwp_pipeline._settings(args)
+    assert settings["kernel_gauge"] == "he" and settings["channels"] == [16, 32]
+    source = dict(dwp_pipeline._plan(tmp_path, settings, "dwp", None))["source"]
+    parser = argparse.ArgumentParser()
+    dwp_source.add_arguments(parser)
+    parsed = parser.parse_args([str(a) for a in source[1:]])
+    assert parsed.kernel_gauge == "he" and parsed.target_channels == [16, 32]
+    assert parsed.channels == [16, 32]
+    args.kernel_gauge = None  # not given: dwp-source's default, and no extra flags
+    source = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))
+    assert "--kernel-gauge" not in source["source"] and "--target-channels" not in source["source"]

@@ -54,6 +54,7 @@ _OPTIONS = {
     "source_epochs": (("source", "--epochs"),),
     "source_subset": (("source", "--n-train-subset"),),
     "max_kernels": (("source", "--max-kernels"),),
+    "kernel_gauge": (("source", "--kernel-gauge"),),
     "prior_epochs": (("prior", "--epochs"),),
     "n_train": (("classify", "--n-train"),),
     "seeds": (("classify", "--seeds"),),
@@ -91,6 +92,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--source-epochs", type=int, help="epochs of each source net")
     o.add_argument("--source-subset", type=int, help="notMNIST images the source nets train on")
     o.add_argument("--max-kernels", type=int, help="source kernels per layer the VAEs fit")
+    o.add_argument(
+        "--kernel-gauge",
+        choices=dwp_source.KERNEL_GAUGES,
+        help="dwp-source --kernel-gauge: 'he' rescales each layer's kernels to the He scale of "
+        "the target net's layer (--channels), as for the shipped prior (default: none)",
+    )
     o.add_argument("--prior-epochs", type=int, help="epochs of each kernel VAE")
     o.add_argument("--n-train", type=int, nargs="+", help="MNIST training set sizes N")
     o.add_argument("--seeds", type=int, nargs="+", help="data seeds of the classifier")
@@ -210,7 +217,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         settings[key] = preset.get(key) if value is None else value
     for key, value in settings.items():
         values = value if isinstance(value, list) else [value]
-        if value is not None and key != "seeds" and min(values) < 1:
+        numeric = not isinstance(value, str)
+        if value is not None and numeric and key != "seeds" and min(values) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     return settings
 
@@ -227,6 +235,9 @@ def _plan(
             continue
         for stage, flag in targets:
             options[stage] += [flag, *(value if isinstance(value, list) else [value])]
+    if settings["kernel_gauge"] == "he" and settings["channels"] is not None:
+        # the gauge's target is the classifier's net (dwp-source's default: the paper's 32 / 128)
+        options["source"] += ["--target-channels", *settings["channels"]]
     plan: list[tuple[str, list[object]]] = []
     if shipped is None:
         plan += [
