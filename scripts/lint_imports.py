@@ -4,8 +4,9 @@
 
 ``lint-imports`` run in the repository root cannot see ``pyro_dwp.models`` and
 ``pyro_dwp.guides``: they live in the top-level folders ``models/`` and ``guides/`` (setuptools
-``package-dir``). This script copies the sources into a temporary folder laid out as installed
-(those folders inside ``pyro_dwp/``) and runs ``lint-imports`` there; its exit status is
+``package-dir``), so the contract marks them optional layers and skips them there. This script
+copies the sources into a temporary folder laid out as installed (those folders inside
+``pyro_dwp/``) and runs ``lint-imports`` there, where every layer is checked; its exit status is
 ``lint-imports``'s. ``tests/test_layers.py`` runs it in the test suite.
 """
 

@@ -2,13 +2,15 @@
 the benchmarks build on the experiments, never on a command-line job."""
 
 import ast
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from lint_imports import lint_imports  # noqa: E402
+from lint_imports import installed_layout, lint_imports  # noqa: E402
 
 
 def test_lint_imports_passes_the_layer_contract(tmp_path):
@@ -19,6 +21,20 @@ def test_lint_imports_passes_the_layer_contract(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Layers point down KEPT" in result.stdout
     assert "No job imports another job KEPT" in result.stdout
+
+
+def test_the_optional_layers_are_enforced_in_the_installed_layout(tmp_path):
+    """``models`` and ``guides`` are optional layers (a bare ``lint-imports`` in the repository
+    root cannot see them), but where they exist an upward import breaks the contract."""
+    tree = installed_layout(tmp_path / "tree")
+    mlp = tree / "pyro_dwp" / "models" / "mlp.py"
+    mlp.write_text(mlp.read_text() + "\nimport pyro_dwp.infer\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    result = subprocess.run(
+        [str(lint), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "Layers point down BROKEN" in result.stdout
 
 
 def _imported_modules(path: Path) -> set[str]:
