@@ -251,6 +251,20 @@ def test_resume_refuses_other_settings(tmp_path: Path, data_dir: Path, capsys):
     assert "--lr: 0.001 -> 0.01" in capsys.readouterr().err
 
 
+def test_resume_refuses_a_checkpoint_of_the_old_format_naming_it(
+    tmp_path: Path, data_dir: Path, capsys
+):
+    assert _job(tmp_path, data_dir, "--steps", "20") == 0
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    old = {"version": 1, "step": state["epoch"], "settings": {}, "env": state["env"]}
+    torch.save(old, path)  # the mushroom job's own format before the one Checkpoint
+    assert _job(tmp_path, data_dir, "--steps", "40", "--resume") == 1
+    err = capsys.readouterr().err
+    assert f"{path} is not a pyro_dwp training checkpoint" in err
+    assert "run without --resume to start afresh" in err
+
+
 def test_bad_agent_name():
     with pytest.raises(SystemExit):
         cli_main(["mushroom", "--out", "x", "--agents", "eps2"])

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.experiments.bandits import GreedyAgent, MushroomBandit, RegretLog, ThompsonBBBAgent
 from pyro_dwp.experiments.regression import sigma_from_neg_log
+from pyro_dwp.infer import Checkpoint
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -29,8 +30,6 @@ from pyro_dwp.io import (
     check_device,
     prepare_out,
     progress_bar,
-    read_torch_file,
-    save_checkpoint,
     write_json,
 )
 
@@ -43,7 +42,6 @@ PRESETS: dict[str, dict[str, int]] = {
 """Option values of each preset."""
 PAPER_REGRET = {"bbb": 5_700, "greedy": 8_000, "eps0.01": 18_000, "eps0.05": 38_000}
 """Cumulative regret at 50,000 steps read off the paper's Figure 5 (approximate)."""
-_CHECKPOINT_VERSION = 1
 _RECORD_EVERY = 100
 # Options that do not change the result (where it goes, how it is shown, how far it goes).
 _NOT_SETTINGS = (
@@ -149,13 +147,19 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     pyro.set_rng_seed(args.seed)
     agents = {name: _make_agent(name, args, env.context_dim, device) for name in args.agents}
     logs = {name: RegretLog(_RECORD_EVERY) for name in args.agents}
-    checkpoint = out / "checkpoint.pt"
+    checkpoint = Checkpoint(
+        out / "checkpoint.pt",
+        device=device,
+        remedy="run without --resume to start afresh, or use another --out",
+    )
+    # the settings as options, so that a refused checkpoint names them: "--lr: 0.001 -> 0.01"
+    fingerprint = {f"--{k.replace('_', '-')}": v for k, v in settings.items()}
     start = 0
-    if args.resume and checkpoint.is_file():
-        start = _restore(checkpoint, settings, env, agents, logs, device)
+    if args.resume and checkpoint.exists():
+        start = _restore(checkpoint, fingerprint, env, agents, logs)
         if not args.no_progress:
             tqdm.write(
-                f"resumed at step {start} of {args.steps} from {checkpoint}", file=sys.stderr
+                f"resumed at step {start} of {args.steps} from {checkpoint.path}", file=sys.stderr
             )
     bar = progress_bar(
         range(start, args.steps),
@@ -175,17 +179,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         done = step + 1
         if done % args.checkpoint_every == 0 or done == args.steps:
             bar.set_postfix({n: f"{log.total:.0f}" for n, log in logs.items()}, refresh=False)
-            state = {
-                "version": _CHECKPOINT_VERSION,
-                "step": done,
-                "settings": settings,
-                "env": env.state_dict(),
-                "agents": {n: a.state_dict() for n, a in agents.items()},
-                "regret": {n: log.state_dict() for n, log in logs.items()},
-                "rng": pyro.util.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            }
-            save_checkpoint(checkpoint, state)
+            checkpoint.save(
+                done,
+                fingerprint,
+                env=env.state_dict(),
+                agents={n: a.state_dict() for n, a in agents.items()},
+                regret={n: log.state_dict() for n, log in logs.items()},
+            )
     result = {
         "steps": args.steps,
         "seed": args.seed,
@@ -248,44 +248,26 @@ def _make_agent(
 
 
 def _restore(
-    path: Path,
-    settings: dict[str, Any],
+    checkpoint: Checkpoint,
+    fingerprint: dict[str, Any],
     env: MushroomBandit,
     agents: dict[str, GreedyAgent | ThompsonBBBAgent],
     logs: dict[str, RegretLog],
-    device: torch.device,
 ) -> int:
-    """Load a checkpoint into the run; return its step.
+    """Load the checkpoint into the run (the RNGs last, after the agents' set-up draws); return
+    its step.
 
     Raises:
-        ValueError: If the checkpoint is unreadable or was written with other settings (naming
-            each, old -> new).
+        CheckpointError: If the checkpoint is unreadable, of an older format or was written with
+            other settings (naming each, old -> new).
     """
-    remedy = "run without --resume to start afresh"
-    state = read_torch_file(path, what="checkpoint", remedy=remedy, weights_only=False)
-    if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path} is not a checkpoint of this version of pyro-dwp mushroom; {remedy}"
-        )
-    old = state["settings"]
-    changed = [
-        f"--{k.replace('_', '-')}: {old.get(k, '(not recorded)')} -> {v}"
-        for k, v in settings.items()
-        if old.get(k) != v
-    ]
-    if changed:
-        raise ValueError(
-            f"{path} was written with other settings ({'; '.join(changed)}): rerun with its "
-            "settings, or use another --out"
-        )
+    state = checkpoint.load(fingerprint)
     env.load_state_dict(state["env"])
     for name, agent in agents.items():
         agent.load_state_dict(state["agents"][name])
         logs[name].load_state_dict(state["regret"][name])
-    pyro.util.set_rng_state(state["rng"])
-    if state["cuda_rng"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-    return state["step"]
+    checkpoint.restore_rng(state)
+    return state["epoch"]
 
 
 def _table(result: dict[str, Any], preset: str) -> str:

@@ -4,7 +4,7 @@ state, the history, written atomically; resumed only by a run with the same sett
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +21,35 @@ CHECKPOINT_VERSION = 2
 """Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
 
 # What every training checkpoint holds (fit's and the mnist job's deterministic ones).
-_CHECKPOINT_KEYS = frozenset({"version", "epoch", "fingerprint", "optim", "rng", "history"})
+_CHECKPOINT_KEYS = frozenset({"version", "epoch", "fingerprint", "rng", "history"})
+_REMEDY = "start over with another checkpoint path, or without resume"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, *, remedy: str = _REMEDY) -> dict[str, Any]:
     """Read a checkpoint written by :class:`Checkpoint` onto the CPU (only load files you trust).
+
+    Args:
+        path: The file.
+        remedy: What to do about a file that cannot be used, for the error message.
 
     Raises:
         FileNotFoundError: if there is no file.
-        CheckpointError: if the file is truncated, corrupt or not a pyro_dwp checkpoint.
+        CheckpointError: if the file is truncated, corrupt, not a pyro_dwp checkpoint or one of
+            an older format (naming the file).
     """
-    remedy = "run without resume to write a new one"
     try:
         state = read_torch_file(Path(path), what="checkpoint", remedy=remedy, weights_only=False)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
     if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
-        raise CheckpointError(f"{path} is not a pyro_dwp training checkpoint; {remedy}")
+        raise CheckpointError(
+            f"{path} is not a pyro_dwp training checkpoint (a file of an older pyro_dwp, or of "
+            f"something else); {remedy}"
+        )
     if state["version"] != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path} is a checkpoint of format {state['version']}, written by another version of "
@@ -54,16 +62,20 @@ class Checkpoint:
     """A training run's checkpoint file.
 
     :meth:`save` writes (atomically, through :func:`pyro_dwp.io.save_checkpoint`) the format
-    version, the epoch, the settings' fingerprint, Pyro's RNG states (torch, numpy, random), the
+    version, the loop's position (key ``"epoch"``: epochs, or steps of a step loop such as a
+    bandit's), the settings' fingerprint, Pyro's RNG states (torch, numpy, random), the
     CUDA generator of ``device``, the state of each named ``generators`` entry (key
     ``f"{name}_rng"``), the history and the loop's own state (parameters, optimiser...).
     :meth:`load` reads it back and refuses it if its fingerprint differs from the run's (naming
-    each differing setting, old -> new); :meth:`restore_rng` then restores every RNG.
+    each differing setting, old -> new); :meth:`restore_rng` then restores every RNG. Every
+    refusal is a :class:`CheckpointError` that names the file and ends with ``remedy``.
 
     Args:
         path: The file.
         device: The run's device (its CUDA generator is saved and restored).
         generators: ``{name: torch.Generator}`` of the loop (e.g. ``{"shuffle": ...}``).
+        remedy: What to do about a file that cannot be resumed (unreadable, of an older format
+            or of other settings), for the error messages.
     """
 
     def __init__(
@@ -72,10 +84,12 @@ class Checkpoint:
         *,
         device: torch.device | str = "cpu",
         generators: Mapping[str, torch.Generator] | None = None,
+        remedy: str = _REMEDY,
     ) -> None:
         self.path = Path(path)
         self.device = torch.device(device)
         self.generators = dict(generators or {})
+        self.remedy = remedy
 
     def exists(self) -> bool:
         """Whether the file exists."""
@@ -85,11 +99,11 @@ class Checkpoint:
         self,
         epoch: int,
         fingerprint: dict[str, Any],
-        history: list[dict[str, float]],
+        history: Sequence[dict[str, float]] = (),
         **state: Any,
     ) -> None:
-        """Write the checkpoint of the run after ``epoch`` epochs (``state``: the loop's own
-        entries, e.g. ``params`` and ``optim``)."""
+        """Write the checkpoint of the run after ``epoch`` epochs (or steps) with its history so
+        far (``state``: the loop's own entries, e.g. ``params`` and ``optim``)."""
         cuda = self.device.type == "cuda"
         save_checkpoint(
             self.path,
@@ -101,7 +115,7 @@ class Checkpoint:
                 "rng": pyro.util.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
                 **{f"{n}_rng": g.get_state() for n, g in self.generators.items()},
-                "history": history,
+                "history": list(history),
             },
         )
 
@@ -112,13 +126,13 @@ class Checkpoint:
         Raises:
             CheckpointError: if the file is unreadable or was written with other settings.
         """
-        state = load_checkpoint(self.path)
+        state = load_checkpoint(self.path, remedy=self.remedy)
         changed = differences(state["fingerprint"], fingerprint)
         if changed:
             raise CheckpointError(
                 f"checkpoint {self.path} was written with other settings ("
                 + "; ".join(changed)
-                + "): rerun with its settings, or start over with another checkpoint path"
+                + f"): rerun with its settings, or {self.remedy}"
             )
         return state
 
