@@ -16,6 +16,7 @@ from pyro_dwp.cli import main
 from pyro_dwp.data import CACHE_ENV_VAR, DATA_ENV_VAR, random_affine, split_kernels
 from pyro_dwp.experiments import dwp_source
 from pyro_dwp.experiments.dwp_source import CHANCE_ACCURACY, select_kernels
+from pyro_dwp.infer import load_checkpoint
 from pyro_dwp.models import DWPConvNet, conv_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,7 +189,7 @@ def test_tiny_run_writes_kernel_sets_with_provenance(tmp_path, data_dir):
     assert report["warnings"] == []
     nets = []
     for seed in (0, 1):
-        state = torch.load(out / "source_nets" / f"net_seed{seed}.pt", weights_only=True)
+        state = load_checkpoint(out / "source_nets" / f"net_seed{seed}.pt")  # infer.Checkpoint's
         net = DWPConvNet((4, 8))
         net.load_state_dict(state["state_dict"])
         nets.append(net)
@@ -235,9 +236,9 @@ def test_rerun_resumes_and_rejects_other_settings(tmp_path, data_dir, capsys):
     )
     capsys.readouterr()
     assert main([*args, "--epochs", "5"]) == 1
-    assert "'epochs': (4, 5)" in capsys.readouterr().err
+    assert "epochs: 4 -> 5" in capsys.readouterr().err
     assert main([*args, "--l2-params", "all"]) == 1
-    assert "'l2_params': ('conv', 'all')" in capsys.readouterr().err
+    assert "l2_params: 'conv' -> 'all'" in capsys.readouterr().err
     (out / "source_nets" / "net_seed0.pt").write_bytes(b"not a checkpoint")
     assert main(args) == 1
     assert "net_seed0.pt" in capsys.readouterr().err
@@ -360,22 +361,64 @@ def test_he_scale_is_the_he_standard_deviation():
     assert dwp_source.he_scale(5, 32) == pytest.approx(0.05)
 
 
-def test_augment_is_a_training_setting_and_old_nets_count_as_not_augmented(
-    tmp_path, data_dir, capsys
-):
+def test_a_net_of_the_old_format_is_refused_naming_the_file(tmp_path, data_dir, capsys):
+    out = tmp_path / "source"
+    args = _tiny(out, data_dir)
+    assert main(args) == 0
+    path = out / "source_nets" / "net_seed0.pt"
+    state = load_checkpoint(path)
+    # the job's own format before the one Checkpoint
+    old = {"format": "pyro_dwp.dwp_source_net", "seed": 0, "state_dict": state["state_dict"]}
+    torch.save(old, path)
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{path} is not a pyro_dwp training checkpoint" in err
+    assert "delete it to train that net again" in err
+
+
+def test_an_interrupted_net_trains_on_as_if_uninterrupted(tmp_path, data_dir, monkeypatch, capsys):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    argv = [*_tiny(whole, data_dir), "--augment"]
+    assert main(argv) == 0
+    steps = 0
+
+    class Interrupted(dwp_source.AdamSteps):
+        def step(self, loss: torch.Tensor) -> None:
+            nonlocal steps
+            steps += 1
+            if steps > 5:  # in the 3rd of 4 epochs (2 steps each) of the first net
+                raise RuntimeError("interrupted")
+            super().step(loss)
+
+    monkeypatch.setattr(dwp_source, "AdamSteps", Interrupted)
+    argv = [*_tiny(cut, data_dir), "--augment"]
+    assert main(argv) == 1
+    assert "interrupted" in capsys.readouterr().err
+    state = load_checkpoint(cut / "source_nets" / "net_seed0.pt")
+    assert state["epoch"] == 2 and state["test_accuracy"] is None
+    monkeypatch.undo()
+    assert main(argv) == 0
+    report = json.loads((cut / "source_report.json").read_text())
+    assert [n["resumed"] for n in report["nets"]] == [True, False]
+    expected = json.loads((whole / "source_report.json").read_text())
+    for theirs, ours in zip(expected["nets"], report["nets"], strict=True):
+        assert ours["train_loss"] == theirs["train_loss"]
+        assert ours["test_accuracy"] == theirs["test_accuracy"]
+    for layer in ("conv1", "conv2"):
+        a = torch.load(whole / f"kernels_{layer}.pt", weights_only=True)
+        b = torch.load(cut / f"kernels_{layer}.pt", weights_only=True)
+        assert torch.equal(a["train"], b["train"]) and torch.equal(a["test"], b["test"])
+
+
+def test_augment_is_a_training_setting(tmp_path, data_dir, capsys):
     out = tmp_path / "source"
     args = _tiny(out, data_dir)
     assert main(args) == 0
     plain = torch.load(out / "kernels_conv1.pt", weights_only=True)["train"]
-    # a net saved before --augment existed has no "augment" setting: it is resumed, not refused
-    path = out / "source_nets" / "net_seed0.pt"
-    state = torch.load(path, weights_only=True)
-    del state["settings"]["augment"]
-    torch.save(state, path)
-    assert main(args) == 0
     capsys.readouterr()
     assert main([*args, "--augment"]) == 1
-    assert "'augment': (False, True)" in capsys.readouterr().err
+    assert "augment: False -> True" in capsys.readouterr().err
     augmented = tmp_path / "augmented"
     assert main([*_tiny(augmented, data_dir), "--augment"]) == 0
     report = json.loads((augmented / "source_report.json").read_text())

@@ -28,14 +28,9 @@ from pyro_dwp.data import (
     select_kernels,
     split_kernels,
 )
+from pyro_dwp.infer.checkpoint import Checkpoint
 from pyro_dwp.infer.steps import AdamSteps
-from pyro_dwp.io import (
-    add_device_argument,
-    check_device,
-    progress_bar,
-    read_torch_file,
-    save_checkpoint,
-)
+from pyro_dwp.io import add_device_argument, check_device, progress_bar, save_checkpoint
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
 __all__ = [
@@ -51,8 +46,6 @@ __all__ = [
 
 CHANCE_ACCURACY = 0.15
 """A source net with test accuracy at or below this (10 classes) is excluded."""
-
-_NET_FORMAT = "pyro_dwp.dwp_source_net"
 
 
 def _xavier_normal_init(net: nn.Module) -> None:
@@ -82,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         help="output directory (resume: automatic, a rerun with the same settings loads the "
-        "nets trained there; other settings are refused)",
+        "nets trained there and trains an interrupted one on from its last epoch; other settings "
+        "are refused)",
     )
     p.add_argument("--num-nets", type=int, default=10, help="number K of source networks")
     p.add_argument(
@@ -294,13 +288,6 @@ _SETTINGS = (
 )
 
 
-# Settings renamed with their options (old -> new), read from the nets of an older run.
-_RENAMED_KEYS = {"init": "net_init"}
-
-# Settings added later, with the value that nets trained before them had.
-_ADDED_KEYS = {"augment": False}
-
-
 def _floor(args: argparse.Namespace, layer_index: int) -> dict[str, float]:
     """The norm filter of the ``layer_index``-th conv layer: ``{"keep_fraction": f}`` or
     ``{"min_norm": m}``."""
@@ -349,59 +336,147 @@ def _trained_net(
     args: argparse.Namespace,
     device: torch.device,
 ) -> tuple[DWPConvNet, dict[str, Any]]:
-    """Load the net of ``seed`` from ``path`` if it was trained with ``settings``, else train,
-    evaluate and save it; return it (on the CPU) and its report record."""
-    if path.is_file():
-        state = _load_net_checkpoint(path)
-        state["settings"] = {
-            **_ADDED_KEYS,
-            **{_RENAMED_KEYS.get(k, k): v for k, v in state["settings"].items()},
-        }
-        if state["settings"] != settings or state["seed"] != seed:
-            old = {**state["settings"], "seed": state["seed"]}
-            new = {**settings, "seed": seed}
-            differ = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys()}
-            differ = {k: v for k, v in sorted(differ.items()) if v[0] != v[1]}
-            raise ValueError(
-                f"source net checkpoint {path} was trained with other settings (checkpoint vs "
-                f"this run: {differ}): delete {path.parent} or choose another --out"
-            )
-        net = DWPConvNet(tuple(args.channels))
-        net.load_state_dict(state["state_dict"])
-        return net, {**state["record"], "resumed": True}
+    """The net of ``seed``, trained with ``settings`` and evaluated; return it (on the CPU) and
+    its report record.
+
+    ``path`` is the net's :class:`~pyro_dwp.infer.Checkpoint`, written after every epoch and
+    with the test accuracy at the end: a finished net is loaded from it, an interrupted one
+    trained on from its last epoch (as if uninterrupted: weights, Adam and its schedule, the
+    shuffling and augmentation generators are restored).
+
+    Raises:
+        CheckpointError: If ``path`` is unreadable, of an older format or was written with other
+            settings (naming each, old -> new).
+    """
     torch.manual_seed(seed)
     net = DWPConvNet(tuple(args.channels))
     INITS[args.net_init](net)
     net.to(device)
-    losses = _train(net, x, y, seed, args, device)
-    accuracy = _accuracy(net, x_test, y_test, args.batch_size, device)
+    trainer = _NetTrainer(net, len(x), seed, args, device, path, {**settings, "seed": seed})
+    resumed = trainer.resume()
+    if trainer.test_accuracy is None:
+        trainer.train(x, y)
+        trainer.evaluate(x_test, y_test)
     net.cpu()
     record = {
         "seed": seed,
-        "test_accuracy": accuracy,
-        "train_loss": losses,
+        "test_accuracy": trainer.test_accuracy,
+        "train_loss": [h["loss"] for h in trainer.history],
         "checkpoint": str(path.relative_to(args.out)),
     }
-    save_checkpoint(
-        path,
-        {
-            "format": _NET_FORMAT,
-            "seed": seed,
-            "settings": settings,
-            "state_dict": net.state_dict(),
-            "record": record,
-        },
-    )
-    return net, {**record, "resumed": False}
+    return net, {**record, "resumed": resumed}
 
 
-def _load_net_checkpoint(path: Path) -> dict[str, Any]:
-    state = read_torch_file(
-        path, what="source net checkpoint", remedy="delete it to train that net again"
-    )
-    if not isinstance(state, dict) or state.get("format") != _NET_FORMAT:
-        raise ValueError(f"{path} is not a source net checkpoint of pyro-dwp dwp-source")
-    return state
+class _NetTrainer:
+    """The training of one source net: Adam on the mean cross-entropy + ``args.l2`` x
+    :func:`l2_penalty`, the rate decayed linearly to 0 over all steps (``--lr-schedule
+    linear``) or constant, the images shuffled (and augmented, ``--augment``) by generators
+    seeded with ``seed`` (and ``seed + 1``), checkpointed after every epoch.
+
+    Args:
+        net: The initialised net, on ``device``.
+        n: Number of training images.
+        seed: The net's seed.
+        args: The job's options.
+        device: Where the net trains.
+        path: The checkpoint file.
+        fingerprint: The settings the checkpoint must have been written with.
+    """
+
+    def __init__(
+        self,
+        net: DWPConvNet,
+        n: int,
+        seed: int,
+        args: argparse.Namespace,
+        device: torch.device,
+        path: Path,
+        fingerprint: dict[str, Any],
+    ) -> None:
+        self.net, self.seed, self.args, self.device = net, seed, args, device
+        total_steps = args.epochs * math.ceil(n / args.batch_size)
+        decay = total_steps if args.lr_schedule == "linear" else None
+        self.steps = AdamSteps(net.parameters(), args.lr, decay_steps=decay)
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.augment = torch.Generator().manual_seed(seed + 1)
+        self.checkpoint = Checkpoint(
+            path,
+            device=device,
+            generators={"shuffle": self.shuffle, "augment": self.augment},
+            remedy="delete it to train that net again, or choose another --out",
+        )
+        self.fingerprint = fingerprint
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.test_accuracy: float | None = None
+
+    def resume(self) -> bool:
+        """Continue from the checkpoint if there is one; return whether there was."""
+        if not self.checkpoint.exists():
+            return False
+        state = self.checkpoint.load(self.fingerprint)
+        self.net.load_state_dict(state["state_dict"])
+        self.steps.optimizer.load_state_dict(state["optim"])
+        if self.steps.schedule is not None:
+            self.steps.schedule.load_state_dict(state["schedule"])
+        self.checkpoint.restore_rng(state)
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.test_accuracy = state["test_accuracy"]
+        return True
+
+    def train(self, x: Tensor, y: Tensor) -> None:
+        """Train on images ``x`` ``(N, 1, 28, 28)`` and labels ``y`` ``(N,)`` up to
+        ``--epochs``, from the current epoch.
+
+        Raises:
+            FloatingPointError: On a NaN or infinite epoch loss.
+        """
+        args, device = self.args, self.device
+        x, y = x.to(device), y.to(device)
+        decayed = _l2_tensors(self.net, args.l2_params)  # looked up once, not every step
+        bar = progress_bar(
+            range(self.epoch, args.epochs),
+            desc=f"source net seed {self.seed}",
+            disable=args.no_progress,
+            initial=self.epoch,
+            total=args.epochs,
+        )
+        for epoch in bar:
+            total = torch.zeros((), device=device)
+            for idx in torch.randperm(len(x), generator=self.shuffle).split(args.batch_size):
+                idx = idx.to(device)
+                with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
+                    images = random_affine(x[idx], self.augment) if args.augment else x[idx]
+                    logits = self.net(images)
+                loss = F.cross_entropy(logits.float(), y[idx])
+                if args.l2:
+                    loss = loss + args.l2 * sum(t.square().sum() for t in decayed)
+                self.steps.step(loss)
+                total += loss.detach() * len(idx)
+            loss = total.item() / len(x)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"source net seed {self.seed}: training loss is {loss}")
+            self.history.append({"epoch": epoch + 1, "loss": loss})
+            self.epoch = epoch + 1
+            bar.set_postfix(loss=f"{loss:.4f}")
+            self._save()
+
+    def evaluate(self, x_test: Tensor, y_test: Tensor) -> None:
+        """Set and checkpoint the test accuracy (:func:`_accuracy`)."""
+        self.test_accuracy = _accuracy(self.net, x_test, y_test, self.args.batch_size, self.device)
+        self._save()
+
+    def _save(self) -> None:
+        schedule = self.steps.schedule
+        self.checkpoint.save(
+            self.epoch,
+            self.fingerprint,
+            self.history,
+            state_dict=self.net.state_dict(),
+            optim=self.steps.optimizer.state_dict(),
+            schedule=None if schedule is None else schedule.state_dict(),
+            test_accuracy=self.test_accuracy,
+        )
 
 
 def l2_penalty(net: nn.Module, params: str) -> Tensor:
@@ -425,44 +500,6 @@ def _l2_tensors(net: nn.Module, params: str) -> list[Tensor]:
     if params == "all":
         return list(net.parameters())
     return [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
-
-
-def _train(
-    net: DWPConvNet,
-    x: Tensor,
-    y: Tensor,
-    seed: int,
-    args: argparse.Namespace,
-    device: torch.device,
-) -> list[float]:
-    """Adam on the mean cross-entropy + ``args.l2`` x :func:`l2_penalty`, the rate decayed
-    linearly to 0 over all steps (``--lr-schedule linear``) or constant; the mean loss of each
-    epoch."""
-    x, y = x.to(device), y.to(device)
-    total_steps = args.epochs * math.ceil(len(x) / args.batch_size)
-    decay = total_steps if args.lr_schedule == "linear" else None
-    steps = AdamSteps(net.parameters(), args.lr, decay_steps=decay)
-    decayed = _l2_tensors(net, args.l2_params)  # looked up once, not every step
-    generator = torch.Generator().manual_seed(seed)
-    augment_generator = torch.Generator().manual_seed(seed + 1)
-    losses = []
-    bar = progress_bar(range(args.epochs), desc=f"source net seed {seed}", disable=args.no_progress)
-    for _ in bar:
-        total = torch.zeros((), device=device)
-        for idx in torch.randperm(len(x), generator=generator).split(args.batch_size):
-            idx = idx.to(device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
-                logits = net(random_affine(x[idx], augment_generator) if args.augment else x[idx])
-            loss = F.cross_entropy(logits.float(), y[idx])
-            if args.l2:
-                loss = loss + args.l2 * sum(t.square().sum() for t in decayed)
-            steps.step(loss)
-            total += loss.detach() * len(idx)
-        losses.append(total.item() / len(x))
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"source net seed {seed}: training loss is {losses[-1]}")
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    return losses
 
 
 @torch.no_grad()

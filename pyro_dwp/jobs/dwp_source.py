@@ -42,7 +42,9 @@ Writes to ``--out``:
   "layer", "kernel_size", "provenance": {...}}`` (float32, CPU; see :func:`main`);
 - ``source_report.json``: per-net accuracies, per-layer "kept n of m", the floor, the kernels'
   std and smoothness, warnings;
-- ``source_nets/net_seed<S>.pt``: each trained net.
+- ``source_nets/net_seed<S>.pt``: each net's checkpoint (:class:`pyro_dwp.infer.Checkpoint`,
+  written after every epoch: a rerun loads a finished net and trains an interrupted one on from
+  its last epoch).
 
 Resume: automatic. A rerun with the same settings in the same ``--out`` loads the nets trained
 there instead of training them again, and trains the missing ones; a net trained with other
