@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import math
 from typing import Any
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
-from torch.distributions import constraints
 
-from ._kernel_checks import KernelChecks
+from ._kernel_prior import KernelPrior, chunked_iwae, frozen
 
 __all__ = ["DeepWeightPrior", "iwae_log_marginal"]
 
@@ -40,7 +36,9 @@ def iwae_log_marginal(
       (the auxiliary bound's per-kernel prior term when :math:`q` is the reverse model).
 
     Samples are drawn in chunks of ``chunk_size`` (a running log-sum-exp), so memory stays
-    bounded for ``K`` in the thousands (Appendix F uses 10,000).
+    bounded for ``K`` in the thousands (Appendix F uses 10,000). The Markov-chain prior's
+    :func:`~pyro_dwp.distributions.markov_chain_prior.markov_chain_log_marginal` is the same
+    estimate over a chain of codes.
 
     Args:
         encoder: ``(..., k, k) -> (loc, scale)``, each ``(..., z_dim)``.
@@ -53,26 +51,20 @@ def iwae_log_marginal(
         ``(iwae, mean_log_weight)``, each of shape ``(...)``, differentiable (reparameterised
         samples).
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
-        )
     q = dist.Normal(*encoder(w)).to_event(1)
-    log_sum_exp, total = None, torch.zeros(w.shape[:-2], dtype=w.dtype, device=w.device)
-    for start in range(0, num_samples, chunk_size):
-        z = q.rsample((min(chunk_size, num_samples - start),))
-        log_weight = (
+
+    def log_weights(n: int) -> Tensor:
+        z = q.rsample((n,))
+        return (
             dist.Normal(*decoder(z)).to_event(2).log_prob(w)
             + dist.Normal(torch.zeros_like(z), torch.ones_like(z)).to_event(1).log_prob(z)
             - q.log_prob(z)
         )
-        chunk = log_weight.logsumexp(0)
-        log_sum_exp = chunk if log_sum_exp is None else torch.logaddexp(log_sum_exp, chunk)
-        total = total + log_weight.sum(0)
-    return log_sum_exp - math.log(num_samples), total / num_samples
+
+    return chunked_iwae(log_weights, w.shape[:-2], num_samples, chunk_size, like=w)
 
 
-class DeepWeightPrior(KernelChecks, TorchDistribution, nn.Module):
+class DeepWeightPrior(KernelPrior):
     r"""The deep weight prior over ``k x k`` kernels, :math:`p(w) = \int p(w \mid z) p(z) dz`.
 
     :math:`p(z) = \mathcal{N}(0, I_{z\_dim})` and :math:`p(w \mid z)` is the diagonal Gaussian
@@ -81,12 +73,16 @@ class DeepWeightPrior(KernelChecks, TorchDistribution, nn.Module):
     ``to_event`` (or :func:`pyro_dwp.priors.expand_to_param`) for a layer's ``(out, in, k, k)``
     weight.
 
+    It is the :class:`~pyro_dwp.distributions.markov_chain_prior.MarkovChainPrior` with no
+    transitions (``T = 0``); both build on the same base (the decoder, :meth:`latent`,
+    :meth:`conditional`, :meth:`sample`).
+
     The marginal density is intractable. For variational inference, the reparameterisation
     strategy :class:`~pyro_dwp.infer.reparam.DeepWeightPriorStrategy` (``BNN(..., reparam=...)``)
     rewrites the weight site into ``z ~ p(z)``, ``w ~ p(w | z)``, and with a reverse model
     :math:`r(z \mid w)` in the guide (``pyro_dwp.guides.reverse``) ``Trace_ELBO`` optimises the
-    auxiliary bound :math:`\mathcal{L}^{aux}` of eq. 8.
-    :meth:`log_prob` is only an *estimate* (see there) and needs an encoder.
+    auxiliary bound :math:`\mathcal{L}^{aux}` of eq. 8. :meth:`log_prob` is only an *estimate*
+    (see there) and needs an encoder.
 
     Like GPyTorch priors this is also an :class:`torch.nn.Module`: ``.to(device)`` moves the
     networks and the latent prior's buffers, and ``state_dict`` / ``load_state_dict`` save and
@@ -106,10 +102,6 @@ class DeepWeightPrior(KernelChecks, TorchDistribution, nn.Module):
         validate_args: Whether to validate values passed to :meth:`log_prob`.
     """
 
-    arg_constraints = {}
-    support = constraints.independent(constraints.real, 2)
-    has_rsample = False
-
     def __init__(
         self,
         decoder: nn.Module,
@@ -120,25 +112,14 @@ class DeepWeightPrior(KernelChecks, TorchDistribution, nn.Module):
         sample_mean: bool = False,
         validate_args: bool | None = None,
     ) -> None:
-        kernel_size, z_dim = int(decoder.kernel_size), int(decoder.z_dim)
-        if num_samples < 1 or chunk_size < 1:
-            raise ValueError(
-                f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
-            )
-        # Module first. Distribution.__init__ ends with super().__init__(), which reaches
-        # Module.__init__ again through the MRO: harmless, as nothing is registered yet.
-        nn.Module.__init__(self)
-        TorchDistribution.__init__(
-            self, torch.Size(), torch.Size((kernel_size, kernel_size)), validate_args=validate_args
+        super().__init__(
+            decoder,
+            num_samples=num_samples,
+            chunk_size=chunk_size,
+            sample_mean=sample_mean,
+            validate_args=validate_args,
         )
-        self.kernel_size, self.z_dim = kernel_size, z_dim
-        self.num_samples, self.chunk_size, self.sample_mean = num_samples, chunk_size, sample_mean
-        self.decoder = copy.deepcopy(decoder).requires_grad_(False)
-        self.encoder = None if encoder is None else copy.deepcopy(encoder).requires_grad_(False)
-        # The latent prior N(0, I) as buffers, so that .to() moves it with the networks.
-        ref = next(self.decoder.parameters(), torch.empty(0))
-        self.register_buffer("latent_loc", ref.new_zeros(z_dim), persistent=False)
-        self.register_buffer("latent_scale", ref.new_ones(z_dim), persistent=False)
+        self.encoder = None if encoder is None else frozen(encoder)
 
     @classmethod
     def from_vae(
@@ -153,23 +134,6 @@ class DeepWeightPrior(KernelChecks, TorchDistribution, nn.Module):
             **kwargs: Keyword arguments of :class:`DeepWeightPrior`.
         """
         return cls(vae.decoder, vae.encoder if with_encoder else None, **kwargs)
-
-    def latent(self, batch_shape: tuple[int, ...] = ()) -> dist.Independent:
-        """:math:`p(z) = \\mathcal{N}(0, I)`: batch shape ``batch_shape``, event ``(z_dim,)``."""
-        base = dist.Normal(self.latent_loc, self.latent_scale)
-        return base.expand(torch.Size(batch_shape) + (self.z_dim,)).to_event(1)
-
-    def conditional(self, z: Tensor) -> dist.Independent:
-        """:math:`p(w \\mid z)`: codes ``(..., z_dim)`` to batch ``(...)``, event ``(k, k)``."""
-        self._check_device(z)
-        return dist.Normal(*self.decoder(z)).to_event(2)
-
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        """Draw ``z ~ p(z)`` then ``w ~ p(w | z)`` (or its mean): ``sample_shape + (k, k)``."""
-        with torch.no_grad():
-            z = self.latent(torch.Size(sample_shape) + self.batch_shape).sample()
-            p_w = self.conditional(z)
-            return p_w.mean if self.sample_mean else p_w.sample()
 
     def log_prob(self, value: Tensor) -> Tensor:
         r"""Importance-weighted (IWAE) estimate of :math:`\log p(w)`, ``(..., k, k) -> (...)``.
@@ -186,9 +150,7 @@ class DeepWeightPrior(KernelChecks, TorchDistribution, nn.Module):
             RuntimeError: If the prior has no encoder, or ``value`` is on another device.
             ValueError: If ``value``'s last two dimensions are not ``(k, k)``.
         """
-        self._check_kernels(value)
-        if self._validate_args:
-            self._validate_sample(value)
+        self._check_value(value)
         if self.encoder is None:
             raise RuntimeError(
                 "DeepWeightPrior.log_prob needs an encoder q(z|w) for its importance-weighted "

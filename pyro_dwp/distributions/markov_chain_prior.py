@@ -7,18 +7,14 @@ Gaussian transitions. With ``T = 0`` it is the deep weight prior.
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
-from torch.distributions import constraints
 
-from ._kernel_checks import KernelChecks
+from ._kernel_prior import KernelPrior, chunked_iwae, frozen
 
 __all__ = ["MarkovChainPrior", "chain_log_weights", "markov_chain_log_marginal"]
 
@@ -115,22 +111,14 @@ def markov_chain_log_marginal(
     Returns:
         ``(iwae, mean_log_weight)``, each ``(...)``.
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
-        )
-    log_sum_exp, total = None, torch.zeros(w.shape[:-2], dtype=w.dtype, device=w.device)
-    for start in range(0, num_samples, chunk_size):
-        log_weight = chain_log_weights(
-            encoder, reverse, decoder, transitions, w, min(chunk_size, num_samples - start)
-        )
-        chunk = log_weight.logsumexp(0)
-        log_sum_exp = chunk if log_sum_exp is None else torch.logaddexp(log_sum_exp, chunk)
-        total = total + log_weight.sum(0)
-    return log_sum_exp - math.log(num_samples), total / num_samples
+
+    def log_weights(n: int) -> Tensor:
+        return chain_log_weights(encoder, reverse, decoder, transitions, w, n)
+
+    return chunked_iwae(log_weights, w.shape[:-2], num_samples, chunk_size, like=w)
 
 
-class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
+class MarkovChainPrior(KernelPrior):
     r"""A Markov-chain implicit prior over ``k x k`` kernels (Appendix A of *The Deep Weight
     Prior*, Atanov et al., 2019):
 
@@ -153,9 +141,10 @@ class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
     (:class:`~pyro_dwp.guides.reverse_chain.ReverseChainGuide`) ``Trace_ELBO`` is the auxiliary
     bound of Appendix A. :meth:`log_prob` is only an *estimate* and needs the reverse chain.
 
-    An :class:`torch.nn.Module` like the deep weight prior: ``.to(device)`` moves the networks,
-    ``state_dict`` saves them; they are deep-copied and frozen (the prior is fixed during
-    variational inference).
+    An :class:`torch.nn.Module` like the deep weight prior, on the same base (the decoder,
+    :meth:`latent`, :meth:`conditional`, :meth:`sample` with the chain in between):
+    ``.to(device)`` moves the networks, ``state_dict`` saves them; they are deep-copied and
+    frozen (the prior is fixed during variational inference).
 
     Args:
         decoder: ``(..., z_dim) -> (loc, scale)`` of :math:`p(w \mid z_T)`, each
@@ -177,10 +166,6 @@ class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
             length differs from ``transitions``', or ``num_samples`` / ``chunk_size`` < 1.
     """
 
-    arg_constraints = {}
-    support = constraints.independent(constraints.real, 2)
-    has_rsample = False
-
     def __init__(
         self,
         decoder: nn.Module,
@@ -193,11 +178,6 @@ class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
         sample_mean: bool = False,
         validate_args: bool | None = None,
     ) -> None:
-        kernel_size, z_dim = int(decoder.kernel_size), int(decoder.z_dim)
-        if num_samples < 1 or chunk_size < 1:
-            raise ValueError(
-                f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
-            )
         if (encoder is None) != (reverse is None):
             raise ValueError(
                 "the reverse chain is an encoder r(z_T | w) and T reverse transitions: give "
@@ -208,23 +188,17 @@ class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
                 f"{len(transitions)} transitions need {len(transitions)} reverse transitions, "
                 f"got {len(reverse)}"
             )
-        nn.Module.__init__(self)  # first: see DeepWeightPrior
-        TorchDistribution.__init__(
-            self, torch.Size(), torch.Size((kernel_size, kernel_size)), validate_args=validate_args
+        super().__init__(
+            decoder,
+            num_samples=num_samples,
+            chunk_size=chunk_size,
+            sample_mean=sample_mean,
+            validate_args=validate_args,
         )
-        self.kernel_size, self.z_dim, self.steps = kernel_size, z_dim, len(transitions)
-        self.num_samples, self.chunk_size, self.sample_mean = num_samples, chunk_size, sample_mean
-
-        def frozen(module: nn.Module) -> nn.Module:
-            return copy.deepcopy(module).requires_grad_(False)
-
-        self.decoder = frozen(decoder)
+        self.steps = len(transitions)
         self.transitions = nn.ModuleList(frozen(t) for t in transitions)
         self.encoder = None if encoder is None else frozen(encoder)
         self.reverse = None if reverse is None else nn.ModuleList(frozen(r) for r in reverse)
-        ref = next(self.decoder.parameters(), torch.empty(0))
-        self.register_buffer("latent_loc", ref.new_zeros(z_dim), persistent=False)
-        self.register_buffer("latent_scale", ref.new_ones(z_dim), persistent=False)
 
     @classmethod
     def from_vae(
@@ -243,11 +217,6 @@ class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
             return cls(vae.decoder, vae.transitions, vae.encoder, vae.reverse, **kwargs)
         return cls(vae.decoder, vae.transitions, **kwargs)
 
-    def latent(self, batch_shape: tuple[int, ...] = ()) -> dist.Independent:
-        """:math:`p(z_0) = \\mathcal{N}(0, I)`: batch shape ``batch_shape``, event ``(z_dim,)``."""
-        base = dist.Normal(self.latent_loc, self.latent_scale)
-        return base.expand(torch.Size(batch_shape) + (self.z_dim,)).to_event(1)
-
     def transition(self, t: int, z: Tensor) -> dist.Independent:
         """:math:`p(z_t \\mid z_{t-1})`, ``1 <= t <= T``: ``z_{t-1}`` ``(..., z_dim)`` to batch
         ``(...)``, event ``(z_dim,)``."""
@@ -256,20 +225,13 @@ class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
         self._check_device(z)
         return _normal(self.transitions[t - 1](z))
 
-    def conditional(self, z: Tensor) -> dist.Independent:
-        """:math:`p(w \\mid z_T)`: codes ``(..., z_dim)`` to batch ``(...)``, event ``(k, k)``."""
-        self._check_device(z)
-        return dist.Normal(*self.decoder(z)).to_event(2)
-
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        """Draw the chain ``z_0 ~ p(z_0)``, ``z_t ~ p(z_t | z_{t-1})``, then ``w ~ p(w | z_T)``
-        (or its mean): ``sample_shape + batch_shape + (k, k)``."""
-        with torch.no_grad():
-            z = self.latent(torch.Size(sample_shape) + self.batch_shape).sample()
-            for t in range(1, self.steps + 1):
-                z = self.transition(t, z).sample()
-            p_w = self.conditional(z)
-            return p_w.mean if self.sample_mean else p_w.sample()
+    def _code(self, z0: Tensor) -> Tensor:
+        """The chain's last state ``z_T``: ``z_t ~ p(z_t | z_{t-1})`` from ``z0`` ``(...,
+        z_dim)``, so that :meth:`sample` draws the chain, then ``w ~ p(w | z_T)``."""
+        z = z0
+        for t in range(1, self.steps + 1):
+            z = self.transition(t, z).sample()
+        return z
 
     def log_prob(self, value: Tensor) -> Tensor:
         r"""Importance-weighted (IWAE) estimate of :math:`\log p(w)`, ``(..., k, k) -> (...)``.
@@ -285,9 +247,7 @@ class MarkovChainPrior(KernelChecks, TorchDistribution, nn.Module):
             RuntimeError: If the prior has no reverse chain, or ``value`` is on another device.
             ValueError: If ``value``'s last two dimensions are not ``(k, k)``.
         """
-        self._check_kernels(value)
-        if self._validate_args:
-            self._validate_sample(value)
+        self._check_value(value)
         if self.encoder is None or self.reverse is None:
             raise RuntimeError(
                 "MarkovChainPrior.log_prob needs the reverse chain (encoder and reverse "
