@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyro.poutine as poutine
@@ -98,25 +99,57 @@ def dwp_bound_gap(
     Raises:
         ValueError: If a site of the guide has no deep weight prior in ``model``.
     """
+    encoders = dict(zip(guide.site_names, guide.encoders.values(), strict=True))
+
+    def estimates(site: str, w: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        prior = model.priors.get(site)
+        if not isinstance(prior, DeepWeightPrior):
+            raise ValueError(f"site {site!r} has no DeepWeightPrior in the model")
+        proposals = {"": encoders[site]}
+        if prior.encoder is not None:
+            proposals["_frozen"] = prior.encoder
+        return {
+            suffix: kernel_bound_terms(
+                proposal, prior.decoder, w, num_samples, chunk_size=chunk_size
+            )
+            for suffix, proposal in proposals.items()
+        }
+
+    return _bound_gap_table(
+        lambda: guide.base(*args), guide.site_names, estimates, num_weight_samples
+    )
+
+
+def _bound_gap_table(
+    draw_weights: Callable[[], dict[str, Tensor]],
+    site_names: Sequence[str],
+    estimates: Callable[[str, Tensor], dict[str, tuple[Tensor, Tensor]]],
+    num_weight_samples: int,
+) -> dict[str, dict[str, float]]:
+    """The table of :func:`dwp_bound_gap` and of the Markov-chain prior's
+    :func:`~pyro_dwp.infer.markov_chain_gap.markov_chain_bound_gap`: for ``num_weight_samples``
+    draws of the weights ``draw_weights()`` (``{site: w}``, run under ``poutine.block``), per
+    site the estimates of each proposal, ``estimates(site, w)`` -> ``{suffix: (iwae, aux)}``
+    each of shape ``w.shape[:-2]`` (suffix ``""`` for the guide's reverse model,
+    ``"_frozen"`` for the prior's own), summed over the kernels and averaged over the draws.
+
+    Returns:
+        ``{site: {"kernels", "log_p_w" + suffix, "aux" + suffix, "gap" + suffix}}`` and a
+        ``"total"`` entry summing the sites.
+
+    Raises:
+        ValueError: If ``num_weight_samples`` < 1.
+    """
     if num_weight_samples < 1:
         raise ValueError(f"num_weight_samples must be >= 1, got {num_weight_samples}")
     results: dict[str, dict[str, float]] = {}
     for _ in range(num_weight_samples):
         with poutine.block():
-            weights = guide.base(*args)
-        for site, encoder in zip(guide.site_names, guide.encoders.values(), strict=True):
-            prior = model.priors.get(site)
-            if not isinstance(prior, DeepWeightPrior):
-                raise ValueError(f"site {site!r} has no DeepWeightPrior in the model")
+            weights = draw_weights()
+        for site in site_names:
             w = weights[site]
             row = results.setdefault(site, {"kernels": float(math.prod(w.shape[:-2]))})
-            proposals = {"": encoder}
-            if prior.encoder is not None:
-                proposals["_frozen"] = prior.encoder
-            for suffix, proposal in proposals.items():
-                iwae, aux = kernel_bound_terms(
-                    proposal, prior.decoder, w, num_samples, chunk_size=chunk_size
-                )
+            for suffix, (iwae, aux) in estimates(site, w).items():
                 for key, value in (("log_p_w", iwae), ("aux", aux), ("gap", iwae - aux)):
                     name = key + suffix
                     row[name] = row.get(name, 0.0) + value.sum().item() / num_weight_samples

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pyro.poutine as poutine
 import torch
+from torch import Tensor
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions.markov_chain_prior import MarkovChainPrior, markov_chain_log_marginal
 from pyro_dwp.guides.reverse_chain import ReverseChainGuide
+
+from .dwp_gap import _bound_gap_table
 
 __all__ = ["markov_chain_bound_gap"]
 
@@ -66,36 +68,29 @@ def markov_chain_bound_gap(
             f"num_weight_samples and chunk_size must be >= 1, got {num_weight_samples}, "
             f"{chunk_size}"
         )
-    results: dict[str, dict[str, float]] = {}
-    for _ in range(num_weight_samples):
-        with poutine.block():
-            weights = guide.base(*args)
-        for site, chain in zip(guide.site_names, guide.chains.values(), strict=True):
-            prior = model.priors.get(site)
-            if not isinstance(prior, MarkovChainPrior):
-                raise ValueError(f"site {site!r} has no MarkovChainPrior in the model")
-            w = weights[site]
-            row = results.setdefault(site, {"kernels": float(math.prod(w.shape[:-2]))})
-            proposals = {"": (chain["encoder"], chain["reverse"])}
-            if prior.encoder is not None and prior.reverse is not None:
-                proposals["_frozen"] = (prior.encoder, prior.reverse)
-            per_chunk = max(1, chunk_size // max(1, math.prod(w.shape[:-2])))
-            for suffix, (encoder, reverse) in proposals.items():
-                iwae, aux = markov_chain_log_marginal(
-                    encoder,
-                    reverse,
-                    prior.decoder,
-                    prior.transitions,
-                    w,
-                    num_samples,
-                    chunk_size=per_chunk,
-                )
-                for key, value in (("log_p_w", iwae), ("aux", aux), ("gap", iwae - aux)):
-                    name = key + suffix
-                    row[name] = row.get(name, 0.0) + value.sum().item() / num_weight_samples
-    total: dict[str, float] = {}
-    for row in results.values():
-        for key, value in row.items():
-            total[key] = total.get(key, 0.0) + value
-    results["total"] = total
-    return results
+    chains = dict(zip(guide.site_names, guide.chains.values(), strict=True))
+
+    def estimates(site: str, w: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        prior = model.priors.get(site)
+        if not isinstance(prior, MarkovChainPrior):
+            raise ValueError(f"site {site!r} has no MarkovChainPrior in the model")
+        proposals = {"": (chains[site]["encoder"], chains[site]["reverse"])}
+        if prior.encoder is not None and prior.reverse is not None:
+            proposals["_frozen"] = (prior.encoder, prior.reverse)
+        per_chunk = max(1, chunk_size // max(1, math.prod(w.shape[:-2])))
+        return {
+            suffix: markov_chain_log_marginal(
+                encoder,
+                reverse,
+                prior.decoder,
+                prior.transitions,
+                w,
+                num_samples,
+                chunk_size=per_chunk,
+            )
+            for suffix, (encoder, reverse) in proposals.items()
+        }
+
+    return _bound_gap_table(
+        lambda: guide.base(*args), guide.site_names, estimates, num_weight_samples
+    )
