@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -26,7 +26,108 @@ def latent_site_name(name: str) -> str:
     return f"{name}_z"
 
 
-class ReverseModelGuide(nn.Module):
+class _AuxiliaryGuide(nn.Module):
+    r"""Base of the guides of the auxiliary bounds, :class:`ReverseModelGuide` (the deep weight
+    prior) and :class:`~pyro_dwp.guides.reverse_chain.ReverseChainGuide` (the Markov-chain
+    prior; ``T = 0`` is the former): a base guide :math:`q(w)` over the weights, built on the
+    model with the code sites hidden, and per weight site a module that samples the site's codes
+    given the weights, reparameterised.
+
+    The per-site modules live in a ``ModuleDict`` named by :attr:`modules_attribute` (site
+    ``"conv1.weight"`` stored as ``"conv1__weight"``: module names cannot contain dots), trained
+    with the guide or frozen (``trainable``). A subclass names its code sites
+    (:meth:`_code_sites`) and samples them (:meth:`_sample_codes`).
+
+    Args:
+        model: The model, with the prior's sites reparameterised.
+        base_guide_builder: ``model -> AutoGuide`` for the weights.
+        per_site: ``{weight site name: module}``, already copied.
+        trainable: Unfreeze the modules and register them with ``pyro.module`` under ``name``
+            (taking the param store's values, so a resumed run continues with the trained
+            ones), or freeze them at their initial values, unregistered.
+        name: Name under which ``pyro.module`` registers the modules.
+
+    Raises:
+        ValueError: If two site names clash once dots become ``__``.
+        TypeError: If the builder does not return an ``AutoGuide``.
+    """
+
+    modules_attribute: ClassVar[str]
+    """Attribute (and ``state_dict`` prefix) of the per-site ``ModuleDict``."""
+    module_noun: ClassVar[str]
+    """What a per-site module is, for messages (e.g. ``"an encoder"``)."""
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        base_guide_builder: Callable[[Callable[..., Any]], AutoGuide],
+        per_site: Mapping[str, nn.Module],
+        *,
+        trainable: bool,
+        name: str,
+    ) -> None:
+        super().__init__()
+        self.site_names = tuple(per_site)
+        self.trainable, self.name = trainable, name
+        modules = nn.ModuleDict({n.replace(".", "__"): m for n, m in per_site.items()})
+        if len(modules) != len(self.site_names):
+            raise ValueError(f"site names {self.site_names} clash once dots become '__'")
+        # Copies of a prior's networks arrive frozen: set both ways explicitly.
+        modules.requires_grad_(trainable)
+        setattr(self, self.modules_attribute, modules)
+        hidden = [
+            code
+            for site, module in zip(self.site_names, modules.values(), strict=True)
+            for code in self._code_sites(site, module)
+        ]
+        base = base_guide_builder(poutine.block(model, hide=hidden))
+        if not isinstance(base, AutoGuide):
+            raise TypeError(
+                f"base_guide_builder must return a pyro AutoGuide, got {type(base).__name__}"
+            )
+        self.base = base
+        self._registered = False
+
+    def _code_sites(self, site: str, module: nn.Module) -> list[str]:
+        """The model's code sites of weight site ``site`` (hidden from the base guide)."""
+        raise NotImplementedError
+
+    def _sample_codes(
+        self, site: str, module: nn.Module, w: Tensor, event_dim: int
+    ) -> dict[str, Tensor]:
+        """Sample the codes of ``site`` given its weights ``w`` with ``module``; each site's
+        event dimensions ``event_dim``; return ``{code site: value}``."""
+        raise NotImplementedError
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Sample the base guide, then each weight site's codes given its weights.
+
+        Returns:
+            ``{site name: value}`` of the base guide, plus the code sites of each weight site
+            ``name``, each of shape ``(*particles, *w.shape[:-2], z_dim)``.
+        """
+        values = self.base(*args, **kwargs)
+        modules = getattr(self, self.modules_attribute)
+        if self.trainable and not self._registered:  # an earlier guide's modules: not ours
+            _replace_stale_params(f"{self.name}$$$", type(self).__name__)
+            self._registered = True
+        if self.trainable:
+            # update_module_params: after a resume (or any set_state of the param store) the
+            # store holds the trained values; without it the modules would keep their own.
+            pyro.module(self.name, modules, update_module_params=True)
+        for site, module in zip(self.site_names, modules.values(), strict=True):
+            if site not in values:
+                raise KeyError(
+                    f"{type(self).__name__} has {self.module_noun} for {site!r} but the base "
+                    f"guide sampled only {sorted(values)}"
+                )
+            # Event dims of the codes: those of w in the model, (k, k) replaced by (z_dim,).
+            event_dim = self.base.prototype_trace.nodes[site]["fn"].event_dim - 1
+            values.update(self._sample_codes(site, module, values[site], event_dim))
+        return values
+
+
+class ReverseModelGuide(_AuxiliaryGuide):
     r"""Guide :math:`q(w) \, r(z \mid w; \psi)` for models with deep-weight-prior sites.
 
     For each weight site ``name`` reparameterised by
@@ -64,6 +165,9 @@ class ReverseModelGuide(nn.Module):
         TypeError: If the builder does not return an ``AutoGuide``.
     """
 
+    modules_attribute = "encoders"
+    module_noun = "an encoder"
+
     def __init__(
         self,
         model: Callable[..., Any],
@@ -73,52 +177,23 @@ class ReverseModelGuide(nn.Module):
         trainable: bool = True,
         name: str = "reverse_model",
     ) -> None:
-        super().__init__()
         if not encoders:
             raise ValueError("ReverseModelGuide needs at least one {site name: encoder}")
-        self.site_names = tuple(encoders)
-        self.trainable, self.name = trainable, name
-        # Module names cannot contain dots: "conv1.weight" is stored as "conv1__weight".
-        self.encoders = nn.ModuleDict(
-            {n.replace(".", "__"): copy.deepcopy(e) for n, e in encoders.items()}
+        super().__init__(
+            model,
+            base_guide_builder,
+            {n: copy.deepcopy(e) for n, e in encoders.items()},
+            trainable=trainable,
+            name=name,
         )
-        if len(self.encoders) != len(self.site_names):
-            raise ValueError(f"site names {self.site_names} clash once dots become '__'")
-        # Copies of a DeepWeightPrior's encoder arrive frozen: set both ways explicitly.
-        self.encoders.requires_grad_(trainable)
-        hidden = [latent_site_name(n) for n in self.site_names]
-        base = base_guide_builder(poutine.block(model, hide=hidden))
-        if not isinstance(base, AutoGuide):
-            raise TypeError(
-                f"base_guide_builder must return a pyro AutoGuide, got {type(base).__name__}"
-            )
-        self.base = base
-        self._registered = False
 
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        """Sample the base guide, then each code ``z ~ r(z | w)``.
+    def _code_sites(self, site: str, module: nn.Module) -> list[str]:
+        return [latent_site_name(site)]
 
-        Returns:
-            ``{site name: value}`` of the base guide, plus ``f"{name}_z"`` codes of shape
-            ``(*particles, *w.shape[:-2], z_dim)`` for each weight site ``name``.
-        """
-        values = self.base(*args, **kwargs)
-        if self.trainable and not self._registered:  # an earlier guide's encoders: not ours
-            _replace_stale_params(f"{self.name}$$$", type(self).__name__)
-            self._registered = True
-        if self.trainable:
-            # update_module_params: after a resume (or any set_state of the param store) the
-            # store holds the trained values; without it the encoders would keep their own.
-            pyro.module(self.name, self.encoders, update_module_params=True)
-        for site, encoder in zip(self.site_names, self.encoders.values(), strict=True):
-            if site not in values:
-                raise KeyError(
-                    f"ReverseModelGuide has an encoder for {site!r} but the base guide sampled "
-                    f"only {sorted(values)}"
-                )
-            # Event dims of z: those of w in the model, with (k, k) replaced by (z_dim,).
-            event_dim = self.base.prototype_trace.nodes[site]["fn"].event_dim - 1
-            loc, scale = encoder(values[site])
-            z_name = latent_site_name(site)
-            values[z_name] = pyro.sample(z_name, dist.Normal(loc, scale).to_event(event_dim))
-        return values
+    def _sample_codes(
+        self, site: str, module: nn.Module, w: Tensor, event_dim: int
+    ) -> dict[str, Tensor]:
+        """The code ``z ~ r(z | w)`` of ``site``, one per kernel."""
+        loc, scale = module(w)
+        z_name = latent_site_name(site)
+        return {z_name: pyro.sample(z_name, dist.Normal(loc, scale).to_event(event_dim))}

@@ -9,13 +9,12 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 from pyro.infer.autoguide import AutoGuide
 from torch import Tensor, nn
 
 from pyro_dwp.models.markov_chain_vae import MarkovChainVAE
 
-from .bbb import _replace_stale_params
+from .reverse import _AuxiliaryGuide
 
 __all__ = ["ReverseChainGuide", "chain_site_name"]
 
@@ -29,7 +28,7 @@ def chain_site_name(name: str, t: int) -> str:
     return f"{name}_z{t}"
 
 
-class ReverseChainGuide(nn.Module):
+class ReverseChainGuide(_AuxiliaryGuide):
     r"""Guide :math:`q(w) \, r(z_T \mid w) \prod_{t=1}^T r(z_{t-1} \mid z_t, w)` for models
     with Markov-chain-prior sites.
 
@@ -67,6 +66,9 @@ class ReverseChainGuide(nn.Module):
         TypeError: If the builder does not return an ``AutoGuide``.
     """
 
+    modules_attribute = "chains"
+    module_noun = "a reverse chain"
+
     def __init__(
         self,
         model: Callable[..., Any],
@@ -76,63 +78,30 @@ class ReverseChainGuide(nn.Module):
         trainable: bool = True,
         name: str = "reverse_chain",
     ) -> None:
-        super().__init__()
         if not chains:
             raise ValueError("ReverseChainGuide needs at least one {site name: MarkovChainVAE}")
-        self.site_names = tuple(chains)
-        self.trainable, self.name = trainable, name
-        self.chains = nn.ModuleDict(
-            {
-                n.replace(".", "__"): nn.ModuleDict(
-                    {"encoder": copy.deepcopy(c.encoder), "reverse": copy.deepcopy(c.reverse)}
-                )
-                for n, c in chains.items()
-            }
-        )
-        if len(self.chains) != len(self.site_names):
-            raise ValueError(f"site names {self.site_names} clash once dots become '__'")
-        self.chains.requires_grad_(trainable)
-        hidden = [
-            chain_site_name(n, t)
-            for n, c in zip(self.site_names, self.chains.values(), strict=True)
-            for t in range(len(c["reverse"]) + 1)
-        ]
-        base = base_guide_builder(poutine.block(model, hide=hidden))
-        if not isinstance(base, AutoGuide):
-            raise TypeError(
-                f"base_guide_builder must return a pyro AutoGuide, got {type(base).__name__}"
+        copies = {
+            n: nn.ModuleDict(
+                {"encoder": copy.deepcopy(c.encoder), "reverse": copy.deepcopy(c.reverse)}
             )
-        self.base = base
-        self._registered = False
+            for n, c in chains.items()
+        }
+        super().__init__(model, base_guide_builder, copies, trainable=trainable, name=name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        """Sample the base guide, then each reverse chain ``z_T, ..., z_0``.
+    def _code_sites(self, site: str, module: nn.Module) -> list[str]:
+        return [chain_site_name(site, t) for t in range(len(module["reverse"]) + 1)]
 
-        Returns:
-            ``{site name: value}`` of the base guide, plus the states
-            ``chain_site_name(name, t)`` of shape ``(*particles, *w.shape[:-2], z_dim)`` for
-            each weight site ``name``.
-        """
-        values = self.base(*args, **kwargs)
-        if self.trainable and not self._registered:  # an earlier guide's chains: not ours
-            _replace_stale_params(f"{self.name}$$$", type(self).__name__)
-            self._registered = True
-        if self.trainable:
-            pyro.module(self.name, self.chains, update_module_params=True)
-        for site, chain in zip(self.site_names, self.chains.values(), strict=True):
-            if site not in values:
-                raise KeyError(
-                    f"ReverseChainGuide has a reverse chain for {site!r} but the base guide "
-                    f"sampled only {sorted(values)}"
-                )
-            w = values[site]
-            # Event dims of each z_t: those of w in the model, (k, k) replaced by (z_dim,).
-            event_dim = self.base.prototype_trace.nodes[site]["fn"].event_dim - 1
-            steps = len(chain["reverse"])
-            loc_scale = chain["encoder"](w)
-            for t in range(steps, -1, -1):
-                z_name = chain_site_name(site, t)
-                values[z_name] = pyro.sample(z_name, dist.Normal(*loc_scale).to_event(event_dim))
-                if t > 0:
-                    loc_scale = chain["reverse"][t - 1](values[z_name], w)
-        return values
+    def _sample_codes(
+        self, site: str, module: nn.Module, w: Tensor, event_dim: int
+    ) -> dict[str, Tensor]:
+        """The reverse chain of ``site``: ``z_T ~ r(z_T | w)``, then each
+        ``z_{t-1} ~ r(z_{t-1} | z_t, w)``, one chain per kernel."""
+        codes = {}
+        steps = len(module["reverse"])
+        loc_scale = module["encoder"](w)
+        for t in range(steps, -1, -1):
+            z_name = chain_site_name(site, t)
+            codes[z_name] = pyro.sample(z_name, dist.Normal(*loc_scale).to_event(event_dim))
+            if t > 0:
+                loc_scale = module["reverse"][t - 1](codes[z_name], w)
+        return codes
