@@ -4,17 +4,19 @@ weights (Appendix A of Atanov et al., 2019), and the strategy that picks it for 
 from __future__ import annotations
 
 import pyro
-from pyro.infer.reparam.reparam import Reparam, ReparamMessage, ReparamResult
+import torch
+from pyro.infer.reparam.reparam import Reparam, ReparamMessage
 from pyro.infer.reparam.strategies import Strategy
+from torch import Tensor
 
 from pyro_dwp.distributions.markov_chain_prior import MarkovChainPrior
 from pyro_dwp.guides.reverse_chain import chain_site_name
-from pyro_dwp.infer.reparam import _unwrap
+from pyro_dwp.infer.reparam import KernelPriorReparam, _unwrap
 
 __all__ = ["MarkovChainReparam", "MarkovChainStrategy", "chain_site_name"]
 
 
-class MarkovChainReparam(Reparam):
+class MarkovChainReparam(KernelPriorReparam[MarkovChainPrior]):
     r"""Rewrites a weight site ``w ~ MarkovChainPrior`` into its chain ``z_0, ..., z_T`` and
     ``w ~ p(w | z_T)``.
 
@@ -39,25 +41,20 @@ class MarkovChainReparam(Reparam):
     ``f"{name}_z0"`` instead of ``f"{name}_z"``).
     """
 
-    def apply(self, msg: ReparamMessage) -> ReparamResult:
-        name, fn = msg["name"], msg["fn"]
-        batched, prior = _unwrap(fn)
-        if not isinstance(prior, MarkovChainPrior):
-            raise TypeError(
-                f"MarkovChainReparam at site {name!r} expects a MarkovChainPrior, possibly "
-                f"expanded and wrapped in Independent; got {fn}"
-            )
-        extra_event_dims = fn.event_dim - prior.event_dim
+    prior_type = MarkovChainPrior
+
+    def _code(
+        self, name: str, prior: MarkovChainPrior, batch_shape: torch.Size, extra_event_dims: int
+    ) -> Tensor:
+        """The chain's sites :func:`chain_site_name` ``(name, t)``, ``t = 0 .. T``; ``z_T``."""
         z = pyro.sample(
-            chain_site_name(name, 0),
-            prior.latent(batched.batch_shape).to_event(extra_event_dims),
+            chain_site_name(name, 0), prior.latent(batch_shape).to_event(extra_event_dims)
         )
         for t in range(1, prior.steps + 1):
             z = pyro.sample(
                 chain_site_name(name, t), prior.transition(t, z).to_event(extra_event_dims)
             )
-        new_fn = prior.conditional(z).to_event(extra_event_dims)
-        return {"fn": new_fn, "value": msg["value"], "is_observed": msg["is_observed"]}
+        return z
 
 
 class MarkovChainStrategy(Strategy):

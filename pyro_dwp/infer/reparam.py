@@ -3,16 +3,28 @@ the strategy that chooses it for every such site (as ``pyro.infer.reparam.strate
 
 from __future__ import annotations
 
+from typing import ClassVar, Generic, TypeVar
+
 import pyro
+import torch
 from pyro.distributions import Distribution, ExpandedDistribution
 from pyro.infer.reparam.reparam import Reparam, ReparamMessage, ReparamResult
 from pyro.infer.reparam.strategies import Strategy
+from torch import Tensor
 from torch.distributions import Independent
 
+from pyro_dwp.distributions._kernel_prior import KernelPrior
 from pyro_dwp.distributions.deep_weight_prior import DeepWeightPrior
 from pyro_dwp.guides.reverse import latent_site_name
 
-__all__ = ["DeepWeightPriorReparam", "DeepWeightPriorStrategy", "latent_site_name"]
+__all__ = [
+    "DeepWeightPriorReparam",
+    "DeepWeightPriorStrategy",
+    "KernelPriorReparam",
+    "latent_site_name",
+]
+
+_P = TypeVar("_P", bound=KernelPrior)
 
 
 def _unwrap(fn: Distribution) -> tuple[Distribution, Distribution]:
@@ -27,7 +39,36 @@ def _unwrap(fn: Distribution) -> tuple[Distribution, Distribution]:
     return batched, prior
 
 
-class DeepWeightPriorReparam(Reparam):
+class KernelPriorReparam(Reparam, Generic[_P]):
+    """Base of :class:`DeepWeightPriorReparam` and
+    :class:`~pyro_dwp.infer.markov_chain_reparam.MarkovChainReparam`: rewrites a site whose
+    distribution is a :attr:`prior_type` (possibly expanded and wrapped in ``Independent``) into
+    latent code sites (:meth:`_code`) followed by the original site with the decoder's
+    :math:`p(w \\mid z)`, its value and observation left alone."""
+
+    prior_type: ClassVar[type[KernelPrior]]
+
+    def _code(self, name: str, prior: _P, batch_shape: torch.Size, extra_event_dims: int) -> Tensor:
+        """Sample the code sites of site ``name``, of batch shape ``batch_shape`` and
+        ``extra_event_dims`` of it reinterpreted as event; return the decoder's code."""
+        raise NotImplementedError
+
+    def apply(self, msg: ReparamMessage) -> ReparamResult:
+        name, fn = msg["name"], msg["fn"]
+        batched, prior = _unwrap(fn)
+        if not isinstance(prior, self.prior_type):
+            raise TypeError(
+                f"{type(self).__name__} at site {name!r} expects a {self.prior_type.__name__}, "
+                f"possibly expanded and wrapped in Independent; got {fn}"
+            )
+        # Batch dimensions of the prior that the site reinterprets as event dimensions.
+        extra_event_dims = fn.event_dim - prior.event_dim
+        z = self._code(name, prior, batched.batch_shape, extra_event_dims)
+        new_fn = prior.conditional(z).to_event(extra_event_dims)
+        return {"fn": new_fn, "value": msg["value"], "is_observed": msg["is_observed"]}
+
+
+class DeepWeightPriorReparam(KernelPriorReparam[DeepWeightPrior]):
     r"""Rewrites a weight site ``w ~ DWP`` into ``z ~ p(z)`` and ``w ~ p(w | z)``.
 
     The site's distribution must be a
@@ -57,21 +98,15 @@ class DeepWeightPriorReparam(Reparam):
     ``(P, out, in, z_dim)`` gives :math:`p(w \mid z)` a batch shape ``(P,)``.
     """
 
-    def apply(self, msg: ReparamMessage) -> ReparamResult:
-        name, fn = msg["name"], msg["fn"]
-        batched, prior = _unwrap(fn)
-        if not isinstance(prior, DeepWeightPrior):
-            raise TypeError(
-                f"DeepWeightPriorReparam at site {name!r} expects a DeepWeightPrior, possibly "
-                f"expanded and wrapped in Independent; got {fn}"
-            )
-        # Batch dimensions of the prior that the site reinterprets as event dimensions.
-        extra_event_dims = fn.event_dim - prior.event_dim
-        z = pyro.sample(
-            latent_site_name(name), prior.latent(batched.batch_shape).to_event(extra_event_dims)
+    prior_type = DeepWeightPrior
+
+    def _code(
+        self, name: str, prior: DeepWeightPrior, batch_shape: torch.Size, extra_event_dims: int
+    ) -> Tensor:
+        """The code site :func:`latent_site_name` ``(name)``, ``z ~ N(0, I)``."""
+        return pyro.sample(
+            latent_site_name(name), prior.latent(batch_shape).to_event(extra_event_dims)
         )
-        new_fn = prior.conditional(z).to_event(extra_event_dims)
-        return {"fn": new_fn, "value": msg["value"], "is_observed": msg["is_observed"]}
 
 
 class DeepWeightPriorStrategy(Strategy):
