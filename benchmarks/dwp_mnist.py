@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> dict:
     if "prior" in args.stages:
         base = ["dwp-prior", "--kernels", source, "--steps", args.prior_steps, *common]
         base += ["--z-dim", args.prior_z_dim] if args.prior_z_dim else []
+        base += ["--decoder-scale", args.prior_decoder_scale]
         layers = ("conv1", "conv2")
         # one process per layer, each into its own folder; the VAE files are then gathered
         jobs = [
@@ -221,6 +222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prior-steps", type=int, default=40_000)
     p.add_argument(
         "--prior-z-dim", type=int, default=None, help="dwp-prior --z-dim (default: dwp-prior's)"
+    )
+    p.add_argument(
+        "--prior-decoder-scale",
+        choices=["per-code", "shared"],
+        default="per-code",
+        help="dwp-prior --decoder-scale",
     )
     p.add_argument(
         "--prior-augment",

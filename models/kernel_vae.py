@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyro.distributions as dist
 import torch
@@ -27,6 +27,7 @@ from pyro_dwp.io import read_torch_file, save_checkpoint
 __all__ = [
     "KernelDecoder",
     "KernelEncoder",
+    "DecoderScale",
     "KernelVAE",
     "check_kernel_shape",
     "load_kernel_vae",
@@ -35,6 +36,11 @@ __all__ = [
 
 # (z_dim, hidden) of the paper for each kernel size; 3x3 is our own choice.
 _DEFAULTS = {3: (2, 32), 5: (4, 64), 7: (2, 32)}
+
+DecoderScale = Literal["per-code", "shared"]
+"""How the decoder's scale depends on the code: ``"per-code"`` (the paper's Appendix D: a head
+of the decoder network, a function of ``z``) or ``"shared"`` (one learned scale per kernel pixel,
+the same for every code)."""
 
 
 def check_kernel_shape(w: Tensor, kernel_size: int, what: str) -> None:
@@ -117,27 +123,48 @@ class KernelEncoder(nn.Module):
         return self.loc(h).reshape(shape), F.softplus(self.scale(h)).reshape(shape)
 
 
+def _check_decoder_scale(decoder_scale: str) -> None:
+    if decoder_scale not in get_args(DecoderScale):
+        raise ValueError(
+            f"decoder_scale must be one of {list(get_args(DecoderScale))}, got {decoder_scale!r}"
+        )
+
+
 class KernelDecoder(nn.Module):
     """Reconstruction network of :math:`p(w \\mid z)`: a diagonal Gaussian over kernel pixels.
 
     Transposed convolutions grow the latent code (a ``z_dim``-channel 1x1 map) to ``k x k``,
-    then two 1x1 heads give the per-pixel mean and (through softplus) scale.
+    then a 1x1 head gives the per-pixel mean. The per-pixel scale is, through softplus, either a
+    second 1x1 head (``decoder_scale="per-code"``, the paper's) or a learned ``(k, k)`` parameter
+    shared by all codes (``"shared"``). With a per-code scale the density
+    :math:`p(w) = \\int p(w \\mid z) p(z) dz` is highest where the decoder is most certain, and
+    :math:`-\\sum \\log \\sigma(z)` rewards moving every kernel to those few codes; with a shared
+    scale only :math:`\\log p(z)` and the distance to the decoder's manifold of means remain
+    (``benchmarks/results/dwp_mnist_ablation.md``, section 10).
 
     Args:
         kernel_size: Side ``k`` of the square kernels (3, 5 or 7).
         z_dim: Latent dimension.
         hidden: Width ``h`` of the network (channels ``h`` and ``2h``).
+        decoder_scale: ``"per-code"`` or ``"shared"`` (see :data:`DecoderScale`).
     """
 
-    def __init__(self, kernel_size: int, z_dim: int, hidden: int) -> None:
+    def __init__(
+        self, kernel_size: int, z_dim: int, hidden: int, decoder_scale: DecoderScale = "per-code"
+    ) -> None:
         super().__init__()
         _check_kernel_size(kernel_size)
-        self.kernel_size, self.z_dim = kernel_size, z_dim
+        _check_decoder_scale(decoder_scale)
+        self.kernel_size, self.z_dim, self.decoder_scale = kernel_size, z_dim, decoder_scale
         self.features, channels = _decoder_features(kernel_size, z_dim, hidden)
         # 1x1 heads: transposed in the 7x7 table, plain in the 5x5 one (the same maps).
         head = nn.ConvTranspose2d if kernel_size == 7 else nn.Conv2d
         self.loc = head(channels, 1, 1)
-        self.scale = head(channels, 1, 1)
+        self.scale: nn.Module | nn.Parameter
+        if decoder_scale == "per-code":
+            self.scale = head(channels, 1, 1)
+        else:  # softplus(0.5413) = 1, the per-code head's typical scale at initialisation
+            self.scale = nn.Parameter(torch.full((kernel_size, kernel_size), 0.5413))
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and scale of :math:`p(w \\mid z)`: ``(..., z_dim) -> 2 x (..., k, k)``."""
@@ -148,7 +175,22 @@ class KernelDecoder(nn.Module):
             )
         h = self.features(z.reshape(-1, self.z_dim, 1, 1))
         shape = z.shape[:-1] + (self.kernel_size, self.kernel_size)
-        return self.loc(h).reshape(shape), F.softplus(self.scale(h)).reshape(shape)
+        loc = self.loc(h).reshape(shape)
+        if isinstance(self.scale, nn.Parameter):
+            return loc, F.softplus(self.scale).expand(shape)
+        return loc, F.softplus(self.scale(h)).reshape(shape)
+
+    @torch.no_grad()
+    def init_shared_scale(self, kernels: Tensor) -> None:
+        """Start the shared scale at the per-pixel standard deviation of ``kernels`` ``(N, k,
+        k)``, the scale of a decoder that explains nothing yet (kernel sets differ in scale by
+        100x, so a fixed start would cost thousands of Adam steps). No-op for a per-code scale.
+        """
+        if isinstance(self.scale, nn.Parameter):
+            check_kernel_shape(kernels, self.kernel_size, type(self).__name__)
+            std = kernels.reshape(-1, self.kernel_size, self.kernel_size).std(0, correction=0)
+            std = std.clamp_min(1e-6).to(self.scale)
+            self.scale.copy_(std + torch.log(-torch.expm1(-std)))  # softplus^-1(std)
 
 
 def _standard_normal(like: Tensor) -> dist.Independent:
@@ -165,6 +207,7 @@ class KernelVAE(nn.Module):
         kernel_size: Side ``k`` of the square kernels (3, 5 or 7).
         z_dim: Latent dimension.
         hidden: Network width (see :class:`KernelEncoder`, :class:`KernelDecoder`).
+        decoder_scale: ``"per-code"`` (the paper's) or ``"shared"`` (see :class:`KernelDecoder`).
 
     Example::
 
@@ -172,25 +215,30 @@ class KernelVAE(nn.Module):
         history = pyro_dwp.infer.fit_kernel_vae(vae, train, valid, epochs=300, seed=0)
     """
 
-    def __init__(self, kernel_size: int, z_dim: int, hidden: int) -> None:
+    def __init__(
+        self, kernel_size: int, z_dim: int, hidden: int, decoder_scale: DecoderScale = "per-code"
+    ) -> None:
         super().__init__()
         _check_kernel_size(kernel_size)
         if z_dim < 1 or hidden < 1:
             raise ValueError(f"z_dim and hidden must be >= 1, got {z_dim}, {hidden}")
         self.kernel_size, self.z_dim, self.hidden = kernel_size, z_dim, hidden
+        self.decoder_scale = decoder_scale
         self.encoder = KernelEncoder(kernel_size, z_dim, hidden)
-        self.decoder = KernelDecoder(kernel_size, z_dim, hidden)
+        self.decoder = KernelDecoder(kernel_size, z_dim, hidden, decoder_scale)
 
     @classmethod
-    def for_kernel_size(cls, kernel_size: int, z_dim: int | None = None) -> KernelVAE:
+    def for_kernel_size(
+        cls, kernel_size: int, z_dim: int | None = None, decoder_scale: DecoderScale = "per-code"
+    ) -> KernelVAE:
         """The paper's VAE for ``k x k`` kernels: 7 -> (z_dim 2, hidden 32), 5 -> (4, 64).
 
         3x3 (not in the paper) gets z_dim 2, hidden 32. ``z_dim`` overrides the latent
-        dimension (the width stays the paper's).
+        dimension (the width stays the paper's); ``decoder_scale`` as :class:`KernelDecoder`.
         """
         _check_kernel_size(kernel_size)
         default_z_dim, hidden = _DEFAULTS[kernel_size]
-        return cls(kernel_size, default_z_dim if z_dim is None else z_dim, hidden)
+        return cls(kernel_size, default_z_dim if z_dim is None else z_dim, hidden, decoder_scale)
 
     def encode(self, w: Tensor) -> dist.Independent:
         """:math:`q(z \\mid w)`: kernels ``(..., k, k)`` to a Normal with batch shape ``(...)``
@@ -227,15 +275,16 @@ class KernelVAE(nn.Module):
 _FILE_FORMAT = "pyro_dwp.kernel_vae"
 _FILE_VERSION = 1
 # Keys of a kernel VAE file that describe the network; everything else is the caller's metadata.
-_RESERVED = ("format", "version", "state_dict", "kernel_size", "z_dim", "hidden")
+_RESERVED = ("format", "version", "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale")
 
 
 def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -> None:
     """Write a trained :class:`KernelVAE` and metadata to ``path`` (atomically).
 
     The file is a ``torch.save`` dict ``{"format": "pyro_dwp.kernel_vae", "version": 1,
-    "state_dict", "kernel_size", "z_dim", "hidden", **meta}`` (tensors on the CPU), read back by
-    :func:`load_kernel_vae`. ``meta`` should hold plain Python values and tensors only (e.g.
+    "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale", **meta}`` (tensors on the
+    CPU), read back by :func:`load_kernel_vae` (files written before ``decoder_scale`` existed
+    read as ``"per-code"``). ``meta`` should hold plain Python values and tensors only (e.g.
     ``layer``, ``provenance``, ``history``), so that it loads with ``weights_only=True``.
 
     Raises:
@@ -254,6 +303,7 @@ def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -
             "kernel_size": vae.kernel_size,
             "z_dim": vae.z_dim,
             "hidden": vae.hidden,
+            "decoder_scale": vae.decoder_scale,
             **meta,
         },
     )
@@ -269,7 +319,8 @@ def load_kernel_vae(
         map_location: Device of the returned VAE.
 
     Returns:
-        The VAE (in eval mode) and its metadata: ``kernel_size``, ``z_dim``, ``hidden`` and the
+        The VAE (in eval mode) and its metadata: ``kernel_size``, ``z_dim``, ``hidden``,
+        ``decoder_scale`` (when the file records it) and the
         ``meta`` passed to :func:`save_kernel_vae`.
 
     Raises:
@@ -291,7 +342,12 @@ def load_kernel_vae(
             f"version {_FILE_VERSION}"
         )
     try:
-        vae = KernelVAE(state["kernel_size"], state["z_dim"], state["hidden"])
+        vae = KernelVAE(
+            state["kernel_size"],
+            state["z_dim"],
+            state["hidden"],
+            state.get("decoder_scale", "per-code"),
+        )
         vae.load_state_dict(state["state_dict"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"kernel VAE file {path} is inconsistent: {type(e).__name__}: {e}") from e

@@ -75,6 +75,7 @@ def test_save_load_round_trip(tmp_path):
         "kernel_size": 7,
         "z_dim": 2,
         "hidden": 4,
+        "decoder_scale": "per-code",
         "layer": "conv1",
         "history": {"train_elbo": [1.0]},
     }

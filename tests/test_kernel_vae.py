@@ -172,3 +172,50 @@ def test_an_empty_kernel_set_is_an_error_naming_it():
     vae = KernelVAE(3, z_dim=2, hidden=4)
     with pytest.raises(ValueError, match="train_kernels is empty"):
         fit_kernel_vae(vae, torch.zeros(0, 3, 3), None, epochs=1, progress=False)
+
+
+def test_shared_decoder_scale_is_the_same_for_every_code_and_starts_at_the_kernels_std():
+    vae = KernelVAE(5, z_dim=3, hidden=4, decoder_scale="shared")
+    train = _synthetic_kernels(256, 5, seed=0)
+    vae.decoder.init_shared_scale(train)
+    _, scale = vae.decoder(torch.randn(10, 3))
+    assert scale.shape == (10, 5, 5)
+    torch.testing.assert_close(scale, train.std(0, correction=0).expand(10, 5, 5))
+    # one (k, k) parameter instead of the per-code head
+    assert dict(vae.decoder.named_parameters())["scale"].shape == (5, 5)
+    per_code = KernelVAE(5, z_dim=3, hidden=4)
+    per_code.decoder.init_shared_scale(train)  # a no-op for the per-code head
+    _, s1 = per_code.decoder(torch.zeros(1, 3))
+    _, s2 = per_code.decoder(torch.ones(1, 3))
+    assert not torch.allclose(s1, s2)
+
+
+def test_shared_decoder_scale_trains_saves_and_loads(tmp_path):
+    from pyro_dwp.models.kernel_vae import load_kernel_vae, save_kernel_vae
+
+    train, valid = _synthetic_kernels(128, 7, seed=0), _synthetic_kernels(128, 7, seed=1)
+    vae = KernelVAE(7, z_dim=2, hidden=8, decoder_scale="shared")
+    history = fit_kernel_vae(
+        vae, train, valid, epochs=2, batch_size=32, lr=1e-2, seed=0, progress=False
+    )
+    assert history["valid_elbo"][-1] > history["valid_elbo"][0]
+    save_kernel_vae(tmp_path / "v.pt", vae, layer="conv1")
+    loaded, meta = load_kernel_vae(tmp_path / "v.pt")
+    assert meta["decoder_scale"] == loaded.decoder_scale == "shared"
+    w = valid[:4]
+    torch.testing.assert_close(loaded.decoder(vae.encoder(w)[0]), vae.decoder(vae.encoder(w)[0]))
+
+
+def test_a_file_without_decoder_scale_loads_as_per_code(tmp_path):
+    from pyro_dwp.models.kernel_vae import load_kernel_vae, save_kernel_vae
+
+    save_kernel_vae(tmp_path / "v.pt", KernelVAE(3, z_dim=2, hidden=4))
+    state = torch.load(tmp_path / "v.pt", weights_only=True)
+    del state["decoder_scale"]  # as written before the option existed
+    torch.save(state, tmp_path / "old.pt")
+    assert load_kernel_vae(tmp_path / "old.pt")[0].decoder_scale == "per-code"
+
+
+def test_an_unknown_decoder_scale_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match=r"decoder_scale must be one of \['per-code', 'shared'\]"):
+        KernelVAE(3, z_dim=2, hidden=4, decoder_scale="constant")

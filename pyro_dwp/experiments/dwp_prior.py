@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from torch import Tensor
 from pyro_dwp.data import kernel_smoothness, select_kernels, split_kernels
 from pyro_dwp.infer.kernel_vae import fit_kernel_vae
 from pyro_dwp.io import add_device_argument, check_device, read_torch_file
-from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
+from pyro_dwp.models.kernel_vae import DecoderScale, KernelVAE, save_kernel_vae
 
 __all__ = ["add_arguments", "evaluate_kernel_vae", "load_kernel_set", "run"]
 
@@ -66,6 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="latent dimension of every layer's VAE (default: the paper's, 2 for 7x7, 4 for 5x5)",
     )
+    p.add_argument(
+        "--decoder-scale",
+        choices=list(get_args(DecoderScale)),
+        default="per-code",
+        help="the decoder's scale: per-code (a function of z, the paper's) or shared (one learned "
+        "scale per kernel pixel; under the prior's pull the kernels then keep their diversity, "
+        "see the ablation's section 10) (default: per-code)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--iwae-samples", type=int, default=100, help="K of the held-out IWAE bound")
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "valid_fraction": args.valid_fraction,
         "augment": args.augment,
+        "decoder_scale": args.decoder_scale,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
@@ -149,7 +158,7 @@ def _fit_layer(
     if valid is not None and len(valid) == 0:  # too few kernels to hold any out
         train, valid = kernels, None
     torch.manual_seed(args.seed)
-    vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim).to(args.device)
+    vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim, args.decoder_scale).to(args.device)
     history = fit_kernel_vae(
         vae,
         train,
@@ -183,6 +192,7 @@ def _fit_layer(
         "kernel_size": kernel_size,
         "z_dim": vae.z_dim,
         "hidden": vae.hidden,
+        "decoder_scale": vae.decoder_scale,
         "n_train": len(train),
         "n_valid": 0 if valid is None else len(valid),
         "n_test": len(test),
