@@ -51,7 +51,8 @@ def fit_kernel_vae(
 
     Adam on the summed negative ELBO of each minibatch, the learning rate decayed linearly to 0
     over all steps; a shared decoder scale starts at the training kernels' per-pixel standard
-    deviation (:meth:`~pyro_dwp.models.kernel_vae.KernelDecoder.init_shared_scale`). The length is ``epochs`` passes over ``train_kernels`` or, with ``steps``,
+    deviation (:meth:`~pyro_dwp.models.kernel_vae.KernelDecoder.init_shared_scale`). The length
+    is ``epochs`` passes over ``train_kernels`` or, with ``steps``,
     ``ceil(steps / steps per epoch)`` epochs: a budget in optimisation steps that does not
     shrink with the size of the kernel set (300 epochs of the ~1,800 published 7x7 kernels are
     only 4,200 steps, too few: the VAE underfits). With ``valid_kernels`` and ``select`` (the
