@@ -358,3 +358,31 @@ def test_corrupt_mnist_copy_in_the_cache_is_named_not_reported_missing(
     monkeypatch.setattr(MNIST, "mirrors", [(tmp_path / "no-mirror").as_uri() + "/"])
     with pytest.raises(ValueError, match=re.escape(f"cached MNIST file {bad} is corrupt")):
         load_mnist("test", cache_dir=tmp_path / "cache")
+
+
+def test_kernel_similarity_is_0_for_orthogonal_and_1_for_collapsed_kernels():
+    from pyro_dwp.data import kernel_similarity
+
+    eye = torch.eye(9).reshape(9, 3, 3)  # 9 orthogonal kernels
+    assert kernel_similarity(eye) == 0
+    one = torch.randn(3, 3)
+    collapsed = torch.stack([one, -2 * one, 0.5 * one])  # multiples of one kernel
+    assert kernel_similarity(collapsed) == pytest.approx(1)
+    # two pairs at 45 degrees and one orthogonal pair: (2 * 2 * cos 45 + 2 * 0) / 6 pairs
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    c = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    assert kernel_similarity(torch.stack([a, b, c])) == pytest.approx(4 * 2**-0.5 / 6)
+    zero = torch.zeros(2, 3, 3)  # zero kernels count as orthogonal to every other
+    assert kernel_similarity(torch.cat([eye[:2], zero])) == 0
+    w = torch.randn(4, 3, 3)
+    assert kernel_similarity(w, max_kernels=2) == kernel_similarity(w[:2])
+
+
+def test_kernel_similarity_rejects_fewer_than_two_kernels():
+    from pyro_dwp.data import kernel_similarity
+
+    with pytest.raises(ValueError, match="N >= 2"):
+        kernel_similarity(torch.randn(1, 3, 3))
+    with pytest.raises(ValueError, match="N >= 2"):
+        kernel_similarity(torch.randn(9, 3))

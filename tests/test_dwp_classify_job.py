@@ -41,6 +41,10 @@ def test_tiny_run_writes_its_files_and_resumes(tmp_path, vae_dir, capsys):
     assert sorted(cells) == ["dwp", "log-uniform"]
     for c in cells.values():
         assert 0 <= c["accuracy"] <= 1 and c["nll"] > 0 and c["n"] == 20
+        for site in ("conv1.weight", "conv2.weight"):
+            stats = c["kernels"][site]
+            assert 0 <= stats["similarity"] <= 1 and stats["mean_norm"] > 0
+            assert stats["mean_sigma"] > 0
     assert cells["dwp"]["gap"]["gap"] >= 0 and "gap" not in cells["log-uniform"]
     assert "| dwp | " in (out / "dwp_classify.md").read_text()
     assert not list((out / "cells").iterdir())  # checkpoints of finished cells are removed

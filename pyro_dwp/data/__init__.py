@@ -11,7 +11,13 @@ from pyro_dwp.data.images import (
     load_notmnist,
     random_affine,
 )
-from pyro_dwp.data.kernels import kernel_smoothness, kernel_stats, select_kernels, split_kernels
+from pyro_dwp.data.kernels import (
+    kernel_similarity,
+    kernel_smoothness,
+    kernel_stats,
+    select_kernels,
+    split_kernels,
+)
 from pyro_dwp.data.mushroom import MUSHROOM_CONTEXT_DIM, load_mushroom
 from pyro_dwp.data.regression import curve, make_regression_data, noise_in_y, true_curve
 
@@ -23,6 +29,7 @@ __all__ = [
     "MUSHROOM_CONTEXT_DIM",
     "curve",
     "find_data_dir",
+    "kernel_similarity",
     "kernel_smoothness",
     "kernel_stats",
     "load_mnist",

@@ -8,7 +8,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["kernel_smoothness", "kernel_stats", "select_kernels", "split_kernels"]
+__all__ = [
+    "kernel_similarity",
+    "kernel_smoothness",
+    "kernel_stats",
+    "select_kernels",
+    "split_kernels",
+]
 
 
 def split_kernels(kernels: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -45,6 +51,26 @@ def kernel_smoothness(kernels: Tensor) -> float:
 
 
 @torch.no_grad()
+def kernel_similarity(kernels: Tensor, max_kernels: int = 1024) -> float:
+    """Mean absolute cosine similarity of distinct kernels ``(N, k, k)``, ``N >= 2``.
+
+    0 for orthogonal kernels, 1 when every kernel is a multiple of one kernel: a filter bank
+    collapsed onto one filter (what the pull of a prior with one dominant mode does to the
+    kernel means). Kernels of zero norm count as orthogonal to all others. Only the first
+    ``max_kernels`` kernels are compared (the statistic is a mean over pairs; ``N = 4096``
+    would need a 4096 x 4096 matrix).
+    """
+    if kernels.dim() != 3 or len(kernels) < 2:
+        raise ValueError(
+            f"kernel_similarity needs kernels (N >= 2, k, k), got {tuple(kernels.shape)}"
+        )
+    f = kernels[:max_kernels].flatten(1).double()
+    u = f / f.norm(dim=1, keepdim=True).clamp_min(torch.finfo(f.dtype).tiny)
+    c = (u @ u.T).abs()
+    n = len(f)
+    return ((c.sum() - c.diagonal().sum()) / (n * (n - 1))).item()
+
+
 def kernel_stats(kernels: Tensor) -> dict[str, float]:
     """``{"n", "std", "mean_norm", "smoothness"}`` of kernels ``(N, k, k)``: their number, the
     std of all their pixels, their mean L2 norm and :func:`kernel_smoothness`."""

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
+from pyro_dwp.data import DWP_PIXEL_SCALE, kernel_similarity, load_mnist
 from pyro_dwp.experiments.dwp_bnn import LOG_UNIFORM_FAMILIES, DWPSetup, make_dwp_cnn_model
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.guides import ReverseModelGuide
@@ -368,6 +368,7 @@ def _run_cell(
         "nll": nll.item(),
         "final_loss": history[-1]["loss"],
         "final_kl": history[-1]["kl"],
+        "kernels": kernel_summary(model, guide),
         "seconds": time.perf_counter() - t0,
     }
     if prior == "dwp" and args.gap_samples:
@@ -376,6 +377,25 @@ def _run_cell(
         )["total"]
     checkpoint.unlink(missing_ok=True)
     return cell
+
+
+@torch.no_grad()
+def kernel_summary(model: BNN, guide: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Per Bayesian weight site ``(out, in, k, k)`` of a trained cell: ``{"similarity": mean
+    |cosine| of distinct kernel means (:func:`~pyro_dwp.data.kernel_similarity`; near 1: the
+    filter bank collapsed onto one filter), "mean_norm": mean L2 norm of the kernel means,
+    "mean_sigma": mean posterior standard deviation}``."""
+    weight_guide = guide.base if isinstance(guide, ReverseModelGuide) else guide
+    summary = {}
+    for name in model.priors:
+        loc, scale = weight_guide.loc(name), weight_guide.scale(name)
+        kernels = loc.reshape(-1, *loc.shape[-2:]).float().cpu()
+        summary[name] = {
+            "similarity": kernel_similarity(kernels),
+            "mean_norm": kernels.flatten(1).norm(dim=1).mean().item(),
+            "mean_sigma": scale.mean().item(),
+        }
+    return summary
 
 
 @torch.no_grad()
