@@ -1,0 +1,424 @@
+"""A compiled SVI step: Pyro's ``Trace_ELBO`` for a :class:`~pyro_dwp.bnn.BNN` as plain PyTorch.
+
+:func:`compile_svi` traces the guide and the model once with Pyro, checks that it recognises
+every site (the BNN's weight sites, its likelihood, the guide's Gaussian family, the local
+reparameterisation) and returns a :class:`CompiledSVI` whose step evaluates the same Monte Carlo
+estimator as ``Trace_ELBO`` with the same noise (the same draws from the same generators, in
+Pyro's order), from the same tensors of Pyro's param store, and steps the same optimiser: no
+Pyro messages, traces or replays per step. Anything it does not recognise raises
+:class:`NotCompilableError` naming the reason, and :func:`~pyro_dwp.infer.fit` then runs Pyro's
+SVI instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from pyro.distributions import ExpandedDistribution
+from pyro.infer import ELBO, Trace_ELBO
+from pyro.optim import PyroOptim
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor
+from torch.distributions import Distribution, Independent, constraints, transform_to
+from torch.func import functional_call
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.distributions import ScaleMixtureNormal
+from pyro_dwp.guides import BBBNormal, LogVarianceNormal
+from pyro_dwp.likelihoods import Categorical, Gaussian
+
+from .kl import KLScaleMessenger
+from .local_reparam import LocalReparameterizationMessenger
+
+__all__ = ["CompiledSVI", "NotCompilableError", "compile_svi"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_GUIDES = (BBBNormal, LogVarianceNormal)
+_CHECK_RTOL = 1e-4  # compiled against Pyro's loss on the first batch, in float32
+
+
+class NotCompilableError(ValueError):
+    """A model, guide or setting that the compiled engine does not handle; the message says
+    which, and why."""
+
+
+@dataclass(frozen=True)
+class _WeightSite:
+    """One weight site: the guide's ``q(w) = N(loc, to_scale(raw)^2)`` and the model's prior.
+
+    ``loc`` and ``raw`` are the (unconstrained) leaf tensors of Pyro's param store, of the
+    site's shape; ``log_prior`` maps a weight of that shape to its summed prior log-density.
+    """
+
+    name: str
+    loc: Tensor
+    raw: Tensor
+    to_scale: Callable[[Tensor], Tensor]
+    log_prior: Callable[[Tensor], Tensor]
+
+
+class CompiledSVI:
+    """One SVI step of ``Trace_ELBO`` on a :class:`~pyro_dwp.bnn.BNN` as plain PyTorch.
+
+    Built by :func:`compile_svi`, which documents what it covers. Per particle the step draws,
+    in Pyro's order, ``eps ~ N(0, I)`` for each weight site (``w = loc + scale * eps``, as
+    :class:`~pyro_dwp.guides.BBBNormal` does), then runs the network (with the local
+    reparameterisation's draws where its handler is given) and returns
+
+    ``loss = kl_scale * sum_sites (log q(w) - log p(w)) - (N / B) * log p(y | x, w)``
+
+    averaged over particles: the value and gradients of Pyro's ``Trace_ELBO`` under
+    :class:`~pyro_dwp.infer.KLScaleMessenger` (``kl_scale``) and the likelihood's subsampled data
+    plate (``N / B``).
+
+    Attributes:
+        params: The unconstrained leaf tensors of Pyro's param store that the step trains.
+    """
+
+    def __init__(
+        self,
+        model: BNN,
+        sites: list[_WeightSite],
+        fixed: dict[str, Tensor],
+        log_likelihood: Callable[[Tensor, Tensor], Tensor],
+        optim: PyroOptim,
+        num_particles: int,
+        local_reparam: LocalReparameterizationMessenger | None,
+        params: list[Tensor],
+    ) -> None:
+        self._net = model.net
+        self._dataset_size = model.likelihood.dataset_size
+        self._sites = sites
+        self._fixed = fixed
+        self._log_likelihood = log_likelihood
+        self._optim = optim
+        self._num_particles = num_particles
+        self._local_reparam = local_reparam
+        self.params = params
+
+    def loss(self, x: Tensor, y: Tensor, kl_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """The differentiable loss (-ELBO) and the scaled data term (detached), both ``()``.
+
+        Args:
+            x: Inputs ``(B, *in_shape)``.
+            y: Targets ``(B, ...)``.
+            kl_scale: Factor of the KL term (``M * pi_i`` of :func:`~pyro_dwp.infer.kl_weights`).
+        """
+        total: Tensor | float = 0.0
+        data: Tensor | float = 0.0
+        for _ in range(self._num_particles):
+            loss, log_lik = self._particle_loss(x, y, kl_scale)
+            total, data = total + loss, data + log_lik.detach()
+        return total / self._num_particles, data / self._num_particles
+
+    def _particle_loss(self, x: Tensor, y: Tensor, kl_scale: float) -> tuple[Tensor, Tensor]:
+        """One particle's loss and scaled data term ``(N / B) log p(y | x, w)``, both ``()``."""
+        kl, log_lik = self._particle(x, y)
+        log_lik = log_lik * (max(self._dataset_size, x.shape[0]) / x.shape[0])  # the plate's N / B
+        return kl * kl_scale - log_lik, log_lik
+
+    def _particle(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One particle: the KL term ``sum (log q - log p)`` and ``log p(y | x, w)``, ``()``."""
+        weights: dict[str, Tensor] = {}
+        draws = []
+        kl: Tensor | float = 0.0
+        for site in self._sites:
+            scale = site.to_scale(site.raw)
+            eps = torch.randn(site.loc.shape, dtype=site.loc.dtype, device=site.loc.device)
+            w = torch.addcmul(site.loc, scale, eps)
+            # log q(w) at its own draw: -eps^2 / 2 - log(scale) - log(2 pi) / 2.
+            log_q = torch.addcmul(scale.log().neg_().sub_(_HALF_LOG_2PI), eps, eps, value=-0.5)
+            kl = kl + (log_q.sum() - site.log_prior(w))
+            weights[site.name] = w
+            draws.append((w, site.loc, scale))
+        with ExitStack() as stack:
+            if self._local_reparam is not None:
+                stack.enter_context(self._local_reparam)
+                for w, loc, scale in draws:
+                    self._local_reparam.record(w, loc, scale)
+            out = functional_call(self._net, {**self._fixed, **weights}, (x,))
+        return kl, self._log_likelihood(out, y)
+
+    def step(self, x: Tensor, y: Tensor, kl_scale: float = 1.0) -> tuple[float, Tensor]:
+        """A gradient step of the optimiser; the loss (-ELBO, a float) and the scaled data term.
+
+        As ``pyro.infer.SVI.step``: every trained parameter gets a gradient (zero if unused)
+        before the optimiser's step; the gradients are then cleared.
+        """
+        loss, data = self.loss(x, y, kl_scale)
+        loss.backward()
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self._optim(self.params)
+        for p in self.params:
+            p.grad = None
+        return loss.item(), data
+
+
+def _base(fn: Distribution) -> Distribution:
+    """``fn`` without its ``Independent`` and ``expand`` wrappers."""
+    while isinstance(fn, Independent | ExpandedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
+def _log_prior(name: str, fn: Distribution) -> Callable[[Tensor], Tensor]:
+    """``w -> sum log p(w)`` for a univariate Normal or scale-mixture prior (without the
+    per-step validation of the sample), else :class:`NotCompilableError`."""
+    base = _base(fn)
+    if type(base) in (dist.Normal, torch.distributions.Normal):
+        d: Distribution = dist.Normal(base.loc, base.scale, validate_args=False)
+    elif type(base) is ScaleMixtureNormal:
+        d = ScaleMixtureNormal(base.pi, base.sigma1, base.sigma2, validate_args=False)
+    else:
+        raise NotCompilableError(
+            f"unsupported prior {type(base).__name__} at site {name!r} (compiled: Normal, "
+            "ScaleMixtureNormal)"
+        )
+    return lambda w: d.log_prob(w).sum()
+
+
+def _categorical(out: Tensor, y: Tensor) -> Tensor:
+    """``sum log Categorical(y | logits=out)``: ``out (B, C)``, ``y (B,)`` -> ``()``."""
+    return -F.cross_entropy(out, y, reduction="sum")
+
+
+def _gaussian(noise: Callable[[], Tensor | float]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(out, y) -> sum log N(y | out, s^2)`` with ``s = noise()``; ``out``, ``y`` ``(B, D)``."""
+
+    def log_lik(out: Tensor, y: Tensor) -> Tensor:
+        s = noise()
+        log_s = s.log() if isinstance(s, Tensor) else math.log(s)
+        return (y - out).square().sum() * (-0.5 / s**2) - y.numel() * (log_s + _HALF_LOG_2PI)
+
+    return log_lik
+
+
+def _leaf(name: str) -> Tensor:
+    """The unconstrained tensor that Pyro's param store keeps (and optimises) for ``name``."""
+    return pyro.get_param_store().get_param(name).unconstrained()
+
+
+def _likelihood(model: BNN, model_trace: poutine.Trace, y: Tensor, fixed: dict[str, Tensor]):
+    """The data term of ``model``'s likelihood, checked against the traced observed site."""
+    lik = model.likelihood
+    site = model_trace.nodes[lik.site]
+    if tuple(site["value"].shape) != tuple(site["fn"].shape()):
+        raise NotCompilableError(
+            f"targets of shape {tuple(site['value'].shape)} broadcast against the likelihood's "
+            f"shape {tuple(site['fn'].shape())} (compiled: equal shapes)"
+        )
+    if type(lik) is Categorical:
+        if y.is_floating_point():
+            raise NotCompilableError("floating-point targets of a Categorical likelihood")
+        return _categorical
+    if type(lik) is Gaussian:
+        if lik.scale is not None:
+            return _gaussian(lambda: lik.scale)
+        leaf = fixed.pop("noise_scale")
+        positive = transform_to(constraints.positive)
+        return _gaussian(lambda: positive(leaf))
+    raise NotCompilableError(
+        f"unsupported likelihood {type(lik).__name__} (compiled: Categorical, Gaussian)"
+    )
+
+
+def _check_setting(
+    model: object,
+    guide: object,
+    elbo: type[ELBO],
+    vectorize_particles: bool,
+    handlers: Sequence[AbstractContextManager],
+) -> LocalReparameterizationMessenger | None:
+    """Refuse what the compiled step does not cover; the local reparameterisation, if any."""
+    if elbo is not Trace_ELBO:
+        raise NotCompilableError(f"unsupported ELBO {elbo.__name__} (compiled: Trace_ELBO)")
+    if vectorize_particles:
+        raise NotCompilableError(
+            "unsupported vectorize_particles=True (compiled: particles in a loop)"
+        )
+    if type(model) is not BNN:
+        raise NotCompilableError(
+            f"unsupported model {type(model).__name__} (compiled: pyro_dwp.BNN)"
+        )
+    if model.reparam is not None:
+        raise NotCompilableError("unsupported reparameterised prior (BNN(..., reparam=...))")
+    if type(guide) not in _GUIDES:
+        names = ", ".join(g.__name__ for g in _GUIDES)
+        raise NotCompilableError(f"unsupported guide {type(guide).__name__} (compiled: {names})")
+    local = [h for h in handlers if type(h) is LocalReparameterizationMessenger]
+    other = [type(h).__name__ for h in handlers if type(h) is not LocalReparameterizationMessenger]
+    if other or len(local) > 1:
+        raise NotCompilableError(
+            f"unsupported handler(s) {other or ['a second LocalReparameterizationMessenger']} "
+            "(compiled: one LocalReparameterizationMessenger)"
+        )
+    return local[0] if local else None
+
+
+def _sites(trace: poutine.Trace, kind: str) -> list[str]:
+    return [n for n, s in trace.nodes.items() if s["type"] == kind]
+
+
+def compile_svi(
+    model: BNN,
+    guide: BBBNormal,
+    x: Tensor,
+    y: Tensor,
+    *,
+    optim: PyroOptim,
+    elbo: type[ELBO] = Trace_ELBO,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    handlers: Sequence[AbstractContextManager] = (),
+    kl_scale: float = 1.0,
+) -> CompiledSVI:
+    """Compile the SVI step of ``model`` and ``guide`` on the batch ``(x, y)``.
+
+    Covered: a :class:`~pyro_dwp.bnn.BNN` (no ``reparam``) with ``Normal`` and
+    ``ScaleMixtureNormal`` priors (one for all, or chosen per parameter; unselected parameters
+    stay point estimates), a ``Categorical`` or ``Gaussian`` (fixed or learned noise)
+    likelihood; the guides :class:`~pyro_dwp.guides.BBBNormal` and
+    :class:`~pyro_dwp.guides.LogVarianceNormal`; ``Trace_ELBO`` with ``num_particles`` in a loop;
+    ``handlers`` empty or one :class:`~pyro_dwp.infer.LocalReparameterizationMessenger`; any Pyro
+    optimiser (stepped as ``SVI`` steps it, so its state and checkpoints are those of Pyro's
+    engine).
+
+    The guide is set up if it was not (its parameters enter Pyro's param store); the guide and
+    the model are traced once on ``(x, y)`` (the RNG states are restored afterwards): the traced
+    sites must be exactly those of the BNN (else a data-dependent or custom structure), and the
+    compiled loss must equal Pyro's on that trace's noise to a relative ``1e-4`` (where finite;
+    Pyro's validation is off, as in every step of :func:`~pyro_dwp.infer.fit` after the first).
+
+    Args:
+        model: The model.
+        guide: Its guide.
+        x: A batch of inputs ``(B, *in_shape)``.
+        y: Its targets ``(B, ...)``.
+        optim: The Pyro optimiser to step.
+        elbo: The ELBO class.
+        num_particles: Particles per step.
+        vectorize_particles: Whether Pyro would vectorise the particles (not compiled).
+        handlers: Handlers around each step, as :func:`~pyro_dwp.infer.fit` takes them.
+        kl_scale: The KL factor of the check against Pyro's loss.
+
+    Raises:
+        NotCompilableError: naming what the compiled engine does not cover.
+    """
+    local = _check_setting(model, guide, elbo, vectorize_particles, handlers)
+    rng = pyro.util.get_rng_state()
+    try:
+        if guide.prototype_trace is None:
+            with torch.no_grad(), poutine.block():
+                guide(x, y)
+            pyro.util.set_rng_state(rng)
+        model_trace, guide_trace = _traces(model, guide, x, y, handlers, kl_scale)
+        program = _build(model, guide, model_trace, guide_trace, y, optim, num_particles, local)
+        pyro.util.set_rng_state(rng)
+        with torch.no_grad():
+            compiled = float(program._particle_loss(x, y, kl_scale)[0])  # as traced
+    finally:
+        pyro.util.set_rng_state(rng)
+    with pyro.validation_enabled(False):
+        expected = -float(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+    # A non-finite loss is left to the step, which reports it.
+    if math.isfinite(expected) and not abs(compiled - expected) <= _CHECK_RTOL * max(
+        1.0, abs(expected)
+    ):
+        raise NotCompilableError(
+            f"the compiled loss {compiled:.6g} differs from Pyro's {expected:.6g} on the first "
+            "batch"
+        )
+    return program
+
+
+def _traces(
+    model: BNN,
+    guide: BBBNormal,
+    x: Tensor,
+    y: Tensor,
+    handlers: Sequence[AbstractContextManager],
+    kl_scale: float,
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's and the replayed model's traces of one Pyro particle, as ``Trace_ELBO``
+    draws them (handlers active, KL scaled), subsample sites pruned."""
+    kl = KLScaleMessenger(kl_scale)
+    with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), ExitStack() as stack:
+        for handler in handlers:
+            stack.enter_context(handler)
+        guide_trace = poutine.trace(kl(guide)).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(kl(model), trace=guide_trace)).get_trace(x, y)
+    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def _build(
+    model: BNN,
+    guide: BBBNormal,
+    model_trace: poutine.Trace,
+    guide_trace: poutine.Trace,
+    y: Tensor,
+    optim: PyroOptim,
+    num_particles: int,
+    local: LocalReparameterizationMessenger | None,
+) -> CompiledSVI:
+    """Match the traces against the BNN's structure and build the step's program."""
+    names = list(model.priors)
+    store = pyro.get_param_store()
+    locs = {n: guide.loc(n).unconstrained() for n in names}
+    raws = {n: guide.rho(n) for n in names}
+    guide_params = [store.param_name(t) for n in names for t in (locs[n], raws[n])]
+    expected = {
+        "guide sample": names,
+        "guide param": guide_params,
+        "model sample": [*names, model.likelihood.site],
+        "model param": [
+            *model.deterministic,
+            *(
+                ["noise_scale"]
+                if type(model.likelihood) is Gaussian and model.likelihood.scale is None
+                else []
+            ),
+        ],
+    }
+    traced = {
+        "guide sample": _sites(guide_trace, "sample"),
+        "guide param": _sites(guide_trace, "param"),
+        "model sample": _sites(model_trace, "sample"),
+        "model param": _sites(model_trace, "param"),
+    }
+    for key, want in expected.items():
+        if set(traced[key]) != set(want):
+            extra = sorted(set(traced[key]) ^ set(want))
+            raise NotCompilableError(
+                f"the traced {key} sites differ from the BNN's: {', '.join(extra)}"
+            )
+    if guide.create_plates is not None:
+        raise NotCompilableError("unsupported plates around the guide's sites (create_plates)")
+    fixed = {n: _leaf(n) for n in expected["model param"]}
+    log_likelihood = _likelihood(model, model_trace, y, fixed)
+    to_scale = transform_to(type(guide).scale_constraint)
+    priors = model.site_distributions()
+    sites = [
+        _WeightSite(
+            name=n,
+            loc=locs[n],
+            raw=raws[n],
+            to_scale=to_scale,
+            log_prior=_log_prior(n, priors[n]),
+        )
+        for n in guide.site_names  # the guide's order: Pyro's order of the draws
+    ]
+    for site in sites:
+        if site.loc.shape != guide_trace.nodes[site.name]["value"].shape:
+            raise NotCompilableError(f"particle dimensions at site {site.name!r}")
+    params = [_leaf(n) for n in expected["model param"] + guide_params]
+    return CompiledSVI(model, sites, fixed, log_likelihood, optim, num_particles, local, params)

@@ -1,0 +1,278 @@
+"""The compiled SVI engine: the loss and gradients of Pyro's Trace_ELBO on shared noise, the same
+training as Pyro's engine, checkpoints that resume across engines, and the fallback."""
+
+import math
+import re
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoNormal
+from torch import nn
+
+from pyro_dwp.bnn import BNN
+from pyro_dwp.distributions import ScaleMixtureNormal
+from pyro_dwp.guides import BBBNormal, LogVarianceNormal, init_to_module
+from pyro_dwp.infer import (
+    JointAdam,
+    KLScaleMessenger,
+    LocalReparameterizationMessenger,
+    SVITrainer,
+    fit,
+    kl_weights,
+)
+from pyro_dwp.infer.compiled import NotCompilableError, compile_svi
+from pyro_dwp.likelihoods import Categorical, Gaussian
+
+PRIORS = {
+    "normal": lambda: dist.Normal(0.0, 1.0),
+    "scale_mixture": lambda: ScaleMixtureNormal(0.5, 1.0, math.exp(-6)),
+    "per_layer": lambda: {
+        "0.*": ScaleMixtureNormal(0.25, 1.5, math.exp(-7)),
+        "2.weight": dist.Normal(0.1, 0.5),
+        "2.bias": None,  # a point estimate
+    },
+}
+GUIDES = {"bbb": BBBNormal, "log_variance": LogVarianceNormal}
+# A minibatch KL weight M * pi_i of the Blundell scheme (M = 4, second minibatch).
+KL_SCALE = float(kl_weights(4, "blundell")[1] * 4)
+
+
+def classifier(prior, guide_type, n=50):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))
+    model = BNN(net, prior, Categorical(n))
+    return model, guide_type(model)
+
+
+def regression(n=30):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+    model = BNN(net, ScaleMixtureNormal(0.5, 1.0, math.exp(-6)), Gaussian(n))  # learned noise
+    return model, BBBNormal(model, init_scale=0.05)
+
+
+def pyro_loss(model, guide, x, y, handlers, kl_scale, num_particles=1):
+    kl = KLScaleMessenger(kl_scale)
+    elbo = Trace_ELBO(num_particles=num_particles)
+    with pyro.poutine.block():
+        for h in handlers:
+            h.__enter__()
+        try:
+            return elbo.differentiable_loss(kl(model), kl(guide), x, y)
+        finally:
+            for h in reversed(handlers):
+                h.__exit__(None, None, None)
+
+
+def assert_same_loss_and_grads(model, guide, x, y, handlers=(), num_particles=1):
+    handlers = list(handlers)
+    program = compile_svi(
+        model, guide, x, y, optim=JointAdam(1e-2), handlers=handlers,
+        num_particles=num_particles, kl_scale=KL_SCALE,
+    )  # fmt: skip
+    rng = pyro.util.get_rng_state()
+    loss, _ = program.loss(x, y, KL_SCALE)
+    got = torch.autograd.grad(loss, program.params)
+    pyro.util.set_rng_state(rng)  # shared noise
+    expected_loss = pyro_loss(model, guide, x, y, handlers, KL_SCALE, num_particles)
+    expected = torch.autograd.grad(expected_loss, program.params)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0.0)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("local_reparam", [False, True], ids=["weights", "local_reparam"])
+@pytest.mark.parametrize("guide_type", GUIDES.values(), ids=GUIDES.keys())
+@pytest.mark.parametrize("prior", PRIORS.values(), ids=PRIORS.keys())
+def test_loss_and_gradients_equal_trace_elbo(prior, guide_type, local_reparam):
+    model, guide = classifier(prior(), guide_type)
+    x, y = torch.randn(10, 3), torch.randint(0, 4, (10,))
+    handlers = [LocalReparameterizationMessenger()] if local_reparam else []
+    assert_same_loss_and_grads(model, guide, x, y, handlers)
+
+
+def test_gaussian_likelihood_with_learned_noise_and_two_particles():
+    model, guide = regression()
+    x = torch.linspace(0, 1, 7)[:, None]
+    assert_same_loss_and_grads(model, guide, x, torch.sin(3 * x), num_particles=2)
+
+
+X = torch.linspace(0, 1, 30)[:, None]
+Y = torch.sin(3 * X)
+KW = dict(batch_size=8, lr=0.01, kl_scheme="blundell", seed=3, progress=False)
+
+
+def params():
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def assert_same_params(a, b, atol=1e-5):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0.0, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize("local_reparam", [False, True], ids=["weights", "local_reparam"])
+def test_fit_compiled_equals_fit_pyro(local_reparam):
+    runs = {}
+    for engine in ("pyro", "compiled"):
+        pyro.clear_param_store()
+        model, guide = regression()
+        handlers = [LocalReparameterizationMessenger()] if local_reparam else []
+        trainer = SVITrainer(model, guide, X, Y, engine=engine, handlers=handlers, **KW)
+        history = trainer.train(3)
+        assert trainer.running_engine == engine
+        runs[engine] = params(), history
+    assert_same_params(runs["pyro"][0], runs["compiled"][0])
+    for a, b in zip(runs["pyro"][1], runs["compiled"][1], strict=True):
+        for key in ("loss", "nll", "kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5)
+
+
+def test_fit_compiled_classifier_equals_fit_pyro():
+    x, y = torch.randn(40, 3), torch.randint(0, 4, (40,))
+    runs = {}
+    for engine in ("pyro", "compiled"):
+        pyro.clear_param_store()
+        model, guide = classifier(PRIORS["per_layer"](), LogVarianceNormal, n=40)
+        fit(model, guide, x, y, epochs=2, engine=engine, **KW)
+        runs[engine] = params()
+    assert_same_params(runs["pyro"], runs["compiled"])
+
+
+@pytest.mark.parametrize("first, second", [("pyro", "compiled"), ("compiled", "pyro")])
+def test_checkpoint_resumes_on_the_other_engine(tmp_path, first, second):
+    model, guide = regression()
+    fit(model, guide, X, Y, epochs=4, engine=second, **KW)
+    expected = params()
+
+    pyro.clear_param_store()
+    model, guide = regression()
+    ck = tmp_path / "ck.pt"
+    fit(model, guide, X, Y, epochs=2, checkpoint=ck, engine=first, **KW)
+    pyro.clear_param_store()
+    model, guide = regression()
+    fit(model, guide, X, Y, epochs=4, checkpoint=ck, resume=True, engine=second, **KW)
+    assert_same_params(expected, params())
+
+
+def test_compiled_resume_is_bit_identical(tmp_path):
+    model, guide = regression()
+    full = fit(model, guide, X, Y, epochs=4, engine="compiled", **KW)
+    expected = params()
+
+    pyro.clear_param_store()
+    model, guide = regression()
+    ck = tmp_path / "ck.pt"
+    fit(model, guide, X, Y, epochs=2, checkpoint=ck, engine="compiled", **KW)
+    pyro.clear_param_store()
+    model, guide = regression()
+    resumed = fit(model, guide, X, Y, epochs=4, checkpoint=ck, resume=True, engine="compiled", **KW)
+    got = params()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def test_auto_compiles_a_bnn():
+    model, guide = regression()
+    trainer = SVITrainer(model, guide, X, Y, engine="auto", **KW)
+    trainer.train(1)
+    assert trainer.running_engine == "compiled"
+
+
+def test_nan_loss_on_the_compiled_engine_names_the_step():
+    # Huge steps overflow the weights after the first (Pyro's) step: the compiled second fails.
+    model, guide = regression()
+    with pytest.raises(FloatingPointError, match=r"loss is (inf|nan) at epoch 1, step 2 of 4"):
+        fit(model, guide, X, Y, epochs=2, **{**KW, "lr": 1e30}, engine="compiled")
+
+
+def pyro_model(x, y):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(X), subsample_size=len(x)):
+        pyro.sample("obs", dist.Normal(w * x[:, 0], 0.1), obs=y[:, 0])
+
+
+class _NoisyNet(nn.Module):
+    """A network with a Pyro site of its own: the traced sites are not a BNN's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+
+    def forward(self, x):
+        gain = pyro.sample("gain", dist.Normal(1.0, 0.1))
+        return gain * self.layer(x)
+
+
+def _laplace_bnn():
+    net = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    model = BNN(net, dist.Laplace(0.0, 1.0), Gaussian(len(X), 0.1))
+    return model, BBBNormal(model)
+
+
+def _noisy_bnn():
+    model = BNN(_NoisyNet(), {"layer.*": dist.Normal(0.0, 1.0)}, Gaussian(len(X), 0.1))
+    return model, BBBNormal(model)
+
+
+@pytest.mark.parametrize(
+    "build, options, reason",
+    [
+        (
+            lambda: (pyro_model, AutoNormal(pyro_model)),
+            {},
+            "unsupported model function (compiled: pyro_dwp.BNN)",
+        ),
+        (_laplace_bnn, {}, "unsupported prior Laplace at site '0.weight'"),
+        (regression, {"elbo": TraceMeanField_ELBO}, "unsupported ELBO TraceMeanField_ELBO"),
+        (regression, {"vectorize_particles": True}, "unsupported vectorize_particles=True"),
+        (_noisy_bnn, {}, "the traced guide sample sites differ from the BNN's: gain"),
+    ],
+    ids=["pyro_function", "laplace_prior", "mean_field_elbo", "vectorised", "extra_site"],
+)
+def test_unsupported_setting_falls_back_to_pyro_naming_the_reason(build, options, reason):
+    model, guide = build()
+    trainer = SVITrainer(model, guide, X, Y, engine="compiled", **{**KW, **options})
+    expected = r"^engine='compiled' falls back to Pyro's SVI: " + re.escape(reason)
+    with pytest.warns(UserWarning, match=expected) as warned:
+        history = trainer.train(2)
+    assert len([w for w in warned if "falls back" in str(w.message)]) == 1
+    assert trainer.running_engine == "pyro" and math.isfinite(history[-1]["loss"])
+
+
+def test_unknown_engine_is_refused():
+    model, guide = regression()
+    with pytest.raises(ValueError, match="engine must be one of"):
+        fit(model, guide, X, Y, epochs=1, engine="jit", **KW)
+
+
+def test_compile_refuses_a_handler_it_does_not_know():
+    model, guide = regression()
+
+    class Other(pyro.poutine.messenger.Messenger):
+        pass
+
+    with pytest.raises(NotCompilableError, match=r"unsupported handler\(s\) \['Other'\]"):
+        compile_svi(model, guide, X[:8], Y[:8], optim=JointAdam(1e-2), handlers=[Other()])
+
+
+def test_predict_after_compiled_training_reads_the_trained_guide():
+    from pyro_dwp.infer import predict
+
+    model, guide = regression()
+    fit(model, guide, X, Y, epochs=2, engine="compiled", **KW)
+    draws = predict(model, guide, X, num_samples=5)
+    assert draws["_RETURN"].shape == (5, 30, 1)
+    assert torch.equal(guide.loc("0.weight"), pyro.param("BBBNormal.locs.0.weight"))
+
+
+def test_autonormal_guide_is_named():
+    model = BNN(nn.Linear(1, 1), dist.Normal(0.0, 1.0), Gaussian(len(X), 0.1))
+    guide = AutoNormal(model, init_loc_fn=init_to_module)
+    with pytest.raises(NotCompilableError, match="unsupported guide AutoNormal"):
+        compile_svi(model, guide, X[:8], Y[:8], optim=JointAdam(1e-2))
