@@ -34,6 +34,10 @@ PRIORS = {
         "2.weight": dist.Normal(0.1, 0.5),
         "2.bias": None,  # a point estimate
     },
+    "tensor_parameters": lambda: {  # a prior with a batch shape, broadcast over the weight
+        "0.weight": dist.Normal(torch.linspace(-0.2, 0.2, 3), torch.linspace(0.5, 1.0, 3)),
+        "*": ScaleMixtureNormal(torch.tensor([0.5]), 1.0, math.exp(-6)),
+    },
 }
 GUIDES = {"bbb": BBBNormal, "log_variance": LogVarianceNormal}
 # A minibatch KL weight M * pi_i of the Blundell scheme (M = 4, second minibatch).

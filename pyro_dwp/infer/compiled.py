@@ -22,15 +22,14 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
-from pyro.distributions import ExpandedDistribution
 from pyro.infer import ELBO, Trace_ELBO
 from pyro.optim import PyroOptim
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
-from torch.distributions import Distribution, Independent, constraints, transform_to
+from torch.distributions import Distribution, constraints, transform_to
 from torch.func import functional_call
 
-from pyro_dwp.bnn import BNN
+from pyro_dwp.bnn import BNN, move_distribution
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal, LogVarianceNormal
 from pyro_dwp.likelihoods import Categorical, Gaussian
@@ -164,26 +163,32 @@ class CompiledSVI:
         return loss.item(), data
 
 
-def _base(fn: Distribution) -> Distribution:
-    """``fn`` without its ``Independent`` and ``expand`` wrappers."""
-    while isinstance(fn, Independent | ExpandedDistribution):
-        fn = fn.base_dist
-    return fn
-
-
-def _log_prior(name: str, fn: Distribution) -> Callable[[Tensor], Tensor]:
-    """``w -> sum log p(w)`` for a univariate Normal or scale-mixture prior (without the
-    per-step validation of the sample), else :class:`NotCompilableError`."""
-    base = _base(fn)
-    if type(base) in (dist.Normal, torch.distributions.Normal):
-        d: Distribution = dist.Normal(base.loc, base.scale, validate_args=False)
-    elif type(base) is ScaleMixtureNormal:
-        d = ScaleMixtureNormal(base.pi, base.sigma1, base.sigma2, validate_args=False)
-    else:
+def _log_prior(name: str, prior: Distribution) -> Callable[[Tensor], Tensor]:
+    """``w -> sum log p(w)`` for a weight ``w`` (any shape) under the univariate Normal or
+    scale-mixture ``prior`` as the user gave it (its batch shape broadcasts against ``w``'s),
+    without the per-step validation of the sample; else :class:`NotCompilableError`."""
+    if prior.event_shape:
         raise NotCompilableError(
-            f"unsupported prior {type(base).__name__} at site {name!r} (compiled: Normal, "
+            f"unsupported prior with event shape {tuple(prior.event_shape)} at site {name!r}"
+        )
+    kind = type(prior)
+    if kind is ScaleMixtureNormal:  # its fused log-density where the parameters are scalars
+        d = ScaleMixtureNormal(prior.pi, prior.sigma1, prior.sigma2, validate_args=False)
+        return lambda w: d.log_prob(w).sum()
+    if kind not in (dist.Normal, torch.distributions.Normal):
+        raise NotCompilableError(
+            f"unsupported prior {kind.__name__} at site {name!r} (compiled: Normal, "
             "ScaleMixtureNormal)"
         )
+    if prior.loc.numel() == 1 and prior.scale.numel() == 1 and not prior.scale.requires_grad:
+        # sum -(w - loc)^2 / (2 scale^2) - log(scale) - log(2 pi) / 2, in two passes over w.
+        loc, scale = float(prior.loc), float(prior.scale)
+        const = -math.log(scale) - _HALF_LOG_2PI
+        factor = -0.5 / scale**2
+        if loc == 0.0:
+            return lambda w: w.square().sum() * factor + w.numel() * const
+        return lambda w: (w - loc).square().sum() * factor + w.numel() * const
+    d = dist.Normal(prior.loc, prior.scale, validate_args=False)
     return lambda w: d.log_prob(w).sum()
 
 
@@ -406,14 +411,14 @@ def _build(
     fixed = {n: _leaf(n) for n in expected["model param"]}
     log_likelihood = _likelihood(model, model_trace, y, fixed)
     to_scale = transform_to(type(guide).scale_constraint)
-    priors = model.site_distributions()
+    device = next(iter(locs.values())).device
     sites = [
         _WeightSite(
             name=n,
             loc=locs[n],
             raw=raws[n],
             to_scale=to_scale,
-            log_prior=_log_prior(n, priors[n]),
+            log_prior=_log_prior(n, move_distribution(model.priors[n], device)),
         )
         for n in guide.site_names  # the guide's order: Pyro's order of the draws
     ]
