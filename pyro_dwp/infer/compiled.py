@@ -133,9 +133,10 @@ class CompiledSVI:
             scale = site.to_scale(site.raw)
             eps = torch.randn(site.loc.shape, dtype=site.loc.dtype, device=site.loc.device)
             w = torch.addcmul(site.loc, scale, eps)
-            # log q(w) at its own draw: -eps^2 / 2 - log(scale) - log(2 pi) / 2.
-            log_q = torch.addcmul(scale.log().neg_().sub_(_HALF_LOG_2PI), eps, eps, value=-0.5)
-            kl = kl + (log_q.sum() - site.log_prior(w))
+            # sum log q(w) at its own draw: sum -eps^2 / 2 - log(scale) - log(2 pi) / 2.
+            flat = eps.reshape(-1)
+            log_q = (flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI + scale.log().sum()).neg()
+            kl = kl + (log_q - site.log_prior(w))
             weights[site.name] = w
             draws.append((w, site.loc, scale))
         with ExitStack() as stack:
