@@ -12,6 +12,7 @@ SVI instead.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
@@ -24,24 +25,29 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import ELBO, Trace_ELBO
 from pyro.optim import PyroOptim
+from pyro.params import param_with_module_name
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import Distribution, constraints, transform_to
 from torch.func import functional_call
 
 from pyro_dwp.bnn import BNN, move_distribution
-from pyro_dwp.distributions import ScaleMixtureNormal
-from pyro_dwp.guides import BBBNormal, LogVarianceNormal
+from pyro_dwp.distributions import DeepWeightPrior, ScaleMixtureNormal
+from pyro_dwp.guides import BBBNormal, LogVarianceNormal, ReverseModelGuide
+from pyro_dwp.guides.reverse import latent_site_name
 from pyro_dwp.likelihoods import Categorical, Gaussian
 
 from .kl import KLScaleMessenger
 from .local_reparam import LocalReparameterizationMessenger
+from .reparam import DeepWeightPriorStrategy
 
 __all__ = ["CompiledSVI", "NotCompilableError", "compile_svi"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _GUIDES = (BBBNormal, LogVarianceNormal)
 _CHECK_RTOL = 1e-4  # compiled against Pyro's loss on the first batch, in float32
+_Moments = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""A network ``input -> (loc, scale)`` of a diagonal Gaussian."""
 
 
 class NotCompilableError(ValueError):
@@ -61,7 +67,21 @@ class _WeightSite:
     loc: Tensor
     raw: Tensor
     to_scale: Callable[[Tensor], Tensor]
-    log_prior: Callable[[Tensor], Tensor]
+    log_prior: Callable[[Tensor], Tensor] | None  # None: a deep weight prior (a _CodeSite)
+
+
+@dataclass(frozen=True)
+class _CodeSite:
+    """A deep-weight-prior site ``name`` rewritten into ``z ~ N(0, I)``, ``w ~ p(w | z)``.
+
+    ``reverse`` maps kernels ``(..., k, k)`` to ``(loc, scale)`` of the guide's
+    ``r(z | w)``, each ``(..., z_dim)``; ``decoder`` maps codes to ``(loc, scale)`` of the
+    prior's ``p(w | z)``, each ``(..., k, k)``.
+    """
+
+    name: str
+    reverse: _Moments
+    decoder: _Moments
 
 
 class CompiledSVI:
@@ -69,10 +89,15 @@ class CompiledSVI:
 
     Built by :func:`compile_svi`, which documents what it covers. Per particle the step draws,
     in Pyro's order, ``eps ~ N(0, I)`` for each weight site (``w = loc + scale * eps``, as
-    :class:`~pyro_dwp.guides.BBBNormal` does), then runs the network (with the local
+    :class:`~pyro_dwp.guides.BBBNormal` does), then each deep-weight-prior site's code
+    ``z = mu(w) + sigma(w) * eps`` from its reverse model (as
+    :class:`~pyro_dwp.guides.ReverseModelGuide` does), then runs the network (with the local
     reparameterisation's draws where its handler is given) and returns
 
     ``loss = kl_scale * sum_sites (log q(w) - log p(w)) - (N / B) * log p(y | x, w)``
+
+    where, at a deep-weight-prior site, ``log q(w) - log p(w)`` is the auxiliary bound's
+    ``log q(w) + log r(z | w) - log p(z) - log p(w | z)``,
 
     averaged over particles: the value and gradients of Pyro's ``Trace_ELBO`` under
     :class:`~pyro_dwp.infer.KLScaleMessenger` (``kl_scale``) and the likelihood's subsampled data
@@ -86,6 +111,7 @@ class CompiledSVI:
         self,
         model: BNN,
         sites: list[_WeightSite],
+        codes: list[_CodeSite],
         fixed: dict[str, Tensor],
         log_likelihood: Callable[[Tensor, Tensor], Tensor],
         optim: PyroOptim,
@@ -96,6 +122,7 @@ class CompiledSVI:
         self._net = model.net
         self._dataset_size = model.likelihood.dataset_size
         self._sites = sites
+        self._codes = codes
         self._fixed = fixed
         self._log_likelihood = log_likelihood
         self._optim = optim
@@ -136,9 +163,21 @@ class CompiledSVI:
             # sum log q(w) at its own draw: sum -eps^2 / 2 - log(scale) - log(2 pi) / 2.
             flat = eps.reshape(-1)
             log_q = (flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI + scale.log().sum()).neg()
-            kl = kl + (log_q - site.log_prior(w))
+            kl = kl + (log_q if site.log_prior is None else log_q - site.log_prior(w))
             weights[site.name] = w
             draws.append((w, site.loc, scale))
+        for code in self._codes:
+            w = weights[code.name]
+            loc, scale = code.reverse(w)
+            eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)
+            z = loc + eps * scale  # as Normal.rsample
+            n = eps.numel() * _HALF_LOG_2PI
+            flat, zs = eps.reshape(-1), z.reshape(-1)
+            log_r = (flat.dot(flat) * 0.5 + n + scale.log().sum()).neg()
+            log_p_z = (zs.dot(zs) * 0.5 + n).neg()
+            w_loc, w_scale = code.decoder(z)
+            log_p_w = dist.Normal(w_loc, w_scale, validate_args=False).log_prob(w).sum()
+            kl = kl + (log_r - log_p_z - log_p_w)
         with ExitStack() as stack:
             if self._local_reparam is not None:
                 stack.enter_context(self._local_reparam)
@@ -256,11 +295,18 @@ def _check_setting(
         raise NotCompilableError(
             f"unsupported model {type(model).__name__} (compiled: pyro_dwp.BNN)"
         )
-    if model.reparam is not None:
-        raise NotCompilableError("unsupported reparameterised prior (BNN(..., reparam=...))")
-    if type(guide) not in _GUIDES:
+    if model.reparam is not None and type(model.reparam) is not DeepWeightPriorStrategy:
+        raise NotCompilableError(
+            f"unsupported reparameterisation {type(model.reparam).__name__} (compiled: "
+            "DeepWeightPriorStrategy)"
+        )
+    base = guide.base if type(guide) is ReverseModelGuide else guide
+    if type(base) not in _GUIDES:
         names = ", ".join(g.__name__ for g in _GUIDES)
-        raise NotCompilableError(f"unsupported guide {type(guide).__name__} (compiled: {names})")
+        raise NotCompilableError(
+            f"unsupported guide {type(base).__name__} (compiled: {names}, and "
+            "ReverseModelGuide on either)"
+        )
     local = [h for h in handlers if type(h) is LocalReparameterizationMessenger]
     other = [type(h).__name__ for h in handlers if type(h) is not LocalReparameterizationMessenger]
     if other or len(local) > 1:
@@ -271,13 +317,18 @@ def _check_setting(
     return local[0] if local else None
 
 
+def _base_guide(guide: BBBNormal | ReverseModelGuide) -> BBBNormal:
+    """The guide of the weights: ``guide`` itself, or a reverse-model guide's base."""
+    return guide.base if isinstance(guide, ReverseModelGuide) else guide
+
+
 def _sites(trace: poutine.Trace, kind: str) -> list[str]:
     return [n for n, s in trace.nodes.items() if s["type"] == kind]
 
 
 def compile_svi(
     model: BNN,
-    guide: BBBNormal,
+    guide: BBBNormal | ReverseModelGuide,
     x: Tensor,
     y: Tensor,
     *,
@@ -290,11 +341,14 @@ def compile_svi(
 ) -> CompiledSVI:
     """Compile the SVI step of ``model`` and ``guide`` on the batch ``(x, y)``.
 
-    Covered: a :class:`~pyro_dwp.bnn.BNN` (no ``reparam``) with ``Normal`` and
-    ``ScaleMixtureNormal`` priors (one for all, or chosen per parameter; unselected parameters
-    stay point estimates), a ``Categorical`` or ``Gaussian`` (fixed or learned noise)
-    likelihood; the guides :class:`~pyro_dwp.guides.BBBNormal` and
-    :class:`~pyro_dwp.guides.LogVarianceNormal`; ``Trace_ELBO`` with ``num_particles`` in a loop;
+    Covered: a :class:`~pyro_dwp.bnn.BNN` with ``Normal`` and ``ScaleMixtureNormal`` priors (one
+    for all, or chosen per parameter; unselected parameters stay point estimates) and
+    :class:`~pyro_dwp.distributions.DeepWeightPrior` s rewritten by
+    :class:`~pyro_dwp.infer.DeepWeightPriorStrategy`, a ``Categorical`` or ``Gaussian`` (fixed
+    or learned noise) likelihood; the guides :class:`~pyro_dwp.guides.BBBNormal` and
+    :class:`~pyro_dwp.guides.LogVarianceNormal`, alone or as the base of a
+    :class:`~pyro_dwp.guides.ReverseModelGuide` (trainable or frozen reverse models);
+    ``Trace_ELBO`` with ``num_particles`` in a loop;
     ``handlers`` empty or one :class:`~pyro_dwp.infer.LocalReparameterizationMessenger`; any Pyro
     optimiser (stepped as ``SVI`` steps it, so its state and checkpoints are those of Pyro's
     engine).
@@ -323,7 +377,7 @@ def compile_svi(
     local = _check_setting(model, guide, elbo, vectorize_particles, handlers)
     rng = pyro.util.get_rng_state()
     try:
-        if guide.prototype_trace is None:
+        if _base_guide(guide).prototype_trace is None:
             with torch.no_grad(), poutine.block():
                 guide(x, y)
             pyro.util.set_rng_state(rng)
@@ -349,7 +403,7 @@ def compile_svi(
 
 def _traces(
     model: BNN,
-    guide: BBBNormal,
+    guide: BBBNormal | ReverseModelGuide,
     x: Tensor,
     y: Tensor,
     handlers: Sequence[AbstractContextManager],
@@ -368,7 +422,7 @@ def _traces(
 
 def _build(
     model: BNN,
-    guide: BBBNormal,
+    guide: BBBNormal | ReverseModelGuide,
     model_trace: poutine.Trace,
     guide_trace: poutine.Trace,
     y: Tensor,
@@ -378,14 +432,26 @@ def _build(
 ) -> CompiledSVI:
     """Match the traces against the BNN's structure and build the step's program."""
     names = list(model.priors)
+    base = _base_guide(guide)
+    coded = [n for n in names if isinstance(model.priors[n], DeepWeightPrior)]
+    if coded and model.reparam is None:
+        raise NotCompilableError(f"a deep weight prior without its reparameterisation: {coded}")
     store = pyro.get_param_store()
-    locs = {n: guide.loc(n).unconstrained() for n in names}
-    raws = {n: guide.rho(n) for n in names}
+    locs = {n: base.loc(n).unconstrained() for n in names}
+    raws = {n: base.rho(n) for n in names}
     guide_params = [store.param_name(t) for n in names for t in (locs[n], raws[n])]
+    reverse: dict[str, _Moments] = {}
+    if isinstance(guide, ReverseModelGuide):
+        reverse = _reverse_models(guide)
+        if guide.trainable:
+            guide_params += [
+                param_with_module_name(guide.name, n) for n, _ in guide.encoders.named_parameters()
+            ]
+    codes = [latent_site_name(n) for n in reverse]
     expected = {
-        "guide sample": names,
+        "guide sample": [*names, *codes],
         "guide param": guide_params,
-        "model sample": [*names, model.likelihood.site],
+        "model sample": [*names, *[latent_site_name(n) for n in coded], model.likelihood.site],
         "model param": [
             *model.deterministic,
             *(
@@ -407,11 +473,11 @@ def _build(
             raise NotCompilableError(
                 f"the traced {key} sites differ from the BNN's: {', '.join(extra)}"
             )
-    if guide.create_plates is not None:
+    if base.create_plates is not None:
         raise NotCompilableError("unsupported plates around the guide's sites (create_plates)")
     fixed = {n: _leaf(n) for n in expected["model param"]}
     log_likelihood = _likelihood(model, model_trace, y, fixed)
-    to_scale = transform_to(type(guide).scale_constraint)
+    to_scale = transform_to(type(base).scale_constraint)
     device = next(iter(locs.values())).device
     sites = [
         _WeightSite(
@@ -419,12 +485,36 @@ def _build(
             loc=locs[n],
             raw=raws[n],
             to_scale=to_scale,
-            log_prior=_log_prior(n, move_distribution(model.priors[n], device)),
+            log_prior=None
+            if n in coded
+            else _log_prior(n, move_distribution(model.priors[n], device)),
         )
-        for n in guide.site_names  # the guide's order: Pyro's order of the draws
+        for n in base.site_names  # the guide's order: Pyro's order of the draws
+    ]
+    code_sites = [
+        _CodeSite(name=n, reverse=f, decoder=move_distribution(model.priors[n], device).decoder)
+        for n, f in reverse.items()  # the reverse-model guide's order: Pyro's order
     ]
     for site in sites:
         if site.loc.shape != guide_trace.nodes[site.name]["value"].shape:
             raise NotCompilableError(f"particle dimensions at site {site.name!r}")
     params = [_leaf(n) for n in expected["model param"] + guide_params]
-    return CompiledSVI(model, sites, fixed, log_likelihood, optim, num_particles, local, params)
+    return CompiledSVI(
+        model, sites, code_sites, fixed, log_likelihood, optim, num_particles, local, params
+    )
+
+
+def _reverse_models(guide: ReverseModelGuide) -> dict[str, _Moments]:
+    """``{weight site: w -> (loc, scale) of r(z | w)}``; a trainable reverse model runs on the
+    param store's tensors (those that ``pyro.module`` registers and the optimiser steps)."""
+    out = {}
+    for site, (key, encoder) in zip(guide.site_names, guide.encoders.items(), strict=True):
+        if not guide.trainable:
+            out[site] = encoder
+            continue
+        leaves = {
+            n: _leaf(param_with_module_name(guide.name, f"{key}.{n}"))
+            for n, _ in encoder.named_parameters()
+        }
+        out[site] = functools.partial(functional_call, encoder, leaves)
+    return out
