@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -23,17 +24,18 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import PyroOptim
 from pyro.params import param_with_module_name
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
-from torch.distributions import Distribution, constraints, transform_to
+from torch.distributions import Distribution, constraints, kl_divergence, transform_to
 from torch.func import functional_call
 
 from pyro_dwp.bnn import BNN, move_distribution
 from pyro_dwp.distributions import DeepWeightPrior, ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal, LogVarianceNormal, ReverseModelGuide
+from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.guides.reverse import latent_site_name
 from pyro_dwp.likelihoods import Categorical, Gaussian
 
@@ -44,7 +46,8 @@ from .reparam import DeepWeightPriorStrategy
 __all__ = ["CompiledSVI", "NotCompilableError", "compile_svi"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-_GUIDES = (BBBNormal, LogVarianceNormal)
+_GUIDES = (BBBNormal, LogVarianceNormal, TruncatedAlphaNormal)
+_ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
 _CHECK_RTOL = 1e-4  # compiled against Pyro's loss on the first batch, in float32
 _Moments = Callable[[Tensor], tuple[Tensor, Tensor]]
 """A network ``input -> (loc, scale)`` of a diagonal Gaussian."""
@@ -57,17 +60,21 @@ class NotCompilableError(ValueError):
 
 @dataclass(frozen=True)
 class _WeightSite:
-    """One weight site: the guide's ``q(w) = N(loc, to_scale(raw)^2)`` and the model's prior.
+    """One weight site: the guide's ``q(w) = N(loc, scale(loc, raw)^2)`` and the model's prior.
 
     ``loc`` and ``raw`` are the (unconstrained) leaf tensors of Pyro's param store, of the
-    site's shape; ``log_prior`` maps a weight of that shape to its summed prior log-density.
+    site's shape. ``log_prior`` maps a weight of that shape to its summed prior log-density
+    (``None`` at a deep-weight-prior site, see :class:`_CodeSite`); ``kl``, where set (the
+    registered KL under ``TraceMeanField_ELBO``), maps ``(loc, scale)`` to the summed
+    ``KL(q || p)`` that replaces the Monte Carlo ``log q(w) - log p(w)``.
     """
 
     name: str
     loc: Tensor
     raw: Tensor
-    to_scale: Callable[[Tensor], Tensor]
-    log_prior: Callable[[Tensor], Tensor] | None  # None: a deep weight prior (a _CodeSite)
+    scale: Callable[[Tensor, Tensor], Tensor]
+    log_prior: Callable[[Tensor], Tensor] | None
+    kl: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class _CodeSite:
 
 
 class CompiledSVI:
-    """One SVI step of ``Trace_ELBO`` on a :class:`~pyro_dwp.bnn.BNN` as plain PyTorch.
+    """One SVI step of ``Trace_ELBO`` (or ``TraceMeanField_ELBO``) on a BNN as plain PyTorch.
 
     Built by :func:`compile_svi`, which documents what it covers. Per particle the step draws,
     in Pyro's order, ``eps ~ N(0, I)`` for each weight site (``w = loc + scale * eps``, as
@@ -96,12 +103,11 @@ class CompiledSVI:
 
     ``loss = kl_scale * sum_sites (log q(w) - log p(w)) - (N / B) * log p(y | x, w)``
 
-    where, at a deep-weight-prior site, ``log q(w) - log p(w)`` is the auxiliary bound's
-    ``log q(w) + log r(z | w) - log p(z) - log p(w | z)``,
-
-    averaged over particles: the value and gradients of Pyro's ``Trace_ELBO`` under
-    :class:`~pyro_dwp.infer.KLScaleMessenger` (``kl_scale``) and the likelihood's subsampled data
-    plate (``N / B``).
+    averaged over particles, where at a deep-weight-prior site ``log q(w) - log p(w)`` is the
+    auxiliary bound's ``log q(w) + log r(z | w) - log p(z) - log p(w | z)``, and under
+    ``TraceMeanField_ELBO`` a registered ``KL(q || p)`` replaces it: the value and gradients of
+    Pyro's ELBO under :class:`~pyro_dwp.infer.KLScaleMessenger` (``kl_scale``) and the
+    likelihood's subsampled data plate (``N / B``).
 
     Attributes:
         params: The unconstrained leaf tensors of Pyro's param store that the step trains.
@@ -157,13 +163,17 @@ class CompiledSVI:
         draws = []
         kl: Tensor | float = 0.0
         for site in self._sites:
-            scale = site.to_scale(site.raw)
+            scale = site.scale(site.loc, site.raw)
             eps = torch.randn(site.loc.shape, dtype=site.loc.dtype, device=site.loc.device)
             w = torch.addcmul(site.loc, scale, eps)
-            # sum log q(w) at its own draw: sum -eps^2 / 2 - log(scale) - log(2 pi) / 2.
-            flat = eps.reshape(-1)
-            log_q = (flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI + scale.log().sum()).neg()
-            kl = kl + (log_q if site.log_prior is None else log_q - site.log_prior(w))
+            if site.kl is not None:
+                kl = kl + site.kl(site.loc, scale)
+            else:
+                # sum log q(w) at its own draw: sum -eps^2 / 2 - log(scale) - log(2 pi) / 2.
+                flat = eps.reshape(-1)
+                log_q = flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI + scale.log().sum()
+                log_q = log_q.neg()
+                kl = kl + (log_q if site.log_prior is None else log_q - site.log_prior(w))
             weights[site.name] = w
             draws.append((w, site.loc, scale))
         for code in self._codes:
@@ -285,8 +295,10 @@ def _check_setting(
     handlers: Sequence[AbstractContextManager],
 ) -> LocalReparameterizationMessenger | None:
     """Refuse what the compiled step does not cover; the local reparameterisation, if any."""
-    if elbo is not Trace_ELBO:
-        raise NotCompilableError(f"unsupported ELBO {elbo.__name__} (compiled: Trace_ELBO)")
+    if elbo not in _ELBOS:
+        raise NotCompilableError(
+            f"unsupported ELBO {elbo.__name__} (compiled: Trace_ELBO, TraceMeanField_ELBO)"
+        )
     if vectorize_particles:
         raise NotCompilableError(
             "unsupported vectorize_particles=True (compiled: particles in a loop)"
@@ -299,6 +311,11 @@ def _check_setting(
         raise NotCompilableError(
             f"unsupported reparameterisation {type(model.reparam).__name__} (compiled: "
             "DeepWeightPriorStrategy)"
+        )
+    if model.reparam is not None and elbo is not Trace_ELBO:
+        raise NotCompilableError(
+            f"unsupported ELBO {elbo.__name__} with a reparameterised prior (compiled: "
+            "Trace_ELBO, the auxiliary bound)"
         )
     base = guide.base if type(guide) is ReverseModelGuide else guide
     if type(base) not in _GUIDES:
@@ -345,10 +362,13 @@ def compile_svi(
     for all, or chosen per parameter; unselected parameters stay point estimates) and
     :class:`~pyro_dwp.distributions.DeepWeightPrior` s rewritten by
     :class:`~pyro_dwp.infer.DeepWeightPriorStrategy`, a ``Categorical`` or ``Gaussian`` (fixed
-    or learned noise) likelihood; the guides :class:`~pyro_dwp.guides.BBBNormal` and
-    :class:`~pyro_dwp.guides.LogVarianceNormal`, alone or as the base of a
+    or learned noise) likelihood; the guides :class:`~pyro_dwp.guides.BBBNormal`,
+    :class:`~pyro_dwp.guides.LogVarianceNormal` and
+    :class:`~pyro_dwp.guides.log_variance.TruncatedAlphaNormal`, alone or as the base of a
     :class:`~pyro_dwp.guides.ReverseModelGuide` (trainable or frozen reverse models);
-    ``Trace_ELBO`` with ``num_particles`` in a loop;
+    ``Trace_ELBO``, or ``TraceMeanField_ELBO`` (without a deep weight prior: the registered KL
+    where there is one, e.g. Normal or ``LogUniform`` priors, else the Monte Carlo term), with
+    ``num_particles`` in a loop;
     ``handlers`` empty or one :class:`~pyro_dwp.infer.LocalReparameterizationMessenger`; any Pyro
     optimiser (stepped as ``SVI`` steps it, so its state and checkpoints are those of Pyro's
     engine).
@@ -382,14 +402,16 @@ def compile_svi(
                 guide(x, y)
             pyro.util.set_rng_state(rng)
         model_trace, guide_trace = _traces(model, guide, x, y, handlers, kl_scale)
-        program = _build(model, guide, model_trace, guide_trace, y, optim, num_particles, local)
+        program = _build(
+            model, guide, model_trace, guide_trace, y, optim, elbo, num_particles, local
+        )
+        pyro.util.set_rng_state(rng)
+        expected = _pyro_loss(model, guide, x, y, handlers, elbo, kl_scale)
         pyro.util.set_rng_state(rng)
         with torch.no_grad():
-            compiled = float(program._particle_loss(x, y, kl_scale)[0])  # as traced
+            compiled = float(program._particle_loss(x, y, kl_scale)[0])  # one particle, as Pyro
     finally:
         pyro.util.set_rng_state(rng)
-    with pyro.validation_enabled(False):
-        expected = -float(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
     # A non-finite loss is left to the step, which reports it.
     if math.isfinite(expected) and not abs(compiled - expected) <= _CHECK_RTOL * max(
         1.0, abs(expected)
@@ -399,6 +421,27 @@ def compile_svi(
             "batch"
         )
     return program
+
+
+def _pyro_loss(
+    model: BNN,
+    guide: BBBNormal | ReverseModelGuide,
+    x: Tensor,
+    y: Tensor,
+    handlers: Sequence[AbstractContextManager],
+    elbo: type[ELBO],
+    kl_scale: float,
+) -> float:
+    """Pyro's loss of one particle on ``(x, y)``, as the step of :func:`~pyro_dwp.infer.fit`
+    evaluates it (handlers active, KL scaled), without gradients or validation; a NaN is left
+    to the step, which reports it."""
+    kl = KLScaleMessenger(kl_scale)
+    with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        for handler in handlers:
+            stack.enter_context(handler)
+        return elbo().loss(kl(model), kl(guide), x, y)
 
 
 def _traces(
@@ -427,6 +470,7 @@ def _build(
     guide_trace: poutine.Trace,
     y: Tensor,
     optim: PyroOptim,
+    elbo: type[ELBO],
     num_particles: int,
     local: LocalReparameterizationMessenger | None,
 ) -> CompiledSVI:
@@ -477,20 +521,20 @@ def _build(
         raise NotCompilableError("unsupported plates around the guide's sites (create_plates)")
     fixed = {n: _leaf(n) for n in expected["model param"]}
     log_likelihood = _likelihood(model, model_trace, y, fixed)
-    to_scale = transform_to(type(base).scale_constraint)
+    scale = _guide_scale(base)
     device = next(iter(locs.values())).device
-    sites = [
-        _WeightSite(
-            name=n,
-            loc=locs[n],
-            raw=raws[n],
-            to_scale=to_scale,
-            log_prior=None
-            if n in coded
-            else _log_prior(n, move_distribution(model.priors[n], device)),
+    site_fns = model.site_distributions()
+    sites = []
+    for n in base.site_names:  # the guide's order: Pyro's order of the draws
+        kl = (
+            None
+            if elbo is Trace_ELBO
+            else _registered_kl(site_fns[n], locs[n], scale(locs[n], raws[n]))
         )
-        for n in base.site_names  # the guide's order: Pyro's order of the draws
-    ]
+        log_prior = None
+        if n not in coded and kl is None:
+            log_prior = _log_prior(n, move_distribution(model.priors[n], device))
+        sites.append(_WeightSite(n, locs[n], raws[n], scale, log_prior, kl))
     code_sites = [
         _CodeSite(name=n, reverse=f, decoder=move_distribution(model.priors[n], device).decoder)
         for n, f in reverse.items()  # the reverse-model guide's order: Pyro's order
@@ -502,6 +546,31 @@ def _build(
     return CompiledSVI(
         model, sites, code_sites, fixed, log_likelihood, optim, num_particles, local, params
     )
+
+
+def _guide_scale(guide: BBBNormal) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(loc, raw) -> sigma`` of the guide's family, from the param store's leaves."""
+    to_scale = transform_to(type(guide).scale_constraint)
+    if type(guide) is TruncatedAlphaNormal:  # sigma = sqrt(alpha) (|mu| + tiny)
+        return lambda loc, raw: to_scale(raw).sqrt() * (loc.abs() + torch.finfo(loc.dtype).tiny)
+    return lambda loc, raw: to_scale(raw)
+
+
+def _registered_kl(
+    site_fn: Distribution, loc: Tensor, scale: Tensor
+) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """``(loc, scale) -> sum KL(N(loc, scale^2) || prior)`` where ``TraceMeanField_ELBO`` finds
+    a registered KL between the guide's and the model's distributions at the site (``site_fn``,
+    event shape the weight's), else ``None`` (it then takes the Monte Carlo term)."""
+    event_dim = len(site_fn.event_shape)
+    with torch.no_grad():
+        try:
+            kl_divergence(dist.Normal(loc, scale).to_event(event_dim), site_fn)
+        except NotImplementedError:
+            return None
+    return lambda m, s: kl_divergence(
+        dist.Normal(m, s, validate_args=False).to_event(event_dim), site_fn
+    ).sum()
 
 
 def _reverse_models(guide: ReverseModelGuide) -> dict[str, _Moments]:

@@ -197,9 +197,10 @@ def fit(
             the first step through Pyro's ``SVI`` (it sets the guide up and runs Pyro's checks),
             then the compiled step of :func:`~pyro_dwp.infer.compiled.compile_svi`, the same
             loss, noise and optimiser as plain PyTorch, where it covers the model (a ``BNN``
-            with Normal or scale-mixture priors, ``BBBNormal`` / ``LogVarianceNormal``,
-            ``Trace_ELBO``, the local reparameterisation); elsewhere a warning names the reason
-            and Pyro's ``SVI`` trains. Checkpoints of either engine resume on the other.
+            with Normal, scale-mixture or deep weight priors, the package's Gaussian guides,
+            ``Trace_ELBO`` / ``TraceMeanField_ELBO``, the local reparameterisation: see
+            there); elsewhere a warning names the reason and Pyro's ``SVI`` trains.
+            Checkpoints of either engine resume on the other.
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (-ELBO), ``nll`` (data term), ``kl``
