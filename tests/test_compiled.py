@@ -235,6 +235,27 @@ def test_checkpoint_resumes_on_the_other_engine(tmp_path, first, second):
     assert_same_params(expected, params())
 
 
+@pytest.mark.parametrize("first, second", [("pyro", "compiled"), ("compiled", "pyro")])
+def test_checkpoint_loads_bit_identically_into_the_other_engine(tmp_path, first, second):
+    ck = tmp_path / "ck.pt"
+    model, guide = regression()
+    writer = SVITrainer(model, guide, X, Y, checkpoint=ck, engine=first, **KW)
+    writer.train(2)
+    saved_params, saved_optim = params(), writer.optim.get_state()
+
+    pyro.clear_param_store()
+    model, guide = regression()
+    reader = SVITrainer(model, guide, X, Y, checkpoint=ck, engine=second, **KW)
+    assert reader.resume()
+    got_params, got_optim = params(), reader.optim.get_state()
+    assert saved_params.keys() == got_params.keys() and saved_optim.keys() == got_optim.keys()
+    for k in saved_params:
+        assert torch.equal(saved_params[k], got_params[k]), k
+    for k in saved_optim:
+        for key, value in saved_optim[k].items():
+            assert torch.equal(value, got_optim[k][key]), (k, key)
+
+
 def test_compiled_resume_is_bit_identical(tmp_path):
     model, guide = regression()
     full = fit(model, guide, X, Y, epochs=4, engine="compiled", **KW)
