@@ -31,7 +31,7 @@ from pyro.params import param_with_module_name
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import Distribution, constraints, kl_divergence, transform_to
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from pyro_dwp.bnn import BNN, move_distribution
 from pyro_dwp.distributions import DeepWeightPrior, ScaleMixtureNormal
@@ -123,6 +123,7 @@ class CompiledSVI:
         log_likelihood: Callable[[Tensor, Tensor], Tensor],
         optim: PyroOptim,
         num_particles: int,
+        vectorize_particles: bool,
         local_reparam: LocalReparameterizationMessenger | None,
         params: list[Tensor],
     ) -> None:
@@ -133,7 +134,11 @@ class CompiledSVI:
         self._fixed = fixed
         self._log_likelihood = log_likelihood
         self._optim = optim
-        self._num_particles = num_particles
+        # Vectorised particles: one pass over a (P, 1) batch of weights, as Pyro's particle plate
+        # (dim -2) draws them, the network mapped over it with vmap (as BNN does).
+        vectorized = vectorize_particles and num_particles > 1
+        self._passes = 1 if vectorized else num_particles
+        self._lead = (num_particles, 1) if vectorized else ()
         self._local_reparam = local_reparam
         self.params = params
 
@@ -147,33 +152,38 @@ class CompiledSVI:
         """
         total: Tensor | float = 0.0
         data: Tensor | float = 0.0
-        for _ in range(self._num_particles):
+        for _ in range(self._passes):
             loss, log_lik = self._particle_loss(x, y, kl_scale)
             total, data = total + loss, data + log_lik.detach()
-        return total / self._num_particles, data / self._num_particles
+        return total / self._passes, data / self._passes
 
     def _particle_loss(self, x: Tensor, y: Tensor, kl_scale: float) -> tuple[Tensor, Tensor]:
-        """One particle's loss and scaled data term ``(N / B) log p(y | x, w)``, both ``()``."""
+        """One pass's loss and scaled data term ``(N / B) log p(y | x, w)``, both ``()``,
+        averaged over its vectorised particles."""
         kl, log_lik = self._particle(x, y)
-        log_lik = log_lik * (max(self._dataset_size, x.shape[0]) / x.shape[0])  # the plate's N / B
-        return kl * kl_scale - log_lik, log_lik
+        particles = math.prod(self._lead)
+        log_lik = log_lik * (max(self._dataset_size, x.shape[0]) / x.shape[0] / particles)
+        return kl * (kl_scale / particles) - log_lik, log_lik
 
     def _particle(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """One particle: the KL term ``sum (log q - log p)`` and ``log p(y | x, w)``, ``()``."""
+        """One pass: the KL term ``sum (log q - log p)`` and ``log p(y | x, w)``, ``()``, summed
+        over its vectorised particles (if any)."""
         weights: dict[str, Tensor] = {}
         draws = []
         kl: Tensor | float = 0.0
+        particles = math.prod(self._lead)
         for site in self._sites:
             scale = site.scale(site.loc, site.raw)
-            eps = torch.randn(site.loc.shape, dtype=site.loc.dtype, device=site.loc.device)
+            shape = self._lead + site.loc.shape
+            eps = torch.randn(shape, dtype=site.loc.dtype, device=site.loc.device)
             w = torch.addcmul(site.loc, scale, eps)
             if site.kl is not None:
-                kl = kl + site.kl(site.loc, scale)
+                kl = kl + site.kl(site.loc, scale) * particles
             else:
                 # sum log q(w) at its own draw: sum -eps^2 / 2 - log(scale) - log(2 pi) / 2.
                 flat = eps.reshape(-1)
-                log_q = flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI + scale.log().sum()
-                log_q = log_q.neg()
+                log_q = flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI
+                log_q = (log_q + scale.log().sum() * particles).neg()
                 kl = kl + (log_q if site.log_prior is None else log_q - site.log_prior(w))
             weights[site.name] = w
             draws.append((w, site.loc, scale))
@@ -189,13 +199,22 @@ class CompiledSVI:
             w_loc, w_scale = code.decoder(z)
             log_p_w = dist.Normal(w_loc, w_scale, validate_args=False).log_prob(w).sum()
             kl = kl + (log_r - log_p_z - log_p_w)
+        if self._lead:
+            # As BNN: vmap over the particles; the local reparameterisation does not apply.
+            flat = {n: w.reshape((-1,) + w.shape[2:]) for n, w in weights.items()}
+            out = vmap(self._run, randomness="different", in_dims=(0, None))(flat, x)
+            return kl, self._log_likelihood(out, y)
         with ExitStack() as stack:
             if self._local_reparam is not None:
                 stack.enter_context(self._local_reparam)
                 for w, loc, scale in draws:
                     self._local_reparam.record(w, loc, scale)
-            out = functional_call(self._net, {**self._fixed, **weights}, (x,))
+            out = self._run(weights, x)
         return kl, self._log_likelihood(out, y)
+
+    def _run(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The network with ``weights``: ``(B, *in) -> (B, *out)``."""
+        return functional_call(self._net, {**self._fixed, **weights}, (x,))
 
     def step(self, x: Tensor, y: Tensor, kl_scale: float = 1.0) -> tuple[float, Tensor]:
         """A gradient step of the optimiser; the loss (-ELBO, a float) and the scaled data term.
@@ -244,17 +263,20 @@ def _log_prior(name: str, prior: Distribution) -> Callable[[Tensor], Tensor]:
 
 
 def _categorical(out: Tensor, y: Tensor) -> Tensor:
-    """``sum log Categorical(y | logits=out)``: ``out (B, C)``, ``y (B,)`` -> ``()``."""
-    return -F.cross_entropy(out, y, reduction="sum")
+    """``sum log Categorical(y | logits=out)``: ``out (*particles, B, C)``, ``y (B,)`` -> ``()``."""
+    targets = y.expand(out.shape[:-1]).reshape(-1)
+    return -F.cross_entropy(out.reshape(-1, out.shape[-1]), targets, reduction="sum")
 
 
 def _gaussian(noise: Callable[[], Tensor | float]) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(out, y) -> sum log N(y | out, s^2)`` with ``s = noise()``; ``out``, ``y`` ``(B, D)``."""
+    """``(out, y) -> sum log N(y | out, s^2)`` with ``s = noise()``; ``out (*particles, B, D)``,
+    ``y (B, D)``."""
 
     def log_lik(out: Tensor, y: Tensor) -> Tensor:
         s = noise()
         log_s = s.log() if isinstance(s, Tensor) else math.log(s)
-        return (y - out).square().sum() * (-0.5 / s**2) - y.numel() * (log_s + _HALF_LOG_2PI)
+        diff = y - out
+        return diff.square().sum() * (-0.5 / s**2) - diff.numel() * (log_s + _HALF_LOG_2PI)
 
     return log_lik
 
@@ -268,7 +290,7 @@ def _likelihood(model: BNN, model_trace: poutine.Trace, y: Tensor, fixed: dict[s
     """The data term of ``model``'s likelihood, checked against the traced observed site."""
     lik = model.likelihood
     site = model_trace.nodes[lik.site]
-    if tuple(site["value"].shape) != tuple(site["fn"].shape()):
+    if tuple(site["value"].shape) != tuple(site["fn"].shape()):  # as traced: one particle
         raise NotCompilableError(
             f"targets of shape {tuple(site['value'].shape)} broadcast against the likelihood's "
             f"shape {tuple(site['fn'].shape())} (compiled: equal shapes)"
@@ -300,10 +322,6 @@ def _check_setting(
         raise NotCompilableError(
             f"unsupported ELBO {elbo.__name__} (compiled: Trace_ELBO, TraceMeanField_ELBO)"
         )
-    if vectorize_particles:
-        raise NotCompilableError(
-            "unsupported vectorize_particles=True (compiled: particles in a loop)"
-        )
     if type(model) is not BNN:
         raise NotCompilableError(
             f"unsupported model {type(model).__name__} (compiled: pyro_dwp.BNN)"
@@ -312,6 +330,11 @@ def _check_setting(
         raise NotCompilableError(
             f"unsupported reparameterisation {type(model.reparam).__name__} (compiled: "
             "DeepWeightPriorStrategy)"
+        )
+    if model.reparam is not None and vectorize_particles:
+        raise NotCompilableError(
+            "unsupported vectorize_particles=True with a reparameterised prior (compiled: "
+            "particles in a loop)"
         )
     if model.reparam is not None and elbo is not Trace_ELBO:
         raise NotCompilableError(
@@ -369,7 +392,8 @@ def compile_svi(
     :class:`~pyro_dwp.guides.ReverseModelGuide` (trainable or frozen reverse models);
     ``Trace_ELBO``, or ``TraceMeanField_ELBO`` (without a deep weight prior: the registered KL
     where there is one, e.g. Normal or ``LogUniform`` priors, else the Monte Carlo term), with
-    ``num_particles`` in a loop;
+    ``num_particles`` in a loop or vectorised (``vectorize_particles``, not with a deep weight
+    prior; as in Pyro, the local reparameterisation then does not apply);
     ``handlers`` empty or one :class:`~pyro_dwp.infer.LocalReparameterizationMessenger`; any Pyro
     optimiser (stepped as ``SVI`` steps it, so its state and checkpoints are those of Pyro's
     engine).
@@ -388,7 +412,7 @@ def compile_svi(
         optim: The Pyro optimiser to step.
         elbo: The ELBO class.
         num_particles: Particles per step.
-        vectorize_particles: Whether Pyro would vectorise the particles (not compiled).
+        vectorize_particles: Vectorise the particles, as ``fit`` asks Pyro to.
         handlers: Handlers around each step, as :func:`~pyro_dwp.infer.fit` takes them.
         kl_scale: The KL factor of the check against Pyro's loss.
 
@@ -404,13 +428,18 @@ def compile_svi(
             pyro.util.set_rng_state(rng)
         model_trace, guide_trace = _traces(model, guide, x, y, handlers, kl_scale)
         program = _build(
-            model, guide, model_trace, guide_trace, y, optim, elbo, num_particles, local
-        )
+            model, guide, model_trace, guide_trace, y, optim, elbo, num_particles,
+            vectorize_particles, local,
+        )  # fmt: skip
         pyro.util.set_rng_state(rng)
-        expected = _pyro_loss(model, guide, x, y, handlers, elbo, kl_scale)
+        if vectorize_particles and num_particles > 1:  # one pass of all particles, as fit's
+            loss = elbo(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        else:
+            loss = elbo()
+        expected = _pyro_loss(model, guide, x, y, handlers, loss, kl_scale)
         pyro.util.set_rng_state(rng)
         with torch.no_grad():
-            compiled = float(program._particle_loss(x, y, kl_scale)[0])  # one particle, as Pyro
+            compiled = float(program._particle_loss(x, y, kl_scale)[0])  # one pass, as Pyro's
     finally:
         pyro.util.set_rng_state(rng)
     # A non-finite loss is left to the step, which reports it.
@@ -430,10 +459,10 @@ def _pyro_loss(
     x: Tensor,
     y: Tensor,
     handlers: Sequence[AbstractContextManager],
-    elbo: type[ELBO],
+    elbo: ELBO,
     kl_scale: float,
 ) -> float:
-    """Pyro's loss of one particle on ``(x, y)``, as the step of :func:`~pyro_dwp.infer.fit`
+    """Pyro's loss of one pass on ``(x, y)``, as the step of :func:`~pyro_dwp.infer.fit`
     evaluates it (handlers active, KL scaled), without gradients or validation; a NaN is left
     to the step, which reports it."""
     kl = KLScaleMessenger(kl_scale)
@@ -442,7 +471,7 @@ def _pyro_loss(
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         for handler in handlers:
             stack.enter_context(handler)
-        return elbo().loss(kl(model), kl(guide), x, y)
+        return elbo.loss(kl(model), kl(guide), x, y)
 
 
 def _traces(
@@ -473,6 +502,7 @@ def _build(
     optim: PyroOptim,
     elbo: type[ELBO],
     num_particles: int,
+    vectorize_particles: bool,
     local: LocalReparameterizationMessenger | None,
 ) -> CompiledSVI:
     """Match the traces against the BNN's structure and build the step's program."""
@@ -545,8 +575,9 @@ def _build(
             raise NotCompilableError(f"particle dimensions at site {site.name!r}")
     params = [_leaf(n) for n in expected["model param"] + guide_params]
     return CompiledSVI(
-        model, sites, code_sites, fixed, log_likelihood, optim, num_particles, local, params
-    )
+        model, sites, code_sites, fixed, log_likelihood, optim, num_particles,
+        vectorize_particles, local, params,
+    )  # fmt: skip
 
 
 def _guide_scale(guide: BBBNormal) -> Callable[[Tensor, Tensor], Tensor]:

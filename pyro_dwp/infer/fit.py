@@ -198,9 +198,9 @@ def fit(
             then the compiled step of :func:`~pyro_dwp.infer.compiled.compile_svi`, the same
             loss, noise and optimiser as plain PyTorch, where it covers the model (a ``BNN``
             with Normal, scale-mixture or deep weight priors, the package's Gaussian guides,
-            ``Trace_ELBO`` / ``TraceMeanField_ELBO``, the local reparameterisation: see
-            there); elsewhere a warning names the reason and Pyro's ``SVI`` trains.
-            Checkpoints of either engine resume on the other.
+            ``Trace_ELBO`` / ``TraceMeanField_ELBO``, looped or vectorised particles, the local
+            reparameterisation: see there); elsewhere a warning names the reason and Pyro's
+            ``SVI`` trains. Checkpoints of either engine resume on the other.
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (-ELBO), ``nll`` (data term), ``kl``
