@@ -1,6 +1,7 @@
 """The compiled SVI engine: the loss and gradients of Pyro's Trace_ELBO on shared noise, the same
 training as Pyro's engine, checkpoints that resume across engines, and the fallback."""
 
+import importlib
 import math
 import re
 
@@ -376,6 +377,20 @@ def test_unsupported_setting_falls_back_to_pyro_naming_the_reason(build, options
         history = trainer.train(2)
     assert len([w for w in warned if "falls back" in str(w.message)]) == 1
     assert trainer.running_engine == "pyro" and math.isfinite(history[-1]["loss"])
+
+
+def test_an_error_while_compiling_falls_back_naming_it(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a network the tracer cannot run")
+
+    # The module (the package's name "fit" is the function).
+    monkeypatch.setattr(importlib.import_module("pyro_dwp.infer.fit"), "compile_svi", broken)
+    model, guide = regression()
+    trainer = SVITrainer(model, guide, X, Y, engine="auto", **KW)
+    expected = "engine='auto' falls back to Pyro's SVI: compiling failed with RuntimeError: a net"
+    with pytest.warns(UserWarning, match=re.escape(expected)):
+        trainer.train(1)
+    assert trainer.running_engine == "pyro"
 
 
 def test_unknown_engine_is_refused():

@@ -458,9 +458,14 @@ class SVITrainer:
                 kl_scale=kl_scale,
             )  # fmt: skip
         except NotCompilableError as e:
-            warnings.warn(
-                f"engine={self.engine!r} falls back to Pyro's SVI: {e}", UserWarning, stacklevel=4
-            )
+            reason = str(e)
+        except Exception as e:  # noqa: BLE001 (what breaks the compiler may still run in Pyro)
+            reason = f"compiling failed with {type(e).__name__}: {e}"
+        else:
+            return
+        warnings.warn(
+            f"engine={self.engine!r} falls back to Pyro's SVI: {reason}", UserWarning, stacklevel=4
+        )
 
     def _save(self) -> None:
         if self._fingerprint is None:
