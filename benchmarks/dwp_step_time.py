@@ -7,7 +7,9 @@ on their training; trainable reverse model) and once with ``prior="normal"``; ea
 ``svi.step`` under :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`, as
 ``pyro-dwp dwp-classify`` takes it. Both live in one process (each with its own parameter store,
 swapped outside the timed region) and are timed in interleaved rounds; the median over rounds
-of the mean step time is reported. A breakdown times the prior's networks alone (forward and
+of the mean step time is reported. ``dwp_compiled`` and ``normal_compiled`` are the same two
+models through the compiled engine (:func:`pyro_dwp.infer.compiled.compile_svi`, the step that
+``fit(..., engine="compiled")`` runs). A breakdown times the prior's networks alone (forward and
 backward of the decoder on all codes and of the reverse model on all kernels of each layer).
 
 Writes (merging devices) ``benchmarks/results/dwp_step_time.{json,md}``; ``--profile`` prints
@@ -34,6 +36,7 @@ import torch
 from pyro.infer import SVI
 
 from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
+from pyro_dwp.infer.compiled import compile_svi
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE
@@ -47,9 +50,15 @@ def _sync(device: torch.device) -> None:
 
 
 def _make_step(
-    prior: str, device: torch.device, x: torch.Tensor, y: torch.Tensor, channels: tuple[int, int]
+    prior: str,
+    device: torch.device,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    channels: tuple[int, int],
+    compiled: bool = False,
 ) -> tuple[Callable[[], float], dict]:
-    """A closure running one SVI step, and the parameter-store state it owns."""
+    """A closure running one SVI step (Pyro's, or the compiled engine's), and the
+    parameter-store state it owns."""
     pyro.clear_param_store()
     vaes = {
         "conv1.weight": KernelVAE.for_kernel_size(7).to(device),
@@ -68,6 +77,12 @@ def _make_step(
             return svi.step(x, y)
 
     step()  # set up the guide and the optimiser
+    if compiled:
+        program = compile_svi(model, guide, x, y, optim=svi.optim, elbo=elbo, handlers=[lrt])
+
+        def step() -> float:
+            return program.step(x, y)[0]
+
     return step, pyro.get_param_store().get_state()
 
 
@@ -101,7 +116,10 @@ def main(args: argparse.Namespace) -> dict:
     y = torch.randint(0, 10, (args.batch,), device=device)
     steps, states = {}, {}
     for prior in ("dwp", "normal"):
-        steps[prior], states[prior] = _make_step(prior, device, x, y, channels)
+        for suffix in ("", "_compiled"):
+            steps[prior + suffix], states[prior + suffix] = _make_step(
+                prior, device, x, y, channels, compiled=bool(suffix)
+            )
     store = pyro.get_param_store()
     times: dict[str, list[float]] = {p: [] for p in steps}
     for r in range(args.rounds):
@@ -141,6 +159,7 @@ def main(args: argparse.Namespace) -> dict:
         "steps_per_round": args.steps,
         "step_ms": median,
         "ratio_dwp_to_normal": median["dwp"] / median["normal"],
+        "ratio_dwp_to_normal_compiled": median["dwp_compiled"] / median["normal_compiled"],
         "prior_networks_ms": _time_networks(device, channels, args.steps),
     }
     _write(result, Path(args.results_dir))
@@ -161,14 +180,21 @@ def _write(result: dict, results: Path) -> None:
         "`python benchmarks/dwp_step_time.py` (median over interleaved rounds; batch, channels "
         "and hardware per row). Target: DWP step <= 1.3x normal step.",
         "",
-        "| device | hardware | batch | channels | DWP step (ms) | normal step (ms) | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| device | hardware | batch | channels | DWP step (ms) | normal step (ms) | ratio | "
+        "compiled: DWP (ms) | normal (ms) | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs.values():
+        ms = r["step_ms"]
+        compiled = (
+            f"{ms['dwp_compiled']:.1f} | {ms['normal_compiled']:.1f} | "
+            f"{r['ratio_dwp_to_normal_compiled']:.2f}"
+            if "dwp_compiled" in ms
+            else "not measured | | "
+        )
         lines.append(
             f"| {r['device']} | {r['hardware']} | {r['batch']} | {r['channels']} | "
-            f"{r['step_ms']['dwp']:.1f} | {r['step_ms']['normal']:.1f} | "
-            f"{r['ratio_dwp_to_normal']:.2f} |"
+            f"{ms['dwp']:.1f} | {ms['normal']:.1f} | {r['ratio_dwp_to_normal']:.2f} | {compiled} |"
         )
     lines += ["", "Prior networks alone, forward + backward (ms):", ""]
     lines += ["| device | " + " | ".join(next(iter(runs.values()))["prior_networks_ms"]) + " |"]

@@ -8,6 +8,9 @@ Contenders, built in one process and timed in interleaved rounds (median of roun
 - ``pyro_dwp_bbb``: ``BNN`` + ``ScaleMixtureNormal`` prior + ``BBBNormal`` guide, one SVI step of
   ``Trace_ELBO`` as :func:`pyro_dwp.infer.fit` takes it (KL weighting handler, ``JointAdam``,
   Pyro's validation off after the first step).
+- ``pyro_dwp_bbb_compiled``: the same model, guide and optimiser through the compiled engine,
+  the step that ``fit(..., engine="compiled")`` runs after its first
+  (:func:`pyro_dwp.infer.compiled.compile_svi`: the same loss as plain PyTorch).
 - ``pyro_autonormal``: Pyro's own ``PyroSample`` MLP + ``AutoNormal`` (Gaussian prior).
 - ``blitz`` / ``bayesian_torch``: the peer libraries, where installed
   (``pip install --no-deps blitz-bayesian-pytorch bayesian-torch``).
@@ -44,6 +47,7 @@ from pyro_dwp import BNN, Categorical
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import JointAdam, KLScaleMessenger
+from pyro_dwp.infer.compiled import compile_svi
 from pyro_dwp.models import mlp
 
 N = 60_000  # dataset size that scales the data term
@@ -62,11 +66,15 @@ def deterministic(h: int, x: torch.Tensor, y: torch.Tensor, fused: bool = False)
     return step
 
 
+def _bbb(h: int, device: torch.device) -> tuple[BNN, BBBNormal]:
+    prior = ScaleMixtureNormal(0.5, 1.0, math.exp(-6))
+    model = BNN(mlp(784, [h, h], 10), prior, Categorical(N)).to(device)
+    return model, BBBNormal(model, init_scale=math.log1p(math.exp(-5)))
+
+
 def pyro_dwp_bbb(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
     pyro.clear_param_store()
-    prior = ScaleMixtureNormal(0.5, 1.0, math.exp(-6))
-    model = BNN(mlp(784, [h, h], 10), prior, Categorical(N)).to(x.device)
-    guide = BBBNormal(model, init_scale=math.log1p(math.exp(-5)))
+    model, guide = _bbb(h, x.device)
     kl = KLScaleMessenger(1.0)
     svi = SVI(kl(model), kl(guide), JointAdam(1e-3), Trace_ELBO())  # fit's default optimiser
 
@@ -75,6 +83,15 @@ def pyro_dwp_bbb(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
             svi.step(x, y)
 
     return step
+
+
+def pyro_dwp_bbb_compiled(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
+    # A param store of its own: the step holds its tensors and never reads the store again.
+    with pyro.get_param_store().scope():
+        model, guide = _bbb(h, x.device)
+        program = compile_svi(model, guide, x, y, optim=JointAdam(1e-3))
+        program.step(x, y)  # the optimiser takes in the parameters (by their store names)
+    return lambda: program.step(x, y)
 
 
 def pyro_autonormal(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
@@ -158,6 +175,7 @@ CONTENDERS = {
     "deterministic": deterministic,
     "deterministic_fused_adam": partial(deterministic, fused=True),
     "pyro_dwp_bbb": pyro_dwp_bbb,
+    "pyro_dwp_bbb_compiled": pyro_dwp_bbb_compiled,
     "pyro_autonormal": pyro_autonormal,
     "blitz": blitz,
     "bayesian_torch": bayesian_torch,
@@ -214,6 +232,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     if args.profile:
         result["profile"] = _profile(steps["pyro_dwp_bbb"], device)
+        result["profile_compiled"] = _profile(steps["pyro_dwp_bbb_compiled"], device)
     _write(result, Path(args.results_dir), device.type)
     return result
 
@@ -249,6 +268,8 @@ def _write(result: dict, out: Path, device: str) -> None:
     lines += [f"| {k} | skipped: {why} | |" for k, why in result["skipped"].items()]
     if "profile" in result:
         lines += ["", "Profile of our step (top items):", "", "```", result["profile"], "```"]
+        lines += ["", "Profile of our compiled step (top items):", "", "```"]
+        lines += [result["profile_compiled"], "```"]
     (out / f"step_time_{device}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -104,6 +104,11 @@ class BNN(nn.Module):
         self._site_fns: dict[tuple[torch.device, torch.dtype], dict[str, Distribution]] = {}
         self._params: dict[str, Tensor] | None = None
 
+    @property
+    def reparam(self) -> ReparamConfig | None:
+        """The ``poutine.reparam`` configuration of the weight sites, or ``None``."""
+        return self._reparam
+
     def _net_params(self) -> dict[str, Tensor]:
         """``net``'s parameters by name, looked up once (and again after ``.to()``)."""
         if self._params is None:

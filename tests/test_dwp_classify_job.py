@@ -57,6 +57,18 @@ def test_tiny_run_writes_its_files_and_resumes(tmp_path, vae_dir, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+@needs_data
+def test_cells_train_on_the_compiled_engine(tmp_path, vae_dir, one_thread):
+    # Two epochs of one batch: the second step of each cell is compiled (a fallback would warn,
+    # and warnings are errors here): the auxiliary bound, the normal prior, and the log-uniform
+    # prior's truncated-alpha guide under TraceMeanField_ELBO.
+    priors = ["--priors", "dwp", "normal", "log-uniform"]
+    argv = _args(tmp_path / "out", vae_dir, *priors, "--epochs", "2", "--engine", "compiled")
+    assert main(argv) == 0
+    cells = json.loads((tmp_path / "out" / "dwp_classify.json").read_text())["cells"]
+    assert sorted(c["prior"] for c in cells) == ["dwp", "log-uniform", "normal"]
+
+
 def test_bad_input_is_reported(tmp_path, vae_dir, capsys):
     assert main(_args(tmp_path / "o", tmp_path / "missing")) == 1
     err = capsys.readouterr().err

@@ -55,6 +55,14 @@ def test_mnist_job_writes_its_files(method: str, tmp_path: Path) -> None:
     assert record["loss"] == pytest.approx(record["nll"] + record["kl"])
 
 
+def test_mnist_job_trains_bbb_on_the_compiled_engine(tmp_path: Path) -> None:
+    # Two vectorised particles: the job's BBB setting, compiled as well.
+    argv = ["mnist", "--out", str(tmp_path), *TINY, "--engine", "compiled", "--particles", "2"]
+    assert main(argv) == 0
+    (record,) = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert record["loss"] == pytest.approx(record["nll"] + record["kl"])
+
+
 @pytest.mark.parametrize("method", ["bbb", "sgd"])
 def test_mnist_job_resumes(method: str, tmp_path: Path) -> None:
     args = ["mnist", "--method", method, "--out", str(tmp_path), *TINY]

@@ -43,6 +43,12 @@ def test_regression_job_writes_its_files(tmp_path, capsys):
     assert idata.log_likelihood["obs"].shape == (1, 20, 40)
 
 
+def test_regression_job_trains_on_the_compiled_engine(tmp_path):
+    argv = ["regression", "--out", str(tmp_path), *TINY, "--engine", "compiled", "--learn-noise"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_rmse"] > 0
+
+
 def test_band_coverage_counts_the_masked_points_inside_the_band():
     g = torch.linspace(-0.2, 1.2, 561)
     truth = true_curve(g)

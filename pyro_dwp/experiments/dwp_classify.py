@@ -14,7 +14,7 @@ import statistics
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyro
 import pyro.optim
@@ -30,7 +30,7 @@ from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fingerprint import file_digest
-from pyro_dwp.infer.fit import fit
+from pyro_dwp.infer.fit import Engine, fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out, write_json
 from pyro_dwp.models.dwp_cnn import DWPConvNet
@@ -154,6 +154,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DWP_PIXEL_SCALE,
         help="images are divided by this (default 255, as dwp-source's notMNIST)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=get_args(Engine),
+        default="pyro",
+        help="training step: Pyro's SVI, or the compiled one where it applies (fit's engine)",
     )
 
 
@@ -298,8 +304,8 @@ def train_cell(
 ) -> list[dict[str, float]]:
     """Fit a cell of :func:`build_cell`: Adam, the rate decayed linearly to 0 over the epochs.
 
-    Reads ``args.epochs``, ``lr``, ``batch_size``, ``device`` and ``no_progress``. With a
-    ``checkpoint`` the fit resumes from it if it exists.
+    Reads ``args.epochs``, ``lr``, ``batch_size``, ``device``, ``engine`` and
+    ``no_progress``. With a ``checkpoint`` the fit resumes from it if it exists.
 
     Returns:
         ``fit``'s history, one record per epoch.
@@ -330,6 +336,7 @@ def train_cell(
         progress=not args.no_progress,
         callback=lambda record: optim.step(),  # the linear decay, once per epoch
         handlers=[LocalReparameterizationMessenger()],
+        engine=args.engine,
     )
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyro
 import pyro.poutine as poutine
@@ -49,6 +49,7 @@ from pyro_dwp.experiments.prior_recipes import (
 from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import Checkpoint, fit, load_checkpoint
+from pyro_dwp.infer.fit import Engine
 from pyro_dwp.infer.pruning import posterior_mean_network
 from pyro_dwp.infer.steps import AdamSteps
 from pyro_dwp.io import (
@@ -150,6 +151,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=1, help="BBB: processes (GPUs), data-parallel")
     p.add_argument("--num-nodes", type=int, default=1, help="BBB: machines, each with --devices")
     p.add_argument("--strategy", choices=["auto", "ddp"], default="auto", help="BBB: 'ddp' for DDP")
+    p.add_argument(
+        "--engine",
+        choices=get_args(Engine),
+        default="pyro",
+        help="BBB on one device: Pyro's SVI step, or the compiled one where it applies",
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
     add_resume_argument(p)
     p.add_argument("--seed", type=int, default=0)
@@ -419,6 +426,7 @@ def _train_bbb(
             seed=args.seed,
             progress=not args.no_progress,
             callback=record_valid_error,
+            engine=args.engine,
         )
 
     if _distributed(args):

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyro
 import torch
@@ -29,6 +29,7 @@ from pyro_dwp.experiments.prior_recipes import (
 )
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import fit, predict
+from pyro_dwp.infer.fit import Engine
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -53,7 +54,7 @@ NOISE = round(noise_in_y(), 3)
 """Default likelihood noise: the RMS noise in ``y`` of the training data (0.063), not the 0.02 of
 the ``epsilon`` inside the curve."""
 # Options that do not change the result (where it goes, how it is shown, where it runs).
-_NOT_SETTINGS = ("out", "resume", "no_progress", "device", "run", "job")
+_NOT_SETTINGS = ("out", "resume", "no_progress", "device", "engine", "run", "job")
 # Settings renamed with their options (old -> new), read from the metrics of an older run.
 _RENAMED_KEYS = {"samples": "predictive_samples"}
 # Settings added after older runs were recorded, with the value those runs used.
@@ -102,6 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
+    p.add_argument(
+        "--engine",
+        choices=get_args(Engine),
+        default="pyro",
+        help="training step: Pyro's SVI, or the compiled one where it applies (fit's engine)",
+    )
     add_resume_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
@@ -132,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         resume=args.resume,
         seed=args.seed,
         progress=not args.no_progress,
+        engine=args.engine,
     )
     model.cpu()
     guide.cpu()

@@ -1,7 +1,8 @@
 """Inference helpers: minibatch KL weights, training (SVI, the kernel VAE), prediction,
 reparameterisations.
 
-Modules that build on the guides are imported by path: :mod:`pyro_dwp.infer.pruning`
+Modules that build on the guides are imported by path: :mod:`pyro_dwp.infer.compiled` (the
+compiled SVI step behind ``fit(..., engine="compiled")``), :mod:`pyro_dwp.infer.pruning`
 (signal-to-noise pruning), :mod:`pyro_dwp.infer.dwp_gap` (the auxiliary bound's gap),
 :mod:`pyro_dwp.infer.markov_chain_reparam` and :mod:`pyro_dwp.infer.markov_chain_gap` (the
 Markov-chain prior's reparameterisation and bound gap).

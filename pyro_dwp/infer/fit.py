@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from typing import Any
+from typing import Any, Literal
 
 import pyro
 import pyro.optim
@@ -27,6 +27,7 @@ from pyro_dwp.distributions import DeepWeightPrior, LogUniform, MarkovChainPrior
 from pyro_dwp.io import progress_bar, save_checkpoint
 
 from .checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointError, load_checkpoint
+from .compiled import CompiledSVI, NotCompilableError, compile_svi
 from .fingerprint import describe, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
@@ -34,12 +35,20 @@ from .optim import JointAdam
 __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "Engine",
     "SVITrainer",
     "fit",
     "load_checkpoint",
     "run_settings",
     "save_checkpoint",
 ]
+
+
+Engine = Literal["pyro", "compiled", "auto"]
+"""How :func:`fit` runs a step: Pyro's ``SVI``, or the compiled step of
+:mod:`pyro_dwp.infer.compiled` (``"compiled"`` warns where it falls back to Pyro's ``SVI``,
+``"auto"`` too)."""
+_ENGINES = ("pyro", "compiled", "auto")
 
 
 class _DataTermMessenger(Messenger):
@@ -145,6 +154,7 @@ def fit(
     progress: bool = True,
     callback: Callable[[dict[str, float]], None] | None = None,
     handlers: Sequence[AbstractContextManager] = (),
+    engine: Engine = "pyro",
 ) -> list[dict[str, float]]:
     """Fit ``guide`` to the posterior of ``model(x, y)`` with SVI and ``Trace_ELBO``.
 
@@ -183,6 +193,14 @@ def fit(
         handlers: Context managers entered, in order, around each SVI step (guide and model
             together), e.g. ``[LocalReparameterizationMessenger()]``
             (:class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`).
+        engine: ``"pyro"``: every step through Pyro's ``SVI``. ``"compiled"`` or ``"auto"``:
+            the first step through Pyro's ``SVI`` (it sets the guide up and runs Pyro's checks),
+            then the compiled step of :func:`~pyro_dwp.infer.compiled.compile_svi`, the same
+            loss, noise and optimiser as plain PyTorch, where it covers the model (a ``BNN``
+            with Normal, scale-mixture or deep weight priors, the package's Gaussian guides,
+            ``Trace_ELBO`` / ``TraceMeanField_ELBO``, looped or vectorised particles, the local
+            reparameterisation: see there); elsewhere a warning names the reason and Pyro's
+            ``SVI`` trains. Checkpoints of either engine resume on the other.
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (-ELBO), ``nll`` (data term), ``kl``
@@ -202,7 +220,7 @@ def fit(
         num_particles=num_particles, vectorize_particles=vectorize_particles,
         kl_scheme=kl_scheme, device=device, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, seed=seed, progress=progress, callback=callback,
-        handlers=handlers,
+        handlers=handlers, engine=engine,
     )  # fmt: skip
     if resume:
         trainer.resume()
@@ -241,8 +259,11 @@ class SVITrainer:
         progress: bool = True,
         callback: Callable[[dict[str, float]], None] | None = None,
         handlers: Sequence[AbstractContextManager] = (),
+        engine: Engine = "pyro",
     ) -> None:
         _check_fit_args(x, y, 1, batch_size, num_particles, checkpoint_every, False, checkpoint)
+        if engine not in _ENGINES:
+            raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
         _warn_about_guide_init(model, guide)
         self.model, self.guide = model, guide
         self.device = device = torch.device(device)
@@ -267,6 +288,11 @@ class SVITrainer:
             self._data_term(self._kl_scale(model)), self._kl_scale(guide), self.optim, loss
         )
         self._checks = [] if issubclass(elbo, TraceMeanField_ELBO) else [_ImproperPriorCheck(elbo)]
+        self.engine = engine
+        self._elbo, self._num_particles = elbo, num_particles
+        self._vectorize_particles = vectorize_particles
+        self._compiled: CompiledSVI | None = None
+        self._compile_tried = engine == "pyro"
         self.shuffle = torch.Generator().manual_seed(seed)
         self._validate = is_validation_enabled()
         self.checkpoint = (
@@ -292,6 +318,11 @@ class SVITrainer:
         self._started = False  # seeded (or resumed) and the first step checked
         self._announce_resume = False  # say so at the next train()
         self._last_saved: int | None = None
+
+    @property
+    def running_engine(self) -> Literal["pyro", "compiled"]:
+        """The engine of the latest step: ``"compiled"`` once the compiled step runs."""
+        return "pyro" if self._compiled is None else "compiled"
 
     def resume(self) -> bool:
         """Continue from the checkpoint if it exists (before the first :meth:`train`).
@@ -380,13 +411,19 @@ class SVITrainer:
             self._kl_scale.scale = self._scales[i]
             self._data_term.reset()
             first = check and i == 0
-            with ExitStack() as stack:
-                for handler in [*self.handlers, *(self._checks if first else [])]:
-                    stack.enter_context(handler)
-                # Validate the model on the first step only: Pyro's checks synchronise the GPU
-                # several times per step and add passes over every weight.
-                with pyro.validation_enabled(self._validate and first):
-                    step_loss = self.svi.step(self.x[idx], self.y[idx])
+            if not first and not self._compile_tried:
+                self._compile(self.x[idx], self.y[idx], self._scales[i])
+            if self._compiled is not None:
+                step_loss, data = self._compiled.step(self.x[idx], self.y[idx], self._scales[i])
+            else:
+                with ExitStack() as stack:
+                    for handler in [*self.handlers, *(self._checks if first else [])]:
+                        stack.enter_context(handler)
+                    # Validate the model on the first step only: Pyro's checks synchronise the
+                    # GPU several times per step and add passes over every weight.
+                    with pyro.validation_enabled(self._validate and first):
+                        step_loss = self.svi.step(self.x[idx], self.y[idx])
+                data = self._data_term.mean()
             if not math.isfinite(step_loss):
                 kept = (
                     f"the last good checkpoint, {self.checkpoint.path} (epoch {self._last_saved}), "
@@ -399,7 +436,7 @@ class SVITrainer:
                     f"step {i + 1} of {self.num_batches}; {kept}"
                 )
             loss_sum += step_loss
-            nll_sum -= self._data_term.mean()
+            nll_sum -= data
         record = {
             "epoch": epoch + 1,
             "loss": loss_sum / self.num_batches,
@@ -409,6 +446,26 @@ class SVITrainer:
         self.history.append(record)
         self.epoch = epoch + 1
         return record
+
+    def _compile(self, x: Tensor, y: Tensor, kl_scale: float) -> None:
+        """Compile the step on the batch ``(x, y)`` (guide set up), or warn why not."""
+        self._compile_tried = True
+        try:
+            self._compiled = compile_svi(
+                self.model, self.guide, x, y, optim=self.optim, elbo=self._elbo,
+                num_particles=self._num_particles,
+                vectorize_particles=self._vectorize_particles, handlers=self.handlers,
+                kl_scale=kl_scale,
+            )  # fmt: skip
+        except NotCompilableError as e:
+            reason = str(e)
+        except Exception as e:  # noqa: BLE001 (what breaks the compiler may still run in Pyro)
+            reason = f"compiling failed with {type(e).__name__}: {e}"
+        else:
+            return
+        warnings.warn(
+            f"engine={self.engine!r} falls back to Pyro's SVI: {reason}", UserWarning, stacklevel=4
+        )
 
     def _save(self) -> None:
         if self._fingerprint is None:

@@ -77,9 +77,14 @@ class LocalReparameterizationMessenger(Messenger):
         normal = _as_normal(msg["fn"])
         if normal is None:
             return
+        self.record(value, normal.loc.expand(value.shape), normal.scale.expand(value.shape))
+
+    def record(self, weight: Tensor, loc: Tensor, scale: Tensor) -> None:
+        """Mark ``weight ~ N(loc, scale^2)`` (all three of one shape) for the local
+        reparameterisation while the handler is active; what a sample site does, and what the
+        compiled engine (:mod:`pyro_dwp.infer.compiled`) calls for each guide draw."""
         # Keep the tensor alive with its record, so that its id cannot be reused meanwhile.
-        loc, scale = normal.loc.expand(value.shape), normal.scale.expand(value.shape)
-        self._records[id(value)] = (value, loc, scale)
+        self._records[id(weight)] = (weight, loc, scale)
 
     def _moments(self, weight: Tensor) -> tuple[Tensor, Tensor] | None:
         record = self._records.get(id(weight))

@@ -1,0 +1,621 @@
+"""A compiled SVI step: Pyro's ELBO for a :class:`~pyro_dwp.bnn.BNN` as plain PyTorch.
+
+:func:`compile_svi` traces the guide and the model once with Pyro, checks that it recognises
+every site (the BNN's weight sites and their priors, the deep weight prior's codes, its
+likelihood, the guide's Gaussian family and reverse models, the local reparameterisation) and
+returns a :class:`CompiledSVI` whose step evaluates the same estimator as ``Trace_ELBO`` (or
+``TraceMeanField_ELBO``) with the same noise (the same draws from the same generators, in
+Pyro's order), from the same tensors of Pyro's param store, and steps the same optimiser: no
+Pyro messages, traces or replays per step. Anything it does not recognise raises
+:class:`NotCompilableError` naming the reason, and :func:`~pyro_dwp.infer.fit` then runs Pyro's
+SVI instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.optim import PyroOptim
+from pyro.params import param_with_module_name
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor
+from torch.distributions import Distribution, constraints, kl_divergence, transform_to
+from torch.func import functional_call, vmap
+
+from pyro_dwp.bnn import BNN, move_distribution
+from pyro_dwp.distributions import DeepWeightPrior, ScaleMixtureNormal
+from pyro_dwp.guides import BBBNormal, LogVarianceNormal, ReverseModelGuide
+from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
+from pyro_dwp.guides.reverse import latent_site_name
+from pyro_dwp.likelihoods import Categorical, Gaussian
+
+from .kl import KLScaleMessenger
+from .local_reparam import LocalReparameterizationMessenger
+from .reparam import DeepWeightPriorStrategy
+
+__all__ = ["CompiledSVI", "NotCompilableError", "compile_svi"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_GUIDES = (BBBNormal, LogVarianceNormal, TruncatedAlphaNormal)
+_ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
+_CHECK_RTOL = 1e-4  # compiled against Pyro's loss on the first batch, in float32
+_Moments = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""A network ``input -> (loc, scale)`` of a diagonal Gaussian."""
+
+
+class NotCompilableError(ValueError):
+    """A model, guide or setting that the compiled engine does not handle; the message says
+    which, and why."""
+
+
+@dataclass(frozen=True)
+class _WeightSite:
+    """One weight site: the guide's ``q(w) = N(loc, scale(loc, raw)^2)`` and the model's prior.
+
+    ``loc`` and ``raw`` are the (unconstrained) leaf tensors of Pyro's param store, of the
+    site's shape. ``log_prior`` maps a weight of that shape to its summed prior log-density
+    (``None`` at a deep-weight-prior site, see :class:`_CodeSite`); ``kl``, where set (the
+    registered KL under ``TraceMeanField_ELBO``), maps ``(loc, scale)`` to the summed
+    ``KL(q || p)`` that replaces the Monte Carlo ``log q(w) - log p(w)``.
+    """
+
+    name: str
+    loc: Tensor
+    raw: Tensor
+    scale: Callable[[Tensor, Tensor], Tensor]
+    log_prior: Callable[[Tensor], Tensor] | None
+    kl: Callable[[Tensor, Tensor], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class _CodeSite:
+    """A deep-weight-prior site ``name`` rewritten into ``z ~ N(0, I)``, ``w ~ p(w | z)``.
+
+    ``reverse`` maps kernels ``(..., k, k)`` to ``(loc, scale)`` of the guide's
+    ``r(z | w)``, each ``(..., z_dim)``; ``decoder`` maps codes to ``(loc, scale)`` of the
+    prior's ``p(w | z)``, each ``(..., k, k)``.
+    """
+
+    name: str
+    reverse: _Moments
+    decoder: _Moments
+
+
+class CompiledSVI:
+    """One SVI step of ``Trace_ELBO`` (or ``TraceMeanField_ELBO``) on a BNN as plain PyTorch.
+
+    Built by :func:`compile_svi`, which documents what it covers. Per particle the step draws,
+    in Pyro's order, ``eps ~ N(0, I)`` for each weight site (``w = loc + scale * eps``, as
+    :class:`~pyro_dwp.guides.BBBNormal` does), then each deep-weight-prior site's code
+    ``z = mu(w) + sigma(w) * eps`` from its reverse model (as
+    :class:`~pyro_dwp.guides.ReverseModelGuide` does), then runs the network (with the local
+    reparameterisation's draws where its handler is given) and returns
+
+    ``loss = kl_scale * sum_sites (log q(w) - log p(w)) - (N / B) * log p(y | x, w)``
+
+    averaged over particles, where at a deep-weight-prior site ``log q(w) - log p(w)`` is the
+    auxiliary bound's ``log q(w) + log r(z | w) - log p(z) - log p(w | z)``, and under
+    ``TraceMeanField_ELBO`` a registered ``KL(q || p)`` replaces it: the value and gradients of
+    Pyro's ELBO under :class:`~pyro_dwp.infer.KLScaleMessenger` (``kl_scale``) and the
+    likelihood's subsampled data plate (``N / B``).
+
+    Attributes:
+        params: The unconstrained leaf tensors of Pyro's param store that the step trains.
+    """
+
+    def __init__(
+        self,
+        model: BNN,
+        sites: list[_WeightSite],
+        codes: list[_CodeSite],
+        fixed: dict[str, Tensor],
+        log_likelihood: Callable[[Tensor, Tensor], Tensor],
+        optim: PyroOptim,
+        num_particles: int,
+        vectorize_particles: bool,
+        local_reparam: LocalReparameterizationMessenger | None,
+        params: list[Tensor],
+    ) -> None:
+        self._net = model.net
+        self._dataset_size = model.likelihood.dataset_size
+        self._sites = sites
+        self._codes = codes
+        self._fixed = fixed
+        self._log_likelihood = log_likelihood
+        self._optim = optim
+        # Vectorised particles: one pass over a (P, 1) batch of weights, as Pyro's particle plate
+        # (dim -2) draws them, the network mapped over it with vmap (as BNN does).
+        vectorized = vectorize_particles and num_particles > 1
+        self._passes = 1 if vectorized else num_particles
+        self._lead = (num_particles, 1) if vectorized else ()
+        self._local_reparam = local_reparam
+        self.params = params
+
+    def loss(self, x: Tensor, y: Tensor, kl_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """The differentiable loss (-ELBO) and the scaled data term (detached), both ``()``.
+
+        Args:
+            x: Inputs ``(B, *in_shape)``.
+            y: Targets ``(B, ...)``.
+            kl_scale: Factor of the KL term (``M * pi_i`` of :func:`~pyro_dwp.infer.kl_weights`).
+        """
+        total: Tensor | float = 0.0
+        data: Tensor | float = 0.0
+        for _ in range(self._passes):
+            loss, log_lik = self._particle_loss(x, y, kl_scale)
+            total, data = total + loss, data + log_lik.detach()
+        return total / self._passes, data / self._passes
+
+    def _particle_loss(self, x: Tensor, y: Tensor, kl_scale: float) -> tuple[Tensor, Tensor]:
+        """One pass's loss and scaled data term ``(N / B) log p(y | x, w)``, both ``()``,
+        averaged over its vectorised particles."""
+        kl, log_lik = self._particle(x, y)
+        particles = math.prod(self._lead)
+        log_lik = log_lik * (max(self._dataset_size, x.shape[0]) / x.shape[0] / particles)
+        return kl * (kl_scale / particles) - log_lik, log_lik
+
+    def _particle(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass: the KL term ``sum (log q - log p)`` and ``log p(y | x, w)``, ``()``, summed
+        over its vectorised particles (if any)."""
+        weights: dict[str, Tensor] = {}
+        draws = []
+        kl: Tensor | float = 0.0
+        particles = math.prod(self._lead)
+        for site in self._sites:
+            scale = site.scale(site.loc, site.raw)
+            shape = self._lead + site.loc.shape
+            eps = torch.randn(shape, dtype=site.loc.dtype, device=site.loc.device)
+            w = torch.addcmul(site.loc, scale, eps)
+            if site.kl is not None:
+                kl = kl + site.kl(site.loc, scale) * particles
+            else:
+                # sum log q(w) at its own draw: sum -eps^2 / 2 - log(scale) - log(2 pi) / 2.
+                flat = eps.reshape(-1)
+                log_q = flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI
+                log_q = (log_q + scale.log().sum() * particles).neg()
+                kl = kl + (log_q if site.log_prior is None else log_q - site.log_prior(w))
+            weights[site.name] = w
+            draws.append((w, site.loc, scale))
+        for code in self._codes:
+            w = weights[code.name]
+            loc, scale = code.reverse(w)
+            eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)
+            z = loc + eps * scale  # as Normal.rsample
+            n = eps.numel() * _HALF_LOG_2PI
+            flat, zs = eps.reshape(-1), z.reshape(-1)
+            log_r = (flat.dot(flat) * 0.5 + n + scale.log().sum()).neg()
+            log_p_z = (zs.dot(zs) * 0.5 + n).neg()
+            w_loc, w_scale = code.decoder(z)
+            log_p_w = dist.Normal(w_loc, w_scale, validate_args=False).log_prob(w).sum()
+            kl = kl + (log_r - log_p_z - log_p_w)
+        if self._lead:
+            # As BNN: vmap over the particles; the local reparameterisation does not apply.
+            flat = {n: w.reshape((-1,) + w.shape[2:]) for n, w in weights.items()}
+            out = vmap(self._run, randomness="different", in_dims=(0, None))(flat, x)
+            return kl, self._log_likelihood(out, y)
+        with ExitStack() as stack:
+            if self._local_reparam is not None:
+                stack.enter_context(self._local_reparam)
+                for w, loc, scale in draws:
+                    self._local_reparam.record(w, loc, scale)
+            out = self._run(weights, x)
+        return kl, self._log_likelihood(out, y)
+
+    def _run(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The network with ``weights``: ``(B, *in) -> (B, *out)``."""
+        return functional_call(self._net, {**self._fixed, **weights}, (x,))
+
+    def step(self, x: Tensor, y: Tensor, kl_scale: float = 1.0) -> tuple[float, Tensor]:
+        """A gradient step of the optimiser; the loss (-ELBO, a float) and the scaled data term.
+
+        As ``pyro.infer.SVI.step``: every trained parameter gets a gradient (zero if unused)
+        before the optimiser's step; the gradients are then cleared.
+        """
+        loss, data = self.loss(x, y, kl_scale)
+        loss.backward()
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self._optim(self.params)
+        for p in self.params:
+            p.grad = None
+        return loss.item(), data
+
+
+def _log_prior(name: str, prior: Distribution) -> Callable[[Tensor], Tensor]:
+    """``w -> sum log p(w)`` for a weight ``w`` (any shape) under the univariate Normal or
+    scale-mixture ``prior`` as the user gave it (its batch shape broadcasts against ``w``'s),
+    without the per-step validation of the sample; else :class:`NotCompilableError`."""
+    if prior.event_shape:
+        raise NotCompilableError(
+            f"unsupported prior with event shape {tuple(prior.event_shape)} at site {name!r}"
+        )
+    kind = type(prior)
+    if kind is ScaleMixtureNormal:  # its fused log-density where the parameters are scalars
+        d = ScaleMixtureNormal(prior.pi, prior.sigma1, prior.sigma2, validate_args=False)
+        return lambda w: d.log_prob(w).sum()
+    if kind not in (dist.Normal, torch.distributions.Normal):
+        raise NotCompilableError(
+            f"unsupported prior {kind.__name__} at site {name!r} (compiled: Normal, "
+            "ScaleMixtureNormal)"
+        )
+    if prior.loc.numel() == 1 and prior.scale.numel() == 1 and not prior.scale.requires_grad:
+        # sum -(w - loc)^2 / (2 scale^2) - log(scale) - log(2 pi) / 2, in two passes over w.
+        loc, scale = float(prior.loc), float(prior.scale)
+        const = -math.log(scale) - _HALF_LOG_2PI
+        factor = -0.5 / scale**2
+        if loc == 0.0:
+            return lambda w: w.square().sum() * factor + w.numel() * const
+        return lambda w: (w - loc).square().sum() * factor + w.numel() * const
+    d = dist.Normal(prior.loc, prior.scale, validate_args=False)
+    return lambda w: d.log_prob(w).sum()
+
+
+def _categorical(out: Tensor, y: Tensor) -> Tensor:
+    """``sum log Categorical(y | logits=out)``: ``out (*particles, B, C)``, ``y (B,)`` -> ``()``."""
+    targets = y.expand(out.shape[:-1]).reshape(-1)
+    return -F.cross_entropy(out.reshape(-1, out.shape[-1]), targets, reduction="sum")
+
+
+def _gaussian(noise: Callable[[], Tensor | float]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(out, y) -> sum log N(y | out, s^2)`` with ``s = noise()``; ``out (*particles, B, D)``,
+    ``y (B, D)``."""
+
+    def log_lik(out: Tensor, y: Tensor) -> Tensor:
+        s = noise()
+        log_s = s.log() if isinstance(s, Tensor) else math.log(s)
+        diff = y - out
+        return diff.square().sum() * (-0.5 / s**2) - diff.numel() * (log_s + _HALF_LOG_2PI)
+
+    return log_lik
+
+
+def _leaf(name: str) -> Tensor:
+    """The unconstrained tensor that Pyro's param store keeps (and optimises) for ``name``."""
+    return pyro.get_param_store().get_param(name).unconstrained()
+
+
+def _likelihood(model: BNN, model_trace: poutine.Trace, y: Tensor, fixed: dict[str, Tensor]):
+    """The data term of ``model``'s likelihood, checked against the traced observed site."""
+    lik = model.likelihood
+    site = model_trace.nodes[lik.site]
+    if tuple(site["value"].shape) != tuple(site["fn"].shape()):  # as traced: one particle
+        raise NotCompilableError(
+            f"targets of shape {tuple(site['value'].shape)} broadcast against the likelihood's "
+            f"shape {tuple(site['fn'].shape())} (compiled: equal shapes)"
+        )
+    if type(lik) is Categorical:
+        if y.is_floating_point():
+            raise NotCompilableError("floating-point targets of a Categorical likelihood")
+        return _categorical
+    if type(lik) is Gaussian:
+        if lik.scale is not None:
+            return _gaussian(lambda: lik.scale)
+        leaf = fixed.pop("noise_scale")
+        positive = transform_to(constraints.positive)
+        return _gaussian(lambda: positive(leaf))
+    raise NotCompilableError(
+        f"unsupported likelihood {type(lik).__name__} (compiled: Categorical, Gaussian)"
+    )
+
+
+def _check_setting(
+    model: object,
+    guide: object,
+    elbo: type[ELBO],
+    vectorize_particles: bool,
+    handlers: Sequence[AbstractContextManager],
+) -> LocalReparameterizationMessenger | None:
+    """Refuse what the compiled step does not cover; the local reparameterisation, if any."""
+    if elbo not in _ELBOS:
+        raise NotCompilableError(
+            f"unsupported ELBO {elbo.__name__} (compiled: Trace_ELBO, TraceMeanField_ELBO)"
+        )
+    if type(model) is not BNN:
+        raise NotCompilableError(
+            f"unsupported model {type(model).__name__} (compiled: pyro_dwp.BNN)"
+        )
+    if model.reparam is not None and type(model.reparam) is not DeepWeightPriorStrategy:
+        raise NotCompilableError(
+            f"unsupported reparameterisation {type(model.reparam).__name__} (compiled: "
+            "DeepWeightPriorStrategy)"
+        )
+    if model.reparam is not None and vectorize_particles:
+        raise NotCompilableError(
+            "unsupported vectorize_particles=True with a reparameterised prior (compiled: "
+            "particles in a loop)"
+        )
+    if model.reparam is not None and elbo is not Trace_ELBO:
+        raise NotCompilableError(
+            f"unsupported ELBO {elbo.__name__} with a reparameterised prior (compiled: "
+            "Trace_ELBO, the auxiliary bound)"
+        )
+    base = guide.base if type(guide) is ReverseModelGuide else guide
+    if type(base) not in _GUIDES:
+        names = ", ".join(g.__name__ for g in _GUIDES)
+        raise NotCompilableError(
+            f"unsupported guide {type(base).__name__} (compiled: {names}, and "
+            "ReverseModelGuide on either)"
+        )
+    local = [h for h in handlers if type(h) is LocalReparameterizationMessenger]
+    other = [type(h).__name__ for h in handlers if type(h) is not LocalReparameterizationMessenger]
+    if other or len(local) > 1:
+        raise NotCompilableError(
+            f"unsupported handler(s) {other or ['a second LocalReparameterizationMessenger']} "
+            "(compiled: one LocalReparameterizationMessenger)"
+        )
+    return local[0] if local else None
+
+
+def _base_guide(guide: BBBNormal | ReverseModelGuide) -> BBBNormal:
+    """The guide of the weights: ``guide`` itself, or a reverse-model guide's base."""
+    return guide.base if isinstance(guide, ReverseModelGuide) else guide
+
+
+def _sites(trace: poutine.Trace, kind: str) -> list[str]:
+    return [n for n, s in trace.nodes.items() if s["type"] == kind]
+
+
+def compile_svi(
+    model: BNN,
+    guide: BBBNormal | ReverseModelGuide,
+    x: Tensor,
+    y: Tensor,
+    *,
+    optim: PyroOptim,
+    elbo: type[ELBO] = Trace_ELBO,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    handlers: Sequence[AbstractContextManager] = (),
+    kl_scale: float = 1.0,
+) -> CompiledSVI:
+    """Compile the SVI step of ``model`` and ``guide`` on the batch ``(x, y)``.
+
+    Covered: a :class:`~pyro_dwp.bnn.BNN` with ``Normal`` and ``ScaleMixtureNormal`` priors (one
+    for all, or chosen per parameter; unselected parameters stay point estimates) and
+    :class:`~pyro_dwp.distributions.DeepWeightPrior` s rewritten by
+    :class:`~pyro_dwp.infer.DeepWeightPriorStrategy`, a ``Categorical`` or ``Gaussian`` (fixed
+    or learned noise) likelihood; the guides :class:`~pyro_dwp.guides.BBBNormal`,
+    :class:`~pyro_dwp.guides.LogVarianceNormal` and
+    :class:`~pyro_dwp.guides.log_variance.TruncatedAlphaNormal`, alone or as the base of a
+    :class:`~pyro_dwp.guides.ReverseModelGuide` (trainable or frozen reverse models);
+    ``Trace_ELBO``, or ``TraceMeanField_ELBO`` (without a deep weight prior: the registered KL
+    where there is one, e.g. Normal or ``LogUniform`` priors, else the Monte Carlo term), with
+    ``num_particles`` in a loop or vectorised (``vectorize_particles``, not with a deep weight
+    prior; as in Pyro, the local reparameterisation then does not apply);
+    ``handlers`` empty or one :class:`~pyro_dwp.infer.LocalReparameterizationMessenger`; any Pyro
+    optimiser (stepped as ``SVI`` steps it, so its state and checkpoints are those of Pyro's
+    engine).
+
+    The guide is set up if it was not (its parameters enter Pyro's param store); the guide and
+    the model are traced once on ``(x, y)`` (the RNG states are restored afterwards): the traced
+    sites must be exactly those of the BNN (else a data-dependent or custom structure), and the
+    compiled loss must equal Pyro's on that trace's noise to a relative ``1e-4`` (where finite;
+    Pyro's validation is off, as in every step of :func:`~pyro_dwp.infer.fit` after the first).
+
+    Args:
+        model: The model.
+        guide: Its guide.
+        x: A batch of inputs ``(B, *in_shape)``.
+        y: Its targets ``(B, ...)``.
+        optim: The Pyro optimiser to step.
+        elbo: The ELBO class.
+        num_particles: Particles per step.
+        vectorize_particles: Vectorise the particles, as ``fit`` asks Pyro to.
+        handlers: Handlers around each step, as :func:`~pyro_dwp.infer.fit` takes them.
+        kl_scale: The KL factor of the check against Pyro's loss.
+
+    Raises:
+        NotCompilableError: naming what the compiled engine does not cover.
+    """
+    local = _check_setting(model, guide, elbo, vectorize_particles, handlers)
+    rng = pyro.util.get_rng_state()
+    try:
+        if _base_guide(guide).prototype_trace is None:
+            with torch.no_grad(), poutine.block():
+                guide(x, y)
+            pyro.util.set_rng_state(rng)
+        model_trace, guide_trace = _traces(model, guide, x, y, handlers, kl_scale)
+        program = _build(
+            model, guide, model_trace, guide_trace, y, optim, elbo, num_particles,
+            vectorize_particles, local,
+        )  # fmt: skip
+        pyro.util.set_rng_state(rng)
+        if vectorize_particles and num_particles > 1:  # one pass of all particles, as fit's
+            loss = elbo(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        else:
+            loss = elbo()
+        expected = _pyro_loss(model, guide, x, y, handlers, loss, kl_scale)
+        pyro.util.set_rng_state(rng)
+        with torch.no_grad():
+            compiled = float(program._particle_loss(x, y, kl_scale)[0])  # one pass, as Pyro's
+    finally:
+        pyro.util.set_rng_state(rng)
+    # A non-finite loss is left to the step, which reports it.
+    if math.isfinite(expected) and not abs(compiled - expected) <= _CHECK_RTOL * max(
+        1.0, abs(expected)
+    ):
+        raise NotCompilableError(
+            f"the compiled loss {compiled:.6g} differs from Pyro's {expected:.6g} on the first "
+            "batch"
+        )
+    return program
+
+
+def _pyro_loss(
+    model: BNN,
+    guide: BBBNormal | ReverseModelGuide,
+    x: Tensor,
+    y: Tensor,
+    handlers: Sequence[AbstractContextManager],
+    elbo: ELBO,
+    kl_scale: float,
+) -> float:
+    """Pyro's loss of one pass on ``(x, y)``, as the step of :func:`~pyro_dwp.infer.fit`
+    evaluates it (handlers active, KL scaled), without gradients or validation; a NaN is left
+    to the step, which reports it."""
+    kl = KLScaleMessenger(kl_scale)
+    with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        for handler in handlers:
+            stack.enter_context(handler)
+        return elbo.loss(kl(model), kl(guide), x, y)
+
+
+def _traces(
+    model: BNN,
+    guide: BBBNormal | ReverseModelGuide,
+    x: Tensor,
+    y: Tensor,
+    handlers: Sequence[AbstractContextManager],
+    kl_scale: float,
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's and the replayed model's traces of one Pyro particle, as ``Trace_ELBO``
+    draws them (handlers active, KL scaled), subsample sites pruned."""
+    kl = KLScaleMessenger(kl_scale)
+    with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), ExitStack() as stack:
+        for handler in handlers:
+            stack.enter_context(handler)
+        guide_trace = poutine.trace(kl(guide)).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(kl(model), trace=guide_trace)).get_trace(x, y)
+    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def _build(
+    model: BNN,
+    guide: BBBNormal | ReverseModelGuide,
+    model_trace: poutine.Trace,
+    guide_trace: poutine.Trace,
+    y: Tensor,
+    optim: PyroOptim,
+    elbo: type[ELBO],
+    num_particles: int,
+    vectorize_particles: bool,
+    local: LocalReparameterizationMessenger | None,
+) -> CompiledSVI:
+    """Match the traces against the BNN's structure and build the step's program."""
+    names = list(model.priors)
+    base = _base_guide(guide)
+    coded = [n for n in names if isinstance(model.priors[n], DeepWeightPrior)]
+    if coded and model.reparam is None:
+        raise NotCompilableError(f"a deep weight prior without its reparameterisation: {coded}")
+    store = pyro.get_param_store()
+    locs = {n: base.loc(n).unconstrained() for n in names}
+    raws = {n: base.rho(n) for n in names}
+    guide_params = [store.param_name(t) for n in names for t in (locs[n], raws[n])]
+    reverse: dict[str, _Moments] = {}
+    if isinstance(guide, ReverseModelGuide):
+        reverse = _reverse_models(guide)
+        if guide.trainable:
+            guide_params += [
+                param_with_module_name(guide.name, n) for n, _ in guide.encoders.named_parameters()
+            ]
+    codes = [latent_site_name(n) for n in reverse]
+    expected = {
+        "guide sample": [*names, *codes],
+        "guide param": guide_params,
+        "model sample": [*names, *[latent_site_name(n) for n in coded], model.likelihood.site],
+        "model param": [
+            *model.deterministic,
+            *(
+                ["noise_scale"]
+                if type(model.likelihood) is Gaussian and model.likelihood.scale is None
+                else []
+            ),
+        ],
+    }
+    traced = {
+        "guide sample": _sites(guide_trace, "sample"),
+        "guide param": _sites(guide_trace, "param"),
+        "model sample": _sites(model_trace, "sample"),
+        "model param": _sites(model_trace, "param"),
+    }
+    for key, want in expected.items():
+        if set(traced[key]) != set(want):
+            extra = sorted(set(traced[key]) ^ set(want))
+            raise NotCompilableError(
+                f"the traced {key} sites differ from the BNN's: {', '.join(extra)}"
+            )
+    if base.create_plates is not None:
+        raise NotCompilableError("unsupported plates around the guide's sites (create_plates)")
+    fixed = {n: _leaf(n) for n in expected["model param"]}
+    log_likelihood = _likelihood(model, model_trace, y, fixed)
+    scale = _guide_scale(base)
+    device = next(iter(locs.values())).device
+    site_fns = model.site_distributions()
+    sites = []
+    for n in base.site_names:  # the guide's order: Pyro's order of the draws
+        kl = (
+            None
+            if elbo is Trace_ELBO
+            else _registered_kl(site_fns[n], locs[n], scale(locs[n], raws[n]))
+        )
+        log_prior = None
+        if n not in coded and kl is None:
+            log_prior = _log_prior(n, move_distribution(model.priors[n], device))
+        sites.append(_WeightSite(n, locs[n], raws[n], scale, log_prior, kl))
+    code_sites = [
+        _CodeSite(name=n, reverse=f, decoder=move_distribution(model.priors[n], device).decoder)
+        for n, f in reverse.items()  # the reverse-model guide's order: Pyro's order
+    ]
+    for site in sites:
+        if site.loc.shape != guide_trace.nodes[site.name]["value"].shape:
+            raise NotCompilableError(f"particle dimensions at site {site.name!r}")
+    params = [_leaf(n) for n in expected["model param"] + guide_params]
+    return CompiledSVI(
+        model, sites, code_sites, fixed, log_likelihood, optim, num_particles,
+        vectorize_particles, local, params,
+    )  # fmt: skip
+
+
+def _guide_scale(guide: BBBNormal) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(loc, raw) -> sigma`` of the guide's family, from the param store's leaves."""
+    to_scale = transform_to(type(guide).scale_constraint)
+    if type(guide) is TruncatedAlphaNormal:  # sigma = sqrt(alpha) (|mu| + tiny)
+        return lambda loc, raw: to_scale(raw).sqrt() * (loc.abs() + torch.finfo(loc.dtype).tiny)
+    return lambda loc, raw: to_scale(raw)
+
+
+def _registered_kl(
+    site_fn: Distribution, loc: Tensor, scale: Tensor
+) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """``(loc, scale) -> sum KL(N(loc, scale^2) || prior)`` where ``TraceMeanField_ELBO`` finds
+    a registered KL between the guide's and the model's distributions at the site (``site_fn``,
+    event shape the weight's), else ``None`` (it then takes the Monte Carlo term)."""
+    event_dim = len(site_fn.event_shape)
+    with torch.no_grad():
+        try:
+            kl_divergence(dist.Normal(loc, scale).to_event(event_dim), site_fn)
+        except NotImplementedError:
+            return None
+    return lambda m, s: kl_divergence(
+        dist.Normal(m, s, validate_args=False).to_event(event_dim), site_fn
+    ).sum()
+
+
+def _reverse_models(guide: ReverseModelGuide) -> dict[str, _Moments]:
+    """``{weight site: w -> (loc, scale) of r(z | w)}``; a trainable reverse model runs on the
+    param store's tensors (those that ``pyro.module`` registers and the optimiser steps)."""
+    out = {}
+    for site, (key, encoder) in zip(guide.site_names, guide.encoders.items(), strict=True):
+        if not guide.trainable:
+            out[site] = encoder
+            continue
+        leaves = {
+            n: _leaf(param_with_module_name(guide.name, f"{key}.{n}"))
+            for n, _ in encoder.named_parameters()
+        }
+        out[site] = functools.partial(functional_call, encoder, leaves)
+    return out
