@@ -365,7 +365,8 @@ def fit_distributed(
     Returns:
         One record per epoch (the same on every process): ``epoch``, ``loss`` (-ELBO), ``nll``
         (data term), ``kl`` (``loss - nll``), averaged over the epoch's global steps, and
-        ``seconds``. The trained values are in Pyro's param store, on every process.
+        ``seconds``. The trained values are in Pyro's param store, on every process, on the
+        device of ``x`` (Lightning's teardown would leave them on the CPU).
 
     Raises:
         ValueError: on bad arguments (see :func:`check_distributed_args`), before any work.
@@ -425,6 +426,7 @@ def fit_distributed(
         # The checkpoint is one named file; other files beside it (a job's outputs) are fine.
         warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
         trainer.fit(module, ckpt_path=checkpoint if resumed else None, weights_only=False)
+    module.to(x.device)  # Lightning's teardown leaves the module on the CPU
     return module.history
 
 
