@@ -45,6 +45,7 @@ def main(args: argparse.Namespace) -> dict:
             "kernel_size": meta["kernel_size"],
             "z_dim": meta["z_dim"],
             "hidden": meta["hidden"],
+            "decoder_scale": meta.get("decoder_scale", "per-code"),
             "source_recipe": meta.get("provenance"),
             "vae_training": meta.get("training"),
             "fit_on_held_out_kernels": {k: meta.get(k) for k in FIT_KEYS},

@@ -77,6 +77,10 @@ TINY: dict[str, Argv] = {
     ],
     "dwp_markov_chain.py": _dwp_markov_chain,
     "dwp_mnist.py": _dwp_mnist,
+    "dwp_prior_pull.py": lambda tmp: [
+        *options(prior="shipped=pretrained:notmnist", kernels=4, steps=2, every=1, threads=1),
+        *_results(tmp),
+    ],
     "dwp_random_features.py": lambda tmp: [
         *options(n_train=100, n_test=100, widths="1/16", seeds=0, epochs=1, threads=1),
         *data_args(),

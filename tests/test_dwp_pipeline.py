@@ -10,7 +10,7 @@ from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
-from pyro_dwp.experiments import dwp_pipeline, dwp_source
+from pyro_dwp.experiments import dwp_pipeline, dwp_prior, dwp_source
 
 needs_data = needs_shared_data("mnist", "notmnist")
 
@@ -144,3 +144,16 @@ def test_kernel_gauge_reaches_the_source_stage_with_the_target_widths(tmp_path):
     args.kernel_gauge = None  # not given: dwp-source's default, and no extra flags
     source = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))
     assert "--kernel-gauge" not in source["source"] and "--target-channels" not in source["source"]
+
+
+def test_decoder_scale_reaches_the_prior_stage(tmp_path):
+    args = argparse.Namespace(**{k: None for k in dwp_pipeline._OPTIONS}, preset="quick")
+    args.decoder_scale = "shared"
+    prior = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))["prior"]
+    parser = argparse.ArgumentParser()
+    dwp_prior.add_arguments(parser)
+    assert parser.parse_args([str(a) for a in prior[1:]]).decoder_scale == "shared"
+    args.decoder_scale = None  # not given: dwp-prior's default, the paper's per-code scale
+    prior = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))["prior"]
+    assert "--decoder-scale" not in prior
+    assert parser.parse_args([str(a) for a in prior[1:]]).decoder_scale == "per-code"

@@ -56,6 +56,7 @@ _OPTIONS = {
     "max_kernels": (("source", "--max-kernels"),),
     "kernel_gauge": (("source", "--kernel-gauge"),),
     "prior_epochs": (("prior", "--epochs"),),
+    "decoder_scale": (("prior", "--decoder-scale"),),
     "n_train": (("classify", "--n-train"),),
     "seeds": (("classify", "--seeds"),),
     "epochs": (("classify", "--epochs"),),
@@ -99,6 +100,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the target net's layer (--channels), as for the shipped prior (default: none)",
     )
     o.add_argument("--prior-epochs", type=int, help="epochs of each kernel VAE")
+    o.add_argument(
+        "--decoder-scale",
+        choices=["per-code", "shared"],
+        help="dwp-prior --decoder-scale: 'shared' gives the VAEs' decoders one scale for every "
+        "code, as for the shipped prior (default: per-code, the paper's)",
+    )
     o.add_argument("--n-train", type=int, nargs="+", help="MNIST training set sizes N")
     o.add_argument("--seeds", type=int, nargs="+", help="data seeds of the classifier")
     o.add_argument("--epochs", type=int, help="classifier epochs per (prior, N, seed) cell")
