@@ -268,3 +268,47 @@ def test_resume_refuses_a_checkpoint_of_the_old_format_naming_it(
 def test_bad_agent_name():
     with pytest.raises(SystemExit):
         cli_main(["mushroom", "--out", "x", "--agents", "eps2"])
+
+
+def _synthetic_bandit(seed: int = 0) -> MushroomBandit:
+    g = torch.Generator().manual_seed(3)
+    contexts = torch.nn.functional.one_hot(torch.randint(6, (40,), generator=g), 6).float()
+    return MushroomBandit(contexts, torch.rand(40, generator=g) < 0.5, seed=seed)
+
+
+def _bbb_run(engine: str, steps: int) -> tuple[float, ThompsonBBBAgent]:
+    import pyro
+
+    pyro.set_rng_seed(0)
+    agent = ThompsonBBBAgent(
+        6, hidden=(8,), buffer_size=16, batch_size=4, num_batches=2, lr=1e-2, engine=engine
+    )
+    return _run(_synthetic_bandit(), agent, steps), agent
+
+
+def test_the_compiled_bbb_agent_equals_pyros(one_thread):
+    # 30 steps: the buffer (and the likelihood's dataset size, read at every step) grows to its
+    # cap of 16; the same decisions, regret and buffer, parameters equal to float rounding
+    # (60 Adam steps of 1e-2 from the same start: differences below 1e-5).
+    regret_pyro, pyro_agent = _bbb_run("pyro", 30)
+    params_pyro = {k: v.clone() for k, v in pyro_agent.state_dict()["params"]["params"].items()}
+    regret_compiled, compiled_agent = _bbb_run("compiled", 30)
+    assert compiled_agent._compiled is not None  # it did compile
+    assert regret_compiled == regret_pyro
+    assert compiled_agent.buffer.y.equal(pyro_agent.buffer.y)
+    params = compiled_agent.state_dict()["params"]["params"]
+    assert params.keys() == params_pyro.keys()
+    for k in params:
+        torch.testing.assert_close(params[k], params_pyro[k], rtol=1e-4, atol=1e-5)
+
+
+def test_an_unknown_bandit_engine_is_refused():
+    with pytest.raises(ValueError, match="engine must be 'pyro' or 'compiled'"):
+        ThompsonBBBAgent(6, engine="jit")
+
+
+def test_the_job_resumes_a_pyro_run_on_the_compiled_engine(tmp_path: Path, data_dir: Path):
+    assert _job(tmp_path, data_dir, "--steps", "20") == 0
+    assert _job(tmp_path, data_dir, "--steps", "40", "--resume", "--engine", "compiled") == 0
+    regret = json.loads((tmp_path / "regret.json").read_text())
+    assert regret["steps"] == 40 and set(regret["regret"]) == {"bbb", "greedy", "eps0.05"}

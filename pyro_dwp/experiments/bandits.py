@@ -23,6 +23,7 @@ environment, buffers and agents capture it, so a run can be checkpointed and res
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import pyro
@@ -34,6 +35,7 @@ from torch.func import functional_call
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
+from pyro_dwp.infer.compiled import CompiledSVI, NotCompilableError, compile_svi
 from pyro_dwp.infer.optim import JointAdam
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
@@ -359,6 +361,9 @@ class ThompsonBBBAgent:
         noise: Fixed noise standard deviation of the likelihood, or ``None`` to learn it.
         init_noise: Initial noise standard deviation when learnt.
         device: Where the model, guide and buffer live (contexts must be there too).
+        engine: ``"pyro"`` (Pyro's ``SVI``) or ``"compiled"``: the same steps as plain PyTorch
+            (:func:`~pyro_dwp.infer.compiled.compile_svi`, built at the first :meth:`learn`;
+            the same loss and noise, equal to Pyro's to float rounding).
     """
 
     def __init__(
@@ -379,8 +384,13 @@ class ThompsonBBBAgent:
         noise: float | None = 1.0,
         init_noise: float = 1.0,
         device: torch.device | str = "cpu",
+        engine: str = "pyro",
     ) -> None:
+        if engine not in ("pyro", "compiled"):
+            raise ValueError(f"engine must be 'pyro' or 'compiled', got {engine!r}")
         self.batch_size, self.num_batches = batch_size, num_batches
+        self.engine, self._num_particles = engine, num_particles
+        self._compiled: CompiledSVI | None = None
         pyro.clear_param_store()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -423,9 +433,30 @@ class ThompsonBBBAgent:
         self.likelihood.dataset_size = len(self.buffer)
         for _ in range(self.num_batches):
             x, y = self.buffer.sample(self.batch_size)
-            loss = self.svi.step(x, y)
+            loss = self._step(x, y)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"BBB agent: the loss is {loss}")
+
+    def _step(self, x: Tensor, y: Tensor) -> float:
+        """One SVI step on the minibatch ``(x (B, D + 2), y (B, 1))``; the loss."""
+        if self.engine == "pyro":
+            return self.svi.step(x, y)
+        if self._compiled is None:
+            try:
+                self._compiled = compile_svi(
+                    self.model,
+                    self.guide,
+                    x,
+                    y,
+                    optim=self.optim,
+                    num_particles=self._num_particles,
+                    vectorize_particles=True,
+                )
+            except NotCompilableError as e:
+                warnings.warn(f"engine='compiled' falls back to Pyro's SVI: {e}", stacklevel=2)
+                self.engine = "pyro"
+                return self.svi.step(x, y)
+        return self._compiled.step(x, y)[0]
 
     def state_dict(self) -> dict[str, Any]:
         """Parameters (Pyro's param store), Adam state and buffer; not Pyro's RNG."""
@@ -441,6 +472,7 @@ class ThompsonBBBAgent:
         params = {k: v.to(device) for k, v in state["params"]["params"].items()}
         pyro.get_param_store().set_state({**state["params"], "params": params})
         self._run_guide()  # the guide's module reads its parameters from the store
+        self._compiled = None  # compiled again on the loaded parameters
         self.optim.set_state(state["optim"])
         self.buffer.load_state_dict(state["buffer"])
         self.likelihood.dataset_size = max(1, len(self.buffer))

@@ -49,6 +49,7 @@ _NOT_SETTINGS = (
     "resume",
     "no_progress",
     "device",
+    "engine",
     "threads",
     "run",
     "job",
@@ -109,6 +110,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the stream and the agents")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     add_device_argument(p)
+    p.add_argument(
+        "--engine",
+        choices=["pyro", "compiled"],
+        default="pyro",
+        help="the BBB agent's SVI steps: Pyro's SVI, or the same steps compiled to plain "
+        "PyTorch (pyro_dwp.infer.compiled; equal to float rounding; not a run setting, so a run "
+        "resumes under either) (default: pyro)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -241,6 +250,7 @@ def _make_agent(
             init_scale=args.init_scale,
             noise=None if args.learn_noise else args.noise,
             init_noise=args.noise,
+            engine=args.engine,
             **common,
         )
     epsilon = 0.0 if name == "greedy" else float(name[3:])

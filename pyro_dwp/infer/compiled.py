@@ -108,7 +108,8 @@ class CompiledSVI:
     auxiliary bound's ``log q(w) + log r(z | w) - log p(z) - log p(w | z)``, and under
     ``TraceMeanField_ELBO`` a registered ``KL(q || p)`` replaces it: the value and gradients of
     Pyro's ELBO under :class:`~pyro_dwp.infer.KLScaleMessenger` (``kl_scale``) and the
-    likelihood's subsampled data plate (``N / B``).
+    likelihood's subsampled data plate (``N / B``, ``N`` the likelihood's ``dataset_size`` at
+    the time of the step, as Pyro reads it: a bandit's growing buffer changes it).
 
     Attributes:
         params: The unconstrained leaf tensors of Pyro's param store that the step trains.
@@ -128,7 +129,7 @@ class CompiledSVI:
         params: list[Tensor],
     ) -> None:
         self._net = model.net
-        self._dataset_size = model.likelihood.dataset_size
+        self._likelihood = model.likelihood  # its dataset_size is read at every step
         self._sites = sites
         self._codes = codes
         self._fixed = fixed
@@ -162,7 +163,8 @@ class CompiledSVI:
         averaged over its vectorised particles."""
         kl, log_lik = self._particle(x, y)
         particles = math.prod(self._lead)
-        log_lik = log_lik * (max(self._dataset_size, x.shape[0]) / x.shape[0] / particles)
+        size = self._likelihood.dataset_size
+        log_lik = log_lik * (max(size, x.shape[0]) / x.shape[0] / particles)
         return kl * (kl_scale / particles) - log_lik, log_lik
 
     def _particle(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
