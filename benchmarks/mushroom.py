@@ -52,6 +52,12 @@ def build_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--engine",
+        choices=["pyro", "compiled"],
+        default="compiled",
+        help="the BBB agent's SVI steps (pyro-dwp mushroom --engine; default: compiled)",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="seeds at a time (default: the visible GPUs)"
     )
     return p
@@ -63,6 +69,7 @@ def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
     out = args.work_dir / f"seed{seed}"
     argv = ["--preset", "paper", "--out", str(out), "--seed", str(seed)]
     argv += ["--steps", str(args.steps), "--device", args.device, "--resume"]
+    argv += ["--engine", args.engine]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
     if args.no_progress:
