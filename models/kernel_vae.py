@@ -25,9 +25,9 @@ from pyro_dwp.distributions.deep_weight_prior import iwae_log_marginal
 from pyro_dwp.io import read_torch_file, save_checkpoint
 
 __all__ = [
+    "DecoderScale",
     "KernelDecoder",
     "KernelEncoder",
-    "DecoderScale",
     "KernelVAE",
     "check_kernel_shape",
     "load_kernel_vae",
@@ -223,9 +223,13 @@ class KernelVAE(nn.Module):
         if z_dim < 1 or hidden < 1:
             raise ValueError(f"z_dim and hidden must be >= 1, got {z_dim}, {hidden}")
         self.kernel_size, self.z_dim, self.hidden = kernel_size, z_dim, hidden
-        self.decoder_scale = decoder_scale
         self.encoder = KernelEncoder(kernel_size, z_dim, hidden)
         self.decoder = KernelDecoder(kernel_size, z_dim, hidden, decoder_scale)
+
+    @property
+    def decoder_scale(self) -> DecoderScale:
+        """``"per-code"`` or ``"shared"``: the decoder's (see :class:`KernelDecoder`)."""
+        return self.decoder.decoder_scale
 
     @classmethod
     def for_kernel_size(

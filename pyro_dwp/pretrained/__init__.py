@@ -7,7 +7,9 @@ each file's SHA-256. Loading checks every checksum first, so a truncated or alte
 error, never a silently different prior.
 
 - ``"notmnist"``: source ConvNets of 256 / 512 channels trained on notMNIST (the DWP authors'
-  recipe, see ``pyro-dwp dwp-source``), kernels of the first (7x7) and second (5x5) layer.
+  recipe, see ``pyro-dwp dwp-source``), kernels of the first (7x7) and second (5x5) layer
+  rescaled to the He scale of the paper's 32 / 128-channel target, VAEs with a decoder scale
+  shared by all codes (``pyro-dwp dwp-prior --decoder-scale shared``).
 
 Usage, a deep weight prior on the kernels of any conv net with 7x7 and 5x5 layers::
 
