@@ -53,8 +53,9 @@ from pyro_dwp import BNN, Categorical
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
 from pyro_dwp.data.kernels import split_kernels
 from pyro_dwp.distributions import DeepWeightPrior, MarkovChainPrior
+from pyro_dwp.experiments.classification import ensemble_log_probs, guide_classifier
 from pyro_dwp.experiments.dwp_bnn import DWPSetup
-from pyro_dwp.experiments.dwp_classify import add_training_arguments, ensemble_probs, train_cell
+from pyro_dwp.experiments.dwp_classify import add_training_arguments, train_cell
 from pyro_dwp.experiments.dwp_prior import load_kernel_set
 from pyro_dwp.guides import LogVarianceNormal, ReverseChainGuide, init_to_module
 from pyro_dwp.guides.initialization import init_to_prior_sample
@@ -205,14 +206,16 @@ def run_cell(
     guide = ReverseChainGuide(model, builder, vaes)
     history = train_cell(args, DWPSetup(model, guide, Trace_ELBO), x, y, seed, None)
     x_test, y_test = (t.to(args.device) for t in test)
-    probs = ensemble_probs(model, guide.base, x_test, args.test_samples, "lrt")
-    nll = -probs.gather(1, y_test[:, None]).clamp_min(torch.finfo(probs.dtype).tiny).log().mean()
+    log_probs = ensemble_log_probs(
+        guide_classifier(model, guide.base, "lrt"), x_test, args.test_samples
+    )
+    nll = -log_probs.gather(1, y_test[:, None]).mean()
     x1, y1 = x[:1].to(args.device), y[:1].to(args.device)
     gap = markov_chain_bound_gap(model, guide, x1, y1, num_samples=args.gap_samples)["total"]
     return {
         "n": n,
         "seed": seed,
-        "accuracy": (probs.argmax(-1) == y_test).float().mean().item(),
+        "accuracy": (log_probs.argmax(-1) == y_test).float().mean().item(),
         "nll": nll.item(),
         "final_loss": history[-1]["loss"],
         "gap": gap["gap"],

@@ -31,13 +31,8 @@ from pathlib import Path
 import torch
 from devices import run_processes, visible_gpus
 
-from pyro_dwp.experiments.dwp_classify import (
-    EVALUATIONS,
-    RESULTS,
-    plot_figure2,
-    summarise,
-    summary_table,
-)
+from pyro_dwp.experiments.classification import EVALUATIONS
+from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.experiments.dwp_pipeline import classify_runs, run_stage
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
 

@@ -113,7 +113,7 @@ def test_cell_checkpoint_of_other_epochs_or_lr_is_refused(
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        m.setattr(dwp_classify, "ensemble_probs", interrupted)
+        m.setattr(dwp_classify, "ensemble_log_probs", interrupted)
         with pytest.raises(KeyboardInterrupt):
             main(_args(out, vae_dir, "--priors", "normal"))
     assert list((out / "cells").glob("normal_*.pt"))

@@ -1,4 +1,5 @@
-"""The test-time ensembles of dwp-classify against their Monte Carlo definition.
+"""The test-time ensembles of dwp-classify (``guide_classifier``) against their Monte Carlo
+definition.
 
 For one Bayesian linear layer ``f(x) = x w^T + b`` with ``q(w) = N(mu, sigma^2)`` the predictive
 probability of image ``x_j`` is ``E_q[softmax(x_j w^T + b)]``. The ``"weights"`` ensemble
@@ -17,8 +18,15 @@ import torch
 from torch import nn
 
 from pyro_dwp import BNN, Categorical
-from pyro_dwp.experiments.dwp_classify import ensemble_probs
+from pyro_dwp.experiments.classification import ensemble_log_probs, guide_classifier
 from pyro_dwp.guides import BBBNormal
+
+
+def ensemble_probs(
+    model: BNN, guide: BBBNormal, x: torch.Tensor, num_samples: int, evaluation: str
+) -> torch.Tensor:
+    """The predictive probabilities ``(N, 4)`` of the classifier dwp-classify evaluates."""
+    return ensemble_log_probs(guide_classifier(model, guide, evaluation), x, num_samples).exp()
 
 
 @pytest.fixture

@@ -3,25 +3,33 @@ ensemble (``log mean_s softmax``), calibration and out-of-distribution detection
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyro
+import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.diagnostics import auroc, expected_calibration_error, predictive_entropy
-from pyro_dwp.guides import BBBNormal
+from pyro_dwp.guides import BBBNormal, ReverseModelGuide
+from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
 
 __all__ = [
     "ECE_BINS",
+    "EVALUATIONS",
     "Classifier",
     "baseline_classifier",
     "bbb_classifier",
+    "ensemble_log_probs",
     "error_rate",
     "evaluate",
+    "guide_classifier",
     "network_logits",
 ]
 
@@ -29,6 +37,12 @@ ECE_BINS = 15
 """Bins of the expected calibration error and the reliability diagram."""
 _EVAL_CHUNK = 1000
 """Rows per forward pass in evaluation."""
+EVALUATIONS = {
+    "lrt": "ensemble with the local reparameterisation at test time (fresh noise per activation, "
+    "the DWP authors')",
+    "weights": "ensemble of weight draws from q (one draw per member, shared by all test images)",
+}
+"""The test-time ensembles of :func:`guide_classifier`, in words."""
 
 
 @dataclass
@@ -55,6 +69,49 @@ def bbb_classifier(
         return sampled_outputs(mean_net, weights, x, batch_size=_EVAL_CHUNK)
 
     return Classifier(mean_net, sample_logits)
+
+
+def guide_classifier(
+    model: BNN, guide: nn.Module, evaluation: str = "weights", chunk: int = _EVAL_CHUNK
+) -> Classifier:
+    """The posterior-mean network and the ensemble of a guide with ``loc`` / ``scale`` per weight
+    site (a :class:`~pyro_dwp.guides.BBBNormal` family, or a
+    :class:`~pyro_dwp.guides.ReverseModelGuide` over one: its codes are not needed).
+
+    Each member draws the Bayesian weights from ``q(w)`` once, through the guide; with
+    ``evaluation="lrt"`` the member runs under
+    :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`, so every
+    pre-activation of a Bayesian layer is drawn from its Gaussian given the input, independently
+    per activation and image (the drawn weights themselves are not used); with ``"weights"`` the
+    member is the plain network with the drawn weights. Members are drawn one after the other,
+    each over ``x`` in chunks of ``chunk`` rows.
+
+    Raises:
+        ValueError: If ``evaluation`` is not one of :data:`EVALUATIONS`.
+    """
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"unknown evaluation {evaluation!r}; choose one of {list(EVALUATIONS)}")
+    weight_guide = guide.base if isinstance(guide, ReverseModelGuide) else guide
+
+    @torch.no_grad()
+    def sample_logits(x: Tensor, num_samples: int) -> Tensor:
+        fixed = {n: pyro.param(n) for n in model.deterministic}
+        members = []
+        for _ in range(num_samples):
+            with poutine.block(), _local_reparam(evaluation == "lrt"):
+                drawn = weight_guide(x[:1], None)
+                weights = {n: v for n, v in drawn.items() if n in model.priors}
+                params = {**fixed, **weights}
+                members.append(
+                    torch.cat([functional_call(model.net, params, (c,)) for c in x.split(chunk)])
+                )
+        return torch.stack(members)
+
+    return Classifier(posterior_mean_network(model, weight_guide), sample_logits)
+
+
+def _local_reparam(active: bool) -> LocalReparameterizationMessenger | contextlib.nullcontext:
+    return LocalReparameterizationMessenger() if active else contextlib.nullcontext()
 
 
 def baseline_classifier(net: nn.Module) -> Classifier:
@@ -93,7 +150,7 @@ def evaluate(
         nats per example) and the ensemble's probabilities ``(N, 10)``.
     """
     mean_logp = network_logits(clf.mean_net, x).log_softmax(-1)
-    log_probs = _ensemble_log_probs(clf, x, num_samples)
+    log_probs = ensemble_log_probs(clf, x, num_samples)
     probs = log_probs.exp()
     labels = y[:, None]
     metrics = {
@@ -104,7 +161,7 @@ def evaluate(
         "ece": expected_calibration_error(probs.cpu(), y.cpu(), ECE_BINS),
     }
     if x_ood is not None:
-        ood_probs = _ensemble_log_probs(clf, x_ood, num_samples).exp()
+        ood_probs = ensemble_log_probs(clf, x_ood, num_samples).exp()
         metrics["ood_auroc"] = auroc(predictive_entropy(probs), predictive_entropy(ood_probs))
     return metrics, probs
 
@@ -115,8 +172,9 @@ def network_logits(net: nn.Module, x: Tensor) -> Tensor:
     return torch.cat([net(c) for c in torch.split(x, _EVAL_CHUNK)])
 
 
-def _ensemble_log_probs(clf: Classifier, x: Tensor, num_samples: int) -> Tensor:
-    """``log mean_s softmax(logits_s)``, ``(N, 10)``, computed with log-sum-exp."""
+def ensemble_log_probs(clf: Classifier, x: Tensor, num_samples: int) -> Tensor:
+    """The ensemble's predictive log-probabilities ``log mean_s softmax(logits_s)``, ``(N, ...)
+    -> (N, classes)``, computed with log-sum-exp over the ``num_samples`` members."""
     log_p = clf.sample_logits(x, num_samples).log_softmax(-1)
     return torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
 

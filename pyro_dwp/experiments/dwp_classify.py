@@ -8,7 +8,6 @@ command's help, :mod:`pyro_dwp.jobs.dwp_classify`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -18,13 +17,16 @@ from typing import Any, get_args
 
 import pyro
 import pyro.optim
-import pyro.poutine as poutine
 import torch
 from torch import Tensor
-from torch.func import functional_call
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.data import DWP_PIXEL_SCALE, kernel_similarity, load_mnist
+from pyro_dwp.experiments.classification import (
+    EVALUATIONS,
+    ensemble_log_probs,
+    guide_classifier,
+)
 from pyro_dwp.experiments.dwp_bnn import LOG_UNIFORM_FAMILIES, DWPSetup, make_dwp_cnn_model
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.guides import ReverseModelGuide
@@ -38,11 +40,9 @@ from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 from pyro_dwp.pretrained import PRETRAINED, pretrained_dir
 
 __all__ = [
-    "EVALUATIONS",
     "add_arguments",
     "add_training_arguments",
     "build_cell",
-    "ensemble_probs",
     "load_results",
     "load_vaes",
     "run",
@@ -53,12 +53,6 @@ __all__ = [
 ]
 
 RESULTS, TABLE, FIGURE = "dwp_classify.json", "dwp_classify.md", "figure2.png"
-EVALUATIONS = {
-    "lrt": "ensemble with the local reparameterisation at test time (fresh noise per activation, "
-    "the DWP authors')",
-    "weights": "ensemble of weight draws from q (one draw per member, shared by all test images)",
-}
-"""``--evaluation`` choices: the test-time ensemble, in words."""
 # Settings that must match for a rerun to reuse finished cells.
 _CONFIG_KEYS = (
     "evaluation",
@@ -364,9 +358,10 @@ def _run_cell(
     checkpoint = args.out / "cells" / f"{prior}_n{n}_seed{seed}.pt"
     history = train_cell(args, setup, x, y, seed, checkpoint)
     x_test, y_test = x_test.to(args.device), y_test.to(args.device)
-    probs = ensemble_probs(model, guide, x_test, args.test_samples, args.evaluation)
-    accuracy = (probs.argmax(-1) == y_test).float().mean().item()
-    nll = -probs.gather(1, y_test[:, None]).clamp_min(torch.finfo(probs.dtype).tiny).log().mean()
+    clf = guide_classifier(model, guide, args.evaluation)
+    log_probs = ensemble_log_probs(clf, x_test, args.test_samples)
+    accuracy = (log_probs.argmax(-1) == y_test).float().mean().item()
+    nll = -log_probs.gather(1, y_test[:, None]).mean()
     cell = {
         "prior": prior,
         "n": n,
@@ -403,47 +398,6 @@ def kernel_summary(model: BNN, guide: torch.nn.Module) -> dict[str, dict[str, fl
             "mean_sigma": scale.mean().item(),
         }
     return summary
-
-
-@torch.no_grad()
-def ensemble_probs(
-    model: BNN,
-    guide: torch.nn.Module,
-    x: Tensor,
-    num_samples: int,
-    evaluation: str = "lrt",
-    chunk: int = 1000,
-) -> Tensor:
-    """The ensemble's predictive probabilities ``p(y | x) = mean_s softmax(f_s(x))``,
-    ``(N, ...) -> (N, classes)``.
-
-    Each member draws the Bayesian weights from ``q(w)`` once (for the deep weight prior, from
-    the reverse-model guide's base guide: the codes are not needed); with ``evaluation="lrt"``
-    the member runs under :class:`~pyro_dwp.infer.local_reparam.LocalReparameterizationMessenger`,
-    so every pre-activation of a Bayesian layer is drawn from its Gaussian given the input,
-    independently per activation and test image (the sampled weights themselves are not
-    used); with ``"weights"`` the member is the plain network with the drawn weights.
-    """
-    if evaluation not in EVALUATIONS:
-        raise ValueError(f"unknown evaluation {evaluation!r}; choose one of {list(EVALUATIONS)}")
-    weight_guide = guide.base if isinstance(guide, ReverseModelGuide) else guide
-    fixed = {n: pyro.param(n) for n in model.deterministic}
-    probs = None
-    for _ in range(num_samples):
-        with poutine.block(), _local_reparam(evaluation == "lrt"):
-            weights = {n: v for n, v in weight_guide(x[:1], None).items() if n in model.priors}
-            for start in range(0, len(x), chunk):
-                logits = functional_call(
-                    model.net, {**fixed, **weights}, (x[start : start + chunk],)
-                )
-                if probs is None:
-                    probs = torch.zeros(len(x), logits.shape[-1], device=x.device)
-                probs[start : start + chunk] += logits.softmax(-1)
-    return probs / num_samples
-
-
-def _local_reparam(active: bool) -> LocalReparameterizationMessenger | contextlib.nullcontext:
-    return LocalReparameterizationMessenger() if active else contextlib.nullcontext()
 
 
 def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, tuple]]:
