@@ -383,8 +383,8 @@ def test_an_error_while_compiling_falls_back_naming_it(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a network the tracer cannot run")
 
-    # The module (the package's name "fit" is the function).
-    monkeypatch.setattr(importlib.import_module("pyro_dwp.infer.fit"), "compile_svi", broken)
+    # compile_or_warn, which fit's trainer calls, looks compile_svi up in its module
+    monkeypatch.setattr(importlib.import_module("pyro_dwp.infer.compiled"), "compile_svi", broken)
     model, guide = regression()
     trainer = SVITrainer(model, guide, X, Y, engine="auto", **KW)
     expected = "engine='auto' falls back to Pyro's SVI: compiling failed with RuntimeError: a net"

@@ -23,7 +23,6 @@ environment, buffers and agents capture it, so a run can be checkpointed and res
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import pyro
@@ -35,7 +34,7 @@ from torch.func import functional_call
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer.compiled import CompiledSVI, NotCompilableError, compile_svi
+from pyro_dwp.infer.compiled import CompiledSVI, compile_or_warn
 from pyro_dwp.infer.optim import JointAdam
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
@@ -442,18 +441,11 @@ class ThompsonBBBAgent:
         if self.engine == "pyro":
             return self.svi.step(x, y)
         if self._compiled is None:
-            try:
-                self._compiled = compile_svi(
-                    self.model,
-                    self.guide,
-                    x,
-                    y,
-                    optim=self.optim,
-                    num_particles=self._num_particles,
-                    vectorize_particles=True,
-                )
-            except NotCompilableError as e:
-                warnings.warn(f"engine='compiled' falls back to Pyro's SVI: {e}", stacklevel=2)
+            self._compiled = compile_or_warn(
+                self.engine, self.model, self.guide, x, y, optim=self.optim,
+                num_particles=self._num_particles, vectorize_particles=True, stacklevel=3,
+            )  # fmt: skip
+            if self._compiled is None:
                 self.engine = "pyro"
                 return self.svi.step(x, y)
         return self._compiled.step(x, y)[0]

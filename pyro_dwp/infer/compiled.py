@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -44,7 +45,7 @@ from .kl import KLScaleMessenger
 from .local_reparam import LocalReparameterizationMessenger
 from .reparam import DeepWeightPriorStrategy
 
-__all__ = ["CompiledSVI", "NotCompilableError", "compile_svi"]
+__all__ = ["CompiledSVI", "NotCompilableError", "compile_or_warn", "compile_svi"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _GUIDES = (BBBNormal, LogVarianceNormal, TruncatedAlphaNormal)
@@ -453,6 +454,27 @@ def compile_svi(
             "batch"
         )
     return program
+
+
+def compile_or_warn(
+    engine: str, *args: Any, stacklevel: int = 2, **kwargs: Any
+) -> CompiledSVI | None:
+    """:func:`compile_svi` (same arguments), or ``None`` after a ``UserWarning`` ``"engine=...
+    falls back to Pyro's SVI: <reason>"`` when the model is not covered or compiling fails:
+    what breaks the compiler may still run in Pyro. ``engine`` is the caller's option, for the
+    message; ``stacklevel`` as :func:`warnings.warn`'s, counted from the caller."""
+    try:
+        return compile_svi(*args, **kwargs)
+    except NotCompilableError as e:
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001
+        reason = f"compiling failed with {type(e).__name__}: {e}"
+    warnings.warn(
+        f"engine={engine!r} falls back to Pyro's SVI: {reason}",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return None
 
 
 def _pyro_loss(

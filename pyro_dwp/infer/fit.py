@@ -27,7 +27,7 @@ from pyro_dwp.distributions import DeepWeightPrior, LogUniform, MarkovChainPrior
 from pyro_dwp.io import progress_bar, save_checkpoint
 
 from .checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointError, load_checkpoint
-from .compiled import CompiledSVI, NotCompilableError, compile_svi
+from .compiled import CompiledSVI, compile_or_warn
 from .fingerprint import describe, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
@@ -450,22 +450,12 @@ class SVITrainer:
     def _compile(self, x: Tensor, y: Tensor, kl_scale: float) -> None:
         """Compile the step on the batch ``(x, y)`` (guide set up), or warn why not."""
         self._compile_tried = True
-        try:
-            self._compiled = compile_svi(
-                self.model, self.guide, x, y, optim=self.optim, elbo=self._elbo,
-                num_particles=self._num_particles,
-                vectorize_particles=self._vectorize_particles, handlers=self.handlers,
-                kl_scale=kl_scale,
-            )  # fmt: skip
-        except NotCompilableError as e:
-            reason = str(e)
-        except Exception as e:  # noqa: BLE001 (what breaks the compiler may still run in Pyro)
-            reason = f"compiling failed with {type(e).__name__}: {e}"
-        else:
-            return
-        warnings.warn(
-            f"engine={self.engine!r} falls back to Pyro's SVI: {reason}", UserWarning, stacklevel=4
-        )
+        self._compiled = compile_or_warn(
+            self.engine, self.model, self.guide, x, y, optim=self.optim, elbo=self._elbo,
+            num_particles=self._num_particles,
+            vectorize_particles=self._vectorize_particles, handlers=self.handlers,
+            kl_scale=kl_scale, stacklevel=4,
+        )  # fmt: skip
 
     def _save(self) -> None:
         if self._fingerprint is None:
