@@ -4,6 +4,7 @@ training as Pyro's engine, checkpoints that resume across engines, and the fallb
 import importlib
 import math
 import re
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -27,6 +28,7 @@ from pyro_dwp.infer import (
     fit,
     kl_weights,
 )
+from pyro_dwp.infer.checkpoint import get_rng_state, set_rng_state
 from pyro_dwp.infer.compiled import NotCompilableError, compile_svi
 from pyro_dwp.likelihoods import Categorical, Gaussian
 from pyro_dwp.models import DWPConvNet, KernelVAE
@@ -236,6 +238,34 @@ def test_fit_compiled_equals_fit_pyro(local_reparam):
     for a, b in zip(runs["pyro"][1], runs["compiled"][1], strict=True):
         for key in ("loss", "nll", "kl"):
             assert a[key] == pytest.approx(b[key], rel=1e-5)
+
+
+def test_rng_state_restores_the_draws_on_the_device():
+    """What compile_svi's check restores: on CUDA the noise comes from the device's generator,
+    which Pyro's own RNG state leaves out (the check then compared different noise)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = get_rng_state(device)
+    assert (state["cuda_rng"] is None) == (device == "cpu")
+    drawn = torch.randn(5, device=device), torch.randn(5)
+    set_rng_state(state, device)
+    assert torch.equal(drawn[0], torch.randn(5, device=device))
+    assert torch.equal(drawn[1], torch.randn(5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_compiled_runs_compiled_on_cuda():
+    runs = {}
+    for engine in ("pyro", "compiled"):
+        pyro.clear_param_store()
+        model, guide = regression()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback to Pyro's engine
+            trainer = SVITrainer(model, guide, X, Y, engine=engine, device="cuda", **KW)
+            history = trainer.train(2)
+        assert trainer.running_engine == engine
+        runs[engine] = history
+    for a, b in zip(runs["pyro"], runs["compiled"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("particles", [{}, {"num_particles": 2, "vectorize_particles": True}])

@@ -15,7 +15,35 @@ from pyro_dwp.io import read_torch_file, save_checkpoint
 
 from .fingerprint import differences
 
-__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "get_rng_state",
+    "load_checkpoint",
+    "set_rng_state",
+]
+
+
+def get_rng_state(device: torch.device | str) -> dict[str, Any]:
+    """Pyro's RNG states (Python, NumPy, torch's CPU generator) and, on a CUDA ``device``, that
+    device's generator, which draws the noise of tensors made there: ``{"rng", "cuda_rng"}``
+    (``cuda_rng`` ``None`` off CUDA)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    return {
+        "rng": pyro.util.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
+    }
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device | str) -> None:
+    """Restore :func:`get_rng_state`'s ``state`` (its CUDA generator only on a CUDA ``device``)."""
+    device = torch.device(device)
+    pyro.util.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
 
 CHECKPOINT_VERSION = 2
 """Format version of the training checkpoints that :func:`load_checkpoint` accepts."""
@@ -104,7 +132,6 @@ class Checkpoint:
     ) -> None:
         """Write the checkpoint of the run after ``epoch`` epochs (or steps) with its history so
         far (``state``: the loop's own entries, e.g. ``params`` and ``optim``)."""
-        cuda = self.device.type == "cuda"
         save_checkpoint(
             self.path,
             {
@@ -112,8 +139,7 @@ class Checkpoint:
                 "epoch": epoch,
                 "fingerprint": fingerprint,
                 **state,
-                "rng": pyro.util.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+                **get_rng_state(self.device),
                 **{f"{n}_rng": g.get_state() for n, g in self.generators.items()},
                 "history": list(history),
             },
@@ -139,8 +165,6 @@ class Checkpoint:
     def restore_rng(self, state: dict[str, Any]) -> None:
         """Set Pyro's RNGs, the CUDA generator and the named generators to ``state``'s, after
         whatever the loop's own restoring drew, so the run continues as if uninterrupted."""
-        pyro.util.set_rng_state(state["rng"])
-        if state.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        set_rng_state(state, self.device)
         for name, generator in self.generators.items():
             generator.set_state(state[f"{name}_rng"])

@@ -41,6 +41,7 @@ from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.guides.reverse import latent_site_name
 from pyro_dwp.likelihoods import Categorical, Gaussian
 
+from .checkpoint import get_rng_state, set_rng_state
 from .kl import KLScaleMessenger
 from .local_reparam import LocalReparameterizationMessenger
 from .reparam import DeepWeightPriorStrategy
@@ -402,8 +403,9 @@ def compile_svi(
     engine).
 
     The guide is set up if it was not (its parameters enter Pyro's param store); the guide and
-    the model are traced once on ``(x, y)`` (the RNG states are restored afterwards): the traced
-    sites must be exactly those of the BNN (else a data-dependent or custom structure), and the
+    the model are traced once on ``(x, y)`` (the RNG states, the CUDA generator of ``x``'s
+    device included, are restored afterwards): the traced sites must be exactly those of the
+    BNN (else a data-dependent or custom structure), and the
     compiled loss must equal Pyro's on that trace's noise to a relative ``1e-4`` (where finite;
     Pyro's validation is off, as in every step of :func:`~pyro_dwp.infer.fit` after the first).
 
@@ -423,28 +425,28 @@ def compile_svi(
         NotCompilableError: naming what the compiled engine does not cover.
     """
     local = _check_setting(model, guide, elbo, vectorize_particles, handlers)
-    rng = pyro.util.get_rng_state()
+    rng = get_rng_state(x.device)  # the noise is drawn on the data's device
     try:
         if _base_guide(guide).prototype_trace is None:
             with torch.no_grad(), poutine.block():
                 guide(x, y)
-            pyro.util.set_rng_state(rng)
+            set_rng_state(rng, x.device)
         model_trace, guide_trace = _traces(model, guide, x, y, handlers, kl_scale)
         program = _build(
             model, guide, model_trace, guide_trace, y, optim, elbo, num_particles,
             vectorize_particles, local,
         )  # fmt: skip
-        pyro.util.set_rng_state(rng)
+        set_rng_state(rng, x.device)
         if vectorize_particles and num_particles > 1:  # one pass of all particles, as fit's
             loss = elbo(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
         else:
             loss = elbo()
         expected = _pyro_loss(model, guide, x, y, handlers, loss, kl_scale)
-        pyro.util.set_rng_state(rng)
+        set_rng_state(rng, x.device)
         with torch.no_grad():
             compiled = float(program._particle_loss(x, y, kl_scale)[0])  # one pass, as Pyro's
     finally:
-        pyro.util.set_rng_state(rng)
+        set_rng_state(rng, x.device)
     # A non-finite loss is left to the step, which reports it.
     if math.isfinite(expected) and not abs(compiled - expected) <= _CHECK_RTOL * max(
         1.0, abs(expected)

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from .checkpoint import get_rng_state, set_rng_state
 from .fingerprint import describe, differences
 from .fit import (
     CheckpointError,
@@ -251,8 +252,7 @@ class SVIModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         device = self.device
         checkpoint[_CHECKPOINT_KEY] = {
-            "rng": pyro.util.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            **get_rng_state(device),
             "history": list(self.history),
             "fingerprint": describe(self.fingerprint()),
         }
@@ -268,9 +268,7 @@ class SVIModule(pl.LightningModule):
                 + "; ".join(changed)
                 + "): rerun with its settings, or start over with another checkpoint path"
             )
-        pyro.util.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        set_rng_state(state, self.device)
         self.history = list(state["history"])
 
 
