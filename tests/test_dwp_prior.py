@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,27 @@ def test_kernel_fit_figures_follow_their_definitions():
     # 0.1): prior samples are nearly white noise
     assert figures["sample_std_over_std"] > 3
     assert abs(figures["smoothness"]["prior_samples"]) < 0.1
+
+
+def test_zero_kernel_gap_against_the_closed_form():
+    """With the encoder equal to p(z) and a decoder that ignores z, p(w) = N(w; c, s^2) exactly
+    and every importance weight is that density: the gap is log N(0; c, s^2) minus the mean
+    log N(w; c, s^2) of the kernels, in closed form."""
+    vae = KernelVAE(5, z_dim=2, hidden=4, decoder_scale="shared").eval()
+    c, s = 0.3, 0.1
+    with torch.no_grad():
+        for head in (vae.encoder.loc, vae.encoder.scale, vae.decoder.loc):
+            head.weight.zero_()
+        vae.encoder.loc.bias.zero_()
+        vae.encoder.scale.bias.fill_(math.log(math.e - 1))  # softplus -> 1
+        vae.decoder.loc.bias.fill_(c)
+        vae.decoder.scale.fill_(math.log(math.expm1(s)))  # softplus -> s
+    kernels = c + s * torch.randn(40, 5, 5, generator=torch.Generator().manual_seed(0))
+    figures = evaluate_kernel_vae(vae, kernels, iwae_samples=3)
+    density = torch.distributions.Normal(c, s)
+    expected = density.log_prob(torch.zeros(5, 5)).sum() - density.log_prob(kernels).sum((1, 2))
+    assert figures["zero_kernel_gap"] == pytest.approx(expected.mean().item(), rel=1e-4)
+    assert figures["zero_kernel_gap"] < -50  # about -25 * 0.3^2 / (2 * 0.1^2) + 25 / 2: no hole
 
 
 def test_steps_set_the_length_and_augment_is_recorded(tmp_path, kernel_dir):

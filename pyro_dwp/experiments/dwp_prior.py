@@ -269,7 +269,13 @@ def evaluate_kernel_vae(vae: KernelVAE, kernels: Tensor, *, iwae_samples: int) -
         prior samples ``w ~ p(w | z) p(z)`` over the kernels'; ``smoothness``:
         :func:`~pyro_dwp.data.kernel_smoothness` of the kernels (``"source"``), of prior
         samples (``"prior_samples"``) and of the decoder means of prior codes
-        (``"prior_means"``). Prior samples are drawn with a fixed seed.
+        (``"prior_means"``); ``zero_kernel_gap``: the IWAE bound of the all-zero kernel minus
+        ``test_iwae``, in nats. A positive gap means the prior rates a dead kernel more probable
+        than a typical source kernel even when the source set has no small kernels (a VAE
+        whose decoder passes through zero between a kernel and its negative): under the
+        prior's pull, with few labels, a network's kernels then shrink towards zero
+        (``benchmarks/results/dwp_mnist_ablation.md``, section 11). Prior samples are drawn
+        with a fixed seed.
 
     Raises:
         ValueError: If the kernels are not ``(N, k, k)`` with ``k`` the VAE's kernel size.
@@ -289,6 +295,8 @@ def evaluate_kernel_vae(vae: KernelVAE, kernels: Tensor, *, iwae_samples: int) -
         loc, scale = vae.decoder(vae.encoder(w)[0])
         squared_error += (w - loc).square().sum().item()
         squared_scale += scale.square().sum().item()
+    zero = torch.zeros(1, k, k, device=device)
+    zero_iwae = vae.iwae_bound(zero, iwae_samples, chunk_size=50).item()
     std = kernels.std().item()
     z = torch.randn(_SMOOTHNESS_SAMPLES, vae.z_dim, generator=torch.Generator().manual_seed(0)).to(
         device
@@ -301,6 +309,7 @@ def evaluate_kernel_vae(vae: KernelVAE, kernels: Tensor, *, iwae_samples: int) -
         "recon_over_std": (squared_error / kernels.numel()) ** 0.5 / std,
         "decoder_scale_over_std": (squared_scale / kernels.numel()) ** 0.5 / std,
         "sample_std_over_std": samples.std().item() / std,
+        "zero_kernel_gap": zero_iwae - iwae / len(kernels),
         "smoothness": {
             "source": kernel_smoothness(kernels),
             "prior_samples": kernel_smoothness(samples),
