@@ -30,11 +30,17 @@ VAE steps on 20,000 kernels per layer, K = 1,000), for ``--device cuda``::
         --out benchmarks/results
 
 Writes ``OUT/dwp_markov_chain.{json,md}`` (default ``OUT`` = ``runs/dwp_markov_chain``).
+Runs that split ``--steps`` and ``--seeds`` between processes (side by side on one GPU) are
+joined into one result with ``--merge``::
+
+    python benchmarks/dwp_markov_chain.py --merge runs/mc_t0_s0/dwp_markov_chain.json ... \
+        --out benchmarks/results
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -66,7 +72,15 @@ from pyro_dwp.io import write_json
 from pyro_dwp.models import DWPConvNet, KernelVAE, MarkovChainVAE
 from pyro_dwp.pretrained import pretrained
 
-__all__ = ["PRESETS", "fit_chain_vaes", "load_kernels", "main", "parse_args", "run_cell"]
+__all__ = [
+    "PRESETS",
+    "fit_chain_vaes",
+    "load_kernels",
+    "main",
+    "merge",
+    "parse_args",
+    "run_cell",
+]
 
 LAYERS = {"conv1": 7, "conv2": 5}
 PRESETS: dict[str, dict[str, Any]] = {
@@ -112,6 +126,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/dwp_markov_chain"))
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="join these dwp_markov_chain.json of runs that split --steps / --seeds into OUT "
+        "(nothing is trained)",
+    )
     add_training_arguments(p)
     p.set_defaults(epochs=None, channels=None, batch_size=256, pixel_scale=DWP_PIXEL_SCALE)
     args = p.parse_args(argv)
@@ -275,17 +296,81 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "vaes": vae_rows,
         "cells": cells,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "dwp_markov_chain.json", result)
-    header = (
-        f"# Markov-chain priors vs the deep weight prior (T = 0)\n\n`{result['command']}`, "
-        f"{result['date']}, {result['hardware']}, {result['seconds']:.0f} s; preset "
-        f"{args.preset}.\n\n"
-    )
-    (args.out / "dwp_markov_chain.md").write_text(header + table + "\n")
-    print(table)
+    _write(args.out, result, table)
     return result
 
 
+# Settings in which runs joined by ``merge`` may differ.
+_SPLIT_SETTINGS = ("steps", "seeds", "out", "threads", "merge")
+
+
+def merge(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Join the ``dwp_markov_chain.json`` of runs that split ``--steps`` and ``--seeds`` between
+    processes: their cells (sorted by ``T``, ``N``, seed) and, per ``(T, layer)``, the VAE row of
+    the first run that fitted it (runs with the same ``T`` fit the same VAE: same seed, kernels
+    and steps). Writes ``out/dwp_markov_chain.{json,md}`` like :func:`main`.
+
+    Raises:
+        ValueError: If a run differs from the first in any other setting (named), or two runs
+            hold the same ``(T, N, seed)`` cell.
+    """
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+
+    def fixed(run: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in run["settings"].items() if k not in _SPLIT_SETTINGS}
+
+    for path, run in zip(paths[1:], runs[1:], strict=True):
+        a, b = fixed(runs[0]), fixed(run)
+        if a != b:
+            names = ", ".join(sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)))
+            raise ValueError(f"{path} was run with other settings than {paths[0]}: {names}")
+    vaes: dict[tuple[int, str], dict[str, Any]] = {}
+    for run in runs:
+        for row in run["vaes"]:
+            vaes.setdefault((row["T"], row["layer"]), row)
+    cells = sorted(
+        (c for run in runs for c in run["cells"]), key=lambda c: (c["T"], c["n"], c["seed"])
+    )
+    keys = [(c["T"], c["n"], c["seed"]) for c in cells]
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"runs {[str(p) for p in paths]} repeat a (T, N, seed) cell")
+    settings = {
+        **fixed(runs[0]),
+        "steps": sorted({t for t, _, _ in keys}),
+        "seeds": sorted({s for _, _, s in keys}),
+    }
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "merged": [run["command"] for run in runs],
+        "date": runs[0]["date"],
+        "hardware": runs[0]["hardware"],
+        "seconds": max(run["seconds"] for run in runs),
+        "settings": settings,
+        "vaes": [vaes[k] for k in sorted(vaes)],
+        "cells": cells,
+    }
+    _write(out, result, _table(result["vaes"], cells))
+    return result
+
+
+def _write(out: Path, result: dict[str, Any], table: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "dwp_markov_chain.json", result)
+    runs = "".join(f"\n- `{c}`" for c in result.get("merged", []))
+    header = (
+        f"# Markov-chain priors vs the deep weight prior (T = 0)\n\n`{result['command']}`, "
+        f"{result['date']}, {result['hardware']}, {result['seconds']:.0f} s; preset "
+        f"{result['settings']['preset']}; seeds {result['settings']['seeds']}."
+        + (f" Runs side by side, joined:{runs}" if runs else "")
+        + "\n\n"
+    )
+    (out / "dwp_markov_chain.md").write_text(header + table + "\n")
+    print(table)
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    _args = parse_args()
+    if _args.merge:
+        merge(_args.merge, _args.out)
+    else:
+        main(_args)
