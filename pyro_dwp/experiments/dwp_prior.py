@@ -271,9 +271,10 @@ def evaluate_kernel_vae(vae: KernelVAE, kernels: Tensor, *, iwae_samples: int) -
         samples (``"prior_samples"``) and of the decoder means of prior codes
         (``"prior_means"``); ``zero_kernel_gap``: the IWAE bound of the all-zero kernel minus
         ``test_iwae``, in nats. A positive gap means the prior rates a dead kernel more probable
-        than a typical source kernel even when the source set has no small kernels (a VAE
-        whose decoder passes through zero between a kernel and its negative): under the
-        prior's pull, with few labels, a network's kernels then shrink towards zero
+        than a typical source kernel even when the source set has no small kernels: with a
+        decoder mean near zero and decoder noise as large as the kernels, the gap is about
+        d / 2 for d pixels (how far a Gaussian's typical sample lies below its mode). Under
+        the prior's pull, with few labels, a network's kernels then shrink towards zero
         (``benchmarks/results/dwp_mnist_ablation.md``, section 11). Prior samples are drawn
         with a fixed seed.
 
