@@ -365,10 +365,13 @@ def _write(out: Path, result: dict[str, Any], table: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dwp_markov_chain.json", result)
     runs = "".join(f"\n- `{c}`" for c in result.get("merged", []))
+    st = result["settings"]
     header = (
         f"# Markov-chain priors vs the deep weight prior (T = 0)\n\n`{result['command']}`, "
         f"{result['date']}, {result['hardware']}, {result['seconds']:.0f} s; preset "
-        f"{result['settings']['preset']}; seeds {result['settings']['seeds']}."
+        f"{st['preset']} with its settings as run: N {st['n_train']}, seeds {st['seeds']}, "
+        f"channels {st['channels']}, {st['epochs']} epochs, VAE steps {st['vae_steps']}, test "
+        f"images {st['n_test'] or 'all'}, K = {st['gap_samples']} chains per kernel."
         + (f" Runs side by side, joined:{runs}" if runs else "")
         + "\n\n"
     )

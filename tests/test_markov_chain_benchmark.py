@@ -59,7 +59,9 @@ def _run(tmp_path, name, steps, seed, **settings):
         "command": f"python dwp_markov_chain.py --steps {steps} --seeds {seed}",
         "date": "2026-11-30", "hardware": "x, cuda", "seconds": 10.0 + seed,
         "settings": {"preset": "gpu", "steps": [steps], "seeds": [seed], "out": name,
-                     "threads": 1, "merge": None, "epochs": 1000, **settings},
+                     "threads": 1, "merge": None, "epochs": 1000, "n_train": [50, 100],
+                     "channels": [32, 128], "vae_steps": 8000, "n_test": None,
+                     "gap_samples": 1000, **settings},
         "vaes": vaes, "cells": cells,
     }  # fmt: skip
     path = tmp_path / name / "dwp_markov_chain.json"
