@@ -67,6 +67,7 @@ def main(args: argparse.Namespace) -> dict:
         base = ["dwp-prior", "--kernels", source, "--steps", args.prior_steps, *common]
         base += ["--z-dim", args.prior_z_dim] if args.prior_z_dim else []
         base += ["--decoder-scale", args.prior_decoder_scale]
+        base += ["--decoder-mean", args.prior_decoder_mean]
         layers = ("conv1", "conv2")
         # one process per layer, each into its own folder; the VAE files are then gathered
         jobs = [
@@ -223,6 +224,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["per-code", "shared"],
         default="per-code",
         help="dwp-prior --decoder-scale",
+    )
+    p.add_argument(
+        "--prior-decoder-mean",
+        choices=["direct", "polar"],
+        default="direct",
+        help="dwp-prior --decoder-mean (polar: a norm of at least the smallest source kernel's)",
     )
     p.add_argument(
         "--prior-augment",

@@ -25,6 +25,7 @@ from pyro_dwp.distributions.deep_weight_prior import iwae_log_marginal
 from pyro_dwp.io import read_torch_file, save_checkpoint
 
 __all__ = [
+    "DecoderMean",
     "DecoderScale",
     "KernelDecoder",
     "KernelEncoder",
@@ -41,6 +42,14 @@ DecoderScale = Literal["per-code", "shared"]
 """How the decoder's scale depends on the code: ``"per-code"`` (the paper's Appendix D: a head
 of the decoder network, a function of ``z``) or ``"shared"`` (one learned scale per kernel pixel,
 the same for every code)."""
+
+
+DecoderMean = Literal["direct", "polar"]
+"""How the decoder's mean is formed: ``"direct"`` (the paper's Appendix D: a 1x1 head) or
+``"polar"`` (a norm head times the unit direction of that map: ``n(z) m(z) / ||m(z)||``). A direct
+mean passes through the zero kernel between a kernel and its negative, so the density is highest
+near zero even when the source set has no small kernels; a polar mean keeps every mean at its
+learned norm."""
 
 
 def check_kernel_shape(w: Tensor, kernel_size: int, what: str) -> None:
@@ -123,11 +132,9 @@ class KernelEncoder(nn.Module):
         return self.loc(h).reshape(shape), F.softplus(self.scale(h)).reshape(shape)
 
 
-def _check_decoder_scale(decoder_scale: str) -> None:
-    if decoder_scale not in get_args(DecoderScale):
-        raise ValueError(
-            f"decoder_scale must be one of {list(get_args(DecoderScale))}, got {decoder_scale!r}"
-        )
+def _check_choice(name: str, value: str, choices: Any) -> None:
+    if value not in get_args(choices):
+        raise ValueError(f"{name} must be one of {list(get_args(choices))}, got {value!r}")
 
 
 class KernelDecoder(nn.Module):
@@ -142,24 +149,46 @@ class KernelDecoder(nn.Module):
     scale only :math:`\\log p(z)` and the distance to the decoder's manifold of means remain
     (``benchmarks/results/dwp_mnist_ablation.md``, section 10).
 
+    With ``decoder_mean="polar"`` the mean is :math:`n(z)\\, m(z) / \\lVert m(z) \\rVert`: the
+    1x1 head's map ``m`` gives the direction and a norm head its length, ``n(z) = floor +
+    softplus(.)`` of a linear map of the spatially averaged features, with ``floor`` the smallest
+    norm of the training kernels (:meth:`init_from_kernels`): no code decodes to a kernel
+    smaller than any source kernel, so the density has no mode at the zero kernel (the
+    ``zero_kernel_gap`` of ``pyro-dwp dwp-prior``'s report; ablation section 11). This changes
+    the decoder's architecture only; :math:`p(z)` and the Gaussian :math:`p(w \\mid z)` stay the
+    paper's.
+
     Args:
         kernel_size: Side ``k`` of the square kernels (3, 5 or 7).
         z_dim: Latent dimension.
         hidden: Width ``h`` of the network (channels ``h`` and ``2h``).
         decoder_scale: ``"per-code"`` or ``"shared"`` (see :data:`DecoderScale`).
+        decoder_mean: ``"direct"`` or ``"polar"`` (see :data:`DecoderMean`).
     """
 
     def __init__(
-        self, kernel_size: int, z_dim: int, hidden: int, decoder_scale: DecoderScale = "per-code"
+        self,
+        kernel_size: int,
+        z_dim: int,
+        hidden: int,
+        decoder_scale: DecoderScale = "per-code",
+        decoder_mean: DecoderMean = "direct",
     ) -> None:
         super().__init__()
         _check_kernel_size(kernel_size)
-        _check_decoder_scale(decoder_scale)
-        self.kernel_size, self.z_dim, self.decoder_scale = kernel_size, z_dim, decoder_scale
+        _check_choice("decoder_scale", decoder_scale, DecoderScale)
+        _check_choice("decoder_mean", decoder_mean, DecoderMean)
+        self.kernel_size, self.z_dim = kernel_size, z_dim
+        self.decoder_scale, self.decoder_mean = decoder_scale, decoder_mean
         self.features, channels = _decoder_features(kernel_size, z_dim, hidden)
         # 1x1 heads: transposed in the 7x7 table, plain in the 5x5 one (the same maps).
         head = nn.ConvTranspose2d if kernel_size == 7 else nn.Conv2d
         self.loc = head(channels, 1, 1)
+        self.norm: nn.Linear | None = None
+        self.norm_floor: Tensor
+        if decoder_mean == "polar":
+            self.norm = nn.Linear(channels, 1)
+            self.register_buffer("norm_floor", torch.zeros(()))
         self.scale: nn.Module | nn.Parameter
         if decoder_scale == "per-code":
             self.scale = head(channels, 1, 1)
@@ -176,21 +205,36 @@ class KernelDecoder(nn.Module):
         h = self.features(z.reshape(-1, self.z_dim, 1, 1))
         shape = z.shape[:-1] + (self.kernel_size, self.kernel_size)
         loc = self.loc(h).reshape(shape)
+        if self.norm is not None:
+            length = self.norm_floor + F.softplus(self.norm(h.mean((-2, -1))))
+            length = length.reshape(z.shape[:-1] + (1, 1))
+            loc = length * loc / loc.flatten(-2).norm(dim=-1)[..., None, None].clamp_min(1e-12)
         if isinstance(self.scale, nn.Parameter):
             return loc, F.softplus(self.scale).expand(shape)
         return loc, F.softplus(self.scale(h)).reshape(shape)
 
     @torch.no_grad()
-    def init_shared_scale(self, kernels: Tensor) -> None:
-        """Start the shared scale at the per-pixel standard deviation of ``kernels`` ``(N, k,
-        k)``, the scale of a decoder that explains nothing yet (kernel sets differ in scale by
-        100x, so a fixed start would cost thousands of Adam steps). No-op for a per-code scale.
+    def init_from_kernels(self, kernels: Tensor) -> None:
+        """Start the decoder at the statistics of the training ``kernels`` ``(N, k, k)``: a
+        shared scale at their per-pixel standard deviation (the scale of a decoder that explains
+        nothing yet; kernel sets differ in scale by 100x, so a fixed start would cost thousands
+        of Adam steps) and a polar mean's norm at their mean L2 norm. No-op for a per-code scale
+        and a direct mean.
         """
+        check_kernel_shape(kernels, self.kernel_size, type(self).__name__)
+        flat = kernels.reshape(-1, self.kernel_size, self.kernel_size)
         if isinstance(self.scale, nn.Parameter):
-            check_kernel_shape(kernels, self.kernel_size, type(self).__name__)
-            std = kernels.reshape(-1, self.kernel_size, self.kernel_size).std(0, correction=0)
-            std = std.clamp_min(1e-6).to(self.scale)
-            self.scale.copy_(std + torch.log(-torch.expm1(-std)))  # softplus^-1(std)
+            std = flat.std(0, correction=0).clamp_min(1e-6).to(self.scale)
+            self.scale.copy_(_softplus_inverse(std))
+        if self.norm is not None:
+            norms = flat.flatten(1).norm(dim=1).to(self.norm.bias)
+            self.norm_floor.copy_(norms.min())
+            self.norm.weight.zero_()
+            self.norm.bias.copy_(_softplus_inverse((norms.mean() - norms.min()).clamp_min(1e-6)))
+
+
+def _softplus_inverse(y: Tensor) -> Tensor:
+    return y + torch.log(-torch.expm1(-y))
 
 
 def _standard_normal(like: Tensor) -> dist.Independent:
@@ -208,6 +252,7 @@ class KernelVAE(nn.Module):
         z_dim: Latent dimension.
         hidden: Network width (see :class:`KernelEncoder`, :class:`KernelDecoder`).
         decoder_scale: ``"per-code"`` (the paper's) or ``"shared"`` (see :class:`KernelDecoder`).
+        decoder_mean: ``"direct"`` (the paper's) or ``"polar"`` (see :class:`KernelDecoder`).
 
     Example::
 
@@ -216,7 +261,12 @@ class KernelVAE(nn.Module):
     """
 
     def __init__(
-        self, kernel_size: int, z_dim: int, hidden: int, decoder_scale: DecoderScale = "per-code"
+        self,
+        kernel_size: int,
+        z_dim: int,
+        hidden: int,
+        decoder_scale: DecoderScale = "per-code",
+        decoder_mean: DecoderMean = "direct",
     ) -> None:
         super().__init__()
         _check_kernel_size(kernel_size)
@@ -224,25 +274,35 @@ class KernelVAE(nn.Module):
             raise ValueError(f"z_dim and hidden must be >= 1, got {z_dim}, {hidden}")
         self.kernel_size, self.z_dim, self.hidden = kernel_size, z_dim, hidden
         self.encoder = KernelEncoder(kernel_size, z_dim, hidden)
-        self.decoder = KernelDecoder(kernel_size, z_dim, hidden, decoder_scale)
+        self.decoder = KernelDecoder(kernel_size, z_dim, hidden, decoder_scale, decoder_mean)
 
     @property
     def decoder_scale(self) -> DecoderScale:
         """``"per-code"`` or ``"shared"``: the decoder's (see :class:`KernelDecoder`)."""
         return self.decoder.decoder_scale
 
+    @property
+    def decoder_mean(self) -> DecoderMean:
+        """``"direct"`` or ``"polar"``: the decoder's (see :class:`KernelDecoder`)."""
+        return self.decoder.decoder_mean
+
     @classmethod
     def for_kernel_size(
-        cls, kernel_size: int, z_dim: int | None = None, decoder_scale: DecoderScale = "per-code"
+        cls,
+        kernel_size: int,
+        z_dim: int | None = None,
+        decoder_scale: DecoderScale = "per-code",
+        decoder_mean: DecoderMean = "direct",
     ) -> KernelVAE:
         """The paper's VAE for ``k x k`` kernels: 7 -> (z_dim 2, hidden 32), 5 -> (4, 64).
 
         3x3 (not in the paper) gets z_dim 2, hidden 32. ``z_dim`` overrides the latent
-        dimension (the width stays the paper's); ``decoder_scale`` as :class:`KernelDecoder`.
+        dimension (the width stays the paper's); the decoder options as :class:`KernelDecoder`.
         """
         _check_kernel_size(kernel_size)
         default_z_dim, hidden = _DEFAULTS[kernel_size]
-        return cls(kernel_size, default_z_dim if z_dim is None else z_dim, hidden, decoder_scale)
+        z_dim = default_z_dim if z_dim is None else z_dim
+        return cls(kernel_size, z_dim, hidden, decoder_scale, decoder_mean)
 
     def encode(self, w: Tensor) -> dist.Independent:
         """:math:`q(z \\mid w)`: kernels ``(..., k, k)`` to a Normal with batch shape ``(...)``
@@ -279,17 +339,27 @@ class KernelVAE(nn.Module):
 _FILE_FORMAT = "pyro_dwp.kernel_vae"
 _FILE_VERSION = 1
 # Keys of a kernel VAE file that describe the network; everything else is the caller's metadata.
-_RESERVED = ("format", "version", "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale")
+_RESERVED = (
+    "format",
+    "version",
+    "state_dict",
+    "kernel_size",
+    "z_dim",
+    "hidden",
+    "decoder_scale",
+    "decoder_mean",
+)
 
 
 def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -> None:
     """Write a trained :class:`KernelVAE` and metadata to ``path`` (atomically).
 
     The file is a ``torch.save`` dict ``{"format": "pyro_dwp.kernel_vae", "version": 1,
-    "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale", **meta}`` (tensors on the
-    CPU), read back by :func:`load_kernel_vae` (files written before ``decoder_scale`` existed
-    read as ``"per-code"``). ``meta`` should hold plain Python values and tensors only (e.g.
-    ``layer``, ``provenance``, ``history``), so that it loads with ``weights_only=True``.
+    "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale", "decoder_mean", **meta}``
+    (tensors on the CPU), read back by :func:`load_kernel_vae` (files written before the decoder
+    options existed read as the paper's: ``"per-code"``, ``"direct"``). ``meta`` should hold
+    plain Python values and tensors only (e.g. ``layer``, ``provenance``, ``history``), so that
+    it loads with ``weights_only=True``.
 
     Raises:
         ValueError: If a ``meta`` key is one of the reserved keys above.
@@ -308,6 +378,7 @@ def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -
             "z_dim": vae.z_dim,
             "hidden": vae.hidden,
             "decoder_scale": vae.decoder_scale,
+            "decoder_mean": vae.decoder_mean,
             **meta,
         },
     )
@@ -351,6 +422,7 @@ def load_kernel_vae(
             state["z_dim"],
             state["hidden"],
             state.get("decoder_scale", "per-code"),
+            state.get("decoder_mean", "direct"),
         )
         vae.load_state_dict(state["state_dict"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:

@@ -148,12 +148,14 @@ def test_kernel_gauge_reaches_the_source_stage_with_the_target_widths(tmp_path):
 
 def test_decoder_scale_reaches_the_prior_stage(tmp_path):
     args = argparse.Namespace(**{k: None for k in dwp_pipeline._OPTIONS}, preset="quick")
-    args.decoder_scale = "shared"
+    args.decoder_scale, args.decoder_mean = "shared", "polar"
     prior = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))["prior"]
     parser = argparse.ArgumentParser()
     dwp_prior.add_arguments(parser)
-    assert parser.parse_args([str(a) for a in prior[1:]]).decoder_scale == "shared"
-    args.decoder_scale = None  # not given: dwp-prior's default, the paper's per-code scale
+    parsed = parser.parse_args([str(a) for a in prior[1:]])
+    assert (parsed.decoder_scale, parsed.decoder_mean) == ("shared", "polar")
+    args.decoder_scale = args.decoder_mean = None  # not given: dwp-prior's defaults, the paper's
     prior = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))["prior"]
-    assert "--decoder-scale" not in prior
-    assert parser.parse_args([str(a) for a in prior[1:]]).decoder_scale == "per-code"
+    assert "--decoder-scale" not in prior and "--decoder-mean" not in prior
+    parsed = parser.parse_args([str(a) for a in prior[1:]])
+    assert (parsed.decoder_scale, parsed.decoder_mean) == ("per-code", "direct")

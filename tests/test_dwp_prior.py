@@ -77,6 +77,7 @@ def test_save_load_round_trip(tmp_path):
         "z_dim": 2,
         "hidden": 4,
         "decoder_scale": "per-code",
+        "decoder_mean": "direct",
         "layer": "conv1",
         "history": {"train_elbo": [1.0]},
     }

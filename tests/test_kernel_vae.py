@@ -177,14 +177,14 @@ def test_an_empty_kernel_set_is_an_error_naming_it():
 def test_shared_decoder_scale_is_the_same_for_every_code_and_starts_at_the_kernels_std():
     vae = KernelVAE(5, z_dim=3, hidden=4, decoder_scale="shared")
     train = _synthetic_kernels(256, 5, seed=0)
-    vae.decoder.init_shared_scale(train)
+    vae.decoder.init_from_kernels(train)
     _, scale = vae.decoder(torch.randn(10, 3))
     assert scale.shape == (10, 5, 5)
     torch.testing.assert_close(scale, train.std(0, correction=0).expand(10, 5, 5))
     # one (k, k) parameter instead of the per-code head
     assert dict(vae.decoder.named_parameters())["scale"].shape == (5, 5)
     per_code = KernelVAE(5, z_dim=3, hidden=4)
-    per_code.decoder.init_shared_scale(train)  # a no-op for the per-code head
+    per_code.decoder.init_from_kernels(train)  # a no-op for the per-code head
     _, s1 = per_code.decoder(torch.zeros(1, 3))
     _, s2 = per_code.decoder(torch.ones(1, 3))
     assert not torch.allclose(s1, s2)
@@ -219,3 +219,60 @@ def test_a_file_without_decoder_scale_loads_as_per_code(tmp_path):
 def test_an_unknown_decoder_scale_is_an_error_naming_the_choices():
     with pytest.raises(ValueError, match=r"decoder_scale must be one of \['per-code', 'shared'\]"):
         KernelVAE(3, z_dim=2, hidden=4, decoder_scale="constant")
+
+
+def test_polar_mean_starts_at_the_mean_norm_and_never_falls_below_the_floor():
+    vae = KernelVAE(5, z_dim=3, hidden=4, decoder_scale="shared", decoder_mean="polar")
+    train = _synthetic_kernels(256, 5, seed=0)
+    norms = train.flatten(1).norm(dim=1)
+    vae.decoder.init_from_kernels(train)
+    assert vae.decoder.norm_floor.item() == pytest.approx(norms.min().item())
+    z = 3 * torch.randn(500, 3)
+    loc, _ = vae.decoder(z)
+    # the norm head starts constant: every mean has the kernels' mean norm
+    torch.testing.assert_close(
+        loc.flatten(1).norm(dim=1), norms.mean().expand(500), rtol=1e-5, atol=0.0
+    )
+    with torch.no_grad():  # any head: the norm is the floor plus a softplus
+        vae.decoder.norm.weight.normal_(0, 10.0)
+        vae.decoder.norm.bias.fill_(-30.0)
+    lengths = vae.decoder(z)[0].flatten(1).norm(dim=1)
+    assert lengths.min() >= norms.min() * (1 - 1e-5)
+    assert lengths.min() < norms.min() * 1.01  # the floor is reached, not exceeded by much
+    # the direction is the direct head's map
+    features = vae.decoder.features(z.reshape(-1, 3, 1, 1))
+    m = vae.decoder.loc(features).reshape(500, 5, 5)
+    torch.testing.assert_close(
+        vae.decoder(z)[0] / lengths[:, None, None], m / m.flatten(1).norm(dim=1)[:, None, None]
+    )
+
+
+def test_polar_vae_trains_saves_and_loads_with_its_floor(tmp_path):
+    from pyro_dwp.models.kernel_vae import load_kernel_vae, save_kernel_vae
+
+    train, valid = _synthetic_kernels(128, 5, seed=0), _synthetic_kernels(64, 5, seed=1)
+    vae = KernelVAE(5, z_dim=2, hidden=8, decoder_scale="shared", decoder_mean="polar")
+    history = fit_kernel_vae(
+        vae, train, valid, epochs=2, batch_size=32, lr=1e-2, seed=0, progress=False
+    )
+    assert history["valid_elbo"][-1] > history["valid_elbo"][0]
+    assert vae.decoder.norm_floor.item() == pytest.approx(train.flatten(1).norm(dim=1).min())
+    save_kernel_vae(tmp_path / "v.pt", vae, layer="conv2")
+    loaded, meta = load_kernel_vae(tmp_path / "v.pt")
+    assert meta["decoder_mean"] == loaded.decoder_mean == "polar"
+    assert loaded.decoder.norm_floor == vae.decoder.norm_floor
+    z = torch.randn(4, 2)
+    torch.testing.assert_close(loaded.decoder(z), vae.decoder(z))
+
+
+def test_a_file_without_decoder_mean_loads_as_direct(tmp_path):
+    from pyro_dwp.models.kernel_vae import load_kernel_vae, save_kernel_vae
+
+    save_kernel_vae(tmp_path / "v.pt", KernelVAE(3, z_dim=2, hidden=4))
+    state = torch.load(tmp_path / "v.pt", weights_only=True)
+    del state["decoder_mean"]  # as written before the option existed
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_kernel_vae(tmp_path / "old.pt")[0]
+    assert loaded.decoder_mean == "direct" and loaded.decoder.norm is None
+    with pytest.raises(ValueError, match=r"decoder_mean must be one of \['direct', 'polar'\]"):
+        KernelVAE(3, z_dim=2, hidden=4, decoder_mean="radial")

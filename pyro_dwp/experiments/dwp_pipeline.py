@@ -57,6 +57,7 @@ _OPTIONS = {
     "kernel_gauge": (("source", "--kernel-gauge"),),
     "prior_epochs": (("prior", "--epochs"),),
     "decoder_scale": (("prior", "--decoder-scale"),),
+    "decoder_mean": (("prior", "--decoder-mean"),),
     "n_train": (("classify", "--n-train"),),
     "seeds": (("classify", "--seeds"),),
     "epochs": (("classify", "--epochs"),),
@@ -105,6 +106,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["per-code", "shared"],
         help="dwp-prior --decoder-scale: 'shared' gives the VAEs' decoders one scale for every "
         "code, as for the shipped prior (default: per-code, the paper's)",
+    )
+    o.add_argument(
+        "--decoder-mean",
+        choices=["direct", "polar"],
+        help="dwp-prior --decoder-mean: 'polar' keeps every decoded kernel at least as large as "
+        "the smallest source kernel, so the prior has no mode at the zero kernel (default: "
+        "direct, the paper's)",
     )
     o.add_argument("--n-train", type=int, nargs="+", help="MNIST training set sizes N")
     o.add_argument("--seeds", type=int, nargs="+", help="data seeds of the classifier")

@@ -19,7 +19,7 @@ from torch import Tensor
 from pyro_dwp.data import kernel_smoothness, select_kernels, split_kernels
 from pyro_dwp.infer.kernel_vae import fit_kernel_vae
 from pyro_dwp.io import add_device_argument, check_device, read_torch_file
-from pyro_dwp.models.kernel_vae import DecoderScale, KernelVAE, save_kernel_vae
+from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale, KernelVAE, save_kernel_vae
 
 __all__ = ["add_arguments", "evaluate_kernel_vae", "load_kernel_set", "run"]
 
@@ -74,6 +74,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "scale per kernel pixel; under the prior's pull the kernels then keep their diversity, "
         "see the ablation's section 10) (default: per-code)",
     )
+    p.add_argument(
+        "--decoder-mean",
+        choices=list(get_args(DecoderMean)),
+        default="direct",
+        help="the decoder's mean: direct (a 1x1 head, the paper's) or polar (a direction times a "
+        "learned norm of at least the smallest training kernel's: no mode at the zero kernel) "
+        "(default: direct)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--iwae-samples", type=int, default=100, help="K of the held-out IWAE bound")
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "valid_fraction": args.valid_fraction,
         "augment": args.augment,
         "decoder_scale": args.decoder_scale,
+        "decoder_mean": args.decoder_mean,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
@@ -158,7 +167,9 @@ def _fit_layer(
     if valid is not None and len(valid) == 0:  # too few kernels to hold any out
         train, valid = kernels, None
     torch.manual_seed(args.seed)
-    vae = KernelVAE.for_kernel_size(kernel_size, args.z_dim, args.decoder_scale).to(args.device)
+    vae = KernelVAE.for_kernel_size(
+        kernel_size, args.z_dim, args.decoder_scale, args.decoder_mean
+    ).to(args.device)
     history = fit_kernel_vae(
         vae,
         train,
@@ -193,6 +204,7 @@ def _fit_layer(
         "z_dim": vae.z_dim,
         "hidden": vae.hidden,
         "decoder_scale": vae.decoder_scale,
+        "decoder_mean": vae.decoder_mean,
         "n_train": len(train),
         "n_valid": 0 if valid is None else len(valid),
         "n_test": len(test),

@@ -51,7 +51,8 @@ def fit_kernel_vae(
 
     Adam on the summed negative ELBO of each minibatch, the learning rate decayed linearly to 0
     over all steps; a shared decoder scale starts at the training kernels' per-pixel standard
-    deviation (:meth:`~pyro_dwp.models.kernel_vae.KernelDecoder.init_shared_scale`). The length
+    deviation and a polar decoder mean at their mean norm
+    (:meth:`~pyro_dwp.models.kernel_vae.KernelDecoder.init_from_kernels`). The length
     is ``epochs`` passes over ``train_kernels`` or, with ``steps``,
     ``ceil(steps / steps per epoch)`` epochs: a budget in optimisation steps that does not
     shrink with the size of the kernel set (300 epochs of the ~1,800 published 7x7 kernels are
@@ -113,7 +114,7 @@ def fit_kernel_vae(
     steps_per_epoch = math.ceil(len(train) / batch_size)
     epochs = epochs if epochs is not None else math.ceil(steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
-    vae.decoder.init_shared_scale(train)
+    vae.decoder.init_from_kernels(train)
     steps = AdamSteps(vae.parameters(), lr, decay_steps=total_steps)
     history: dict[str, Any] = {"train_elbo": [], "valid_elbo": []}
     best, best_state = -math.inf, None
