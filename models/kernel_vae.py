@@ -46,10 +46,11 @@ the same for every code)."""
 
 DecoderMean = Literal["direct", "polar"]
 """How the decoder's mean is formed: ``"direct"`` (the paper's Appendix D: a 1x1 head) or
-``"polar"`` (a norm head times the unit direction of that map: ``n(z) m(z) / ||m(z)||``). A direct
-mean passes through the zero kernel between a kernel and its negative, so the density is highest
-near zero even when the source set has no small kernels; a polar mean keeps every mean at its
-learned norm."""
+``"polar"`` (a norm head times the unit direction of that map: ``n(z) m(z) / ||m(z)||``, with
+``n(z)`` at least the smallest training kernel's norm). A direct mean decodes some codes to
+near-zero kernels, and with decoder noise as large as the kernels the density is then highest
+near the zero kernel even when the source set has no small kernels (the ``zero_kernel_gap`` of
+``pyro-dwp dwp-prior``); a polar mean keeps every mean's norm at or above the floor."""
 
 
 def check_kernel_shape(w: Tensor, kernel_size: int, what: str) -> None:
@@ -218,8 +219,8 @@ class KernelDecoder(nn.Module):
         """Start the decoder at the statistics of the training ``kernels`` ``(N, k, k)``: a
         shared scale at their per-pixel standard deviation (the scale of a decoder that explains
         nothing yet; kernel sets differ in scale by 100x, so a fixed start would cost thousands
-        of Adam steps) and a polar mean's norm at their mean L2 norm. No-op for a per-code scale
-        and a direct mean.
+        of Adam steps); a polar mean's floor at their smallest L2 norm and its norm at their
+        mean norm. No-op for a per-code scale and a direct mean.
         """
         check_kernel_shape(kernels, self.kernel_size, type(self).__name__)
         flat = kernels.reshape(-1, self.kernel_size, self.kernel_size)
