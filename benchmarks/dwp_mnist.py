@@ -27,6 +27,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import get_args
 
 import torch
 from devices import run_processes, visible_gpus
@@ -35,6 +36,7 @@ from pyro_dwp.experiments.classification import EVALUATIONS
 from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.experiments.dwp_pipeline import classify_runs, run_stage
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
+from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
 
 __all__ = ["main"]
 
@@ -221,13 +223,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--prior-decoder-scale",
-        choices=["per-code", "shared"],
+        choices=list(get_args(DecoderScale)),
         default="per-code",
         help="dwp-prior --decoder-scale",
     )
     p.add_argument(
         "--prior-decoder-mean",
-        choices=["direct", "polar"],
+        choices=list(get_args(DecoderMean)),
         default="direct",
         help="dwp-prior --decoder-mean (polar: a norm of at least the smallest source kernel's)",
     )

@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pyro_dwp.data import DATA_ENV_VAR, find_data_dir
 from pyro_dwp.experiments import dwp_classify, dwp_prior, dwp_source
 from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.io import add_out_argument, write_json
+from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
 from pyro_dwp.pretrained import pretrained_dir
 
 __all__ = ["PRESETS", "add_arguments", "classify_runs", "run", "run_stage"]
@@ -103,13 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--prior-epochs", type=int, help="epochs of each kernel VAE")
     o.add_argument(
         "--decoder-scale",
-        choices=["per-code", "shared"],
+        choices=list(get_args(DecoderScale)),
         help="dwp-prior --decoder-scale: 'shared' gives the VAEs' decoders one scale for every "
         "code, as for the shipped prior (default: per-code, the paper's)",
     )
     o.add_argument(
         "--decoder-mean",
-        choices=["direct", "polar"],
+        choices=list(get_args(DecoderMean)),
         help="dwp-prior --decoder-mean: 'polar' keeps every decoded kernel at least as large as "
         "the smallest source kernel, so the prior has no mode at the zero kernel (default: "
         "direct, the paper's)",
