@@ -28,6 +28,7 @@ FIT_KEYS = (
     "recon_over_std",
     "decoder_scale_over_std",
     "sample_std_over_std",
+    "zero_kernel_gap",
     "smoothness",
 )
 
@@ -40,15 +41,17 @@ def main(args: argparse.Namespace) -> dict:
     for layer, path in (("conv1", args.conv1), ("conv2", args.conv2)):
         _, meta = load_kernel_vae(path)
         target = out / f"vae_{layer}.pt"
-        shutil.copyfile(path, target)
+        if path.resolve() != target.resolve():  # re-shipping a layer keeps its file
+            shutil.copyfile(path, target)
         layers[layer] = {
             "kernel_size": meta["kernel_size"],
             "z_dim": meta["z_dim"],
             "hidden": meta["hidden"],
             "decoder_scale": meta.get("decoder_scale", "per-code"),
+            "decoder_mean": meta.get("decoder_mean", "direct"),
             "source_recipe": meta.get("provenance"),
             "vae_training": meta.get("training"),
-            "fit_on_held_out_kernels": {k: meta.get(k) for k in FIT_KEYS},
+            "fit_on_held_out_kernels": {k: meta[k] for k in FIT_KEYS if k in meta},
             "source_kernels": source["layers"][layer],
         }
     metadata = {
