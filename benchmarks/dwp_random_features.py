@@ -31,6 +31,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -64,19 +65,20 @@ def source_kernels(directory: Path) -> dict[str, Tensor]:
 
 def initialise(
     init: str,
-    channels: tuple[int, int],
+    make_net: Callable[[], nn.Module],
     seed: int,
     priors: Mapping[str, Distribution],
     kernels: Mapping[str, Tensor] | None,
-) -> DWPConvNet:
-    """A ``DWPConvNet(channels)`` with conv kernels from ``init``, conv biases zero.
+) -> nn.Module:
+    """``make_net()`` built at ``seed``, its ``conv1`` / ``conv2`` kernels from ``init``, their
+    biases zero.
 
     ``init`` is ``"dwp"`` (samples of ``priors``), ``"filters"`` (random kernels of
-    ``kernels``) or ``"xavier"``. The classifier keeps torch's default initialisation, the same
-    for every ``init`` at a given ``seed``.
+    ``kernels``) or ``"xavier"``. The other parameters keep torch's default initialisation, the
+    same for every ``init`` at a given ``seed``.
     """
     torch.manual_seed(seed)
-    net = DWPConvNet(channels)
+    net = make_net()
     if init == "dwp":
         init_from_prior(net, priors, seed=seed)
     elif init == "filters":
@@ -84,7 +86,7 @@ def initialise(
             raise ValueError("init 'filters' needs source kernels (--source-kernels DIR)")
         init_from_kernels(net, kernels, seed=seed)
     elif init == "xavier":
-        xavier(net, seed=seed)
+        xavier(net, LAYERS, seed=seed)
     else:
         raise ValueError(f"unknown init {init!r}; use 'dwp', 'filters' or 'xavier'")
     with torch.no_grad():
@@ -155,7 +157,7 @@ def main(args: argparse.Namespace) -> dict:
         for k in args.widths:
             channels = tuple(max(1, round(Fraction(k) * c)) for c in (32, 128))
             for seed in args.seeds:
-                net = initialise(init, channels, seed, priors, kernels)
+                net = initialise(init, partial(DWPConvNet, channels), seed, priors, kernels)
                 train_classifier(
                     net, x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, seed=seed,

@@ -4,6 +4,7 @@ from .dwp_cnn import DWPConvNet, conv_layers
 from .kernel_vae import KernelDecoder, KernelEncoder, KernelVAE, load_kernel_vae, save_kernel_vae
 from .markov_chain_vae import GaussianTransition, MarkovChainVAE
 from .mlp import mlp
+from .mnist_vae import MNISTConvVAE
 from .sparse import SparseLinear
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "KernelDecoder",
     "KernelEncoder",
     "KernelVAE",
+    "MNISTConvVAE",
     "MarkovChainVAE",
     "SparseLinear",
     "conv_layers",

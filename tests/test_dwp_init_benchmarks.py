@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.data import DWP_PIXEL_SCALE, load_mnist
+from pyro_dwp.models import DWPConvNet, MNISTConvVAE
 from pyro_dwp.pretrained import pretrained
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -33,7 +35,9 @@ def kernel_dir(tmp_path):
 
 def test_frozen_features_leave_the_convolutions_unchanged(one_thread):
     x, y = load_mnist("train", SHARED_DATA, n=300, flatten=False, pixel_scale=DWP_PIXEL_SCALE)
-    net = dwp_random_features.initialise("dwp", (4, 16), 0, pretrained("notmnist"), None)
+    net = dwp_random_features.initialise(
+        "dwp", partial(DWPConvNet, (4, 16)), 0, pretrained("notmnist"), None
+    )
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     dwp_random_features.train_classifier(net, x, y, epochs=5, batch_size=50, lr=1e-2, seed=0)
     after = dict(net.named_parameters())
@@ -75,4 +79,34 @@ def test_convergence_outputs(tmp_path, one_thread):
     assert set(saved["table"]) == {"dwp", "xavier"}  # no --source-kernels: no filters row
     assert saved["table"]["dwp"] == {"50": result["table"]["dwp"][50]}
     assert saved["settings"]["eval_at"] == [0, 10, 50]
+    assert (tmp_path / "dwp_convergence.png").stat().st_size > 0
+
+
+def test_convergence_vae_panel_initialises_only_the_encoder_convs_and_learns(tmp_path, one_thread):
+    priors = pretrained("notmnist")
+    nets = {
+        init: dwp_random_features.initialise(
+            init,
+            partial(MNISTConvVAE, 4),
+            0,
+            priors,
+            {"conv1": torch.randn(9, 7, 7), "conv2": torch.randn(9, 5, 5)},
+        )  # fmt: skip
+        for init in ("dwp", "xavier", "filters")
+    }
+    params = {init: dict(net.named_parameters()) for init, net in nets.items()}
+    for name, p in params["dwp"].items():
+        same = all(torch.equal(p, params[i][name]) for i in ("xavier", "filters"))
+        assert same == (name not in ("conv1.weight", "conv2.weight")), name
+    args = dwp_convergence.parse_args(
+        ["--data-dir", str(SHARED_DATA), "--results-dir", str(tmp_path), "--n-train", "200",
+         "--n-test", "50", "--steps", "50", "--eval-at", "10", "--seeds", "0", "--batch-size",
+         "16", "--panels", "vae", "--z-dim", "4"]
+    )  # fmt: skip
+    dwp_convergence.main(args)
+    saved = json.loads((tmp_path / "dwp_convergence.json").read_text())
+    assert saved["table"] == {} and set(saved["vae"]["table"]) == {"dwp", "xavier"}
+    for curve in saved["vae"]["curves"]["mean"].values():
+        assert curve["50"] > curve["0"] + 100  # nats per image: the VAE learns
+    assert "## Conv VAE" in (tmp_path / "dwp_convergence.md").read_text()
     assert (tmp_path / "dwp_convergence.png").stat().st_size > 0
