@@ -11,12 +11,13 @@ over the devices, ``--workers`` processes at a time::
 
     python benchmarks/dwp_mnist.py --device cuda --work-dir runs/dwp_mnist --workers 40
 
-The shipped prior's recipe (``pyro_dwp/pretrained/notmnist/metadata.json``; its conv2 VAE had
-8,000 steps) with the grid of ``results/dwp_mnist.md``::
+The shipped prior's recipe (``pyro_dwp/pretrained/notmnist/metadata.json``) with the grid of
+``results/dwp_mnist.md``::
 
     python benchmarks/dwp_mnist.py --device cuda --workers 16 --source-nets 6 \
         --source-epochs 50 --source-bf16 --source-gauge he --source-keep-fraction 0.5 0.08 \
-        --prior-steps 10000 --prior-z-dim 8 --prior-augment conv2 --epochs 4000
+        --prior-steps 10000 --prior-z-dim 8 16 --prior-decoder-scale shared \
+        --prior-decoder-mean direct polar --prior-augment conv2 --epochs 4000
 """
 
 from __future__ import annotations
@@ -67,15 +68,16 @@ def main(args: argparse.Namespace) -> dict:
         seconds["source"] = _stage([*base, "--num-nets", args.source_nets])
     if "prior" in args.stages:
         base = ["dwp-prior", "--kernels", source, "--steps", args.prior_steps, *common]
-        base += ["--z-dim", args.prior_z_dim] if args.prior_z_dim else []
         base += ["--decoder-scale", args.prior_decoder_scale]
-        base += ["--decoder-mean", args.prior_decoder_mean]
         layers = ("conv1", "conv2")
+        z_dims = _per_layer(args.prior_z_dim, "--prior-z-dim")
+        means = _per_layer(args.prior_decoder_mean, "--prior-decoder-mean")
         # one process per layer, each into its own folder; the VAE files are then gathered
         jobs = [
-            [*base, "--out", prior / layer, "--layers", layer]
+            [*base, "--out", prior / layer, "--layers", layer, "--decoder-mean", means[i]]
+            + (["--z-dim", z_dims[i]] if z_dims[i] else [])
             + (["--augment"] if layer in args.prior_augment else [])
-            for layer in layers
+            for i, layer in enumerate(layers)
         ]
         seconds["prior"] = run_processes(jobs, len(jobs), gpus)
         report = {"layers": {}, "recon_over_std": {}, "smoothness": {}}
@@ -149,6 +151,15 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
+def _per_layer(values: list | None, option: str) -> list:
+    """One value of ``option`` per layer (conv1, conv2): ``[v, v]`` from ``[v]``, or as given."""
+    if not values:
+        return [None, None]
+    if len(values) > 2:
+        raise SystemExit(f"{option} takes one value (both layers) or two (conv1 conv2)")
+    return values * 2 if len(values) == 1 else values
+
+
 def _classify_options(args: argparse.Namespace) -> list[object]:
     """The ``dwp-classify`` options given on this command line (``--n-test``, ``--test-samples``,
     ``--channels``); those left out keep the job's defaults."""
@@ -219,7 +230,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prior-dir", default="prior", help="the VAEs' folder in --work-dir")
     p.add_argument("--prior-steps", type=int, default=40_000)
     p.add_argument(
-        "--prior-z-dim", type=int, default=None, help="dwp-prior --z-dim (default: dwp-prior's)"
+        "--prior-z-dim",
+        type=int,
+        nargs="+",
+        default=None,
+        help="dwp-prior --z-dim, one value or one per layer (conv1 conv2; default: dwp-prior's)",
     )
     p.add_argument(
         "--prior-decoder-scale",
@@ -230,8 +245,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--prior-decoder-mean",
         choices=list(get_args(DecoderMean)),
-        default="direct",
-        help="dwp-prior --decoder-mean (polar: a norm of at least the smallest source kernel's)",
+        nargs="+",
+        default=["direct"],
+        help="dwp-prior --decoder-mean, one value or one per layer (conv1 conv2; polar: a norm "
+        "of at least the smallest source kernel's)",
     )
     p.add_argument(
         "--prior-augment",

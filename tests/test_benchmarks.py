@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import BENCHMARKS, data_args, needs_shared_data, options
 
-from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
+from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae, save_kernel_vae
 
 Argv = Callable[[Path], list[str]]
 """``tmp_path -> command line`` of one script, its outputs under ``tmp_path``."""
@@ -145,3 +145,22 @@ def test_benchmark_runs_on_tiny_settings(script, tmp_path, monkeypatch, keep_thr
     written = sorted(p.name for p in (tmp_path / "results").iterdir())
     assert any(name.endswith(".json") for name in written), written
     assert any(name.endswith(".md") for name in written), written
+
+
+def test_dwp_mnist_prior_stage_takes_one_value_per_layer(tmp_path, keep_threads):
+    """``--prior-z-dim 2 3 --prior-decoder-mean direct polar``: conv1 and conv2 each get theirs
+    (the shipped prior's recipe has a direct conv1 VAE and a polar conv2 VAE)."""
+    source = tmp_path / "work" / "source"
+    source.mkdir(parents=True)
+    _dwp_markov_chain(source)  # random kernel sets in the dwp-source layout
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_mnist
+
+    argv = ["--stages", "prior", "--device", "cpu", "--work-dir", str(tmp_path / "work")]
+    argv += options(prior_steps=2, prior_z_dim=(2, 3), prior_decoder_mean=("direct", "polar"))
+    dwp_mnist.main(dwp_mnist.parse_args(argv))
+    for layer, z_dim, mean in (("conv1", 2, "direct"), ("conv2", 3, "polar")):
+        vae, _ = load_kernel_vae(tmp_path / "work" / "prior" / f"vae_{layer}.pt")
+        assert (vae.z_dim, vae.decoder_mean) == (z_dim, mean), layer
+    with pytest.raises(SystemExit, match="one value .both layers. or two"):
+        dwp_mnist.main(dwp_mnist.parse_args([*argv[:6], *options(prior_z_dim=(2, 3, 4))]))
