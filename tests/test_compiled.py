@@ -123,6 +123,25 @@ def test_loss_and_gradients_equal_trace_elbo(prior, guide_type, local_reparam):
     assert_same_loss_and_grads(model, guide, x, y, handlers)
 
 
+@pytest.mark.parametrize(
+    "prior, groups",
+    [
+        ("scale_mixture", [["0.weight", "0.bias", "2.weight", "2.bias"]]),
+        ("per_layer", [["0.weight", "0.bias"], ["2.weight"]]),  # 2.bias is a point estimate
+        # 0.weight's Normal has a batch shape (3,); the mixture's one-element tensors fuse
+        ("tensor_parameters", [["0.weight"], ["0.bias", "2.weight", "2.bias"]]),
+    ],
+)
+def test_sites_of_one_scalar_prior_run_fused(prior, groups):
+    """Consecutive small sites of the same scalar-parameter prior are evaluated as one vector
+    (the loss and gradients above then test the fused pass against Pyro's); a prior with a
+    batch shape, or another prior, starts a new run."""
+    model, guide = classifier(PRIORS[prior](), BBBNormal)
+    x, y = torch.randn(10, 3), torch.randint(0, 4, (10,))
+    program = compile_svi(model, guide, x, y, optim=JointAdam(1e-2))
+    assert [[s.name for s in g] for g in program._groups] == groups
+
+
 @pytest.mark.parametrize("local_reparam", [False, True], ids=["weights", "local_reparam"])
 @pytest.mark.parametrize("guide_type", GUIDES.values(), ids=GUIDES.keys())
 @pytest.mark.parametrize(

@@ -52,6 +52,11 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _GUIDES = (BBBNormal, LogVarianceNormal, TruncatedAlphaNormal)
 _ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
 _CHECK_RTOL = 1e-4  # compiled against Pyro's loss on the first batch, in float32
+_FUSE_MAX = 1 << 16
+"""Largest site (elements) evaluated in a fused run: for small sites the step's cost is the
+number of kernels, for large ones the memory traffic, which the fused run's copies add to (one CPU
+thread, 784-1200-1200-10 MLP: 99 ms a step site by site, 129 ms with every site fused; the
+bandit's 2 x 100 net: 4.0 ms site by site, 3.1 ms fused)."""
 _Moments = Callable[[Tensor], tuple[Tensor, Tensor]]
 """A network ``input -> (loc, scale)`` of a diagonal Gaussian."""
 
@@ -78,6 +83,9 @@ class _WeightSite:
     scale: Callable[[Tensor, Tensor], Tensor]
     log_prior: Callable[[Tensor], Tensor] | None
     kl: Callable[[Tensor, Tensor], Tensor] | None = None
+    prior_key: tuple | None = None
+    """Equal (not ``None``) at sites whose elementwise prior is the same scalar-parameter
+    distribution: the step then evaluates them as one flat vector (:meth:`CompiledSVI._fused`)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,7 @@ class CompiledSVI:
     ) -> None:
         self._net = model.net
         self._likelihood = model.likelihood  # its dataset_size is read at every step
-        self._sites = sites
+        self._groups = _fusable_groups(sites)
         self._codes = codes
         self._fixed = fixed
         self._log_likelihood = log_likelihood
@@ -176,7 +184,11 @@ class CompiledSVI:
         draws = []
         kl: Tensor | float = 0.0
         particles = math.prod(self._lead)
-        for site in self._sites:
+        for group in self._groups:
+            if len(group) > 1:
+                kl = kl + self._fused(group, weights, draws)
+                continue
+            site = group[0]
             scale = site.scale(site.loc, site.raw)
             shape = self._lead + site.loc.shape
             eps = torch.randn(shape, dtype=site.loc.dtype, device=site.loc.device)
@@ -184,11 +196,8 @@ class CompiledSVI:
             if site.kl is not None:
                 kl = kl + site.kl(site.loc, scale) * particles
             else:
-                # sum log q(w) at its own draw: sum -eps^2 / 2 - log(scale) - log(2 pi) / 2.
-                flat = eps.reshape(-1)
-                log_q = flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI
-                log_q = (log_q + scale.log().sum() * particles).neg()
-                kl = kl + (log_q if site.log_prior is None else log_q - site.log_prior(w))
+                kl = kl + self._log_q(eps, scale)
+                kl = kl if site.log_prior is None else kl - site.log_prior(w)
             weights[site.name] = w
             draws.append((w, site.loc, scale))
         for code in self._codes:
@@ -215,6 +224,42 @@ class CompiledSVI:
                     self._local_reparam.record(w, loc, scale)
             out = self._run(weights, x)
         return kl, self._log_likelihood(out, y)
+
+    def _log_q(self, eps: Tensor, scale: Tensor) -> Tensor:
+        """``sum log q(w)`` at the draw ``w = loc + scale * eps``, ``()``: ``sum -eps^2 / 2 -
+        log(scale) - log(2 pi) / 2`` over ``eps`` ``(*lead, n...)`` and the particles."""
+        flat = eps.reshape(-1)
+        log_q = flat.dot(flat) * 0.5 + eps.numel() * _HALF_LOG_2PI
+        return (log_q + scale.log().sum() * math.prod(self._lead)).neg()
+
+    def _fused(
+        self,
+        group: list[_WeightSite],
+        weights: dict[str, Tensor],
+        draws: list[tuple[Tensor, Tensor, Tensor]],
+    ) -> Tensor:
+        """Sites of one prior as one flat vector: ``sum (log q(w) - log p(w))``, ``()``.
+
+        Each site's noise is drawn on its own, in Pyro's order (the same draws as site by
+        site); the guide's scale, the draw ``w``, ``log q`` and ``log p`` then run once over the
+        concatenation, in a handful of kernels instead of a handful per site. ``weights`` and
+        ``draws`` get each site's views ``(*lead, *shape)`` of the flat draw.
+        """
+        lead = self._lead
+        eps = [
+            torch.randn(lead + s.loc.shape, dtype=s.loc.dtype, device=s.loc.device) for s in group
+        ]
+        loc = torch.cat([s.loc.reshape(-1) for s in group])
+        scale = group[0].scale(loc, torch.cat([s.raw.reshape(-1) for s in group]))
+        noise = torch.cat([e.reshape(lead + (-1,)) for e in eps], dim=-1)
+        w = torch.addcmul(loc, scale, noise)  # (*lead, total)
+        sizes = [s.loc.numel() for s in group]
+        parts = zip(group, w.split(sizes, -1), scale.split(sizes), strict=True)
+        for site, w_site, scale_site in parts:
+            w_site = w_site.reshape(lead + site.loc.shape)
+            weights[site.name] = w_site
+            draws.append((w_site, site.loc, scale_site.reshape(site.loc.shape)))
+        return self._log_q(noise, scale) - group[0].log_prior(w)
 
     def _run(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
         """The network with ``weights``: ``(B, *in) -> (B, *out)``."""
@@ -264,6 +309,44 @@ def _log_prior(name: str, prior: Distribution) -> Callable[[Tensor], Tensor]:
         return lambda w: (w - loc).square().sum() * factor + w.numel() * const
     d = dist.Normal(prior.loc, prior.scale, validate_args=False)
     return lambda w: d.log_prob(w).sum()
+
+
+def _prior_key(prior: Distribution) -> tuple | None:
+    """A key equal for elementwise priors of the same type and scalar parameters (whose
+    ``sum log p`` over several sites is the ``sum log p`` of their concatenation), else
+    ``None``."""
+    params = {
+        ScaleMixtureNormal: ("pi", "sigma1", "sigma2"),
+        dist.Normal: ("loc", "scale"),
+        torch.distributions.Normal: ("loc", "scale"),
+    }.get(type(prior))
+    if params is None or prior.event_shape:
+        return None
+    values = [getattr(prior, name) for name in params]
+    if any(v.numel() != 1 or v.requires_grad for v in values):
+        return None
+    return (type(prior).__name__, *(float(v) for v in values))
+
+
+def _fusable_groups(sites: list[_WeightSite]) -> list[list[_WeightSite]]:
+    """``sites`` in order, in runs of consecutive sites that :meth:`CompiledSVI._fused`
+    evaluates together (at most ``_FUSE_MAX`` elements each, the same ``prior_key``, the same
+    guide scale, dtype and device, the Monte Carlo term); every other site alone."""
+    groups: list[list[_WeightSite]] = []
+    for site in sites:
+        last = groups[-1][-1] if groups else None
+        if (
+            last is not None
+            and site.prior_key is not None
+            and max(site.loc.numel(), last.loc.numel()) <= _FUSE_MAX
+            and site.prior_key == last.prior_key
+            and site.scale is last.scale
+            and (site.loc.dtype, site.loc.device) == (last.loc.dtype, last.loc.device)
+        ):
+            groups[-1].append(site)
+        else:
+            groups.append([site])
+    return groups
 
 
 def _categorical(out: Tensor, y: Tensor) -> Tensor:
@@ -588,10 +671,11 @@ def _build(
             if elbo is Trace_ELBO
             else _registered_kl(site_fns[n], locs[n], scale(locs[n], raws[n]))
         )
-        log_prior = None
+        log_prior, key = None, None
         if n not in coded and kl is None:
-            log_prior = _log_prior(n, move_distribution(model.priors[n], device))
-        sites.append(_WeightSite(n, locs[n], raws[n], scale, log_prior, kl))
+            prior = move_distribution(model.priors[n], device)
+            log_prior, key = _log_prior(n, prior), _prior_key(prior)
+        sites.append(_WeightSite(n, locs[n], raws[n], scale, log_prior, kl, key))
     code_sites = [
         _CodeSite(name=n, reverse=f, decoder=move_distribution(model.priors[n], device).decoder)
         for n, f in reverse.items()  # the reverse-model guide's order: Pyro's order
