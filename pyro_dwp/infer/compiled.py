@@ -56,7 +56,7 @@ _FUSE_MAX = 1 << 16
 """Largest site (elements) evaluated in a fused run: for small sites the step's cost is the
 number of kernels, for large ones the memory traffic, which the fused run's copies add to (one CPU
 thread, 784-1200-1200-10 MLP: 99 ms a step site by site, 129 ms with every site fused; the
-bandit's 2 x 100 net: 4.0 ms site by site, 3.1 ms fused)."""
+bandit's 2 x 100 net: 4.0 ms site by site, 3.1-3.2 ms fused)."""
 _Moments = Callable[[Tensor], tuple[Tensor, Tensor]]
 """A network ``input -> (loc, scale)`` of a diagonal Gaussian."""
 
