@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=None, help="test subset (default: all)")
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--engine", choices=["pyro", "compiled"], default="pyro", help="pyro-dwp mnist --engine"
+    )
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/ddp_scaling"))
     return p
@@ -94,7 +97,7 @@ def _run(args: argparse.Namespace, devices: int) -> dict[str, float]:
     argv += ["--out", str(out), "--device", args.device, "--epochs", str(args.epochs)]
     argv += ["--hidden", str(args.hidden), "--batch-size", str(args.batch_size)]
     argv += ["--lr", str(args.lr), "--test-samples", str(args.test_samples)]
-    argv += ["--seed", str(args.seed), "--no-progress"]
+    argv += ["--seed", str(args.seed), "--engine", args.engine, "--no-progress"]
     for key in ("n_train", "n_test", "data_dir"):
         if getattr(args, key) is not None:
             argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]

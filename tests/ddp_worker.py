@@ -6,6 +6,8 @@ command; every phase trains a tiny ``BNN`` on both processes, and process 0 writ
 - ``grad.pt``: per step, the parameters and RNG state before it, the global batch (both
   processes' batches) and the gradient DDP hands the optimiser (a Gaussian likelihood with a
   learned noise scale, ``Trace_ELBO``, Blundell KL weights, 2 steps);
+- ``grad_compiled.pt``: the same on the compiled engine (3 steps: the first through Pyro's
+  ELBO, then the compiled loss), with each step's engine;
 - ``kl.pt``: the same for a model without likelihood (the loss is the KL term alone) under
   ``TraceMeanField_ELBO`` (closed-form KL), 3 steps;
 - ``resume.pt``: the param store after 2 uninterrupted epochs and after 1 epoch plus a resume
@@ -70,9 +72,10 @@ class Recorder(pl.Callback):
     ) -> None:
         store = pyro.get_param_store()
         self.steps[-1]["grads"] = {k: v.grad.clone() for k, v in store.named_parameters()}
+        self.steps[-1]["engine"] = pl_module.running_engine
 
 
-def record_steps(path: Path, n: int, likelihood: bool, elbo: type) -> None:
+def record_steps(path: Path, n: int, likelihood: bool, elbo: type, engine: str = "pyro") -> None:
     x, y = data(n)
     model, guide = build(n, likelihood)
     recorder = Recorder()
@@ -90,6 +93,7 @@ def record_steps(path: Path, n: int, likelihood: bool, elbo: type) -> None:
         strategy="ddp",
         progress=False,
         callbacks=[recorder],
+        engine=engine,
     )
     if pl.utilities.rank_zero_only.rank == 0:
         torch.save({"steps": recorder.steps, "history": history, "n": n}, path)
@@ -124,6 +128,7 @@ def store_values() -> dict[str, Tensor]:
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     record_steps(out / "grad.pt", 16, likelihood=True, elbo=Trace_ELBO)
+    record_steps(out / "grad_compiled.pt", 24, likelihood=True, elbo=Trace_ELBO, engine="compiled")
     record_steps(out / "kl.pt", 24, likelihood=False, elbo=TraceMeanField_ELBO)
     n = 20  # not a multiple of the global batch: the last step is a partial one
     whole = train(out, n, 2, out / "a.ckpt", resume=False)

@@ -86,6 +86,18 @@ def test_ddp_gradient_equals_single_process_gradient_on_union_of_batches(ddp_run
             assert _relative_error(step["grads"][name], grad) < 1e-6, name
 
 
+def test_ddp_compiled_engine_gradient_equals_single_process_pyro_gradient(ddp_run):
+    """Each process's compiled loss (from the second step on) gives, after DDP's averaging, the
+    gradient of Pyro's single-process loss on the union of the two processes' batches."""
+    record = torch.load(ddp_run / "grad_compiled.pt", weights_only=False)
+    steps = record["steps"]
+    assert [s["engine"] for s in steps] == ["pyro", "compiled", "compiled"]  # N = 24: 3 x 2 x 4
+    for step in steps:
+        ref = _single_process_gradients(step, record["n"], True, Trace_ELBO, len(steps))
+        for name, grad in ref.items():
+            assert _relative_error(step["grads"][name], grad) < 1e-6, name
+
+
 def test_kl_counted_once_per_global_step_with_blundell_weights_by_global_index(ddp_run):
     # No likelihood: the loss is the KL term alone, in closed form (TraceMeanField_ELBO). Two
     # processes that each added their KL would give twice the single-process gradient.

@@ -155,7 +155,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=get_args(Engine),
         default="pyro",
-        help="BBB on one device: Pyro's SVI step, or the compiled one where it applies",
+        help="BBB: Pyro's SVI step, or the compiled one where it applies (on each DDP process too)",
     )
     p.add_argument("--data-dir", type=Path, default=None, help="holds mnist/ and notmnist/")
     add_resume_argument(p)
@@ -450,6 +450,7 @@ def _train_bbb(
             seed=args.seed,
             progress=not args.no_progress,
             callback=record_valid_error,
+            engine=args.engine,
         )
     return _train_within(train, args.epochs, args.resume, max_seconds, args.out / "checkpoint.pt")
 

@@ -132,7 +132,7 @@ class CompiledSVI:
         codes: list[_CodeSite],
         fixed: dict[str, Tensor],
         log_likelihood: Callable[[Tensor, Tensor], Tensor],
-        optim: PyroOptim,
+        optim: PyroOptim | None,
         num_particles: int,
         vectorize_particles: bool,
         local_reparam: LocalReparameterizationMessenger | None,
@@ -270,7 +270,12 @@ class CompiledSVI:
 
         As ``pyro.infer.SVI.step``: every trained parameter gets a gradient (zero if unused)
         before the optimiser's step; the gradients are then cleared.
+
+        Raises:
+            RuntimeError: If compiled without an optimiser (``optim=None``): use :meth:`loss`.
         """
+        if self._optim is None:
+            raise RuntimeError("compiled with optim=None: step your optimiser on loss()")
         loss, data = self.loss(x, y, kl_scale)
         loss.backward()
         for p in self.params:
@@ -460,7 +465,7 @@ def compile_svi(
     x: Tensor,
     y: Tensor,
     *,
-    optim: PyroOptim,
+    optim: PyroOptim | None,
     elbo: type[ELBO] = Trace_ELBO,
     num_particles: int = 1,
     vectorize_particles: bool = False,
@@ -497,7 +502,8 @@ def compile_svi(
         guide: Its guide.
         x: A batch of inputs ``(B, *in_shape)``.
         y: Its targets ``(B, ...)``.
-        optim: The Pyro optimiser to step.
+        optim: The Pyro optimiser to step, or ``None`` for a caller that steps its own optimiser
+            on :meth:`CompiledSVI.loss` (the Lightning module of ``infer.distributed``).
         elbo: The ELBO class.
         num_particles: Particles per step.
         vectorize_particles: Vectorise the particles, as ``fit`` asks Pyro to.
@@ -608,7 +614,7 @@ def _build(
     model_trace: poutine.Trace,
     guide_trace: poutine.Trace,
     y: Tensor,
-    optim: PyroOptim,
+    optim: PyroOptim | None,
     elbo: type[ELBO],
     num_particles: int,
     vectorize_particles: bool,

@@ -52,9 +52,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .checkpoint import get_rng_state, set_rng_state
+from .compiled import CompiledSVI, compile_or_warn
 from .fingerprint import describe, differences
 from .fit import (
+    _ENGINES,
     CheckpointError,
+    Engine,
     _check_fit_args,
     _DataTermMessenger,
     _ImproperPriorCheck,
@@ -102,6 +105,11 @@ class SVIModule(pl.LightningModule):
         kl_scheme: ``"uniform"`` or ``"blundell"`` KL weights, by global batch index.
         seed: Seed of the shuffling (a ``DistributedSampler``'s, per epoch).
         callback: Called on every rank with each epoch's record (see :func:`fit_distributed`).
+        engine: How :meth:`loss` is computed, as :func:`~pyro_dwp.infer.fit`'s ``engine``:
+            ``"pyro"`` (Pyro's ELBO), or ``"compiled"`` / ``"auto"`` (the first step through
+            Pyro's ELBO, then :meth:`~pyro_dwp.infer.compiled.CompiledSVI.loss`, the same loss
+            as plain PyTorch, where it covers the model; else a warning and Pyro's ELBO).
+            Lightning's optimiser steps either; checkpoints of either resume on the other.
     """
 
     def __init__(
@@ -119,8 +127,14 @@ class SVIModule(pl.LightningModule):
         kl_scheme: KLScheme = "uniform",
         seed: int = 0,
         callback: Callable[[dict[str, float]], None] | None = None,
+        engine: Engine = "pyro",
     ) -> None:
         super().__init__()
+        if engine not in _ENGINES:
+            raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
+        self.engine = engine
+        self._compiled: CompiledSVI | None = None
+        self._compile_tried = engine == "pyro"
         self.model = model
         self.guide = guide
         self.x, self.y = x, y
@@ -200,8 +214,14 @@ class SVIModule(pl.LightningModule):
         self._sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self._epoch_start = time.perf_counter()
 
-    def loss(self, x: Tensor, y: Tensor, kl_scale: float) -> Tensor:
-        """The differentiable -ELBO of one batch, the KL term multiplied by ``kl_scale``.
+    @property
+    def running_engine(self) -> str:
+        """The engine of the latest step: ``"compiled"`` once the compiled loss runs."""
+        return "pyro" if self._compiled is None else "compiled"
+
+    def loss(self, x: Tensor, y: Tensor, kl_scale: float) -> tuple[Tensor, Tensor]:
+        """The differentiable -ELBO of one batch, the KL term multiplied by ``kl_scale``, and
+        its data term ``(N / B) log p(y | x, w)`` (detached).
 
         Args:
             x: Inputs ``(B, *in_shape)``.
@@ -209,27 +229,38 @@ class SVIModule(pl.LightningModule):
             kl_scale: ``M * pi_i`` of the global batch index ``i``.
 
         Returns:
-            A scalar tensor.
+            Two scalar tensors.
         """
+        if self._compiled is not None:
+            return self._compiled.loss(x, y, kl_scale)
         self.kl_scale.scale = kl_scale
         self.data_term.reset()
-        return self.elbo.differentiable_loss(
+        loss = self.elbo.differentiable_loss(
             self.data_term(self.kl_scale(self.model)), self.kl_scale(self.guide), x, y
         )
+        return loss, torch.as_tensor(self.data_term.mean(), device=loss.device)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        kl_scale = self._scales[batch_idx]
+        if not self.checks and not self._compile_tried:  # after the checked first step
+            self._compile_tried = True
+            self._compiled = compile_or_warn(
+                self.engine, self.model, self.guide, x, y, optim=None, elbo=type(self.elbo),
+                num_particles=self.elbo.num_particles,
+                vectorize_particles=self.elbo.vectorize_particles, kl_scale=kl_scale,
+            )  # fmt: skip
         with ExitStack() as stack:
             for check in self.checks:  # the first step of this process only
                 stack.enter_context(check)
-            loss = self.loss(x, y, self._scales[batch_idx])
+            loss, data = self.loss(x, y, kl_scale)
         self.checks = []
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {float(loss)} at epoch {self.current_epoch + 1}, step {batch_idx + 1} "
                 f"of {self.trainer.num_training_batches} (rank {self.global_rank})"
             )
-        nll = -torch.as_tensor(self.data_term.mean(), dtype=torch.float64, device=self.device)
+        nll = -data.to(torch.float64)
         self._sums += torch.stack([loss.detach().double(), nll, torch.ones_like(nll)])
         return loss
 
@@ -321,6 +352,7 @@ def fit_distributed(
     progress: bool = True,
     callback: Callable[[dict[str, float]], None] | None = None,
     callbacks: list[pl.Callback] | tuple[pl.Callback, ...] = (),
+    engine: Engine = "pyro",
 ) -> list[dict[str, float]]:
     """Fit ``guide`` to ``model(x, y)`` with SVI, data-parallel over ``devices * num_nodes``
     processes (Lightning's DDP), with the minibatch weighting of :func:`~pyro_dwp.infer.fit`.
@@ -359,6 +391,8 @@ def fit_distributed(
         progress: Show Lightning's progress bar.
         callback: Called on every process with each epoch's record.
         callbacks: More Lightning callbacks.
+        engine: ``"pyro"``, ``"compiled"`` or ``"auto"``: how each process computes its loss
+            (:class:`SVIModule`); not a run setting (a checkpoint resumes on either).
 
     Returns:
         One record per epoch (the same on every process): ``epoch``, ``loss`` (-ELBO), ``nll``
@@ -389,6 +423,7 @@ def fit_distributed(
         kl_scheme=kl_scheme,
         seed=seed,
         callback=callback,
+        engine=engine,
     )
     module.prepare()
     extra: list[pl.Callback] = list(callbacks)
