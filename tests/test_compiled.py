@@ -473,3 +473,13 @@ def test_autonormal_guide_is_named():
     guide = AutoNormal(model, init_loc_fn=init_to_module)
     with pytest.raises(NotCompilableError, match="unsupported guide AutoNormal"):
         compile_svi(model, guide, X[:8], Y[:8], optim=JointAdam(1e-2))
+
+
+def test_compiled_without_an_optimiser_gives_the_loss_and_refuses_to_step():
+    model, guide = classifier(ScaleMixtureNormal(0.5, 1.0, math.exp(-6)), BBBNormal)
+    x, y = torch.randn(10, 3), torch.randint(0, 4, (10,))
+    program = compile_svi(model, guide, x, y, optim=None)
+    loss, _ = program.loss(x, y)
+    assert loss.requires_grad and torch.isfinite(loss)
+    with pytest.raises(RuntimeError, match="compiled with optim=None"):
+        program.step(x, y)
