@@ -51,6 +51,13 @@ def _dwp_markov_chain(tmp: Path) -> list[str]:
     return [*tiny, "--kernels", str(tmp), "--out", str(tmp / "results"), *data_args()]
 
 
+def _dwp_code_prior(tmp: Path) -> list[str]:
+    _dwp_markov_chain(tmp)  # random kernel sets in the dwp-source layout
+    tiny = options(kernels=tmp, layers=("conv1", "conv2"), components=(3, 5), held_out=4)
+    tiny += options(iwae_samples=2, pull_kernels=4, steps=2, threads=1)
+    return [*tiny, *_results(tmp)]
+
+
 TINY: dict[str, Argv] = {
     "bbb_regression.py": lambda tmp: [
         *options(seeds=0, jobs=1, runs_dir=tmp / "runs"),
@@ -75,6 +82,7 @@ TINY: dict[str, Argv] = {
         *data_args(),
         *_results(tmp),
     ],
+    "dwp_code_prior.py": _dwp_code_prior,
     "dwp_markov_chain.py": _dwp_markov_chain,
     "dwp_mnist.py": _dwp_mnist,
     "dwp_prior_pull.py": lambda tmp: [
@@ -164,3 +172,16 @@ def test_dwp_mnist_prior_stage_takes_one_value_per_layer(tmp_path, keep_threads)
         assert (vae.z_dim, vae.decoder_mean) == (z_dim, mean), layer
     with pytest.raises(SystemExit, match="one value .both layers. or two"):
         dwp_mnist.main(dwp_mnist.parse_args([*argv[:6], *options(prior_z_dim=(2, 3, 4))]))
+
+
+def test_code_prior_mixture_density_against_torch_distributions():
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_code_prior
+
+    loc, scale = torch.tensor([[0.0, 1.0], [2.0, -1.0]]), torch.tensor([[1.0, 0.5], [0.3, 2.0]])
+    z = torch.randn(5, 2)
+    parts = [torch.distributions.Normal(loc[j], scale[j]).log_prob(z).sum(-1) for j in range(2)]
+    expected = torch.logsumexp(torch.stack(parts), 0) - torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(dwp_code_prior.vamp(loc, scale)(z), expected)
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(dwp_code_prior.standard_normal(z), normal)
