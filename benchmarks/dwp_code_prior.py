@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import shlex
 import sys
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from dwp_prior_pull import load_vaes
+from dwp_prior_pull import load_vaes, write_report
 from torch import Tensor, nn
 
 from pyro_dwp.data import kernel_similarity
@@ -178,11 +177,7 @@ def main(args: argparse.Namespace) -> dict:
         "settings": {k: getattr(args, k) for k in settings},
         "layers": layers,
     }
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dwp_code_prior.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "dwp_code_prior.md").write_text(_markdown(result))
-    print(_markdown(result))
+    write_report(result, args.results_dir, "dwp_code_prior", _markdown(result))
     return result
 
 

@@ -144,12 +144,18 @@ def main(args: argparse.Namespace) -> dict:
             for name, spec in specs.items()
         },
     }
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dwp_prior_pull.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "dwp_prior_pull.md").write_text(_markdown(result))
-    print(_markdown(result))
+    write_report(result, args.results_dir, "dwp_prior_pull", _markdown(result))
     return result
+
+
+def write_report(result: dict, results_dir: str | Path, name: str, markdown: str) -> None:
+    """Write ``NAME.json`` (``result``) and ``NAME.md`` (``markdown``) into ``results_dir`` and
+    print the markdown (this script's and ``dwp_code_prior.py``'s outputs)."""
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
