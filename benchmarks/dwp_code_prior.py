@@ -36,6 +36,7 @@ from dwp_prior_pull import load_vaes, write_report
 from torch import Tensor, nn
 
 from pyro_dwp.data import kernel_similarity
+from pyro_dwp.distributions.deep_weight_prior import iwae_log_marginal
 from pyro_dwp.experiments.dwp_prior import load_kernel_set
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -63,39 +64,31 @@ def vamp(loc: Tensor, scale: Tensor) -> LogPrior:
     return log_prob
 
 
-def log_weights(
-    encoder: nn.Module, decoder: nn.Module, w: Tensor, log_prior: LogPrior, k: int
-) -> Tensor:
-    """``log p(w | z) + log p(z) - log r(z | w)`` for ``k`` codes ``z ~ r(z | w)`` of kernels
-    ``w`` ``(n, s, s)``: ``(k, n)``, differentiable in ``w`` (reparameterised codes)."""
-    loc, scale = encoder(w)
-    z = loc + scale * torch.randn((k, *loc.shape))
-    mean, sd = decoder(z.flatten(0, 1))
-    log_lik = _log_normal(w, mean.view(k, *w.shape), sd.view(k, *w.shape)).flatten(2).sum(-1)
-    return log_lik + log_prior(z) - _log_normal(z, loc, scale).sum(-1)
-
-
 @torch.no_grad()
 def mean_iwae(
     encoder: nn.Module, decoder: nn.Module, w: Tensor, log_prior: LogPrior, k: int
 ) -> float:
-    """Mean over kernels ``w`` ``(n, s, s)`` of the IWAE ``log p(w)`` with ``k`` codes each."""
-    total = 0.0
-    for part in w.split(250):
-        lw = log_weights(encoder, decoder, part, log_prior, k)
-        total += (torch.logsumexp(lw, 0) - math.log(k)).sum().item()
-    return total / len(w)
+    """Mean over kernels ``w`` ``(n, s, s)`` of the IWAE ``log p(w)`` with ``k`` codes each
+    (:func:`~pyro_dwp.distributions.deep_weight_prior.iwae_log_marginal`, in parts that keep a
+    mixture's ``(codes, kernels, J, d)`` densities small)."""
+    parts = [
+        iwae_log_marginal(encoder, decoder, part, k, chunk_size=10, log_p_z=log_prior)[0]
+        for part in w.split(250)
+    ]
+    return torch.cat(parts).mean().item()
 
 
 def pull(
     encoder: nn.Module, decoder: nn.Module, w0: Tensor, log_prior: LogPrior, steps: int
 ) -> dict[str, float]:
-    """Adam ascent of kernels ``w0`` ``(n, s, s)`` on the bound's per-kernel term."""
+    """Adam ascent of kernels ``w0`` ``(n, s, s)`` on the bound's per-kernel term (one code
+    ``z ~ r(z | w)`` per kernel and step, as ``dwp_prior_pull.py``)."""
     w = w0.clone().requires_grad_(True)
     optim = torch.optim.Adam([w], lr=0.02 * w0.std().item())
     for _ in range(steps):
         optim.zero_grad()
-        (-log_weights(encoder, decoder, w, log_prior, 1).sum()).backward()
+        _, term = iwae_log_marginal(encoder, decoder, w, 1, log_p_z=log_prior)
+        (-term.sum()).backward()
         optim.step()
     end = w.detach()
     return {

@@ -74,6 +74,26 @@ def test_iwae_function_matches_method():
         iwae_log_marginal(vae.encoder, vae.decoder, w, 0)
 
 
+def test_iwae_with_another_code_prior():
+    """``log_p_z``: N(0, I) given explicitly is the default; adding a constant c to log p(z)
+    adds c to the IWAE and to the mean log-weight (same draws)."""
+    vae = KernelVAE(3, z_dim=2, hidden=4)
+    w = torch.randn(6, 3, 3)
+
+    def normal(z):
+        return torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+
+    results = []
+    for log_p_z in (None, normal, lambda z: normal(z) + 1.5):
+        torch.manual_seed(2)
+        results.append(iwae_log_marginal(vae.encoder, vae.decoder, w, 4, log_p_z=log_p_z))
+    (a, ma), (b, mb), (c, mc) = results
+    torch.testing.assert_close(b, a)
+    torch.testing.assert_close(mb, ma)
+    torch.testing.assert_close(c, a + 1.5)
+    torch.testing.assert_close(mc, ma + 1.5)
+
+
 def test_training_improves_held_out_elbo():
     train, valid = _synthetic_kernels(128, 7, seed=0), _synthetic_kernels(128, 7, seed=1)
     vae = KernelVAE(7, z_dim=2, hidden=8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyro.distributions as dist
@@ -20,6 +21,7 @@ def iwae_log_marginal(
     num_samples: int,
     *,
     chunk_size: int = 1024,
+    log_p_z: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Importance-weighted estimate of :math:`\log p(w) = \log \int p(w \mid z) p(z) \, dz`,
     and the mean log-weight.
@@ -46,6 +48,8 @@ def iwae_log_marginal(
         w: Kernels ``(..., k, k)``.
         num_samples: Number ``K`` of importance samples per kernel (>= 1).
         chunk_size: Importance samples evaluated at once.
+        log_p_z: ``z (..., z_dim) -> log p(z) (...)`` for another code prior than
+            :math:`\mathcal{N}(0, I)` (the default).
 
     Returns:
         ``(iwae, mean_log_weight)``, each of shape ``(...)``, differentiable (reparameterised
@@ -55,11 +59,12 @@ def iwae_log_marginal(
 
     def log_weights(n: int) -> Tensor:
         z = q.rsample((n,))
-        return (
-            dist.Normal(*decoder(z)).to_event(2).log_prob(w)
-            + dist.Normal(torch.zeros_like(z), torch.ones_like(z)).to_event(1).log_prob(z)
-            - q.log_prob(z)
+        prior = (
+            dist.Normal(torch.zeros_like(z), torch.ones_like(z)).to_event(1).log_prob(z)
+            if log_p_z is None
+            else log_p_z(z)
         )
+        return dist.Normal(*decoder(z)).to_event(2).log_prob(w) + prior - q.log_prob(z)
 
     return chunked_iwae(log_weights, w.shape[:-2], num_samples, chunk_size, like=w)
 
