@@ -4,8 +4,11 @@ A deep weight prior is ``p(w) = int p(w | z) p(z) dz`` with ``p(z) = N(0, I)``. 
 a filter bank under it drifts towards the kernels decoded from the centre of ``z``, which share a
 direction (``dwp_prior_pull.py``, ``dwp_mnist_ablation.md`` section 12). This script swaps
 ``p(z)`` for a VampPrior-like mixture, ``p(z) = 1/J sum_j r(z | w_j)``, the reverse model
-(the VAE's encoder) at ``J`` random training kernels of the source set, keeping the VAE's
-decoder and encoder as they are. For each code prior and layer it reports:
+(the VAE's encoder) at ``J`` random training kernels of the source set, or for a mixture of
+``C`` diagonal Gaussians fitted by EM to codes of all training kernels (``--mixtures``, the
+library's :func:`~pyro_dwp.infer.code_prior.fit_code_prior`, ``dwp-prior
+--code-prior-components``), keeping the VAE's decoder and encoder as they are. For each code
+prior and layer it reports:
 
 - the held-out fit: the mean IWAE ``log p(w)`` of ``--held-out`` test kernels of the source set
   (``--iwae-samples`` codes from the encoder per kernel), and the zero-kernel gap (the all-zero
@@ -18,7 +21,7 @@ decoder and encoder as they are. For each code prior and layer it reports:
 Writes ``dwp_code_prior.{json,md}`` to ``--results-dir``::
 
     python benchmarks/dwp_code_prior.py --kernels runs/dwp_source_shipped --layers conv2 \\
-        --components 1000 4000 --threads 2
+        --components 1000 4000 --mixtures 16 64 256 --threads 2
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from torch import Tensor, nn
 from pyro_dwp.data import kernel_similarity
 from pyro_dwp.distributions.deep_weight_prior import iwae_log_marginal
 from pyro_dwp.experiments.dwp_prior import load_kernel_set
+from pyro_dwp.infer.code_prior import fit_code_prior
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 LogPrior = Callable[[Tensor], Tensor]
@@ -119,6 +123,9 @@ def compare(vae: nn.Module, train: Tensor, test: Tensor, args: argparse.Namespac
             return loc[idx] + scale[idx] * torch.randn(n, loc.shape[1])
 
         priors[f"vamp J={j}"] = (vamp(loc, scale), draw)
+    for c in args.mixtures:
+        mixture, _ = fit_code_prior(encoder, train, c, seed=args.seed)
+        priors[f"mixture C={c}"] = (mixture.log_prob, lambda n, m=mixture: m.sample((n,)))
     out = {}
     for name, (log_prior, draw) in priors.items():
         torch.manual_seed(args.seed + 1)
@@ -138,7 +145,8 @@ def compare(vae: nn.Module, train: Tensor, test: Tensor, args: argparse.Namespac
 
 def _markdown(result: dict) -> str:
     lines = [
-        "# A code prior fitted to the source kernels' codes (VampPrior) against N(0, I)",
+        "# A code prior fitted to the source kernels' codes (VampPrior, EM mixture) against "
+        "N(0, I)",
         "",
         f"`{result['command']}`, {result['date']}; {result['settings']}",
         "",
@@ -163,7 +171,16 @@ def main(args: argparse.Namespace) -> dict:
     for layer in args.layers:
         train, test, _, _ = load_kernel_set(Path(args.kernels) / f"kernels_{layer}.pt")
         layers[layer] = compare(vaes[layer], train, test, args)
-    settings = ("prior", "components", "held_out", "iwae_samples", "pull_kernels", "steps", "seed")
+    settings = (
+        "prior",
+        "components",
+        "mixtures",
+        "held_out",
+        "iwae_samples",
+        "pull_kernels",
+        "steps",
+        "seed",
+    )
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "benchmarks/dwp_code_prior.py", *sys.argv[1:]]),
@@ -179,7 +196,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prior", default="pretrained:notmnist", help="pretrained:NAME or a folder")
     p.add_argument("--kernels", required=True, help="a pyro-dwp dwp-source --out folder")
     p.add_argument("--layers", nargs="+", choices=["conv1", "conv2"], default=["conv2"])
-    p.add_argument("--components", type=int, nargs="+", default=[1000, 4000], help="J values")
+    p.add_argument("--components", type=int, nargs="*", default=[1000, 4000], help="J values")
+    p.add_argument(
+        "--mixtures", type=int, nargs="*", default=[], help="C values of EM-fitted mixtures"
+    )
     p.add_argument("--held-out", type=int, default=1000, help="test kernels for the IWAE")
     p.add_argument("--iwae-samples", type=int, default=100)
     p.add_argument("--pull-kernels", type=int, default=512)
@@ -188,7 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results-dir", default="benchmarks/results")
     args = p.parse_args(argv)
-    if min(args.components + [args.held_out, args.iwae_samples, args.steps]) < 1:
+    if min(args.components + args.mixtures + [args.held_out, args.iwae_samples, args.steps]) < 1:
         p.error("--components, --held-out, --iwae-samples and --steps must be >= 1")
     if args.pull_kernels < 2:
         p.error("--pull-kernels must be >= 2")

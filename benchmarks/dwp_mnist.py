@@ -72,11 +72,13 @@ def main(args: argparse.Namespace) -> dict:
         layers = ("conv1", "conv2")
         z_dims = _per_layer(args.prior_z_dim, "--prior-z-dim")
         means = _per_layer(args.prior_decoder_mean, "--prior-decoder-mean")
+        components = _per_layer(args.prior_code_prior_components, "--prior-code-prior-components")
         # one process per layer, each into its own folder; the VAE files are then gathered
         jobs = [
             [*base, "--out", prior / layer, "--layers", layer, "--decoder-mean", means[i]]
             + (["--z-dim", z_dims[i]] if z_dims[i] else [])
             + (["--augment"] if layer in args.prior_augment else [])
+            + (["--code-prior-components", components[i]] if components[i] else [])
             for i, layer in enumerate(layers)
         ]
         seconds["prior"] = run_processes(jobs, len(jobs), gpus)
@@ -191,8 +193,9 @@ def _markdown(result: dict, summary: dict) -> str:
     ]
     for p, row in result["paper"].items():
         label = PRIOR_RECIPES[p].label
+        by_n = {int(n): v for n, v in row.items()}  # JSON keys are strings
         lines.append(
-            f"| {label} | " + " | ".join(f"{row.get(n, float('nan')):.3f}" for n in sizes) + " |"
+            f"| {label} | " + " | ".join(f"{by_n.get(n, float('nan')):.3f}" for n in sizes) + " |"
         )
     lines += ["", "## Ours", "", summary_table(summary)]
     return "\n".join(lines) + "\n"
@@ -249,6 +252,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["direct"],
         help="dwp-prior --decoder-mean, one value or one per layer (conv1 conv2; polar: a norm "
         "of at least the smallest source kernel's)",
+    )
+    p.add_argument(
+        "--prior-code-prior-components",
+        type=int,
+        nargs="+",
+        default=None,
+        help="dwp-prior --code-prior-components, one value or one per layer (conv1 conv2; "
+        "default: the code prior N(0, I))",
     )
     p.add_argument(
         "--prior-augment",

@@ -12,6 +12,7 @@ the paper; their small architecture here is our own choice, built the same way.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
+from pyro_dwp.distributions.code_prior import GaussianMixtureCodePrior
 from pyro_dwp.distributions.deep_weight_prior import iwae_log_marginal
 from pyro_dwp.io import read_torch_file, save_checkpoint
 
@@ -248,6 +250,12 @@ class KernelVAE(nn.Module):
     Its decoder defines the deep weight prior :math:`p(w) = \\int p(w \\mid z) p(z) dz`; its
     encoder initialises the reverse model :math:`r(z \\mid w)` of the auxiliary bound.
 
+    After training, :attr:`code_prior` may replace :math:`\\mathcal{N}(0, I)` by a mixture
+    fitted to the training kernels' codes (:func:`pyro_dwp.infer.code_prior.fit_code_prior`,
+    ``pyro-dwp dwp-prior --code-prior-components``): :meth:`elbo`, :meth:`iwae_bound`,
+    :meth:`sample_codes`, the saved file and :meth:`DeepWeightPrior.from_vae
+    <pyro_dwp.distributions.DeepWeightPrior.from_vae>` then use it.
+
     Args:
         kernel_size: Side ``k`` of the square kernels (3, 5 or 7).
         z_dim: Latent dimension.
@@ -276,6 +284,37 @@ class KernelVAE(nn.Module):
         self.kernel_size, self.z_dim, self.hidden = kernel_size, z_dim, hidden
         self.encoder = KernelEncoder(kernel_size, z_dim, hidden)
         self.decoder = KernelDecoder(kernel_size, z_dim, hidden, decoder_scale, decoder_mean)
+        self.code_prior: GaussianMixtureCodePrior | None = None
+
+    def set_code_prior(self, code_prior: GaussianMixtureCodePrior | None) -> None:
+        """Use ``code_prior`` as :math:`p(z)` (``None``: :math:`\\mathcal{N}(0, I)`), on the
+        VAE's device.
+
+        Raises:
+            ValueError: If its dimension is not :attr:`z_dim`.
+        """
+        if code_prior is not None and code_prior.z_dim != self.z_dim:
+            raise ValueError(
+                f"a code prior of dimension {code_prior.z_dim} for a VAE of z_dim {self.z_dim}"
+            )
+        device = next(self.parameters()).device
+        self.code_prior = None if code_prior is None else code_prior.to(device)
+
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` codes from :math:`p(z)`, ``(n, z_dim)``, on the VAE's device (drawn on the
+        CPU with ``generator``)."""
+        device = next(self.parameters()).device
+        if self.code_prior is None:
+            return torch.randn(n, self.z_dim, generator=generator).to(device)
+        mix = self.code_prior
+        probs = mix.logits.softmax(-1).cpu()
+        picks = torch.multinomial(probs, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.z_dim, generator=generator)
+        return (mix.loc.cpu()[picks] + mix.scale.cpu()[picks] * noise).to(device)
+
+    def _log_p_z(self) -> Callable[[Tensor], Tensor] | None:
+        """``log p(z)`` of :attr:`code_prior`, or ``None`` for :math:`\\mathcal{N}(0, I)`."""
+        return None if self.code_prior is None else self.code_prior.log_prob
 
     @property
     def decoder_scale(self) -> DecoderScale:
@@ -320,11 +359,14 @@ class KernelVAE(nn.Module):
 
         :math:`\\mathbb{E}_q \\log p(w \\mid z) - \\mathrm{KL}(q(z \\mid w) \\| p(z))` with the
         reconstruction term averaged over ``num_samples`` reparameterised samples and the
-        Gaussian KL in closed form.
+        Gaussian KL in closed form (with a :attr:`code_prior`, the KL's Monte Carlo estimate on
+        the same samples).
         """
         q = self.encode(w)
         z = q.rsample((num_samples,))
         reconstruction = self.decode(z).log_prob(w).mean(0)
+        if self.code_prior is not None:
+            return reconstruction + (self.code_prior.log_prob(z) - q.log_prob(z)).mean(0)
         return reconstruction - kl_divergence(q, _standard_normal(q.mean))
 
     def iwae_bound(self, w: Tensor, k_samples: int, *, chunk_size: int = 1024) -> Tensor:
@@ -333,7 +375,14 @@ class KernelVAE(nn.Module):
         See :func:`~pyro_dwp.distributions.deep_weight_prior.iwae_log_marginal` (Burda et al.,
         2016); ``k_samples`` is ``K``.
         """
-        iwae, _ = iwae_log_marginal(self.encoder, self.decoder, w, k_samples, chunk_size=chunk_size)
+        iwae, _ = iwae_log_marginal(
+            self.encoder,
+            self.decoder,
+            w,
+            k_samples,
+            chunk_size=chunk_size,
+            log_p_z=self._log_p_z(),
+        )
         return iwae
 
 
@@ -349,6 +398,7 @@ _RESERVED = (
     "hidden",
     "decoder_scale",
     "decoder_mean",
+    "code_prior_components",
 )
 
 
@@ -356,7 +406,9 @@ def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -
     """Write a trained :class:`KernelVAE` and metadata to ``path`` (atomically).
 
     The file is a ``torch.save`` dict ``{"format": "pyro_dwp.kernel_vae", "version": 1,
-    "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale", "decoder_mean", **meta}``
+    "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale", "decoder_mean",
+    "code_prior_components", **meta}`` (``code_prior_components``: the code prior's number of
+    components, or ``None`` for the standard normal; its buffers are in the state dict)
     (tensors on the CPU), read back by :func:`load_kernel_vae` (files written before the decoder
     options existed read as the paper's: ``"per-code"``, ``"direct"``). ``meta`` should hold
     plain Python values and tensors only (e.g. ``layer``, ``provenance``, ``history``), so that
@@ -380,6 +432,9 @@ def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -
             "hidden": vae.hidden,
             "decoder_scale": vae.decoder_scale,
             "decoder_mean": vae.decoder_mean,
+            "code_prior_components": (
+                None if vae.code_prior is None else vae.code_prior.components
+            ),
             **meta,
         },
     )
@@ -425,6 +480,9 @@ def load_kernel_vae(
             state.get("decoder_scale", "per-code"),
             state.get("decoder_mean", "direct"),
         )
+        components = state.get("code_prior_components")
+        if components is not None:
+            vae.set_code_prior(GaussianMixtureCodePrior.empty(components, vae.z_dim))
         vae.load_state_dict(state["state_dict"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"kernel VAE file {path} is inconsistent: {type(e).__name__}: {e}") from e

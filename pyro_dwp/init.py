@@ -42,7 +42,7 @@ def init_from_prior(
     Layer ``name`` of weight ``(out, in, k, k)`` gets ``scale * priors[name].sample((out, in))``:
     one kernel of the prior per ``(out, in)`` slice. With a
     :class:`~pyro_dwp.distributions.DeepWeightPrior` a kernel is the decoder's draw from
-    :math:`p(w \\mid z)`, ``z ~ N(0, I)``; build the prior with ``sample_mean=True`` for the
+    :math:`p(w \\mid z)`, ``z ~ p(z)``; build the prior with ``sample_mean=True`` for the
     noise-free decoder means :math:`\\mu(z)`.
 
     Args:

@@ -166,12 +166,28 @@ def test_dwp_mnist_prior_stage_takes_one_value_per_layer(tmp_path, keep_threads)
 
     argv = ["--stages", "prior", "--device", "cpu", "--work-dir", str(tmp_path / "work")]
     argv += options(prior_steps=2, prior_z_dim=(2, 3), prior_decoder_mean=("direct", "polar"))
+    argv += options(prior_code_prior_components=(2, 3))
     dwp_mnist.main(dwp_mnist.parse_args(argv))
-    for layer, z_dim, mean in (("conv1", 2, "direct"), ("conv2", 3, "polar")):
+    for layer, z_dim, mean, c in (("conv1", 2, "direct", 2), ("conv2", 3, "polar", 3)):
         vae, _ = load_kernel_vae(tmp_path / "work" / "prior" / f"vae_{layer}.pt")
-        assert (vae.z_dim, vae.decoder_mean) == (z_dim, mean), layer
+        assert (vae.z_dim, vae.decoder_mean, vae.code_prior.components) == (z_dim, mean, c)
     with pytest.raises(SystemExit, match="one value .both layers. or two"):
         dwp_mnist.main(dwp_mnist.parse_args([*argv[:6], *options(prior_z_dim=(2, 3, 4))]))
+
+
+def test_dwp_mnist_markdown_reads_the_paper_row_from_json():
+    """The paper's row keyed by strings (as read back from JSON) is printed, not as NaN."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_mnist
+
+    result = {
+        "command": "c", "date": "d", "gpus": 1, "device": "cpu", "epochs": 1, "evaluation": "e",
+        "dwp_init": "dwp", "reverse": "trainable", "seconds": {},
+        "paper": {"dwp": {"50": 0.8, "100": 0.867}},
+    }  # fmt: skip
+    summary = {("dwp", 50): {"accuracy": [0.7, 0.0, 1], "nll": [1.0, 0.0, 1]}}
+    text = dwp_mnist._markdown(result, summary)
+    assert "| dwp | 0.800 |" in text and "nan" not in text.split("## Ours")[0]
 
 
 def test_code_prior_mixture_density_against_torch_distributions():

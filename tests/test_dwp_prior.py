@@ -78,6 +78,7 @@ def test_save_load_round_trip(tmp_path):
         "hidden": 4,
         "decoder_scale": "per-code",
         "decoder_mean": "direct",
+        "code_prior_components": None,
         "layer": "conv1",
         "history": {"train_elbo": [1.0]},
     }

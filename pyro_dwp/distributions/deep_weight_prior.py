@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ._kernel_prior import KernelPrior, chunked_iwae, frozen
+from .code_prior import GaussianMixtureCodePrior
 
 __all__ = ["DeepWeightPrior", "iwae_log_marginal"]
 
@@ -72,11 +73,12 @@ def iwae_log_marginal(
 class DeepWeightPrior(KernelPrior):
     r"""The deep weight prior over ``k x k`` kernels, :math:`p(w) = \int p(w \mid z) p(z) dz`.
 
-    :math:`p(z) = \mathcal{N}(0, I_{z\_dim})` and :math:`p(w \mid z)` is the diagonal Gaussian
-    given by a kernel VAE's decoder (Section 3.1 of *The Deep Weight Prior*, Atanov et al.,
-    2019). The event shape is ``(k, k)`` and the batch shape ``()``; use ``expand`` /
-    ``to_event`` (or :func:`pyro_dwp.priors.expand_to_param`) for a layer's ``(out, in, k, k)``
-    weight.
+    :math:`p(z) = \mathcal{N}(0, I_{z\_dim})` (the paper's; or a fitted
+    :class:`~pyro_dwp.distributions.code_prior.GaussianMixtureCodePrior`) and :math:`p(w \mid z)`
+    is the diagonal Gaussian given by a kernel VAE's decoder (Section 3.1 of *The Deep Weight
+    Prior*, Atanov et al., 2019). The event shape is ``(k, k)`` and the batch shape ``()``; use
+    ``expand`` / ``to_event`` (or :func:`pyro_dwp.priors.expand_to_param`) for a layer's
+    ``(out, in, k, k)`` weight.
 
     It is the :class:`~pyro_dwp.distributions.markov_chain_prior.MarkovChainPrior` with no
     transitions (``T = 0``); both build on the same base (the decoder, :meth:`latent`,
@@ -100,6 +102,8 @@ class DeepWeightPrior(KernelPrior):
             :class:`~pyro_dwp.models.kernel_vae.KernelDecoder`).
         encoder: Optional ``(..., k, k) -> (loc, scale)`` of :math:`q(z \mid w)`, each
             ``(..., z_dim)``; needed by :meth:`log_prob` only.
+        code_prior: :math:`p(z)` instead of :math:`\mathcal{N}(0, I)`, e.g. a mixture fitted to
+            the source kernels' codes (:func:`pyro_dwp.infer.code_prior.fit_code_prior`).
         num_samples: Importance samples ``K`` per kernel in :meth:`log_prob`.
         chunk_size: Importance samples evaluated at once in :meth:`log_prob`.
         sample_mean: If true, :meth:`sample` returns the decoder mean :math:`\mu(z)` instead of
@@ -112,6 +116,7 @@ class DeepWeightPrior(KernelPrior):
         decoder: nn.Module,
         encoder: nn.Module | None = None,
         *,
+        code_prior: GaussianMixtureCodePrior | None = None,
         num_samples: int = 100,
         chunk_size: int = 1024,
         sample_mean: bool = False,
@@ -125,6 +130,23 @@ class DeepWeightPrior(KernelPrior):
             validate_args=validate_args,
         )
         self.encoder = None if encoder is None else frozen(encoder)
+        if code_prior is not None and code_prior.z_dim != self.z_dim:
+            raise ValueError(
+                f"a code prior of dimension {code_prior.z_dim} for a decoder of z_dim {self.z_dim}"
+            )
+        self.code_prior = None if code_prior is None else frozen(code_prior)
+
+    def latent(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
+        """:math:`p(z)`: the code prior if there is one, else :math:`\\mathcal{N}(0, I)`; batch
+        shape ``batch_shape``, event ``(z_dim,)``."""
+        if self.code_prior is None:
+            return super().latent(batch_shape)
+        return self.code_prior.distribution(batch_shape)
+
+    def log_p_z(self) -> Callable[[Tensor], Tensor] | None:
+        """``z (..., z_dim) -> log p(z) (...)`` of the code prior, or ``None`` for
+        :math:`\\mathcal{N}(0, I)` (the argument ``log_p_z`` of :func:`iwae_log_marginal`)."""
+        return None if self.code_prior is None else self.code_prior.log_prob
 
     @classmethod
     def from_vae(
@@ -133,11 +155,13 @@ class DeepWeightPrior(KernelPrior):
         """The prior of a trained kernel VAE (:class:`~pyro_dwp.models.kernel_vae.KernelVAE`).
 
         Args:
-            vae: A module with ``decoder`` and ``encoder`` attributes as described above
-                (copied, so later training of ``vae`` does not change the prior).
+            vae: A module with ``decoder`` and ``encoder`` attributes as described above, and
+                optionally ``code_prior`` (copied, so later training of ``vae`` does not change
+                the prior).
             with_encoder: Keep the encoder too (for :meth:`log_prob`).
             **kwargs: Keyword arguments of :class:`DeepWeightPrior`.
         """
+        kwargs.setdefault("code_prior", getattr(vae, "code_prior", None))
         return cls(vae.decoder, vae.encoder if with_encoder else None, **kwargs)
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -164,6 +188,11 @@ class DeepWeightPrior(KernelPrior):
                 "which needs no encoder"
             )
         iwae, _ = iwae_log_marginal(
-            self.encoder, self.decoder, value, self.num_samples, chunk_size=self.chunk_size
+            self.encoder,
+            self.decoder,
+            value,
+            self.num_samples,
+            chunk_size=self.chunk_size,
+            log_p_z=self.log_p_z(),
         )
         return iwae

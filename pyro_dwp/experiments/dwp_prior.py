@@ -17,9 +17,16 @@ import torch
 from torch import Tensor
 
 from pyro_dwp.data import kernel_smoothness, select_kernels, split_kernels
+from pyro_dwp.infer.code_prior import fit_code_prior
 from pyro_dwp.infer.kernel_vae import fit_kernel_vae
 from pyro_dwp.io import add_device_argument, check_device, read_torch_file
-from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale, KernelVAE, save_kernel_vae
+from pyro_dwp.models.kernel_vae import (
+    DecoderMean,
+    DecoderScale,
+    KernelVAE,
+    load_kernel_vae,
+    save_kernel_vae,
+)
 
 __all__ = ["add_arguments", "evaluate_kernel_vae", "load_kernel_set", "run"]
 
@@ -82,6 +89,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "learned norm of at least the smallest training kernel's: no mode at the zero kernel) "
         "(default: direct)",
     )
+    p.add_argument(
+        "--code-prior-components",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="C",
+        help="after training, replace the code prior N(0, I) by a mixture of C diagonal Gaussians "
+        "fitted by EM to codes of the training kernels (the prior's mass then lies where the "
+        "source kernels' codes lie; see the ablation's section 13): one value for every layer or "
+        "one per --layers entry (default: N(0, I))",
+    )
+    p.add_argument(
+        "--from-vaes",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="do not train: take each layer's VAE from DIR/vae_<layer>.pt (e.g. a shipped prior's "
+        "folder) and only fit --code-prior-components and evaluate; give the options that made "
+        "it (--min-norm, --valid-fraction, --seed), so that the kernels split the same way",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--iwae-samples", type=int, default=100, help="K of the held-out IWAE bound")
@@ -93,7 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fit, save, evaluate and plot one kernel VAE per layer; return (and write) the report."""
     t0 = time.perf_counter()
-    floors = _check_args(args)
+    floors, components = _check_args(args)
     # Read every kernel set first, so that a missing one fails before any training.
     sets = {layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt") for layer in args.layers}
     out: Path = args.out
@@ -106,6 +133,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "augment": args.augment,
         "decoder_scale": args.decoder_scale,
         "decoder_mean": args.decoder_mean,
+        "code_prior_components": components,
+        "from_vaes": None if args.from_vaes is None else str(args.from_vaes),
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
@@ -124,8 +153,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _check_args(args: argparse.Namespace) -> dict[str, float]:
-    """Check the options; return the ``--min-norm`` floor of each layer of ``--layers``."""
+def _check_args(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, int] | None]:
+    """Check the options; return the ``--min-norm`` floor and the ``--code-prior-components``
+    (``None``: no code prior) of each layer of ``--layers``."""
     check_device(args.device)
     if args.iwae_samples < 1:
         raise ValueError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
@@ -135,15 +165,27 @@ def _check_args(args: argparse.Namespace) -> dict[str, float]:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     if (args.steps if args.epochs is None else args.epochs) < 1:
         raise ValueError("--steps and --epochs must be >= 1")
-    floors = args.min_norm or [0.0]
-    if len(floors) not in (1, len(args.layers)) or min(floors) < 0:
+    if args.from_vaes is not None and args.code_prior_components is None:
+        raise ValueError("--from-vaes only fits a code prior: give --code-prior-components too")
+    floors = _per_layer(args.layers, args.min_norm or [0.0], "--min-norm", 0)
+    if args.code_prior_components is None:
+        return floors, None
+    components = _per_layer(args.layers, args.code_prior_components, "--code-prior-components", 1)
+    return floors, components
+
+
+def _per_layer(layers: list[str], values: list, option: str, least: float) -> dict[str, Any]:
+    """``{layer: value}`` from one value for every layer or one per layer.
+
+    Raises:
+        ValueError: If the count is neither, or a value is below ``least``.
+    """
+    if len(values) not in (1, len(layers)) or min(values) < least:
         raise ValueError(
-            f"--min-norm takes one value >= 0 or one per layer of --layers {args.layers}, got "
-            f"{args.min_norm}"
+            f"{option} takes one value >= {least} or one per layer of --layers {layers}, got "
+            f"{values}"
         )
-    return dict(
-        zip(args.layers, floors * len(args.layers) if len(floors) == 1 else floors, strict=True)
-    )
+    return dict(zip(layers, values * len(layers) if len(values) == 1 else values, strict=True))
 
 
 def _fit_layer(
@@ -166,23 +208,35 @@ def _fit_layer(
     )
     if valid is not None and len(valid) == 0:  # too few kernels to hold any out
         train, valid = kernels, None
-    torch.manual_seed(args.seed)
-    vae = KernelVAE.for_kernel_size(
-        kernel_size, args.z_dim, args.decoder_scale, args.decoder_mean
-    ).to(args.device)
-    history = fit_kernel_vae(
-        vae,
-        train,
-        valid,
-        epochs=args.epochs,
-        steps=args.steps if args.epochs is None else None,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        augment=args.augment,
-        progress=not args.no_progress,
-    )
+    if args.from_vaes is None:
+        torch.manual_seed(args.seed)
+        vae = KernelVAE.for_kernel_size(
+            kernel_size, args.z_dim, args.decoder_scale, args.decoder_mean
+        ).to(args.device)
+        history = fit_kernel_vae(
+            vae,
+            train,
+            valid,
+            epochs=args.epochs,
+            steps=args.steps if args.epochs is None else None,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            augment=args.augment,
+            progress=not args.no_progress,
+        )
+    else:  # the file records how the VAE was trained, and that its code prior is new
+        vae, meta = _load_trained(args.from_vaes / f"vae_{layer}.pt", kernel_size)
+        history = meta["history"]
+        keep = ("code_prior_components", "from_vaes")
+        training = {**meta.get("training", {}), **{k: training[k] for k in keep}}
     vae.cpu().eval()
+    code_prior = None
+    if training["code_prior_components"] is not None:
+        components = training["code_prior_components"][layer]
+        mixture, log_likelihood = fit_code_prior(vae.encoder, train, components, seed=args.seed)
+        vae.set_code_prior(mixture)
+        code_prior = {"components": components, "codes_mean_log_likelihood": log_likelihood}
     bounds = evaluate_kernel_vae(vae, test, iwae_samples=args.iwae_samples)
     files = {"vae_file": f"vae_{layer}.pt", "samples_plot": f"samples_{layer}.png"}
     save_kernel_vae(
@@ -205,6 +259,7 @@ def _fit_layer(
         "hidden": vae.hidden,
         "decoder_scale": vae.decoder_scale,
         "decoder_mean": vae.decoder_mean,
+        "code_prior": code_prior,
         "n_train": len(train),
         "n_valid": 0 if valid is None else len(valid),
         "n_test": len(test),
@@ -216,6 +271,23 @@ def _fit_layer(
         "iwae_samples": args.iwae_samples,
         **files,
     }
+
+
+def _load_trained(path: Path, kernel_size: int) -> tuple[KernelVAE, dict[str, Any]]:
+    """The VAE of ``--from-vaes`` and its file's metadata (with its training ``history``).
+
+    Raises:
+        ValueError: If its kernel size is not the kernel set's, or the file has no history.
+    """
+    vae, meta = load_kernel_vae(path)
+    if vae.kernel_size != kernel_size:
+        raise ValueError(
+            f"--from-vaes: {path} is a VAE of {vae.kernel_size}x{vae.kernel_size} kernels, the "
+            f"kernel set's are {kernel_size}x{kernel_size}"
+        )
+    if not isinstance(meta.get("history"), dict):
+        raise ValueError(f"--from-vaes: {path} has no training history (not from dwp-prior)")
+    return vae, meta
 
 
 def load_kernel_set(path: Path) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
@@ -311,9 +383,7 @@ def evaluate_kernel_vae(vae: KernelVAE, kernels: Tensor, *, iwae_samples: int) -
     zero = torch.zeros(1, k, k, device=device)
     zero_iwae = vae.iwae_bound(zero, iwae_samples, chunk_size=50).item()
     std = kernels.std().item()
-    z = torch.randn(_SMOOTHNESS_SAMPLES, vae.z_dim, generator=torch.Generator().manual_seed(0)).to(
-        device
-    )
+    z = vae.sample_codes(_SMOOTHNESS_SAMPLES, torch.Generator().manual_seed(0))
     prior = vae.decode(z)
     samples = prior.sample()
     return {
@@ -351,8 +421,7 @@ def _plot_samples(path: Path, vae: KernelVAE, real: Tensor, layer: str) -> None:
     n = min(_PLOT_KERNELS, len(real))
     real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n]]
     reconstructions = vae.decoder(vae.encoder(real)[0])[0]
-    z = torch.randn(n, vae.z_dim, generator=torch.Generator().manual_seed(0))
-    fake = vae.decode(z).sample()
+    fake = vae.decode(vae.sample_codes(n, torch.Generator().manual_seed(0))).sample()
     vmax = real.abs().quantile(0.99).item() or 1.0
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)

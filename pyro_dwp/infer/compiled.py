@@ -90,16 +90,18 @@ class _WeightSite:
 
 @dataclass(frozen=True)
 class _CodeSite:
-    """A deep-weight-prior site ``name`` rewritten into ``z ~ N(0, I)``, ``w ~ p(w | z)``.
+    """A deep-weight-prior site ``name`` rewritten into ``z ~ p(z)``, ``w ~ p(w | z)``.
 
     ``reverse`` maps kernels ``(..., k, k)`` to ``(loc, scale)`` of the guide's
     ``r(z | w)``, each ``(..., z_dim)``; ``decoder`` maps codes to ``(loc, scale)`` of the
-    prior's ``p(w | z)``, each ``(..., k, k)``.
+    prior's ``p(w | z)``, each ``(..., k, k)``; ``log_p_z`` maps codes ``(..., z_dim)`` to
+    ``log p(z)`` ``(...)``, ``None`` for ``N(0, I)`` (computed inline).
     """
 
     name: str
     reverse: _Moments
     decoder: _Moments
+    log_p_z: Callable[[Tensor], Tensor] | None = None
 
 
 class CompiledSVI:
@@ -208,7 +210,10 @@ class CompiledSVI:
             n = eps.numel() * _HALF_LOG_2PI
             flat, zs = eps.reshape(-1), z.reshape(-1)
             log_r = (flat.dot(flat) * 0.5 + n + scale.log().sum()).neg()
-            log_p_z = (zs.dot(zs) * 0.5 + n).neg()
+            if code.log_p_z is None:
+                log_p_z = (zs.dot(zs) * 0.5 + n).neg()
+            else:
+                log_p_z = code.log_p_z(z).sum()
             w_loc, w_scale = code.decoder(z)
             log_p_w = dist.Normal(w_loc, w_scale, validate_args=False).log_prob(w).sum()
             kl = kl + (log_r - log_p_z - log_p_w)
@@ -682,10 +687,10 @@ def _build(
             prior = move_distribution(model.priors[n], device)
             log_prior, key = _log_prior(n, prior), _prior_key(prior)
         sites.append(_WeightSite(n, locs[n], raws[n], scale, log_prior, kl, key))
-    code_sites = [
-        _CodeSite(name=n, reverse=f, decoder=move_distribution(model.priors[n], device).decoder)
-        for n, f in reverse.items()  # the reverse-model guide's order: Pyro's order
-    ]
+    code_sites = []
+    for n, f in reverse.items():  # the reverse-model guide's order: Pyro's order
+        prior = move_distribution(model.priors[n], device)
+        code_sites.append(_CodeSite(n, f, prior.decoder, prior.log_p_z()))
     for site in sites:
         if site.loc.shape != guide_trace.nodes[site.name]["value"].shape:
             raise NotCompilableError(f"particle dimensions at site {site.name!r}")

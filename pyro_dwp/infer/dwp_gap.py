@@ -25,6 +25,7 @@ def kernel_bound_terms(
     num_samples: int,
     *,
     chunk_size: int = 65_536,
+    log_p_z: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Per kernel, the IWAE estimate of :math:`\log p(w)` and the auxiliary term, jointly.
 
@@ -47,6 +48,9 @@ def kernel_bound_terms(
         w: Kernels ``(..., k, k)``.
         num_samples: ``K`` (>= 1).
         chunk_size: Decoder evaluations (samples x kernels) per chunk, to bound memory.
+        log_p_z: ``z (..., z_dim) -> log p(z) (...)`` of the prior's code prior, ``None`` for
+            :math:`\mathcal{N}(0, I)` (:meth:`DeepWeightPrior.log_p_z
+            <pyro_dwp.distributions.DeepWeightPrior.log_p_z>`).
 
     Returns:
         ``(iwae, aux)``, each of shape ``(...)``.
@@ -54,7 +58,9 @@ def kernel_bound_terms(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     per_chunk = max(1, chunk_size // max(1, math.prod(w.shape[:-2])))
-    return iwae_log_marginal(encoder, decoder, w, num_samples, chunk_size=per_chunk)
+    return iwae_log_marginal(
+        encoder, decoder, w, num_samples, chunk_size=per_chunk, log_p_z=log_p_z
+    )
 
 
 @torch.no_grad()
@@ -110,7 +116,12 @@ def dwp_bound_gap(
             proposals["_frozen"] = prior.encoder
         return {
             suffix: kernel_bound_terms(
-                proposal, prior.decoder, w, num_samples, chunk_size=chunk_size
+                proposal,
+                prior.decoder,
+                w,
+                num_samples,
+                chunk_size=chunk_size,
+                log_p_z=prior.log_p_z(),
             )
             for suffix, proposal in proposals.items()
         }

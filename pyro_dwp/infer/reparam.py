@@ -103,7 +103,8 @@ class DeepWeightPriorReparam(KernelPriorReparam[DeepWeightPrior]):
     def _code(
         self, name: str, prior: DeepWeightPrior, batch_shape: torch.Size, extra_event_dims: int
     ) -> Tensor:
-        """The code site :func:`latent_site_name` ``(name)``, ``z ~ N(0, I)``."""
+        """The code site :func:`latent_site_name` ``(name)``, ``z ~ p(z)`` (the prior's
+        :meth:`~pyro_dwp.distributions.DeepWeightPrior.latent`)."""
         return pyro.sample(
             latent_site_name(name), prior.latent(batch_shape).to_event(extra_event_dims)
         )
