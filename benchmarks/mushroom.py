@@ -9,7 +9,20 @@ seed's regret, the paper's values, the command, date and hardware.
 
 ``--steps`` below 50,000 runs a shortened protocol; the table then says so in its title.
 
-Example (one GPU)::
+``--engine lockstep`` runs every agent on every seed in this one process as one batched network,
+a bandit step captured as a CUDA graph on ``--device cuda``
+(:mod:`pyro_dwp.experiments.bandit_lockstep`), into ``--work-dir/lockstep``; the fastest way to
+the paper's protocol on one GPU::
+
+    python benchmarks/mushroom.py --preset paper --engine lockstep --device cuda --seeds 0 1
+
+``--compare-capture`` instead times ``--steps`` lockstep steps eager and captured (CUDA) from the
+same start, prints the milliseconds per bandit step of each and whether they agree, and writes
+nothing::
+
+    python benchmarks/mushroom.py --compare-capture --device cuda --steps 500
+
+Example (one GPU, one agent object each)::
 
     python benchmarks/mushroom.py --device cuda --seeds 0 1
 
@@ -27,6 +40,7 @@ import datetime
 import json
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +49,9 @@ from typing import Any
 import torch
 from devices import run_processes, visible_gpus
 
+from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.experiments import mushroom
+from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
 from pyro_dwp.experiments.mushroom import PAPER_REGRET, PRESETS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -46,16 +62,29 @@ def build_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=PAPER_STEPS, help="shorten the protocol")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="pyro-dwp mushroom --preset (default: paper)",
+    )
+    p.add_argument("--steps", type=int, help="shorten the protocol (default: the preset's)")
     p.add_argument("--data-dir", type=Path, help="folder with mushroom/ (else PYRO_DWP_DATA)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/mushroom_benchmark"))
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--engine",
-        choices=["pyro", "compiled"],
+        choices=["pyro", "compiled", "lockstep"],
         default="compiled",
-        help="the BBB agent's SVI steps (pyro-dwp mushroom --engine; default: compiled)",
+        help="pyro-dwp mushroom --engine (default: compiled); lockstep runs all seeds in this "
+        "process",
+    )
+    p.add_argument(
+        "--compare-capture",
+        action="store_true",
+        help="time --steps lockstep steps eager and captured (--device cuda) and check that "
+        "they agree; writes nothing",
     )
     p.add_argument(
         "--workers", type=int, default=None, help="seeds at a time (default: the visible GPUs)"
@@ -64,10 +93,14 @@ def build_args_parser() -> argparse.ArgumentParser:
 
 
 def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
-    """The ``pyro-dwp mushroom --preset paper`` command line of one seed, into
+    """The ``pyro-dwp mushroom --preset <preset>`` command line of one seed, into
     ``--work-dir/seed<S>``."""
     out = args.work_dir / f"seed{seed}"
-    argv = ["--preset", "paper", "--out", str(out), "--seed", str(seed)]
+    return [*_common_argv(args, out), "--seed", str(seed)]
+
+
+def _common_argv(args: argparse.Namespace, out: Path) -> list[str]:
+    argv = ["--preset", args.preset, "--out", str(out)]
     argv += ["--steps", str(args.steps), "--device", args.device, "--resume"]
     argv += ["--engine", args.engine]
     if args.data_dir is not None:
@@ -78,8 +111,15 @@ def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
 
 
 def run_seeds(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Each seed's final cumulative regret per agent: in this process, one seed after the other
+    """Each seed's final cumulative regret per agent: all in one lockstep run (``--engine
+    lockstep``, into ``--work-dir/lockstep``), or in this process, one seed after the other
     (``workers`` 1), or as processes over the visible GPUs."""
+    if args.engine == "lockstep":
+        parser = argparse.ArgumentParser(prog="pyro-dwp mushroom")
+        mushroom.add_arguments(parser)
+        argv = _common_argv(args, args.work_dir / "lockstep")
+        argv += ["--seeds", *map(str, args.seeds)]
+        return mushroom.run(parser.parse_args(argv))["per_seed"]
     gpus = visible_gpus(args.device)
     workers = args.workers if args.workers is not None else max(1, gpus)
     if workers == 1:
@@ -112,21 +152,64 @@ def table(result: dict[str, Any]) -> str:
         f"{result['minutes']:.1f} minutes.",
         f"Command: `{result['command']}`",
         "",
-        "| agent | mean regret | per seed | paper at 50,000 steps (approx.) |",
-        "|---|---:|---|---:|",
+        "| agent | mean regret | per seed | std over seeds | paper at 50,000 steps (approx.) |",
+        "|---|---:|---|---:|---:|",
     ]
     for name, mean in result["regret"].items():
         per_seed = ", ".join(f"{r[name]:,.0f}" for r in result["per_seed"].values())
         paper = PAPER_REGRET.get(name)
         paper_text = f"{paper:,}" if paper is not None else "-"
-        lines.append(f"| {name} | {mean:,.0f} | {per_seed} | {paper_text} |")
+        std = result["spread"][name]["std"]
+        lines.append(f"| {name} | {mean:,.0f} | {per_seed} | {std:,.0f} | {paper_text} |")
     return "\n".join(lines) + "\n"
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """``{"min", "max", "std"}`` of the seeds' values (the sample std; 0 for one seed)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"min": min(values), "max": max(values), "std": std}
+
+
+def compare_capture(args: argparse.Namespace) -> dict[str, Any]:
+    """Time ``--steps`` lockstep steps (4 agents x ``--seeds``, the preset's minibatches) eager
+    and captured from the same start; print and return ms per step and their agreement."""
+    if args.device != "cuda" or not torch.cuda.is_available():
+        raise ValueError("--compare-capture needs --device cuda and a CUDA device")
+    contexts, edible = load_mushroom(args.data_dir)
+    agents = ["bbb", "greedy", "eps0.01", "eps0.05"]
+    runs: dict[bool, dict[str, Any]] = {}
+    report: dict[str, Any] = {"steps": args.steps, "members": len(agents) * len(args.seeds)}
+    for capture in (False, True):
+        runner = LockstepBandit(
+            contexts, edible, agents=agents, seeds=args.seeds, device="cuda", capture=capture,
+            num_batches=PRESETS[args.preset]["num_batches"], rng_seed=args.seeds[0],
+        )  # fmt: skip
+        runner.step()  # the capture (or the first kernels' set-up), not timed
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.steps - 1):
+            runner.step()
+        torch.cuda.synchronize()
+        ms = 1000 * (time.perf_counter() - t0) / max(1, args.steps - 1)
+        report[f"{'captured' if capture else 'eager'}_ms_per_step"] = ms
+        runs[capture] = runner.state_dict()
+    eager, captured = runs[False], runs[True]
+    report["same_buffers"] = bool(eager["buffer_y"].equal(captured["buffer_y"]))
+    report["regret_eager"] = eager["regret"].tolist()
+    report["regret_captured"] = captured["regret"].tolist()
+    report["max_param_difference"] = float((eager["params"] - captured["params"]).abs().max())
+    print(json.dumps(report, indent=2))
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_args_parser().parse_args(argv)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.steps is None:
+        args.steps = PRESETS[args.preset]["steps"]
+    if args.compare_capture:
+        return compare_capture(args)
     t0 = time.perf_counter()
     per_seed = run_seeds(args)
     agents = list(next(iter(per_seed.values())))
@@ -136,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "regret": {a: sum(r[a] for r in per_seed.values()) / len(per_seed) for a in agents},
         "seeds": args.seeds,
         "per_seed": per_seed,
+        "spread": {a: spread([r[a] for r in per_seed.values()]) for a in agents},
+        "engine": args.engine,
         "paper": PAPER_REGRET,
         "device": f"{args.device} ({device or platform.machine()})",
         "date": datetime.date.today().isoformat(),

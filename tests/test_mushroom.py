@@ -312,3 +312,54 @@ def test_the_job_resumes_a_pyro_run_on_the_compiled_engine(tmp_path: Path, data_
     assert _job(tmp_path, data_dir, "--steps", "40", "--resume", "--engine", "compiled") == 0
     regret = json.loads((tmp_path / "regret.json").read_text())
     assert regret["steps"] == 40 and set(regret["regret"]) == {"bbb", "greedy", "eps0.05"}
+
+
+def test_the_lockstep_job_resumes_as_an_uninterrupted_run(tmp_path: Path, data_dir: Path):
+    lockstep = ("--engine", "lockstep")
+    assert _job(tmp_path / "a", data_dir, *lockstep, "--steps", "200") == 0
+    assert _job(tmp_path / "b", data_dir, *lockstep, "--steps", "130") == 0
+    assert _job(tmp_path / "b", data_dir, *lockstep, "--steps", "200", "--resume") == 0
+    (ra, sa), (rb, sb) = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    assert ra["regret"] == rb["regret"] and ra["curves"] == rb["curves"]
+    assert len(ra["curves"]["bbb"]) == 2 and ra["seed"] == 0 and ra["seeds"] == [0]
+    for key in ("params", "buffer_y", "regret", "adam_v"):
+        assert sa["runner"][key].equal(sb["runner"][key])
+    assert "| bbb |" in (tmp_path / "a" / "regret.md").read_text()
+
+
+def test_the_lockstep_job_runs_several_seeds_in_one_process(tmp_path: Path, data_dir: Path):
+    argv = ("--engine", "lockstep", "--steps", "100", "--seeds", "0", "3")
+    assert _job(tmp_path, data_dir, *argv) == 0
+    result = json.loads((tmp_path / "regret.json").read_text())
+    assert result["seeds"] == [0, 3] and "seed" not in result
+    assert result["per_seed"].keys() == {"0", "3"}
+    for agent in ("bbb", "greedy", "eps0.05"):
+        per_seed = [result["per_seed"][s][agent] for s in ("0", "3")]
+        assert result["regret"][agent] == sum(per_seed) / 2
+        curves = [result["per_seed_curves"][s][agent][-1] for s in ("0", "3")]
+        assert curves == per_seed and result["curves"][agent] == [sum(per_seed) / 2]
+    assert result["settings"]["seeds"] == [0, 3] and "seed" not in result["settings"]
+    assert "mean over seeds 0, 3" in (tmp_path / "regret.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--seeds", "0", "1"), "--seeds with several seeds needs --engine lockstep"),
+        (("--seeds", "2", "2", "--engine", "lockstep"), "--seeds names a seed twice"),
+        (("--engine", "lockstep", "--learn-noise"), "--learn-noise is not supported by"),
+    ],
+)
+def test_lockstep_options_are_checked(tmp_path: Path, data_dir: Path, capsys, extra, message):
+    assert _job(tmp_path, data_dir, "--steps", "20", *extra) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_the_engines_refuse_each_others_checkpoints(tmp_path: Path, data_dir: Path, capsys):
+    assert _job(tmp_path / "pyro", data_dir, "--steps", "20") == 0
+    argv = ("--steps", "40", "--resume", "--engine", "lockstep")
+    assert _job(tmp_path / "pyro", data_dir, *argv) == 1
+    assert "was written by --engine pyro or compiled" in capsys.readouterr().err
+    assert _job(tmp_path / "lockstep", data_dir, "--steps", "20", "--engine", "lockstep") == 0
+    assert _job(tmp_path / "lockstep", data_dir, "--steps", "40", "--resume") == 1
+    assert "was written by --engine lockstep" in capsys.readouterr().err

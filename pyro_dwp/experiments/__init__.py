@@ -4,5 +4,6 @@ guides, ELBOs), training runs, evaluation, tables and figures. The command-line 
 
 One module per experiment (``regression``, ``mnist``, ``prune``, ``mushroom``, ``dwp_source``,
 ``dwp_prior``, ``dwp_classify``, ``dwp_gap``, ``dwp_pipeline``), plus ``dwp_bnn`` (the DWP
-ConvNet's model, guide and ELBO per prior) and ``bandits`` (the contextual-bandit agents).
+ConvNet's model, guide and ELBO per prior), ``bandits`` (the contextual-bandit agents) and
+``bandit_lockstep`` (those agents over several seeds as one batched network, a step a CUDA graph).
 """

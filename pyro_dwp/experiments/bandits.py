@@ -23,6 +23,7 @@ environment, buffers and agents capture it, so a run can be checkpointed and res
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import pyro
@@ -48,6 +49,7 @@ __all__ = [
     "RegretLog",
     "ReplayBuffer",
     "ThompsonBBBAgent",
+    "agent_seed",
     "bandit_net",
     "expected_reward",
     "network_inputs",
@@ -253,6 +255,12 @@ def _both_actions(context: Tensor) -> Tensor:
     return network_inputs(context.expand(NUM_ACTIONS, -1), actions)
 
 
+def agent_seed(name: str, seed: int) -> int:
+    """The seed of agent ``name`` on the run of seed ``seed``: derived from both, so that an
+    agent's run does not depend on which others run beside it."""
+    return seed * 1000 + zlib.crc32(name.encode()) % 1000
+
+
 def bandit_net(context_dim: int, hidden: tuple[int, ...] = (100, 100)) -> nn.Sequential:
     """The paper's value network, ``(B, context_dim + 2) -> (B, 1)``, ReLU hidden layers."""
     return mlp(context_dim + NUM_ACTIONS, hidden, 1)
@@ -310,11 +318,14 @@ class GreedyAgent:
         """Store the interaction, then take ``num_batches`` Adam steps on the buffer."""
         self.buffer.add(context, action, received)
         for _ in range(self.num_batches):
-            x, y = self.buffer.sample(self.batch_size)
-            loss = nn.functional.mse_loss(self.net(x), y)
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optim.step()
+            self.train_step(*self.buffer.sample(self.batch_size))
+
+    def train_step(self, x: Tensor, y: Tensor) -> None:
+        """One Adam step on the squared error of the minibatch ``(x (B, D + 2), y (B, 1))``."""
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {

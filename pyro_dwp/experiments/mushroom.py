@@ -11,7 +11,6 @@ import argparse
 import math
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,16 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_dwp.data.mushroom import load_mushroom
-from pyro_dwp.experiments.bandits import GreedyAgent, MushroomBandit, RegretLog, ThompsonBBBAgent
+from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
+from pyro_dwp.experiments.bandits import (
+    GreedyAgent,
+    MushroomBandit,
+    RegretLog,
+    ThompsonBBBAgent,
+    agent_seed,
+)
 from pyro_dwp.experiments.regression import sigma_from_neg_log
-from pyro_dwp.infer import Checkpoint
+from pyro_dwp.infer import Checkpoint, CheckpointError
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -108,15 +114,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="learn the BBB noise std as a point estimate instead (starts at --noise)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the stream and the agents")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="several seeds in one run, each agent on each seed's stream (more than one needs "
+        "--engine lockstep; replaces --seed); regret.json then holds the mean over the seeds "
+        "and each seed's regrets",
+    )
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     add_device_argument(p)
     p.add_argument(
         "--engine",
-        choices=["pyro", "compiled"],
+        choices=["pyro", "compiled", "lockstep"],
         default="pyro",
-        help="the BBB agent's SVI steps: Pyro's SVI, or the same steps compiled to plain "
-        "PyTorch (pyro_dwp.infer.compiled; equal to float rounding; not a run setting, so a run "
-        "resumes under either) (default: pyro)",
+        help="pyro: one agent object each, the BBB agent's SVI steps by Pyro's SVI; compiled: "
+        "the same steps compiled to plain PyTorch (pyro_dwp.infer.compiled; equal to float "
+        "rounding; a run resumes under either of the two); lockstep: every agent and seed as one "
+        "batched network, a step captured as a CUDA graph on --device cuda "
+        "(pyro_dwp.experiments.bandit_lockstep: the same losses and updates, its own random "
+        "draws; its checkpoints resume under lockstep only) (default: pyro)",
     )
     p.add_argument(
         "--threads",
@@ -149,13 +166,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             setattr(args, flag, PRESETS[args.preset][flag])
     _check_args(args)
     out: Path = prepare_out(args.out)
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    # the seeds as settings: --seed alone as before (so older runs resume), else --seeds
+    dropped = ("seeds",) if args.seeds is None else ("seed",)
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS + dropped}
     contexts, edible = load_mushroom(args.data_dir)
     device = torch.device(args.device)
-    env = MushroomBandit(contexts.to(device), edible.to(device), seed=args.seed)
-    pyro.set_rng_seed(args.seed)
-    agents = {name: _make_agent(name, args, env.context_dim, device) for name in args.agents}
-    logs = {name: RegretLog(_RECORD_EVERY) for name in args.agents}
     checkpoint = Checkpoint(
         out / "checkpoint.pt",
         device=device,
@@ -163,6 +178,31 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     )
     # the settings as options, so that a refused checkpoint names them: "--lr: 0.001 -> 0.01"
     fingerprint = {f"--{k.replace('_', '-')}": v for k, v in settings.items()}
+    if args.engine == "lockstep":
+        result = _run_lockstep(args, contexts, edible, checkpoint, fingerprint)
+    else:
+        result = _run_agents(args, contexts, edible, checkpoint, fingerprint)
+    result = {**result, "seconds": time.perf_counter() - t0, "settings": settings}
+    write_json(out / "regret.json", result)
+    (out / "regret.md").write_text(_table(result, args.preset))
+    _plot(out / "regret.png", result)
+    return {k: v for k, v in result.items() if "curves" not in k}
+
+
+def _run_agents(
+    args: argparse.Namespace,
+    contexts: torch.Tensor,
+    edible: torch.Tensor,
+    checkpoint: Checkpoint,
+    fingerprint: dict[str, Any],
+) -> dict[str, Any]:
+    """The pyro and compiled engines: one agent object each, on one seed; the regrets."""
+    seed = args.seed if args.seeds is None else args.seeds[0]  # one seed here (_check_args)
+    device = torch.device(args.device)
+    env = MushroomBandit(contexts.to(device), edible.to(device), seed=seed)
+    pyro.set_rng_seed(seed)
+    agents = {name: _make_agent(name, seed, args, env.context_dim, device) for name in args.agents}
+    logs = {name: RegretLog(_RECORD_EVERY) for name in args.agents}
     start = 0
     if args.resume and checkpoint.exists():
         start = _restore(checkpoint, fingerprint, env, agents, logs)
@@ -195,19 +235,118 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 agents={n: a.state_dict() for n, a in agents.items()},
                 regret={n: log.state_dict() for n, log in logs.items()},
             )
-    result = {
+    return {
         "steps": args.steps,
-        "seed": args.seed,
+        "seed": seed,
         "regret": {n: log.total for n, log in logs.items()},
         "every": _RECORD_EVERY,
         "curves": {n: log.curve for n, log in logs.items()},
-        "seconds": time.perf_counter() - t0,
-        "settings": settings,
     }
-    write_json(out / "regret.json", result)
-    (out / "regret.md").write_text(_table(result, args.preset))
-    _plot(out / "regret.png", result)
-    return {k: v for k, v in result.items() if k != "curves"}
+
+
+def _run_lockstep(
+    args: argparse.Namespace,
+    contexts: torch.Tensor,
+    edible: torch.Tensor,
+    checkpoint: Checkpoint,
+    fingerprint: dict[str, Any],
+) -> dict[str, Any]:
+    """The lockstep engine: every agent on every seed as one batched network; the regrets (the
+    mean over the seeds, and each seed's)."""
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    runner = LockstepBandit(
+        contexts,
+        edible,
+        agents=args.agents,
+        seeds=seeds,
+        hidden=tuple(args.hidden),
+        buffer_size=args.buffer_size,
+        batch_size=args.batch_size,
+        num_batches=args.num_batches,
+        num_particles=args.particles,
+        lr=args.lr,
+        pi=args.pi,
+        sigma1=sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
+        sigma2=sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
+        init_scale=args.init_scale,
+        noise=args.noise,
+        device=args.device,
+        stream_chunk=_RECORD_EVERY,
+        rng_seed=seeds[0],
+    )
+    # curves[seed][agent]: the cumulative regret every _RECORD_EVERY steps
+    curves: dict[str, dict[str, list[float]]] = {
+        str(s): {a: [] for a in args.agents} for s in seeds
+    }
+    start = 0
+    if args.resume and checkpoint.exists():
+        state = checkpoint.load(fingerprint)
+        if state.get("engine") != "lockstep":
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} was written by --engine pyro or compiled, whose "
+                f"agents lockstep cannot take over: resume it under one of those, or "
+                f"{checkpoint.remedy}"
+            )
+        runner.load_state_dict(state["runner"])
+        curves, start = state["curves"], state["epoch"]
+        if not args.no_progress:
+            tqdm.write(
+                f"resumed at step {start} of {args.steps} from {checkpoint.path}", file=sys.stderr
+            )
+    totals: dict[str, dict[str, float]] = _member_totals(runner)
+    bar = progress_bar(
+        range(start, args.steps),
+        desc="steps",
+        disable=args.no_progress,
+        initial=start,
+        total=args.steps,
+    )
+    for step in bar:
+        runner.step()
+        done = step + 1
+        if done % _RECORD_EVERY == 0:
+            totals = _member_totals(runner)  # the only host sync
+            for seed, by_agent in totals.items():
+                for agent, total in by_agent.items():
+                    curves[seed][agent].append(total)
+        if done % args.checkpoint_every == 0 or done == args.steps:
+            totals = _member_totals(runner)
+            mean = _mean_over_seeds(totals)
+            bar.set_postfix({n: f"{r:.0f}" for n, r in mean.items()}, refresh=False)
+            checkpoint.save(
+                done, fingerprint, engine="lockstep", runner=runner.state_dict(), curves=curves
+            )
+    mean_curves = {
+        a: [sum(c[a][i] for c in curves.values()) / len(seeds) for i in range(len(c0))]
+        for a, c0 in next(iter(curves.values())).items()
+    }
+    result: dict[str, Any] = {"steps": args.steps}
+    if args.seeds is None:
+        result["seed"] = args.seed
+    result |= {
+        "seeds": seeds,
+        "regret": _mean_over_seeds(totals),
+        "per_seed": totals,
+        "every": _RECORD_EVERY,
+        "curves": mean_curves,
+        "per_seed_curves": curves,
+    }
+    return result
+
+
+def _member_totals(runner: LockstepBandit) -> dict[str, dict[str, float]]:
+    """``{seed: {agent: cumulative regret}}`` of a lockstep run (reads the device)."""
+    regret = runner.regret().tolist()
+    totals: dict[str, dict[str, float]] = {str(s): {} for s in runner.seeds}
+    for (agent, seed), total in zip(runner.members, regret, strict=True):
+        totals[str(seed)][agent] = total
+    return totals
+
+
+def _mean_over_seeds(totals: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{agent: mean over the seeds}`` of ``{seed: {agent: value}}``."""
+    agents = next(iter(totals.values()))
+    return {a: sum(t[a] for t in totals.values()) / len(totals) for a in agents}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -219,6 +358,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if len(set(args.agents)) != len(args.agents):
         raise ValueError(f"--agents names an agent twice: {args.agents}")
+    if args.seeds is not None:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ValueError(f"--seeds names a seed twice: {args.seeds}")
+        if len(args.seeds) > 1 and args.engine != "lockstep":
+            raise ValueError(
+                f"--seeds with several seeds needs --engine lockstep, got --engine {args.engine}: "
+                "run one seed at a time (--seed) under it"
+            )
+    if args.engine == "lockstep" and args.learn_noise:
+        raise ValueError("--learn-noise is not supported by --engine lockstep (fixed noise only)")
     if not (args.lr > 0 and args.init_scale > 0 and args.noise > 0 and 0 < args.pi < 1):
         raise ValueError(
             f"--lr, --init-scale and --noise must be > 0 and --pi in (0, 1), got {args.lr}, "
@@ -227,12 +376,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _make_agent(
-    name: str, args: argparse.Namespace, context_dim: int, device: torch.device
+    name: str, seed: int, args: argparse.Namespace, context_dim: int, device: torch.device
 ) -> GreedyAgent | ThompsonBBBAgent:
-    """The agent ``name``, its seed derived from ``--seed`` and its name (so an agent's run does
-    not depend on which others run beside it)."""
+    """The agent ``name`` on the run of ``seed``, its own seed derived from both
+    (:func:`~pyro_dwp.experiments.bandits.agent_seed`)."""
     common: dict[str, Any] = {
-        "seed": args.seed * 1000 + zlib.crc32(name.encode()) % 1000,
+        "seed": agent_seed(name, seed),
         "hidden": tuple(args.hidden),
         "buffer_size": args.buffer_size,
         "batch_size": args.batch_size,
@@ -272,6 +421,11 @@ def _restore(
             other settings (naming each, old -> new).
     """
     state = checkpoint.load(fingerprint)
+    if state.get("engine") == "lockstep":
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} was written by --engine lockstep: resume it under "
+            f"--engine lockstep, or {checkpoint.remedy}"
+        )
     env.load_state_dict(state["env"])
     for name, agent in agents.items():
         agent.load_state_dict(state["agents"][name])
@@ -283,17 +437,27 @@ def _restore(
 def _table(result: dict[str, Any], preset: str) -> str:
     """The markdown table of the cumulative regrets at the last step."""
     steps = result["steps"]
+    seeds = result.get("seeds", [result.get("seed")])
+    several = len(seeds) > 1
+    which = f"mean over seeds {', '.join(map(str, seeds))}" if several else f"seed {seeds[0]}"
     lines = [
-        f"# Mushroom bandit: cumulative regret at {steps:,} steps (seed {result['seed']}, "
+        f"# Mushroom bandit: cumulative regret at {steps:,} steps ({which}, "
         f"{preset} preset{'' if steps == 50_000 else ', not the paper protocol'})",
         "",
-        "| agent | cumulative regret | regret per 1,000 steps | paper at 50,000 steps (approx.) |",
-        "|---|---:|---:|---:|",
+        "| agent | cumulative regret | regret per 1,000 steps | "
+        + ("per seed | " if several else "")
+        + "paper at 50,000 steps (approx.) |",
+        "|---|---:|---:|" + ("---|" if several else "") + "---:|",
     ]
     for name, total in result["regret"].items():
         paper = PAPER_REGRET.get(name)
         paper_text = f"{paper:,}" if paper is not None else "-"
-        lines.append(f"| {name} | {total:,.0f} | {1000 * total / steps:,.0f} | {paper_text} |")
+        per_seed = ""
+        if several:
+            per_seed = ", ".join(f"{r[name]:,.0f}" for r in result["per_seed"].values()) + " | "
+        lines.append(
+            f"| {name} | {total:,.0f} | {1000 * total / steps:,.0f} | {per_seed}{paper_text} |"
+        )
     lines += ["", "A uniformly random agent loses about 4,900 per 1,000 steps."]
     return "\n".join(lines) + "\n"
 

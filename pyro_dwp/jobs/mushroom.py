@@ -14,6 +14,13 @@ every 100 steps and at the end), ``regret.md`` (the table at the last step, besi
 values at 50,000 steps), ``regret.png`` (cumulative regret against steps, log scale, as the
 paper's Figure 5) and ``checkpoint.pt`` (every ``--checkpoint-every`` steps and at the end).
 
+Engines (``--engine``): ``pyro`` (the default) and ``compiled`` run one agent object each;
+``lockstep`` runs every agent on every seed as one batched network, a bandit step captured as a
+CUDA graph on ``--device cuda`` (:mod:`pyro_dwp.experiments.bandit_lockstep`: the same losses
+and updates, its own random draws). ``--seeds S [S ...]`` runs several seeds in one lockstep
+run; ``regret.json`` then holds the mean over the seeds (``regret``, ``curves``) and each seed's
+(``per_seed``, ``per_seed_curves``).
+
 Resume: explicit. ``--resume`` continues the run in ``--out`` from its ``checkpoint.pt`` (up to
 ``--steps``, which may differ) and gives the same result as an uninterrupted run; other settings
 are refused. Without ``--resume`` the run starts afresh.

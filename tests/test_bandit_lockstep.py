@@ -1,0 +1,285 @@
+"""The lockstep Mushroom-bandit engine: each member optimises its reference agent's loss with its
+Adam update, members are independent, the bookkeeping is the bandit's, learning beats chance,
+resume is exact, bad options are refused, and (on CUDA) the captured step equals the eager one."""
+
+from __future__ import annotations
+
+import io
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_dwp.experiments.bandit_lockstep import LockstepBandit, agent_epsilon
+from pyro_dwp.experiments.bandits import (
+    GreedyAgent,
+    MushroomBandit,
+    ThompsonBBBAgent,
+    agent_seed,
+    network_inputs,
+)
+
+SMALL = {"hidden": (8,), "buffer_size": 16, "batch_size": 4, "num_batches": 2, "lr": 1e-2}
+
+
+def synthetic_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """40 mushrooms of 6 distinct one-hot contexts, each edible or not at random."""
+    g = torch.Generator().manual_seed(3)
+    contexts = torch.nn.functional.one_hot(torch.randint(6, (40,), generator=g), 6).float()
+    return contexts, torch.rand(40, generator=g) < 0.5
+
+
+def runner(agents=("bbb", "greedy"), seeds=(0, 1), **kwargs) -> LockstepBandit:
+    contexts, edible = synthetic_data()
+    return LockstepBandit(contexts, edible, agents=agents, seeds=seeds, **{**SMALL, **kwargs})
+
+
+def draws(r: LockstepBandit, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minibatch rows among the stored interactions and weight noise for one update."""
+    g = torch.Generator().manual_seed(seed)
+    size = max(1, min(r.steps, r.buffer_size))
+    rows = torch.randint(size, (len(r.members), r.batch_size), generator=g)
+    eps = torch.randn(r.num_bbb, r.num_particles, r.num_weights, generator=g)
+    return rows, eps
+
+
+@pytest.mark.parametrize("steps", [3, 20], ids=["buffer_below_batch", "buffer_full"])
+def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(steps, one_thread):
+    # the member (bbb, seed 1) of a runner beside other members; its reference agent starts from
+    # the same weights; the data term's scale max(N, B) / B is 1 (N = 3 < B = 4), then 16 / 4
+    r = runner(agents=("greedy", "bbb"), seeds=(0, 1))
+    for _ in range(steps):
+        r.step()
+    member = r.members.index(("bbb", 1))
+    pyro.clear_param_store()
+    agent = ThompsonBBBAgent(6, seed=agent_seed("bbb", 1), num_particles=2, **SMALL)
+    agent.likelihood.dataset_size = min(steps, r.buffer_size)
+    store = dict(pyro.get_param_store().named_parameters())
+    fresh = runner(agents=("greedy", "bbb"), seeds=(0, 1))
+    for name, value in fresh.named_parameters(member).items():
+        kind, site = name.split(".", 1)
+        if kind == "loc":
+            assert torch.equal(value, agent.guide.loc(site))
+        else:
+            torch.testing.assert_close(value, store[f"BBBNormal.scales.{site}"], rtol=0, atol=0)
+
+    # Pyro's loss on the runner's current parameters, its noise read off the guide's draws
+    with torch.no_grad():
+        for name, value in r.named_parameters(member).items():
+            kind, site = name.split(".", 1)
+            store[f"BBBNormal.{'locs' if kind == 'loc' else 'scales'}.{site}"].copy_(value)
+    rows, _ = draws(r)
+    x = r.state_dict()["buffer_x"][member, rows[member]]
+    y = r.state_dict()["buffer_y"][member, rows[member], None]
+    traced = pyro.poutine.trace(agent.guide)
+    elbo = Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    expected = elbo.differentiable_loss(agent.model, traced, x, y)
+    noise = [
+        node["fn"].base_dist._draw[1].reshape(2, -1)  # (P, 1, *shape) -> (P, size)
+        for node in traced.trace.nodes.values()
+        if node["type"] == "sample"
+    ]
+    eps = torch.zeros(r.num_bbb, r.num_particles, r.num_weights)
+    eps[member] = torch.cat(noise, dim=1)
+    params = list(store.values())
+    expected_grads = dict(zip(store, torch.autograd.grad(expected, params), strict=True))
+
+    loss = r.losses(rows, eps)[member]
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0.0)
+    (grad,) = torch.autograd.grad(loss, r.params)
+    for name, g in r.named_parameters(member, grad).items():
+        kind, site = name.split(".", 1)
+        e = expected_grads[f"BBBNormal.{'locs' if kind == 'loc' else 'scales'}.{site}"]
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
+
+
+def test_a_greedy_update_equals_the_greedy_agents_adam_step(one_thread):
+    r = runner(agents=("bbb", "eps0.05"), seeds=(0, 3))
+    member = r.members.index(("eps0.05", 3))
+    agent = GreedyAgent(6, epsilon=0.05, seed=agent_seed("eps0.05", 3), **SMALL)
+    expected = dict(agent.net.named_parameters())
+    for name, value in r.named_parameters(member).items():
+        assert torch.equal(value, expected[name])  # the same initial weights
+    state = r.state_dict()  # a buffer of 10 interactions, parameters and Adam untouched
+    g = torch.Generator().manual_seed(1)
+    state["buffer_x"].uniform_(generator=g)
+    state["buffer_y"].normal_(generator=g)
+    state["interactions"].fill_(10)
+    r.load_state_dict(state)
+    for k in range(3):  # three steps: Adam's moments and bias corrections
+        rows = torch.randint(10, (len(r.members), r.batch_size), generator=g)
+        _, eps = draws(r, seed=k)
+        r.update(rows, eps)
+        agent.train_step(
+            state["buffer_x"][member, rows[member]], state["buffer_y"][member, rows[member], None]
+        )
+        for name, value in r.named_parameters(member).items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
+
+
+def test_members_are_independent(one_thread):
+    r = runner(agents=("bbb", "greedy", "eps0.5"), seeds=(0, 1))
+    for _ in range(5):
+        r.step()
+    start = r.state_dict()
+    rows, eps = draws(r)
+    r.update(rows, eps)
+    before = {m: {k: v.clone() for k, v in r.named_parameters(m).items()} for m in range(6)}
+    for changed in (r.members.index(("bbb", 1)), r.members.index(("eps0.5", 0))):
+        r.load_state_dict(start)
+        with torch.no_grad():
+            for value in r.named_parameters(changed).values():
+                value.add_(0.1)
+        other_rows, other_eps = rows.clone(), eps.clone()
+        other_rows[changed] = (other_rows[changed] + 1) % 5
+        if changed < r.num_bbb:
+            other_eps[changed] = -other_eps[changed]
+        r.update(other_rows, other_eps)
+        for m in range(len(r.members)):
+            same = all(torch.equal(v, before[m][k]) for k, v in r.named_parameters(m).items())
+            assert same == (m != changed), (r.members[m], r.members[changed])
+
+
+def test_rewards_and_regret_are_the_bandits(one_thread):
+    # every member's action, reward and cumulative regret against MushroomBandit on its seed
+    contexts, edible = synthetic_data()
+    r = runner(agents=("bbb", "greedy", "eps0.5"), seeds=(0, 2), stream_chunk=7)
+    envs = {s: MushroomBandit(contexts, edible, seed=s) for s in (0, 2)}
+    regret = torch.zeros(len(r.members), dtype=torch.float64)
+    for _ in range(30):
+        r.step()
+        for env in envs.values():
+            env.observe()
+        assert r.mushrooms.tolist() == [envs[0].index, envs[2].index]
+        stored = r.state_dict()["buffer_x"][:, (r.steps - 1) % r.buffer_size]
+        shown = torch.stack([contexts[envs[seed].index] for _, seed in r.members])
+        assert torch.equal(stored, network_inputs(shown, r.actions))
+        for m, (_, seed) in enumerate(r.members):
+            env = envs[seed]
+            received = env.reward(int(r.actions[m]))
+            assert float(r.rewards[m]) == received
+            regret[m] += env.oracle_reward() - received
+    assert torch.equal(r.regret(), regret)
+    assert r.steps == 30
+
+
+def test_trained_members_beat_a_uniformly_random_agent(one_thread):
+    # 6 kinds of mushroom, the first 3 edible: learnable from the context
+    kinds = torch.arange(40) % 6
+    contexts, edible = torch.nn.functional.one_hot(kinds, 6).float(), kinds < 3
+    steps, seeds = 300, (0, 1, 2, 3)
+    random_regret = {}
+    for seed in seeds:  # a uniformly random agent on each seed's stream
+        env, coins = MushroomBandit(contexts, edible, seed=seed), torch.Generator()
+        coins.manual_seed(seed)
+        random_regret[seed] = 0.0
+        for _ in range(steps):
+            env.observe()
+            action = int(torch.randint(2, (), generator=coins))
+            random_regret[seed] += env.oracle_reward() - env.reward(action)
+    options = {"hidden": (16,), "buffer_size": 256, "batch_size": 32, "num_batches": 4}
+    r = LockstepBandit(contexts, edible, agents=["bbb", "eps0.1"], seeds=seeds, lr=3e-2, **options)
+    for _ in range(steps):
+        r.step()
+    regret = r.regret()
+    assert min(random_regret.values()) > 1000  # about 5 per step
+    for (agent, seed), total in zip(r.members, regret.tolist(), strict=True):
+        assert total < random_regret[seed], (agent, seed, total, random_regret[seed])
+    # on average a third of chance's regret (random: about 1,450; the members: 190 to 1,145)
+    assert float(regret.mean()) < 0.5 * sum(random_regret.values()) / len(seeds)
+
+
+def test_resume_equals_an_uninterrupted_run(one_thread):
+    whole = runner(agents=("bbb", "eps0.05"), seeds=(0, 1), stream_chunk=4)
+    for _ in range(22):
+        whole.step()
+    first = runner(agents=("bbb", "eps0.05"), seeds=(0, 1), stream_chunk=4)
+    for _ in range(9):  # stops inside a chunk of the stream
+        first.step()
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)
+    saved.seek(0)
+    second = runner(agents=("bbb", "eps0.05"), seeds=(0, 1), stream_chunk=4)
+    second.load_state_dict(torch.load(saved, weights_only=False))
+    for _ in range(13):
+        second.step()
+    assert equal(whole.state_dict(), second.state_dict())
+
+
+def equal(a: object, b: object) -> bool:
+    """Whether two states are equal, tensors exactly."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_agent_names():
+    assert [agent_epsilon(n) for n in ("bbb", "greedy", "eps0.05", "eps1")] == [None, 0, 0.05, 1]
+    for bad in ("eps0", "eps2", "epsx", "thompson"):
+        with pytest.raises(ValueError, match=f"agents: unknown agent '{bad}'"):
+            agent_epsilon(bad)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"agents": ()}, "agents: name at least one agent"),
+        ({"agents": ("bbb", "bbb")}, "agents: an agent is named twice"),
+        ({"agents": ("ucb",)}, "agents: unknown agent 'ucb'"),
+        ({"seeds": ()}, "seeds: give at least one seed"),
+        ({"seeds": (1, 1)}, "seeds: a seed is given twice"),
+        ({"hidden": (8, 0)}, "hidden: layer sizes must be >= 1"),
+        ({"buffer_size": 0}, "buffer_size must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"num_batches": 0}, "num_batches must be >= 1"),
+        ({"num_particles": 0}, "num_particles must be >= 1"),
+        ({"stream_chunk": 0}, "stream_chunk must be >= 1"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"noise": -1.0}, "noise must be > 0"),
+        ({"init_scale": 0.0}, "init_scale must be > 0"),
+        ({"pi": 1.0}, r"pi must be in \(0, 1\)"),
+        ({"capture": True, "device": "cpu"}, "capture: a CUDA graph needs a CUDA device"),
+    ],
+)
+def test_bad_options_are_refused_naming_them(options, message):
+    with pytest.raises(ValueError, match=message):
+        runner(**options)
+
+
+def test_bad_inputs_are_refused():
+    contexts, edible = synthetic_data()
+    with pytest.raises(ValueError, match=r"contexts must be \(N, D\) and edible \(N,\)"):
+        LockstepBandit(contexts, edible[:5], agents=["bbb"], seeds=[0])
+    r = runner()
+    rows, eps = draws(r)
+    with pytest.raises(ValueError, match=r"rows must be \(4, B\)"):
+        r.losses(rows[:1], eps)
+    with pytest.raises(ValueError, match=r"eps must be \(2, 2, 81\)"):
+        r.update(rows, eps[:, :1])
+    with pytest.raises(ValueError, match=r"member must be in \[0, 4\)"):
+        r.named_parameters(4)
+    with pytest.raises(ValueError, match="state of members"):
+        r.load_state_dict(runner(seeds=(0, 2)).state_dict())
+    with pytest.raises(ValueError, match="another network"):
+        r.load_state_dict(runner(hidden=(9,)).state_dict())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_the_captured_step_equals_the_eager_step():
+    runs = {}
+    for capture in (False, True):
+        r = runner(
+            agents=("bbb", "greedy", "eps0.05"), seeds=(0, 1), device="cuda", capture=capture
+        )
+        for _ in range(5):
+            r.step()
+        runs[capture] = r.state_dict()
+    eager, captured = runs[False], runs[True]
+    assert torch.equal(eager["buffer_y"], captured["buffer_y"])  # the same decisions
+    assert torch.equal(eager["regret"], captured["regret"])
+    torch.testing.assert_close(eager["params"], captured["params"], rtol=1e-5, atol=1e-6)
