@@ -159,7 +159,8 @@ def load_kernels(args: argparse.Namespace) -> dict[str, tuple[Tensor, Tensor]]:
     kernels = {}
     for i, layer in enumerate(LAYERS):
         pyro.set_rng_seed(i)
-        mean = DeepWeightPrior(priors[layer].decoder, sample_mean=True)
+        prior = priors[layer]
+        mean = DeepWeightPrior(prior.decoder, code_prior=prior.code_prior, sample_mean=True)
         kernels[layer] = split_kernels(mean.sample((args.num_kernels,)), 0.2, seed=i)
     return kernels
 

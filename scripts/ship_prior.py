@@ -49,6 +49,7 @@ def main(args: argparse.Namespace) -> dict:
             "hidden": meta["hidden"],
             "decoder_scale": meta.get("decoder_scale", "per-code"),
             "decoder_mean": meta.get("decoder_mean", "direct"),
+            "code_prior_components": meta.get("code_prior_components"),
             "source_recipe": meta.get("provenance"),
             "vae_training": meta.get("training"),
             "fit_on_held_out_kernels": {k: meta[k] for k in FIT_KEYS if k in meta},

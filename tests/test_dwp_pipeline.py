@@ -146,16 +146,20 @@ def test_kernel_gauge_reaches_the_source_stage_with_the_target_widths(tmp_path):
     assert "--kernel-gauge" not in source["source"] and "--target-channels" not in source["source"]
 
 
-def test_decoder_scale_reaches_the_prior_stage(tmp_path):
+def test_decoder_options_and_code_prior_reach_the_prior_stage(tmp_path):
     args = argparse.Namespace(**{k: None for k in dwp_pipeline._OPTIONS}, preset="quick")
     args.decoder_scale, args.decoder_mean = "shared", "polar"
+    args.code_prior_components = [16, 64]
     prior = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))["prior"]
     parser = argparse.ArgumentParser()
     dwp_prior.add_arguments(parser)
     parsed = parser.parse_args([str(a) for a in prior[1:]])
     assert (parsed.decoder_scale, parsed.decoder_mean) == ("shared", "polar")
-    args.decoder_scale = args.decoder_mean = None  # not given: dwp-prior's defaults, the paper's
+    assert parsed.code_prior_components == [16, 64]
+    args.decoder_scale = args.decoder_mean = args.code_prior_components = None  # the paper's
     prior = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))["prior"]
     assert "--decoder-scale" not in prior and "--decoder-mean" not in prior
+    assert "--code-prior-components" not in prior
     parsed = parser.parse_args([str(a) for a in prior[1:]])
     assert (parsed.decoder_scale, parsed.decoder_mean) == ("per-code", "direct")
+    assert parsed.code_prior_components is None

@@ -41,6 +41,9 @@ def test_pretrained_gives_one_prior_per_layer_equal_to_the_shipped_vaes() -> Non
         z = torch.randn(16, vae.z_dim)
         for got, want in zip(prior.decoder(z), vae.decoder(z), strict=True):
             torch.testing.assert_close(got, want)
+        # the code prior p(z) fitted to the source kernels' codes, not N(0, I)
+        assert vae.code_prior is not None
+        torch.testing.assert_close(prior.latent().log_prob(z), vae.code_prior.log_prob(z))
         # the importance-sampled log density of a decoder mean is finite
         w = vae.decoder(z[:2])[0].detach()
         assert torch.isfinite(prior.log_prob(w)).all()
@@ -58,6 +61,10 @@ def test_metadata_records_provenance_fit_and_the_files_checksums() -> None:
         assert info["kernel_size"] == k
         assert info["source_kernels"]["kernel_size"] == k
         assert 0 < info["fit_on_held_out_kernels"]["recon_over_std"] < 1
+    assert [meta["layers"][layer]["code_prior_components"] for layer in ("conv1", "conv2")] == [
+        16,
+        64,
+    ]
 
 
 def test_a_changed_byte_is_refused_naming_the_file(copy_of_shipped: Path) -> None:

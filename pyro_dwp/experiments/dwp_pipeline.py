@@ -59,6 +59,7 @@ _OPTIONS = {
     "prior_epochs": (("prior", "--epochs"),),
     "decoder_scale": (("prior", "--decoder-scale"),),
     "decoder_mean": (("prior", "--decoder-mean"),),
+    "code_prior_components": (("prior", "--code-prior-components"),),
     "n_train": (("classify", "--n-train"),),
     "seeds": (("classify", "--seeds"),),
     "epochs": (("classify", "--epochs"),),
@@ -114,6 +115,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dwp-prior --decoder-mean: 'polar' keeps every decoded kernel at least as large as "
         "the smallest source kernel, so the prior has no mode at the zero kernel (default: "
         "direct, the paper's)",
+    )
+    o.add_argument(
+        "--code-prior-components",
+        type=int,
+        nargs="+",
+        metavar="C",
+        help="dwp-prior --code-prior-components: replace each VAE's code prior N(0, I) by a "
+        "mixture of C Gaussians fitted to the source kernels' codes, as for the shipped prior "
+        "(16 64); one value or one per layer (default: N(0, I), the paper's)",
     )
     o.add_argument("--n-train", type=int, nargs="+", help="MNIST training set sizes N")
     o.add_argument("--seeds", type=int, nargs="+", help="data seeds of the classifier")

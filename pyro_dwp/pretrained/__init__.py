@@ -117,5 +117,5 @@ def pretrained(
     priors = {}
     for layer in LAYERS:
         vae, _ = load_kernel_vae(folder / f"vae_{layer}.pt", map_location=device)
-        priors[layer] = DeepWeightPrior(vae.decoder, vae.encoder, num_samples=num_samples)
+        priors[layer] = DeepWeightPrior.from_vae(vae, num_samples=num_samples)  # + code prior
     return priors
