@@ -207,6 +207,18 @@ def test_resume_equals_an_uninterrupted_run(one_thread):
     assert equal(whole.state_dict(), second.state_dict())
 
 
+def test_a_state_from_another_device_kind_is_refused_before_anything_changes(one_thread):
+    r = runner(agents=("bbb",), seeds=(0,))
+    r.step()
+    state = r.state_dict()
+    assert state["device_type"] == "cpu"
+    before = r.params.clone()
+    foreign = {**state, "device_type": "cuda", "params": state["params"] + 1}
+    with pytest.raises(ValueError, match="state written on cuda, but this runner is on cpu"):
+        r.load_state_dict(foreign)
+    assert torch.equal(r.params, before)
+
+
 def equal(a: object, b: object) -> bool:
     """Whether two states are equal, tensors exactly."""
     if isinstance(a, torch.Tensor):

@@ -337,17 +337,26 @@ class LockstepBandit:
             "stream_start": [dict(s) for s in self._chunk_start],
             "stream_pos": self._chunk_pos,
             "rng": self._gen.get_state(),
+            "device_type": self._gen.device.type,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load :meth:`state_dict` (into the same tensors: a captured step stays valid).
 
         Raises:
-            ValueError: If the state belongs to other members or another network.
+            ValueError: If the state belongs to other members, another network or another kind
+                of device (its generator's state cannot move between CPU and CUDA).
         """
         members = [tuple(m) for m in state["members"]]
         if members != self.members:
             raise ValueError(f"state of members {members}, but this runner has {self.members}")
+        device_type = state.get("device_type", self._gen.device.type)
+        if device_type != self._gen.device.type:
+            raise ValueError(
+                f"state written on {device_type}, but this runner is on {self._gen.device.type}: "
+                f"its random generator cannot move across device kinds; resume with --device "
+                f"{device_type}"
+            )
         pairs = [
             (self.params, state["params"]), (self._adam_m, state["adam_m"]),
             (self._adam_v, state["adam_v"]), (self._adam_steps, state["adam_steps"]),

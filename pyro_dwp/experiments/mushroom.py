@@ -8,7 +8,6 @@ command's help, :mod:`pyro_dwp.jobs.mushroom`).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_dwp.data.mushroom import load_mushroom
-from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
+from pyro_dwp.experiments.bandit_lockstep import LockstepBandit, agent_epsilon
 from pyro_dwp.experiments.bandits import (
     GreedyAgent,
     MushroomBandit,
@@ -70,18 +69,13 @@ def parse_agent(name: str) -> str:
     Raises:
         argparse.ArgumentTypeError: For another name.
     """
-    if name in ("bbb", "greedy"):
-        return name
-    if name.startswith("eps"):
-        try:
-            epsilon = float(name[3:])
-        except ValueError:
-            epsilon = math.nan
-        if 0.0 < epsilon <= 1.0:
-            return name
-    raise argparse.ArgumentTypeError(
-        f"unknown agent {name!r}: choose bbb, greedy or eps<E> with 0 < E <= 1 (e.g. eps0.05)"
-    )
+    try:
+        agent_epsilon(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown agent {name!r}: choose bbb, greedy or eps<E> with 0 < E <= 1 (e.g. eps0.05)"
+        ) from None
+    return name
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,17 +200,7 @@ def _run_agents(
     start = 0
     if args.resume and checkpoint.exists():
         start = _restore(checkpoint, fingerprint, env, agents, logs)
-        if not args.no_progress:
-            tqdm.write(
-                f"resumed at step {start} of {args.steps} from {checkpoint.path}", file=sys.stderr
-            )
-    bar = progress_bar(
-        range(start, args.steps),
-        desc="steps",
-        disable=args.no_progress,
-        initial=start,
-        total=args.steps,
-    )
+    bar = _steps(args, start, checkpoint)
     for step in bar:
         context = env.observe()
         oracle = env.oracle_reward()
@@ -289,18 +273,8 @@ def _run_lockstep(
             )
         runner.load_state_dict(state["runner"])
         curves, start = state["curves"], state["epoch"]
-        if not args.no_progress:
-            tqdm.write(
-                f"resumed at step {start} of {args.steps} from {checkpoint.path}", file=sys.stderr
-            )
     totals: dict[str, dict[str, float]] = _member_totals(runner)
-    bar = progress_bar(
-        range(start, args.steps),
-        desc="steps",
-        disable=args.no_progress,
-        initial=start,
-        total=args.steps,
-    )
+    bar = _steps(args, start, checkpoint)
     for step in bar:
         runner.step()
         done = step + 1
@@ -347,6 +321,22 @@ def _mean_over_seeds(totals: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{agent: mean over the seeds}`` of ``{seed: {agent: value}}``."""
     agents = next(iter(totals.values()))
     return {a: sum(t[a] for t in totals.values()) / len(totals) for a in agents}
+
+
+def _steps(args: argparse.Namespace, start: int, checkpoint: Checkpoint) -> Any:
+    """The steps ``start .. --steps - 1`` under a progress bar, saying where a resumed run
+    resumed (``start > 0``)."""
+    if start and not args.no_progress:
+        tqdm.write(
+            f"resumed at step {start} of {args.steps} from {checkpoint.path}", file=sys.stderr
+        )
+    return progress_bar(
+        range(start, args.steps),
+        desc="steps",
+        disable=args.no_progress,
+        initial=start,
+        total=args.steps,
+    )
 
 
 def _check_args(args: argparse.Namespace) -> None:
