@@ -484,6 +484,8 @@ def load_kernel_vae(
         if components is not None:
             vae.set_code_prior(GaussianMixtureCodePrior.empty(components, vae.z_dim))
         vae.load_state_dict(state["state_dict"])
+        if vae.code_prior is not None:
+            vae.code_prior.check()
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"kernel VAE file {path} is inconsistent: {type(e).__name__}: {e}") from e
     meta = {k: v for k, v in state.items() if k not in ("format", "version", "state_dict")}

@@ -162,6 +162,10 @@ def test_code_prior_round_trips_through_the_vae_file(tmp_path):
     g = torch.Generator().manual_seed(0)
     codes = loaded.sample_codes(5, g)
     assert codes.shape == (5, 2)
+    vae.code_prior.scale[1, 0] = -1.0  # a corrupt file: named, not a NaN density later
+    save_kernel_vae(tmp_path / "bad.pt", vae)
+    with pytest.raises(ValueError, match="bad.pt is inconsistent: .*every scale > 0"):
+        load_kernel_vae(tmp_path / "bad.pt")
     plain = KernelVAE(5, 2, 4)
     save_kernel_vae(tmp_path / "plain.pt", plain)
     again, meta = load_kernel_vae(tmp_path / "plain.pt")

@@ -39,6 +39,18 @@ class GaussianMixtureCodePrior(nn.Module):
 
     def __init__(self, logits: Tensor, loc: Tensor, scale: Tensor) -> None:
         super().__init__()
+        self._check(logits, loc, scale)
+        self.register_buffer("logits", logits.detach().clone())
+        self.register_buffer("loc", loc.detach().clone())
+        self.register_buffer("scale", scale.detach().clone())
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless the buffers are a valid mixture (e.g. after
+        ``load_state_dict`` of a file that may be corrupt)."""
+        self._check(self.logits, self.loc, self.scale)
+
+    @staticmethod
+    def _check(logits: Tensor, loc: Tensor, scale: Tensor) -> None:
         if logits.dim() != 1 or loc.dim() != 2 or loc.shape != scale.shape:
             raise ValueError(
                 "a Gaussian-mixture code prior needs logits (C,), loc (C, z_dim) and scale "
@@ -52,9 +64,6 @@ class GaussianMixtureCodePrior(nn.Module):
         finite = all(bool(t.isfinite().all()) for t in (logits, loc, scale))
         if not finite or not bool((scale > 0).all()):
             raise ValueError("code prior parameters must be finite, with every scale > 0")
-        self.register_buffer("logits", logits.detach().clone())
-        self.register_buffer("loc", loc.detach().clone())
-        self.register_buffer("scale", scale.detach().clone())
 
     @classmethod
     def empty(cls, components: int, z_dim: int) -> GaussianMixtureCodePrior:
