@@ -17,7 +17,8 @@ The shipped prior's recipe (``pyro_dwp/pretrained/notmnist/metadata.json``) with
     python benchmarks/dwp_mnist.py --device cuda --workers 16 --source-nets 6 \
         --source-epochs 50 --source-bf16 --source-gauge he --source-keep-fraction 0.5 0.08 \
         --prior-steps 10000 --prior-z-dim 8 16 --prior-decoder-scale shared \
-        --prior-decoder-mean direct polar --prior-augment conv2 --epochs 4000
+        --prior-decoder-mean direct polar --prior-augment conv2 \
+        --prior-code-prior-components 16 64 --epochs 4000
 """
 
 from __future__ import annotations
