@@ -303,14 +303,10 @@ class KernelVAE(nn.Module):
     def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` codes from :math:`p(z)`, ``(n, z_dim)``, on the VAE's device (drawn on the
         CPU with ``generator``)."""
+        if self.code_prior is not None:
+            return self.code_prior.sample((n,), generator)
         device = next(self.parameters()).device
-        if self.code_prior is None:
-            return torch.randn(n, self.z_dim, generator=generator).to(device)
-        mix = self.code_prior
-        probs = mix.logits.softmax(-1).cpu()
-        picks = torch.multinomial(probs, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.z_dim, generator=generator)
-        return (mix.loc.cpu()[picks] + mix.scale.cpu()[picks] * noise).to(device)
+        return torch.randn(n, self.z_dim, generator=generator).to(device)
 
     def _log_p_z(self) -> Callable[[Tensor], Tensor] | None:
         """``log p(z)`` of :attr:`code_prior`, or ``None`` for :math:`\\mathcal{N}(0, I)`."""

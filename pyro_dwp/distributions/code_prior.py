@@ -103,7 +103,16 @@ class GaussianMixtureCodePrior(nn.Module):
         log_weights = torch.log_softmax(self.logits, -1)
         return torch.logsumexp(per_component + log_weights, -1) - self.z_dim * _HALF_LOG_2PI
 
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        """Codes ``sample_shape + (z_dim,)``."""
+    def sample(
+        self, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Codes ``sample_shape + (z_dim,)`` on the buffers' device, drawn on the CPU (with
+        ``generator`` if given: a component per code, then its Gaussian noise)."""
+        shape = torch.Size(sample_shape)
+        n = shape.numel()
         with torch.no_grad():
-            return self.distribution().sample(torch.Size(sample_shape))
+            probs = self.logits.softmax(-1).cpu()
+            picks = torch.multinomial(probs, n, replacement=True, generator=generator)
+            noise = torch.randn(n, self.z_dim, generator=generator)
+            codes = self.loc.cpu()[picks] + self.scale.cpu()[picks] * noise
+        return codes.reshape(shape + (self.z_dim,)).to(self.loc.device)

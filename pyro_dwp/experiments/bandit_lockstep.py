@@ -169,7 +169,8 @@ class LockstepBandit:
         context_dim = contexts.shape[1]
 
         # the layout of one member's network in a flat vector: (weight, bias) slices per layer
-        shapes = [p.shape for p in bandit_net(context_dim, tuple(hidden)).parameters()]
+        template = bandit_net(context_dim, tuple(hidden))
+        shapes = [p.shape for p in template.parameters()]
         self._layers: list[tuple[slice, slice, int, int]] = []
         offset = 0
         for out_f, in_f in shapes[::2]:
@@ -178,7 +179,7 @@ class LockstepBandit:
             offset = end + out_f
         self.num_weights = offset
         """``W``: the parameters of one network."""
-        self._site_names = [n for n, _ in bandit_net(context_dim, tuple(hidden)).named_parameters()]
+        self._site_names = [n for n, _ in template.named_parameters()]
 
         inits = []
         for name, seed in self.members:
