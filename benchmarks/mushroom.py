@@ -80,6 +80,9 @@ def build_args_parser() -> argparse.ArgumentParser:
         help="pyro-dwp mushroom --engine (default: compiled); lockstep runs all seeds in this "
         "process",
     )
+    prior = p.add_argument_group("the BBB agent's scale-mixture prior (default: the job's)")
+    for flag in ("--pi", "--neg-log-sigma1", "--neg-log-sigma2"):
+        prior.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
     p.add_argument(
         "--compare-capture",
         action="store_true",
@@ -105,21 +108,27 @@ def _common_argv(args: argparse.Namespace, out: Path) -> list[str]:
     argv += ["--engine", args.engine]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
+    for flag in ("pi", "neg_log_sigma1", "neg_log_sigma2"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.no_progress:
         argv.append("--no-progress")
     return argv
 
 
-def run_seeds(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Each seed's final cumulative regret per agent: all in one lockstep run (``--engine
-    lockstep``, into ``--work-dir/lockstep``), or in this process, one seed after the other
-    (``workers`` 1), or as processes over the visible GPUs."""
+def run_seeds(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], float | None]:
+    """Each seed's final cumulative regret per agent, and the seconds spent stepping over every
+    invocation where the run records them (``None`` otherwise): all in one lockstep run
+    (``--engine lockstep``, into ``--work-dir/lockstep``; the seconds of a resumed run include
+    its earlier invocations'), or in this process, one seed after the other (``workers`` 1), or
+    as processes over the visible GPUs."""
     if args.engine == "lockstep":
         parser = argparse.ArgumentParser(prog="pyro-dwp mushroom")
         mushroom.add_arguments(parser)
         argv = _common_argv(args, args.work_dir / "lockstep")
         argv += ["--seeds", *map(str, args.seeds)]
-        return mushroom.run(parser.parse_args(argv))["per_seed"]
+        result = mushroom.run(parser.parse_args(argv))
+        return result["per_seed"], result["step_seconds"]
     gpus = visible_gpus(args.device)
     workers = args.workers if args.workers is not None else max(1, gpus)
     if workers == 1:
@@ -128,12 +137,12 @@ def run_seeds(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         return {
             str(seed): mushroom.run(parser.parse_args(seed_argv(args, seed)))["regret"]
             for seed in args.seeds
-        }
+        }, None
     run_processes([["mushroom", *seed_argv(args, seed)] for seed in args.seeds], workers, gpus)
     return {
         str(seed): json.loads((args.work_dir / f"seed{seed}" / "regret.json").read_text())["regret"]
         for seed in args.seeds
-    }
+    }, None
 
 
 def table(result: dict[str, Any]) -> str:
@@ -149,7 +158,12 @@ def table(result: dict[str, Any]) -> str:
         f"# Mushroom bandit (Blundell et al. 2015, Fig. 5): cumulative regret, {protocol}",
         "",
         f"Seeds {', '.join(map(str, seeds))}; {result['device']}; {result['date']}; "
-        f"{result['minutes']:.1f} minutes.",
+        f"{result['minutes']:.1f} minutes in this invocation"
+        + (
+            f", {result['step_minutes']:.1f} minutes of stepping over every invocation of the run."
+            if result["step_minutes"] is not None
+            else "."
+        ),
         f"Command: `{result['command']}`",
         "",
         "| agent | mean regret | per seed | std over seeds | paper at 50,000 steps (approx.) |",
@@ -211,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compare_capture:
         return compare_capture(args)
     t0 = time.perf_counter()
-    per_seed = run_seeds(args)
+    per_seed, step_seconds = run_seeds(args)
     agents = list(next(iter(per_seed.values())))
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
     result = {
@@ -225,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": f"{args.device} ({device or platform.machine()})",
         "date": datetime.date.today().isoformat(),
         "minutes": (time.perf_counter() - t0) / 60,
+        "step_minutes": None if step_seconds is None else step_seconds / 60,
         "command": shlex.join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),

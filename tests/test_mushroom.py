@@ -318,8 +318,11 @@ def test_the_lockstep_job_resumes_as_an_uninterrupted_run(tmp_path: Path, data_d
     lockstep = ("--engine", "lockstep")
     assert _job(tmp_path / "a", data_dir, *lockstep, "--steps", "200") == 0
     assert _job(tmp_path / "b", data_dir, *lockstep, "--steps", "130") == 0
+    before = _final_state(tmp_path / "b")[1]["step_seconds"]
     assert _job(tmp_path / "b", data_dir, *lockstep, "--steps", "200", "--resume") == 0
     (ra, sa), (rb, sb) = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    # the seconds spent stepping add up over the invocations of the resumed run
+    assert rb["step_seconds"] >= sb["step_seconds"] > before > 0
     assert ra["regret"] == rb["regret"] and ra["curves"] == rb["curves"]
     assert len(ra["curves"]["bbb"]) == 2 and ra["seed"] == 0 and ra["seeds"] == [0]
     for key in ("params", "buffer_y", "regret", "adam_v"):

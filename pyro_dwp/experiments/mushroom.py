@@ -236,7 +236,8 @@ def _run_lockstep(
     fingerprint: dict[str, Any],
 ) -> dict[str, Any]:
     """The lockstep engine: every agent on every seed as one batched network; the regrets (the
-    mean over the seeds, and each seed's)."""
+    mean over the seeds, and each seed's) and ``step_seconds``, the seconds spent stepping over
+    every invocation of the run (a resumed run adds to its checkpoint's)."""
     seeds = args.seeds if args.seeds is not None else [args.seed]
     runner = LockstepBandit(
         contexts,
@@ -273,8 +274,12 @@ def _run_lockstep(
             )
         runner.load_state_dict(state["runner"])
         curves, start = state["curves"], state["epoch"]
+        before = state.get("step_seconds", 0.0)
+    else:
+        before = 0.0  # seconds spent stepping by earlier invocations of this run
     totals: dict[str, dict[str, float]] = _member_totals(runner)
     bar = _steps(args, start, checkpoint)
+    t0 = time.perf_counter()
     for step in bar:
         runner.step()
         done = step + 1
@@ -288,7 +293,12 @@ def _run_lockstep(
             mean = _mean_over_seeds(totals)
             bar.set_postfix({n: f"{r:.0f}" for n, r in mean.items()}, refresh=False)
             checkpoint.save(
-                done, fingerprint, engine="lockstep", runner=runner.state_dict(), curves=curves
+                done,
+                fingerprint,
+                engine="lockstep",
+                runner=runner.state_dict(),
+                curves=curves,
+                step_seconds=before + time.perf_counter() - t0,
             )
     mean_curves = {
         a: [sum(c[a][i] for c in curves.values()) / len(seeds) for i in range(len(c0))]
@@ -304,6 +314,7 @@ def _run_lockstep(
         "every": _RECORD_EVERY,
         "curves": mean_curves,
         "per_seed_curves": curves,
+        "step_seconds": before + time.perf_counter() - t0,
     }
     return result
 
