@@ -80,9 +80,10 @@ def build_args_parser() -> argparse.ArgumentParser:
         help="pyro-dwp mushroom --engine (default: compiled); lockstep runs all seeds in this "
         "process",
     )
-    prior = p.add_argument_group("the BBB agent's scale-mixture prior (default: the job's)")
+    bbb = p.add_argument_group("the BBB agent's prior and KL weighting (default: the job's)")
     for flag in ("--pi", "--neg-log-sigma1", "--neg-log-sigma2"):
-        prior.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
+        bbb.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
+    bbb.add_argument("--kl-size", choices=["buffer", "seen"], help="pyro-dwp mushroom --kl-size")
     p.add_argument(
         "--compare-capture",
         action="store_true",
@@ -108,7 +109,7 @@ def _common_argv(args: argparse.Namespace, out: Path) -> list[str]:
     argv += ["--engine", args.engine]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
-    for flag in ("pi", "neg_log_sigma1", "neg_log_sigma2"):
+    for flag in ("pi", "neg_log_sigma1", "neg_log_sigma2", "kl_size"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.no_progress:

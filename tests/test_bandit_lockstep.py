@@ -44,17 +44,22 @@ def draws(r: LockstepBandit, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return rows, eps
 
 
-@pytest.mark.parametrize("steps", [3, 20], ids=["buffer_below_batch", "buffer_full"])
-def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(steps, one_thread):
+@pytest.mark.parametrize(
+    ("steps", "kl_size", "size"),
+    [(3, "buffer", 3), (20, "buffer", 16), (20, "seen", 20)],
+    ids=["buffer_below_batch", "buffer_full", "seen"],
+)
+def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(steps, kl_size, size, one_thread):
     # the member (bbb, seed 1) of a runner beside other members; its reference agent starts from
     # the same weights; the data term's scale max(N, B) / B is 1 (N = 3 < B = 4), then 16 / 4
-    r = runner(agents=("greedy", "bbb"), seeds=(0, 1))
+    # (N the buffer's 16 interactions), or 20 / 4 (N the 20 seen, kl_size="seen")
+    r = runner(agents=("greedy", "bbb"), seeds=(0, 1), kl_size=kl_size)
     for _ in range(steps):
         r.step()
     member = r.members.index(("bbb", 1))
     pyro.clear_param_store()
     agent = ThompsonBBBAgent(6, seed=agent_seed("bbb", 1), num_particles=2, **SMALL)
-    agent.likelihood.dataset_size = min(steps, r.buffer_size)
+    agent.likelihood.dataset_size = size
     store = dict(pyro.get_param_store().named_parameters())
     fresh = runner(agents=("greedy", "bbb"), seeds=(0, 1))
     for name, value in fresh.named_parameters(member).items():
@@ -255,6 +260,7 @@ def test_agent_names():
         ({"noise": -1.0}, "noise must be > 0"),
         ({"init_scale": 0.0}, "init_scale must be > 0"),
         ({"pi": 1.0}, r"pi must be in \(0, 1\)"),
+        ({"kl_size": "all"}, r"kl_size must be one of \['buffer', 'seen'\], got 'all'"),
         ({"capture": True, "device": "cpu"}, "capture: a CUDA graph needs a CUDA device"),
     ],
 )

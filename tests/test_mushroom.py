@@ -153,11 +153,32 @@ def test_buffer_keeps_the_last_interactions():
     buffer = ReplayBuffer(3, 2, seed=0)
     for i in range(5):
         buffer.add(torch.tensor([float(i), 0.0]), i % 2, float(i))
-    assert len(buffer) == 3
+    assert len(buffer) == 3 and buffer.seen == 5
     assert sorted(buffer.y[:, 0].tolist()) == [2.0, 3.0, 4.0]
+    state = buffer.state_dict()
+    restored = ReplayBuffer(3, 2, seed=1)
+    restored.load_state_dict(state)
+    assert restored.seen == 5
+    del state["seen"]  # a state written before the count was kept: the size stands in for it
+    restored.load_state_dict(state)
+    assert restored.seen == 3
     x, y = buffer.sample(16)
     assert x.shape == (16, 4) and y.shape == (16, 1)
     assert torch.equal(x[:, 0], y[:, 0])  # each row's context and reward travel together
+
+
+@pytest.mark.parametrize(("kl_size", "size"), [("buffer", 4), ("seen", 6)])
+def test_the_bbb_agents_kl_is_weighted_by_the_buffer_or_everything_seen(kl_size, size):
+    agent = ThompsonBBBAgent(3, hidden=(4,), buffer_size=4, num_batches=1, kl_size=kl_size)
+    for i in range(6):
+        agent.learn(torch.eye(3)[i % 3], i % 2, 5.0)
+    assert agent.likelihood.dataset_size == size
+    state = agent.state_dict()
+    other = ThompsonBBBAgent(3, hidden=(4,), buffer_size=4, num_batches=1, kl_size=kl_size)
+    other.load_state_dict(state)
+    assert other.likelihood.dataset_size == size
+    with pytest.raises(ValueError, match="kl_size must be one of"):
+        ThompsonBBBAgent(3, kl_size="window")
 
 
 def _run(env: MushroomBandit, agent: GreedyAgent | ThompsonBBBAgent, steps: int) -> float:
@@ -328,6 +349,20 @@ def test_the_lockstep_job_resumes_as_an_uninterrupted_run(tmp_path: Path, data_d
     for key in ("params", "buffer_y", "regret", "adam_v"):
         assert sa["runner"][key].equal(sb["runner"][key])
     assert "| bbb |" in (tmp_path / "a" / "regret.md").read_text()
+
+
+def test_the_kl_size_option_is_a_setting_only_when_not_the_default(
+    tmp_path: Path, data_dir: Path, capsys
+):
+    lockstep = ("--engine", "lockstep", "--steps", "20")
+    assert _job(tmp_path / "a", data_dir, *lockstep) == 0
+    settings = json.loads((tmp_path / "a" / "regret.json").read_text())["settings"]
+    assert "kl_size" not in settings  # so runs from before the option resume under the default
+    assert _job(tmp_path / "b", data_dir, *lockstep, "--kl-size", "seen") == 0
+    assert json.loads((tmp_path / "b" / "regret.json").read_text())["settings"]["kl_size"] == "seen"
+    # a run of one weighting does not resume under the other
+    assert _job(tmp_path / "b", data_dir, *lockstep, "--steps", "30", "--resume") == 1
+    assert "--kl-size: 'seen' -> '(absent)'" in capsys.readouterr().err
 
 
 def test_the_lockstep_job_runs_several_seeds_in_one_process(tmp_path: Path, data_dir: Path):

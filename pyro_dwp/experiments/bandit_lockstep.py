@@ -15,7 +15,8 @@ exactly its reference agent's loss, with the same Adam update,
   ``num_particles`` vectorised weight samples ``w = mu + softplus(rho) * eps`` of the guide
   :class:`~pyro_dwp.guides.BBBNormal`, the :class:`~pyro_dwp.distributions.ScaleMixtureNormal`
   prior on every weight and bias, the Gaussian likelihood of fixed noise, its data term scaled by
-  ``max(N, B) / B`` for a buffer of ``N`` interactions and minibatches of ``B``;
+  ``max(N, B) / B`` for a buffer of ``N`` interactions (or ``N`` seen: ``kl_size``) and
+  minibatches of ``B``;
 - ``greedy``, ``eps<E>`` (:class:`~pyro_dwp.experiments.bandits.GreedyAgent`): the mean squared
   error;
 
@@ -42,9 +43,11 @@ from torch.distributions import transform_to
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.experiments.bandits import (
     NUM_ACTIONS,
+    KLSize,
     MushroomBandit,
     agent_seed,
     bandit_net,
+    check_kl_size,
     oracle_reward,
     reward,
 )
@@ -106,6 +109,8 @@ class LockstepBandit:
         pi, sigma1, sigma2: The scale-mixture prior of ``bbb``.
         init_scale: Initial posterior standard deviation of ``bbb``.
         noise: Fixed noise standard deviation of ``bbb``'s likelihood.
+        kl_size: ``N`` of ``bbb``'s KL weighting, as the reference agent's: ``"buffer"``
+            (the interactions stored) or ``"seen"`` (every interaction so far).
         device: Where the members live.
         capture: Capture a step as a CUDA graph (default: on a CUDA device).
         stream_chunk: Steps of the mushroom stream drawn (on the CPU) and moved to the device
@@ -131,6 +136,7 @@ class LockstepBandit:
         sigma2: float = math.exp(-6),
         init_scale: float = 0.01,
         noise: float = 1.0,
+        kl_size: KLSize = "buffer",
         device: torch.device | str = "cpu",
         capture: bool | None = None,
         stream_chunk: int = 100,
@@ -150,6 +156,8 @@ class LockstepBandit:
                 f"contexts must be (N, D) and edible (N,), got {tuple(contexts.shape)} and "
                 f"{tuple(edible.shape)}"
             )
+        check_kl_size(kl_size)
+        self.kl_size = kl_size
         if capture is None:
             capture = device.type == "cuda"
         if capture and device.type != "cuda":
@@ -281,7 +289,8 @@ class LockstepBandit:
         """Each member's loss on a minibatch of its buffer, as its reference agent's.
 
         ``bbb``: the negative ELBO of ``Trace_ELBO`` (``P`` particles, data term scaled by
-        ``max(N, B) / B`` with ``N`` the interactions stored so far); others: the mean squared
+        ``max(N, B) / B`` with ``N`` the interactions stored, or seen under
+        ``kl_size="seen"``); others: the mean squared
         error.
 
         Args:
@@ -409,8 +418,9 @@ class LockstepBandit:
             raise ValueError(f"eps must be ({self.num_bbb}, {p}, {w}), got {tuple(eps.shape)}")
 
     def _scale(self) -> Tensor:
-        """The data term's scale ``max(N, B) / B``, ``N`` the interactions stored."""
-        size = self._t.clamp(max=self.buffer_size)
+        """The data term's scale ``max(N, B) / B``, ``N`` the interactions stored
+        (``kl_size="buffer"``) or seen (``"seen"``)."""
+        size = self._t if self.kl_size == "seen" else self._t.clamp(max=self.buffer_size)
         return size.clamp(min=self.batch_size).float() / self.batch_size
 
     def _minibatch(self, rows: Tensor) -> tuple[Tensor, Tensor]:

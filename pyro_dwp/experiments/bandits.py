@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyro
 import torch
@@ -42,6 +42,7 @@ from pyro_dwp.models import mlp
 
 __all__ = [
     "EAT",
+    "KLSize",
     "NUM_ACTIONS",
     "PASS",
     "GreedyAgent",
@@ -51,6 +52,7 @@ __all__ = [
     "ThompsonBBBAgent",
     "agent_seed",
     "bandit_net",
+    "check_kl_size",
     "expected_reward",
     "network_inputs",
     "oracle_reward",
@@ -65,6 +67,16 @@ NUM_ACTIONS = 2
 """Eat and pass."""
 _EDIBLE_REWARD = 5.0
 _POISON_REWARD = -35.0
+
+KLSize = Literal["buffer", "seen"]
+"""The dataset size that weights a BBB agent's KL: the interactions in the buffer, or every
+interaction so far (:class:`ThompsonBBBAgent`'s ``kl_size``)."""
+
+
+def check_kl_size(kl_size: str) -> None:
+    """Raise ``ValueError`` naming ``kl_size`` unless it is one of :data:`KLSize`."""
+    if kl_size not in get_args(KLSize):
+        raise ValueError(f"kl_size must be one of {list(get_args(KLSize))}, got {kl_size!r}")
 
 
 def reward(edible: Tensor, action: Tensor, coin: Tensor) -> Tensor:
@@ -208,6 +220,8 @@ class ReplayBuffer:
         self.y = torch.zeros(capacity, 1, device=device)
         self.size = 0
         self.next = 0
+        self.seen = 0
+        """Interactions added so far, those replaced included."""
         self._gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -220,6 +234,7 @@ class ReplayBuffer:
         self.y[self.next, 0] = received
         self.next = (self.next + 1) % len(self.x)
         self.size = min(self.size + 1, len(self.x))
+        self.seen += 1
 
     def sample(self, batch_size: int) -> tuple[Tensor, Tensor]:
         """A minibatch drawn uniformly with replacement: ``x (B, D + 2)``, ``y (B, 1)``."""
@@ -234,12 +249,14 @@ class ReplayBuffer:
             "y": self.y.clone(),
             "size": self.size,
             "next": self.next,
+            "seen": self.seen,
             "rng": self._gen.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.x, self.y = state["x"].to(self.x.device), state["y"].to(self.y.device)
         self.size, self.next = state["size"], state["next"]
+        self.seen = state.get("seen", self.size)  # a state written before it was kept
         self._gen.set_state(state["rng"])
 
 
@@ -370,6 +387,10 @@ class ThompsonBBBAgent:
         init_scale: Initial posterior standard deviation of every weight.
         noise: Fixed noise standard deviation of the likelihood, or ``None`` to learn it.
         init_noise: Initial noise standard deviation when learnt.
+        kl_size: The dataset size ``N`` that weights the KL (the data term is scaled by
+            ``max(N, B) / B``): ``"buffer"``, the interactions in the buffer (at most
+            ``buffer_size``); ``"seen"``, every interaction so far, the buffer standing for all
+            of them (the posterior then keeps concentrating after the buffer is full).
         device: Where the model, guide and buffer live (contexts must be there too).
         engine: ``"pyro"`` (Pyro's ``SVI``) or ``"compiled"``: the same steps as plain PyTorch
             (:func:`~pyro_dwp.infer.compiled.compile_svi`, built at the first :meth:`learn`;
@@ -393,11 +414,14 @@ class ThompsonBBBAgent:
         init_scale: float = 0.01,
         noise: float | None = 1.0,
         init_noise: float = 1.0,
+        kl_size: KLSize = "buffer",
         device: torch.device | str = "cpu",
         engine: str = "pyro",
     ) -> None:
         if engine not in ("pyro", "compiled"):
             raise ValueError(f"engine must be 'pyro' or 'compiled', got {engine!r}")
+        check_kl_size(kl_size)
+        self.kl_size = kl_size
         self.batch_size, self.num_batches = batch_size, num_batches
         self.engine, self._num_particles = engine, num_particles
         self._compiled: CompiledSVI | None = None
@@ -440,7 +464,7 @@ class ThompsonBBBAgent:
             FloatingPointError: On a NaN or infinite loss.
         """
         self.buffer.add(context, action, received)
-        self.likelihood.dataset_size = len(self.buffer)
+        self.likelihood.dataset_size = self._dataset_size()
         for _ in range(self.num_batches):
             x, y = self.buffer.sample(self.batch_size)
             loss = self._step(x, y)
@@ -478,4 +502,8 @@ class ThompsonBBBAgent:
         self._compiled = None  # compiled again on the loaded parameters
         self.optim.set_state(state["optim"])
         self.buffer.load_state_dict(state["buffer"])
-        self.likelihood.dataset_size = max(1, len(self.buffer))
+        self.likelihood.dataset_size = max(1, self._dataset_size())
+
+    def _dataset_size(self) -> int:
+        """``N`` of the KL weighting (``kl_size``)."""
+        return len(self.buffer) if self.kl_size == "buffer" else self.buffer.seen

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyro
 import torch
@@ -21,6 +21,7 @@ from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.experiments.bandit_lockstep import LockstepBandit, agent_epsilon
 from pyro_dwp.experiments.bandits import (
     GreedyAgent,
+    KLSize,
     MushroomBandit,
     RegretLog,
     ThompsonBBBAgent,
@@ -103,6 +104,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-scale", type=float, default=0.01, help="initial posterior sigma")
     p.add_argument("--noise", type=float, default=1.0, help="BBB likelihood noise std (fixed)")
     p.add_argument(
+        "--kl-size",
+        choices=get_args(KLSize),
+        default="buffer",
+        help="BBB: the dataset size N that weights the KL: the interactions in the buffer (at "
+        "most --buffer-size, the paper's reading) or every interaction seen so far, the buffer "
+        "standing for all of them (default: buffer)",
+    )
+    p.add_argument(
         "--learn-noise",
         action="store_true",
         help="learn the BBB noise std as a point estimate instead (starts at --noise)",
@@ -162,6 +171,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = prepare_out(args.out)
     # the seeds as settings: --seed alone as before (so older runs resume), else --seeds
     dropped = ("seeds",) if args.seeds is None else ("seed",)
+    if args.kl_size == "buffer":  # the default, as runs before the option (so they resume)
+        dropped += ("kl_size",)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS + dropped}
     contexts, edible = load_mushroom(args.data_dir)
     device = torch.device(args.device)
@@ -255,6 +266,7 @@ def _run_lockstep(
         sigma2=sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
         init_scale=args.init_scale,
         noise=args.noise,
+        kl_size=args.kl_size,
         device=args.device,
         stream_chunk=_RECORD_EVERY,
         rng_seed=seeds[0],
@@ -400,6 +412,7 @@ def _make_agent(
             init_scale=args.init_scale,
             noise=None if args.learn_noise else args.noise,
             init_noise=args.noise,
+            kl_size=args.kl_size,
             engine=args.engine,
             **common,
         )
