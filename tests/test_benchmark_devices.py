@@ -7,13 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import SHARED_DATA, needs_shared_data
+
+from pyro_dwp.cli import main as cli_main
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 sys.path.insert(0, str(BENCHMARKS))
 
 import mushroom  # noqa: E402  (benchmarks/mushroom.py)
+import mushroom_posterior  # noqa: E402  (benchmarks/mushroom_posterior.py)
 
 
 @needs_shared_data("mushroom")
@@ -44,3 +48,39 @@ def test_mushroom_benchmark_passes_the_prior_to_the_job_and_adds_up_its_seconds(
     assert settings["kl_size"] == "seen"
     assert result["step_minutes"] > first["step_minutes"] > 0
     assert "minutes of stepping over every invocation" in (tmp_path / "mushroom.md").read_text()
+
+
+@needs_shared_data("mushroom")
+def test_mushroom_posterior_of_a_collapsed_posterior_is_its_mean_networks(tmp_path):
+    # a BBB posterior whose sigmas are ~1e-13: Thompson draws decide as the mean network does,
+    # so the draws' eat rates and implied regret are the mean network's mistakes
+    argv = ["mushroom", "--engine", "lockstep", "--agents", "bbb", "greedy", "--steps", "30"]
+    argv += ["--hidden", "8", "--num-batches", "2", "--no-progress", "--out", str(tmp_path)]
+    assert cli_main([*argv, "--data-dir", str(SHARED_DATA)]) == 0
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    w = state["runner"]["params"].numel() // 3  # mu, rho of bbb, then greedy's weights
+    state["runner"]["params"][w : 2 * w] = -30.0
+    torch.save(state, path)
+    bbb, greedy = mushroom_posterior.read(path, SHARED_DATA, draws=3, seed=0)
+    assert (bbb["agent"], greedy["agent"]) == ("bbb", "greedy")
+    assert max(bbb["sigma_quantiles"]) < 1e-12
+    n, poisonous = 8124, 3916
+    assert bbb["p_eat_poisonous"] == pytest.approx(bbb["mean_net_eats_poisonous"] / poisonous)
+    assert bbb["p_eat_edible"] == pytest.approx(1 - bbb["mean_net_passes_edible"] / (n - poisonous))
+    implied = 1000 * (15 * bbb["mean_net_eats_poisonous"] + 5 * bbb["mean_net_passes_edible"]) / n
+    assert bbb["implied_regret_per_1000"] == pytest.approx(implied)
+    assert set(bbb["p_eat_poisonous_by_odour"]) <= set("alcyfmnps")
+
+
+@needs_shared_data("mushroom")
+def test_mushroom_posterior_refuses_a_checkpoint_of_another_engine(tmp_path):
+    argv = ["mushroom", "--agents", "greedy", "--steps", "2", "--num-batches", "1"]
+    assert (
+        cli_main([*argv, "--no-progress", "--out", str(tmp_path), "--data-dir", str(SHARED_DATA)])
+        == 0
+    )
+    with pytest.raises(ValueError, match="is not a checkpoint of --engine lockstep"):
+        mushroom_posterior.main(
+            ["--checkpoint", str(tmp_path / "checkpoint.pt"), "--data-dir", str(SHARED_DATA)]
+        )

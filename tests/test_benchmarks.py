@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import BENCHMARKS, data_args, needs_shared_data, options
 
+from pyro_dwp.cli import main as cli_main
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae, save_kernel_vae
 
 Argv = Callable[[Path], list[str]]
@@ -49,6 +50,14 @@ def _dwp_markov_chain(tmp: Path) -> list[str]:
     tiny = options(steps=(0, 1), vae_steps=2, n_train=20, seeds=0, epochs=1, channels=(2, 4))
     tiny += options(n_test=50, test_samples=1, gap_samples=4, threads=1)
     return [*tiny, "--kernels", str(tmp), "--out", str(tmp / "results"), *data_args()]
+
+
+def _lockstep_checkpoint(tmp: Path) -> Path:
+    """A tiny ``pyro-dwp mushroom --engine lockstep`` run's checkpoint (the real data)."""
+    argv = ["mushroom", "--engine", "lockstep", "--agents", "bbb", "greedy", "--steps", "3"]
+    argv += ["--hidden", "8", "--num-batches", "1", "--no-progress", "--out", str(tmp / "run")]
+    assert cli_main([*argv, *data_args()]) == 0
+    return tmp / "run" / "checkpoint.pt"
 
 
 def _dwp_code_prior(tmp: Path) -> list[str]:
@@ -103,6 +112,11 @@ TINY: dict[str, Argv] = {
         *data_args(),
         *_results(tmp),
     ],
+    "mushroom_posterior.py": lambda tmp: [
+        *options(checkpoint=_lockstep_checkpoint(tmp), draws=2),
+        *data_args(),
+        *_results(tmp),
+    ],
     "step_time.py": lambda tmp: [
         *options(threads=1, hidden=8, batch=8, rounds=1, steps=1, warmup=1),
         *_results(tmp),
@@ -121,6 +135,7 @@ NEEDS = {
     "dwp_mnist.py": ("mnist",),
     "dwp_random_features.py": ("mnist",),
     "mushroom.py": ("mushroom",),
+    "mushroom_posterior.py": ("mushroom",),
 }
 """The folders of ``../shared/data`` each script reads."""
 
