@@ -84,6 +84,13 @@ def build_args_parser() -> argparse.ArgumentParser:
     for flag in ("--pi", "--neg-log-sigma1", "--neg-log-sigma2"):
         bbb.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
     bbb.add_argument("--kl-size", choices=["buffer", "seen"], help="pyro-dwp mushroom --kl-size")
+    bbb.add_argument(
+        "--bbb-variant",
+        nargs="+",
+        action="append",
+        metavar="LABEL [KEY=VALUE ...]",
+        help="pyro-dwp mushroom --bbb-variant (with --engine lockstep; repeatable)",
+    )
     p.add_argument(
         "--compare-capture",
         action="store_true",
@@ -112,6 +119,8 @@ def _common_argv(args: argparse.Namespace, out: Path) -> list[str]:
     for flag in ("pi", "neg_log_sigma1", "neg_log_sigma2", "kl_size"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for spec in args.bbb_variant or []:
+        argv += ["--bbb-variant", *spec]
     if args.no_progress:
         argv.append("--no-progress")
     return argv

@@ -44,24 +44,40 @@ def draws(r: LockstepBandit, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return rows, eps
 
 
+VARIANT = {"pi": 0.25, "sigma1": 0.3, "sigma2": 0.01, "init_scale": 0.05, "noise": 2.0}
+"""Settings of a ``bbb:v`` agent beside ``bbb`` (``overrides``), each unlike the default."""
+
+
 @pytest.mark.parametrize(
-    ("steps", "kl_size", "size"),
-    [(3, "buffer", 3), (20, "buffer", 16), (20, "seen", 20)],
-    ids=["buffer_below_batch", "buffer_full", "seen"],
+    ("steps", "kl_size", "size", "agent_name"),
+    [
+        (3, "buffer", 3, "bbb"),
+        (20, "buffer", 16, "bbb"),
+        (20, "seen", 20, "bbb"),
+        (20, "buffer", 16, "bbb:v"),
+    ],
+    ids=["buffer_below_batch", "buffer_full", "seen", "variant"],
 )
-def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(steps, kl_size, size, one_thread):
-    # the member (bbb, seed 1) of a runner beside other members; its reference agent starts from
-    # the same weights; the data term's scale max(N, B) / B is 1 (N = 3 < B = 4), then 16 / 4
-    # (N the buffer's 16 interactions), or 20 / 4 (N the 20 seen, kl_size="seen")
-    r = runner(agents=("greedy", "bbb"), seeds=(0, 1), kl_size=kl_size)
+def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
+    steps, kl_size, size, agent_name, one_thread
+):
+    # the member (agent_name, seed 1) of a runner beside other members; its reference agent
+    # starts from the same weights; the data term's scale max(N, B) / B is 1 (N = 3 < B = 4),
+    # then 16 / 4 (N the buffer's 16 interactions), or 20 / 4 (N the 20 seen, kl_size="seen");
+    # "bbb:v" has a prior, initial scale and noise of its own beside "bbb" (per-member tensors)
+    r = runner(
+        agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), kl_size=kl_size,
+        overrides={"bbb:v": VARIANT},
+    )  # fmt: skip
     for _ in range(steps):
         r.step()
-    member = r.members.index(("bbb", 1))
+    member = r.members.index((agent_name, 1))
     pyro.clear_param_store()
-    agent = ThompsonBBBAgent(6, seed=agent_seed("bbb", 1), num_particles=2, **SMALL)
+    own = VARIANT if agent_name == "bbb:v" else {}
+    agent = ThompsonBBBAgent(6, seed=agent_seed(agent_name, 1), num_particles=2, **SMALL, **own)
     agent.likelihood.dataset_size = size
     store = dict(pyro.get_param_store().named_parameters())
-    fresh = runner(agents=("greedy", "bbb"), seeds=(0, 1))
+    fresh = runner(agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), overrides={"bbb:v": VARIANT})
     for name, value in fresh.named_parameters(member).items():
         kind, site = name.split(".", 1)
         if kind == "loc":
@@ -99,10 +115,14 @@ def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(steps, kl_size, size, one
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
 
 
-def test_a_greedy_update_equals_the_greedy_agents_adam_step(one_thread):
-    r = runner(agents=("bbb", "eps0.05"), seeds=(0, 3))
+@pytest.mark.parametrize("lr", [None, 0.05], ids=["shared_lr", "own_lr"])
+def test_a_greedy_update_equals_the_greedy_agents_adam_step(lr, one_thread):
+    # with its own learning rate (overrides), the members' rates differ: a per-element rate
+    overrides = {} if lr is None else {"eps0.05": {"lr": lr}}
+    r = runner(agents=("bbb", "eps0.05"), seeds=(0, 3), overrides=overrides)
     member = r.members.index(("eps0.05", 3))
-    agent = GreedyAgent(6, epsilon=0.05, seed=agent_seed("eps0.05", 3), **SMALL)
+    settings = SMALL if lr is None else {**SMALL, "lr": lr}
+    agent = GreedyAgent(6, epsilon=0.05, seed=agent_seed("eps0.05", 3), **settings)
     expected = dict(agent.net.named_parameters())
     for name, value in r.named_parameters(member).items():
         assert torch.equal(value, expected[name])  # the same initial weights
@@ -261,6 +281,12 @@ def test_agent_names():
         ({"init_scale": 0.0}, "init_scale must be > 0"),
         ({"pi": 1.0}, r"pi must be in \(0, 1\)"),
         ({"kl_size": "all"}, r"kl_size must be one of \['buffer', 'seen'\], got 'all'"),
+        ({"agents": ("bbb:",)}, "agents: unknown agent 'bbb:'"),
+        ({"overrides": {"eps0.1": {"lr": 1.0}}}, r"overrides: agents \['eps0.1'\] are not"),
+        ({"overrides": {"greedy": {"pi": 0.3}}}, r"agent 'greedy' has no setting \['pi'\]"),
+        ({"overrides": {"bbb": {"scale": 0.3}}}, r"agent 'bbb' has no setting \['scale'\]"),
+        ({"overrides": {"bbb": {"sigma1": -1}}}, "overrides of agent 'bbb': sigma1 must be > 0"),
+        ({"overrides": {"greedy": {"lr": 0}}}, "overrides of agent 'greedy': lr must be > 0"),
         ({"capture": True, "device": "cpu"}, "capture: a CUDA graph needs a CUDA device"),
     ],
 )

@@ -7,6 +7,7 @@ repository) and are skipped if it is absent; the others use hand-made rows.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from pyro_dwp.experiments.bandits import (
     oracle_reward,
     reward,
 )
+from pyro_dwp.experiments.mushroom import bbb_variants
 
 REAL_FILE = SHARED_DATA / "mushroom" / "agaricus-lepiota.data"
 needs_real = needs_shared_data("mushroom/agaricus-lepiota.data")
@@ -401,3 +403,47 @@ def test_the_engines_refuse_each_others_checkpoints(tmp_path: Path, data_dir: Pa
     assert _job(tmp_path / "lockstep", data_dir, "--steps", "20", "--engine", "lockstep") == 0
     assert _job(tmp_path / "lockstep", data_dir, "--steps", "40", "--resume") == 1
     assert "was written by --engine lockstep" in capsys.readouterr().err
+
+
+def test_bbb_variants_become_the_lockstep_engines_overrides():
+    specs = [["narrow", "neg-log-sigma1=3", "pi=0.25"], ["slow", "lr=1e-4", "init-scale=0.001"]]
+    assert bbb_variants(specs) == {
+        "bbb:narrow": {"sigma1": math.exp(-3), "pi": 0.25},
+        "bbb:slow": {"lr": 1e-4, "init_scale": 0.001},
+    }
+    assert bbb_variants([["plain"]]) == {"bbb:plain": {}}
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        ([["lr=1e-4"]], "each needs a label of its own first"),
+        ([["a"], ["a", "pi=0.3"]], "each needs a label of its own first"),
+        ([["a", "sigma1=0.3"]], "'sigma1=0.3' is not KEY=VALUE with KEY one of lr, pi"),
+        ([["a", "noise"]], "'noise' is not KEY=VALUE"),
+        ([["a", "noise=big"]], "noise must be a number, got 'big'"),
+        ([["a", "pi=0.3", "pi=0.2"]], "pi is given twice"),
+        ([["a", "neg-log-sigma2=800"]], "neg-log-sigma2 800.0: sigma = exp"),
+    ],
+)
+def test_bad_bbb_variants_are_refused_naming_them(specs, message):
+    with pytest.raises(ValueError, match=message):
+        bbb_variants(specs)
+
+
+def test_the_job_runs_bbb_variants_beside_the_agents(tmp_path: Path, data_dir: Path, capsys):
+    variant = ("--bbb-variant", "narrow", "neg-log-sigma1=3", "lr=0.01")
+    argv = ("--engine", "lockstep", "--steps", "100", "--seeds", "0", "1", *variant)
+    assert _job(tmp_path / "a", data_dir, *argv) == 0
+    result = json.loads((tmp_path / "a" / "regret.json").read_text())
+    assert set(result["regret"]) == {"bbb", "greedy", "eps0.05", "bbb:narrow"}
+    assert set(result["per_seed"]["1"]) == set(result["regret"])
+    assert result["settings"]["bbb_variant"] == [["narrow", "neg-log-sigma1=3", "lr=0.01"]]
+    assert "| bbb:narrow |" in (tmp_path / "a" / "regret.md").read_text()
+    # the engines of one agent object each do not take variants
+    assert _job(tmp_path / "b", data_dir, "--steps", "5", *variant) == 1
+    assert "--bbb-variant needs --engine lockstep, got --engine pyro" in capsys.readouterr().err
+    # a value the engine refuses is named with its agent
+    bad = ("--bbb-variant", "wide", "pi=1.5")
+    assert _job(tmp_path / "c", data_dir, "--engine", "lockstep", "--steps", "5", *bad) == 1
+    assert "overrides of agent 'bbb:wide': pi must be in (0, 1)" in capsys.readouterr().err

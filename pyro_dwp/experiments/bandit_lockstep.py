@@ -32,7 +32,7 @@ replayed; without CUDA (or with ``capture=False``) the same function runs eagerl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -61,13 +61,13 @@ _WARMUP_STEPS = 3  # eager steps on a side stream before capture, as PyTorch ask
 
 
 def agent_epsilon(name: str) -> float | None:
-    """The exploration probability of agent ``name``: ``None`` for ``bbb`` (Thompson sampling),
-    0 for ``greedy``, ``E`` for ``eps<E>`` (``0 < E <= 1``).
+    """The exploration probability of agent ``name``: ``None`` for ``bbb`` and its variants
+    ``bbb:<label>`` (Thompson sampling), 0 for ``greedy``, ``E`` for ``eps<E>`` (``0 < E <= 1``).
 
     Raises:
         ValueError: For another name (naming the option ``agents``).
     """
-    if name == "bbb":
+    if name == "bbb" or (name.startswith("bbb:") and len(name) > 4):
         return None
     if name == "greedy":
         return 0.0
@@ -79,8 +79,13 @@ def agent_epsilon(name: str) -> float | None:
         if 0.0 < epsilon <= 1.0:
             return epsilon
     raise ValueError(
-        f"agents: unknown agent {name!r}: choose bbb, greedy or eps<E> with 0 < E <= 1"
+        f"agents: unknown agent {name!r}: choose bbb, bbb:<label>, greedy or eps<E> with 0 < E <= 1"
     )
+
+
+BBB_SETTINGS = ("lr", "pi", "sigma1", "sigma2", "init_scale", "noise")
+"""The settings that :class:`LockstepBandit`'s ``overrides`` may give a ``bbb`` agent; the
+other agents take ``lr`` only."""
 
 
 class LockstepBandit:
@@ -109,6 +114,10 @@ class LockstepBandit:
         pi, sigma1, sigma2: The scale-mixture prior of ``bbb``.
         init_scale: Initial posterior standard deviation of ``bbb``.
         noise: Fixed noise standard deviation of ``bbb``'s likelihood.
+        overrides: Per agent name, settings of its own in place of the arguments above
+            (:data:`BBB_SETTINGS` for ``bbb`` agents, ``lr`` for the others): e.g.
+            ``agents=["bbb", "bbb:narrow"], overrides={"bbb:narrow": {"sigma1": 0.05}}``
+            screens two priors side by side in one batched network.
         kl_size: ``N`` of ``bbb``'s KL weighting, as the reference agent's: ``"buffer"``
             (the interactions stored) or ``"seen"`` (every interaction so far).
         device: Where the members live.
@@ -137,6 +146,7 @@ class LockstepBandit:
         init_scale: float = 0.01,
         noise: float = 1.0,
         kl_size: KLSize = "buffer",
+        overrides: Mapping[str, Mapping[str, float]] | None = None,
         device: torch.device | str = "cpu",
         capture: bool | None = None,
         stream_chunk: int = 100,
@@ -158,6 +168,9 @@ class LockstepBandit:
             )
         check_kl_size(kl_size)
         self.kl_size = kl_size
+        base = {"lr": lr, "pi": pi, "sigma1": sigma1, "sigma2": sigma2}
+        base |= {"init_scale": init_scale, "noise": noise}
+        settings = _agent_settings(agents, overrides or {}, base)
         if capture is None:
             capture = device.type == "cuda"
         if capture and device.type != "cuda":
@@ -165,13 +178,15 @@ class LockstepBandit:
         self.device, self.capture = device, capture
         self.batch_size, self.num_batches = batch_size, num_batches
         self.num_particles, self.buffer_size = num_particles, buffer_size
-        self.lr, self.noise = lr, noise
         self.seeds = [int(s) for s in seeds]
         bbb = [(a, s) for a in agents if agent_epsilon(a) is None for s in self.seeds]
         others = [(a, s) for a in agents if agent_epsilon(a) is not None for s in self.seeds]
         self.members: list[tuple[str, int]] = bbb + others
         """``(agent, seed)`` of each member, in the order of the member dimensions."""
         self.num_bbb = len(bbb)
+        self.settings = {a: settings[a] for a in agents}
+        """Each agent's ``lr`` (and a ``bbb`` agent's prior, initial scale and noise): the
+        arguments with ``overrides`` applied."""
         num = len(self.members)
         contexts, edible = contexts.detach().cpu().float(), edible.detach().cpu().bool()
         context_dim = contexts.shape[1]
@@ -196,12 +211,20 @@ class LockstepBandit:
                 net = bandit_net(context_dim, tuple(hidden))
             inits.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
         init = torch.stack(inits)  # (E, W)
-        rho = transform_to(constraints.softplus_positive).inv(torch.tensor(float(init_scale)))
+        to_rho = transform_to(constraints.softplus_positive).inv
+        rho = to_rho(self._bbb_values("init_scale")).unsqueeze(1)  # (E_bbb, 1)
         flat = torch.cat(
             [init[: self.num_bbb].flatten(),
              rho.expand(self.num_bbb, offset).flatten(),
              init[self.num_bbb :].flatten()]
         )  # fmt: skip
+        lrs = torch.tensor([settings[a]["lr"] for a, _ in self.members])
+        self._lr: float | Tensor = lr
+        if bool((lrs != lrs[0]).any()):  # per element, in the flat vector's layout
+            per_member = torch.cat([lrs[: self.num_bbb], lrs]).repeat_interleave(offset)
+            self._lr = per_member.to(device)
+        else:
+            self._lr = float(lrs[0])
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -224,8 +247,12 @@ class LockstepBandit:
         eps = [agent_epsilon(a) for a, _ in self.members[self.num_bbb :]]
         self._epsilon = on_device(torch.tensor(eps, dtype=torch.float32))
         self._members = on_device(torch.arange(num))
-        # no validation: checking a sample's support reads it back to the host
-        self._prior = ScaleMixtureNormal(pi, sigma1, sigma2, validate_args=False)
+        # no validation: checking a sample's support reads it back to the host; the prior's
+        # and the noise's parameters are scalars where every bbb member shares them, else
+        # (E_bbb, 1, 1), against weights (E_bbb, P, W) and residuals (E_bbb, P, B)
+        prior = [self._bbb_setting(k, device) for k in ("pi", "sigma1", "sigma2")]
+        self._prior = ScaleMixtureNormal(*prior, validate_args=False)
+        self._noise = self._bbb_setting("noise", device)
 
         # the state a step changes in place (a CUDA graph reads and writes these very tensors)
         self._x = torch.zeros(num, buffer_size, context_dim + NUM_ACTIONS, device=device)
@@ -438,6 +465,18 @@ class LockstepBandit:
                 h = torch.relu(h)
         return h.squeeze(-1)
 
+    def _bbb_values(self, name: str) -> Tensor:
+        """Setting ``name`` of each ``bbb`` member, float32 ``(E_bbb,)`` on the CPU."""
+        return torch.tensor([self.settings[a][name] for a, _ in self.members[: self.num_bbb]])
+
+    def _bbb_setting(self, name: str, device: torch.device) -> float | Tensor:
+        """Setting ``name`` of the ``bbb`` members: a float where they share it (or there are
+        none), else ``(E_bbb, 1, 1)`` on ``device``."""
+        values = [self.settings[a][name] for a, _ in self.members[: self.num_bbb]]
+        if len(set(values)) <= 1:
+            return values[0] if values else 1.0
+        return torch.tensor(values, device=device).view(-1, 1, 1)
+
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``mu (E_bbb, W)``, ``rho (E_bbb, W)`` and the others' weights ``(E - E_bbb, W)``."""
         nb, w = self.num_bbb, self.num_weights
@@ -454,8 +493,10 @@ class LockstepBandit:
         xb = x[:nb].unsqueeze(1).expand(nb, p, *x.shape[1:]).reshape(nb * p, *x.shape[1:])
         out = self._forward(torch.cat([w.reshape(nb * p, -1), theta]), torch.cat([xb, x[nb:]]))
         # bbb: mean over particles of  scale * (-log p(y | w)) - log p(w) + log q(w)
-        z = (y[:nb].unsqueeze(1) - out[: nb * p].view(nb, p, -1)) / self.noise
-        nll = (0.5 * z.square() + (math.log(self.noise) + _HALF_LOG_2PI)).sum(-1)
+        noise = self._noise
+        z = (y[:nb].unsqueeze(1) - out[: nb * p].view(nb, p, -1)) / noise
+        log_noise = math.log(noise) if isinstance(noise, float) else noise.log()
+        nll = (0.5 * z.square() + (log_noise + _HALF_LOG_2PI)).sum(-1)
         log_prior = self._prior.log_prob(w).sum(-1)
         log_q = (-0.5 * eps.square() - _HALF_LOG_2PI).sum(-1) - sigma.log().sum(-1, keepdim=True)
         bbb = (scale * nll - log_prior + log_q).mean(-1)
@@ -476,7 +517,7 @@ class LockstepBandit:
         self._adam_steps += 1
         self._adam_m.lerp_(grad, 1 - beta1)
         self._adam_v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = self.lr / (1 - beta1**self._adam_steps)
+        step_size = self._lr / (1 - beta1**self._adam_steps)
         bias_correction2_sqrt = (1 - beta2**self._adam_steps).sqrt()
         denom = (self._adam_v.sqrt() / bias_correction2_sqrt).add_(_ADAM_EPS)
         self.params.sub_(self._adam_m / denom * step_size)
@@ -560,6 +601,48 @@ def _network_inputs(contexts: Tensor, actions: Tensor) -> Tensor:
     return torch.cat([contexts, onehot.to(contexts.dtype)], dim=-1)
 
 
+def _agent_settings(
+    agents: Sequence[str],
+    overrides: Mapping[str, Mapping[str, float]],
+    base: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    """Each agent's settings: ``base`` with its ``overrides`` applied, checked.
+
+    Raises:
+        ValueError: For an override of an agent not in ``agents``, a setting an agent does not
+            have (:data:`BBB_SETTINGS` for ``bbb`` agents, ``lr`` for the others) or a bad value,
+            naming them.
+    """
+    unknown = sorted(set(overrides) - set(agents))
+    if unknown:
+        raise ValueError(f"overrides: agents {unknown} are not among the agents {list(agents)}")
+    out = {}
+    for agent in agents:
+        allowed = BBB_SETTINGS if agent_epsilon(agent) is None else ("lr",)
+        given = dict(overrides.get(agent, {}))
+        extra = sorted(set(given) - set(allowed))
+        if extra:
+            raise ValueError(
+                f"overrides: agent {agent!r} has no setting {extra}; it takes {list(allowed)}"
+            )
+        settings = base | {k: float(v) for k, v in given.items()}
+        try:
+            _check_values(**settings)
+        except ValueError as e:
+            raise ValueError(f"overrides of agent {agent!r}: {e}") from None
+        out[agent] = settings
+    return out
+
+
+def _check_values(**values: float) -> None:
+    """Raise ``ValueError`` naming the first bad value of :data:`BBB_SETTINGS`."""
+    for name in ("lr", "sigma1", "sigma2", "init_scale", "noise"):
+        if not values[name] > 0:
+            raise ValueError(f"{name} must be > 0, got {values[name]}")
+    if not 0 < values["pi"] < 1:
+        raise ValueError(f"pi must be in (0, 1), got {values['pi']}")
+
+
 def _check_options(
     *,
     agents: Sequence[str],
@@ -586,8 +669,4 @@ def _check_options(
             raise ValueError(f"{name} must be >= 1, got {values[name]}")
     if stream_chunk < 1:
         raise ValueError(f"stream_chunk must be >= 1, got {stream_chunk}")
-    for name in ("lr", "sigma1", "sigma2", "init_scale", "noise"):
-        if not values[name] > 0:
-            raise ValueError(f"{name} must be > 0, got {values[name]}")
-    if not 0 < values["pi"] < 1:
-        raise ValueError(f"pi must be in (0, 1), got {values['pi']}")
+    _check_values(**{k: values[k] for k in BBB_SETTINGS})

@@ -79,6 +79,47 @@ def parse_agent(name: str) -> str:
     return name
 
 
+_VARIANT_KEYS = ("lr", "pi", "neg-log-sigma1", "neg-log-sigma2", "init-scale", "noise")
+
+
+def bbb_variants(specs: list[list[str]]) -> dict[str, dict[str, float]]:
+    """``--bbb-variant`` specs (``[LABEL, KEY=VALUE, ...]`` each) as the lockstep engine's
+    ``overrides``: ``{"bbb:LABEL": {setting: value}}`` (``neg-log-sigma<i>=v`` gives
+    ``sigma<i> = exp(-v)``).
+
+    Raises:
+        ValueError: For a label used twice or with ``=``, an unknown key, a key given twice or a
+            value that is not a number, naming the option.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for label, *pairs in specs:
+        name = f"bbb:{label}"
+        if "=" in label or name in out:
+            raise ValueError(
+                f"--bbb-variant: each needs a label of its own first (no '='), got {label!r}"
+            )
+        settings: dict[str, float] = {}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            if not sep or key not in _VARIANT_KEYS:
+                raise ValueError(
+                    f"--bbb-variant {label}: {pair!r} is not KEY=VALUE with KEY one of "
+                    f"{', '.join(_VARIANT_KEYS)}"
+                )
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"--bbb-variant {label}: {key} must be a number, got {text!r}"
+                ) from None
+            setting = key.replace("neg-log-", "").replace("-", "_")
+            if setting in settings:
+                raise ValueError(f"--bbb-variant {label}: {key} is given twice")
+            settings[setting] = sigma_from_neg_log(value, key) if "sigma" in key else value
+        out[name] = settings
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out_argument(p, "explicit")
     p.add_argument("--data-dir", type=Path, help="folder with mushroom/ (else PYRO_DWP_DATA)")
@@ -115,6 +156,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--learn-noise",
         action="store_true",
         help="learn the BBB noise std as a point estimate instead (starts at --noise)",
+    )
+    p.add_argument(
+        "--bbb-variant",
+        nargs="+",
+        action="append",
+        metavar="LABEL [KEY=VALUE ...]",
+        help="with --engine lockstep: one more BBB agent, bbb:LABEL, with settings of its own "
+        f"(keys {', '.join(_VARIANT_KEYS)}; the others as the options say); repeat it to screen "
+        "several side by side in one batched network, e.g. --bbb-variant narrow "
+        "neg-log-sigma1=3 --bbb-variant slow lr=1e-4",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the stream and the agents")
     p.add_argument(
@@ -173,6 +224,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     dropped = ("seeds",) if args.seeds is None else ("seed",)
     if args.kl_size == "buffer":  # the default, as runs before the option (so they resume)
         dropped += ("kl_size",)
+    if args.bbb_variant is None:  # likewise
+        dropped += ("bbb_variant",)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS + dropped}
     contexts, edible = load_mushroom(args.data_dir)
     device = torch.device(args.device)
@@ -250,10 +303,12 @@ def _run_lockstep(
     mean over the seeds, and each seed's) and ``step_seconds``, the seconds spent stepping over
     every invocation of the run (a resumed run adds to its checkpoint's)."""
     seeds = args.seeds if args.seeds is not None else [args.seed]
+    variants = bbb_variants(args.bbb_variant or [])
     runner = LockstepBandit(
         contexts,
         edible,
-        agents=args.agents,
+        agents=[*args.agents, *variants],
+        overrides=variants,
         seeds=seeds,
         hidden=tuple(args.hidden),
         buffer_size=args.buffer_size,
@@ -273,7 +328,7 @@ def _run_lockstep(
     )
     # curves[seed][agent]: the cumulative regret every _RECORD_EVERY steps
     curves: dict[str, dict[str, list[float]]] = {
-        str(s): {a: [] for a in args.agents} for s in seeds
+        str(s): {a: [] for a in runner.settings} for s in seeds
     }
     start = 0
     if args.resume and checkpoint.exists():
@@ -371,6 +426,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if len(set(args.agents)) != len(args.agents):
         raise ValueError(f"--agents names an agent twice: {args.agents}")
+    if args.bbb_variant is not None:
+        if args.engine != "lockstep":
+            raise ValueError(f"--bbb-variant needs --engine lockstep, got --engine {args.engine}")
+        bbb_variants(args.bbb_variant)  # checks the specs
     if args.seeds is not None:
         if len(set(args.seeds)) != len(args.seeds):
             raise ValueError(f"--seeds names a seed twice: {args.seeds}")
