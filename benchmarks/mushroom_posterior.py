@@ -5,10 +5,11 @@ whichever device wrote them), over all 8,124 mushrooms:
 
 - every agent: how many poisonous mushrooms the mean network (``bbb``: the posterior mean)
   would eat and how many edible ones it would pass;
-- ``bbb``: the quantiles of the posterior sigmas, the probability that a Thompson draw eats a
-  poisonous mushroom (overall and per odour) or an edible one, the sd of a draw's value of
-  eating, and the regret per 1,000 steps these probabilities imply on a uniform stream
-  (``15 P(poisonous) P(eat | poisonous) + 5 P(edible) P(pass | edible)``).
+- ``bbb`` and its variants ``bbb:<label>``: the quantiles of the posterior sigmas, the
+  probability that a Thompson draw eats a poisonous mushroom (overall and per odour) or an
+  edible one, the sd of a draw's value of eating, and the regret per 1,000 steps these
+  probabilities imply on a uniform stream (``15 P(poisonous) P(eat | poisonous) + 5 P(edible)
+  P(pass | edible)``).
 
 Prints a markdown table and writes ``mushroom_posterior.{md,json}`` to ``--results-dir``
 (``benchmarks/results``)::
@@ -31,7 +32,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from pyro_dwp.data.mushroom import MUSHROOM_ATTRIBUTES, load_mushroom
-from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
+from pyro_dwp.experiments.bandit_lockstep import LockstepBandit, agent_epsilon
 from pyro_dwp.experiments.bandits import EAT, PASS, bandit_net, network_inputs
 from pyro_dwp.infer.checkpoint import load_checkpoint
 
@@ -68,7 +69,7 @@ def read(checkpoint: Path, data_dir: Path | None, draws: int, seed: int) -> list
         for m, (agent, member_seed) in enumerate(members):
             params = runner.named_parameters(m, flat)
             report: dict[str, Any] = {"agent": agent, "seed": member_seed}
-            if agent != "bbb":
+            if agent_epsilon(agent) is not None:  # not bbb or a bbb:<label> variant
                 eat = _eats(functional_call(net, params, (inputs,)), n)
                 reports.append(report | _mistakes(eat, edible))
                 continue
@@ -127,12 +128,12 @@ def table(reports: list[dict[str, Any]]) -> str:
     ]
     for r in reports:
         mistakes = f"{r['mean_net_eats_poisonous']} / {r['mean_net_passes_edible']}"
-        if r["agent"] != "bbb":
+        if "sigma_quantiles" not in r:  # not a bbb agent
             lines.append(f"| {r['agent']} seed {r['seed']} | {mistakes} | | | |")
             continue
         q = " / ".join(f"{v:.4f}" for v in r["sigma_quantiles"])
         lines.append(
-            f"| bbb seed {r['seed']} | {mistakes} | {q} | {r['p_eat_poisonous']:.4f} / "
+            f"| {r['agent']} seed {r['seed']} | {mistakes} | {q} | {r['p_eat_poisonous']:.4f} / "
             f"{r['p_eat_edible']:.4f} | {r['implied_regret_per_1000']:.0f} |"
         )
     return "\n".join(lines) + "\n"

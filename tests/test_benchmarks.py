@@ -55,6 +55,7 @@ def _dwp_markov_chain(tmp: Path) -> list[str]:
 def _lockstep_checkpoint(tmp: Path) -> Path:
     """A tiny ``pyro-dwp mushroom --engine lockstep`` run's checkpoint (the real data)."""
     argv = ["mushroom", "--engine", "lockstep", "--agents", "bbb", "greedy", "--steps", "3"]
+    argv += ["--bbb-variant", "slow", "lr=1e-4"]
     argv += ["--hidden", "8", "--num-batches", "1", "--no-progress", "--out", str(tmp / "run")]
     assert cli_main([*argv, *data_args()]) == 0
     return tmp / "run" / "checkpoint.pt"
