@@ -443,6 +443,8 @@ def test_the_job_runs_bbb_variants_beside_the_agents(tmp_path: Path, data_dir: P
     # the engines of one agent object each do not take variants
     assert _job(tmp_path / "b", data_dir, "--steps", "5", *variant) == 1
     assert "--bbb-variant needs --engine lockstep, got --engine pyro" in capsys.readouterr().err
+    assert _job(tmp_path / "b", data_dir, "--steps", "5", "--agents", "bbb:x") == 1
+    assert "--agents bbb:x needs --engine lockstep, got --engine pyro" in capsys.readouterr().err
     # a value the engine refuses is named with its agent
     bad = ("--bbb-variant", "wide", "pi=1.5")
     assert _job(tmp_path / "c", data_dir, "--engine", "lockstep", "--steps", "5", *bad) == 1

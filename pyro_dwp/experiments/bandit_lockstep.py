@@ -218,13 +218,11 @@ class LockstepBandit:
              rho.expand(self.num_bbb, offset).flatten(),
              init[self.num_bbb :].flatten()]
         )  # fmt: skip
-        lrs = torch.tensor([settings[a]["lr"] for a, _ in self.members])
-        self._lr: float | Tensor = lr
-        if bool((lrs != lrs[0]).any()):  # per element, in the flat vector's layout
-            per_member = torch.cat([lrs[: self.num_bbb], lrs]).repeat_interleave(offset)
+        lrs = [settings[a]["lr"] for a, _ in self.members]
+        self._lr: float | Tensor = lrs[0]
+        if len(set(lrs)) > 1:  # per element, in the flat vector's layout: mu, rho, the others
+            per_member = torch.tensor(lrs[: self.num_bbb] + lrs).repeat_interleave(offset)
             self._lr = per_member.to(device)
-        else:
-            self._lr = float(lrs[0])
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -317,8 +315,7 @@ class LockstepBandit:
 
         ``bbb``: the negative ELBO of ``Trace_ELBO`` (``P`` particles, data term scaled by
         ``max(N, B) / B`` with ``N`` the interactions stored, or seen under
-        ``kl_size="seen"``); others: the mean squared
-        error.
+        ``kl_size="seen"``); others: the mean squared error.
 
         Args:
             rows: int ``(E, B)``, rows of each member's buffer.

@@ -426,9 +426,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if len(set(args.agents)) != len(args.agents):
         raise ValueError(f"--agents names an agent twice: {args.agents}")
+    variants = [a for a in args.agents if a.startswith("bbb:")]
+    if (args.bbb_variant is not None or variants) and args.engine != "lockstep":
+        flag = "--bbb-variant" if args.bbb_variant is not None else f"--agents {variants[0]}"
+        raise ValueError(f"{flag} needs --engine lockstep, got --engine {args.engine}")
     if args.bbb_variant is not None:
-        if args.engine != "lockstep":
-            raise ValueError(f"--bbb-variant needs --engine lockstep, got --engine {args.engine}")
         bbb_variants(args.bbb_variant)  # checks the specs
     if args.seeds is not None:
         if len(set(args.seeds)) != len(args.seeds):
