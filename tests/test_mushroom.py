@@ -449,3 +449,31 @@ def test_the_job_runs_bbb_variants_beside_the_agents(tmp_path: Path, data_dir: P
     bad = ("--bbb-variant", "wide", "pi=1.5")
     assert _job(tmp_path / "c", data_dir, "--engine", "lockstep", "--steps", "5", *bad) == 1
     assert "overrides of agent 'bbb:wide': pi must be in (0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["compiled", "lockstep"])
+def test_max_minutes_stops_at_a_checkpoint_and_resume_finishes_the_run(
+    engine, tmp_path: Path, data_dir: Path
+):
+    common = ("--engine", engine, "--steps", "200", "--checkpoint-every", "100")
+    assert _job(tmp_path / "a", data_dir, *common) == 0
+    # a limit already past when the first checkpoint comes: it stops there, outputs written
+    assert _job(tmp_path / "b", data_dir, *common, "--max-minutes", "1e-9") == 0
+    partial = json.loads((tmp_path / "b" / "regret.json").read_text())
+    assert (partial["steps"], partial["target_steps"], partial["partial"]) == (100, 200, True)
+    assert len(partial["curves"]["bbb"]) == 1
+    assert (
+        "PARTIAL: stopped by --max-minutes after 100 of 200 steps"
+        in (tmp_path / "b" / "regret.md").read_text()
+    )
+    assert (tmp_path / "b" / "regret.png").is_file()
+    assert _job(tmp_path / "b", data_dir, *common, "--resume") == 0  # the limit is no setting
+    done, whole = (json.loads((tmp_path / d / "regret.json").read_text()) for d in "ba")
+    assert done["regret"] == whole["regret"] and done["curves"] == whole["curves"]
+    assert (done["steps"], done["partial"]) == (200, False)
+    assert "PARTIAL" not in (tmp_path / "b" / "regret.md").read_text()
+
+
+def test_max_minutes_must_be_positive(tmp_path: Path, data_dir: Path, capsys):
+    assert _job(tmp_path, data_dir, "--steps", "5", "--max-minutes", "0") == 1
+    assert "--max-minutes must be > 0, got 0.0" in capsys.readouterr().err

@@ -61,6 +61,7 @@ _NOT_SETTINGS = (
     "job",
     "steps",
     "data_dir",
+    "max_minutes",
 )
 
 
@@ -197,6 +198,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and several collapse on a loaded machine)",
     )
     add_resume_argument(p, "--steps")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop at the first checkpoint after this many minutes of this invocation; the "
+        "outputs then show the steps done, marked PARTIAL, and --resume continues the run",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -214,6 +222,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
+    # stop at the first checkpoint past this (--max-minutes)
+    deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes
     check_device(args.device)
     for flag in ("steps", "num_batches"):
         if getattr(args, flag) is None:
@@ -237,10 +247,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     # the settings as options, so that a refused checkpoint names them: "--lr: 0.001 -> 0.01"
     fingerprint = {f"--{k.replace('_', '-')}": v for k, v in settings.items()}
     if args.engine == "lockstep":
-        result = _run_lockstep(args, contexts, edible, checkpoint, fingerprint)
+        result = _run_lockstep(args, contexts, edible, checkpoint, fingerprint, deadline)
     else:
-        result = _run_agents(args, contexts, edible, checkpoint, fingerprint)
-    result = {**result, "seconds": time.perf_counter() - t0, "settings": settings}
+        result = _run_agents(args, contexts, edible, checkpoint, fingerprint, deadline)
+    partial = {"target_steps": args.steps, "partial": result["steps"] < args.steps}
+    result = {**result, **partial, "seconds": time.perf_counter() - t0, "settings": settings}
     write_json(out / "regret.json", result)
     (out / "regret.md").write_text(_table(result, args.preset))
     _plot(out / "regret.png", result)
@@ -253,17 +264,19 @@ def _run_agents(
     edible: torch.Tensor,
     checkpoint: Checkpoint,
     fingerprint: dict[str, Any],
+    deadline: float | None,
 ) -> dict[str, Any]:
-    """The pyro and compiled engines: one agent object each, on one seed; the regrets."""
+    """The pyro and compiled engines: one agent object each, on one seed; the regrets after
+    ``--steps``, or at the first checkpoint past ``deadline``."""
     seed = args.seed if args.seeds is None else args.seeds[0]  # one seed here (_check_args)
     device = torch.device(args.device)
     env = MushroomBandit(contexts.to(device), edible.to(device), seed=seed)
     pyro.set_rng_seed(seed)
     agents = {name: _make_agent(name, seed, args, env.context_dim, device) for name in args.agents}
     logs = {name: RegretLog(_RECORD_EVERY) for name in args.agents}
-    start = 0
+    start = done = 0
     if args.resume and checkpoint.exists():
-        start = _restore(checkpoint, fingerprint, env, agents, logs)
+        start = done = _restore(checkpoint, fingerprint, env, agents, logs)
     bar = _steps(args, start, checkpoint)
     for step in bar:
         context = env.observe()
@@ -283,8 +296,10 @@ def _run_agents(
                 agents={n: a.state_dict() for n, a in agents.items()},
                 regret={n: log.state_dict() for n, log in logs.items()},
             )
+            if _past(deadline):
+                break
     return {
-        "steps": args.steps,
+        "steps": done,
         "seed": seed,
         "regret": {n: log.total for n, log in logs.items()},
         "every": _RECORD_EVERY,
@@ -298,10 +313,12 @@ def _run_lockstep(
     edible: torch.Tensor,
     checkpoint: Checkpoint,
     fingerprint: dict[str, Any],
+    deadline: float | None,
 ) -> dict[str, Any]:
     """The lockstep engine: every agent on every seed as one batched network; the regrets (the
-    mean over the seeds, and each seed's) and ``step_seconds``, the seconds spent stepping over
-    every invocation of the run (a resumed run adds to its checkpoint's)."""
+    mean over the seeds, and each seed's) after ``--steps`` or at the first checkpoint past
+    ``deadline``, and ``step_seconds``, the seconds spent stepping over every invocation of the
+    run (a resumed run adds to its checkpoint's)."""
     seeds = args.seeds if args.seeds is not None else [args.seed]
     variants = bbb_variants(args.bbb_variant or [])
     runner = LockstepBandit(
@@ -367,11 +384,13 @@ def _run_lockstep(
                 curves=curves,
                 step_seconds=before + time.perf_counter() - t0,
             )
+            if _past(deadline):
+                break
     mean_curves = {
         a: [sum(c[a][i] for c in curves.values()) / len(seeds) for i in range(len(c0))]
         for a, c0 in next(iter(curves.values())).items()
     }
-    result: dict[str, Any] = {"steps": args.steps}
+    result: dict[str, Any] = {"steps": runner.steps}
     if args.seeds is None:
         result["seed"] = args.seed
     result |= {
@@ -384,6 +403,11 @@ def _run_lockstep(
         "step_seconds": before + time.perf_counter() - t0,
     }
     return result
+
+
+def _past(deadline: float | None) -> bool:
+    """Whether ``time.perf_counter()`` is past ``deadline`` (never for ``None``)."""
+    return deadline is not None and time.perf_counter() > deadline
 
 
 def _member_totals(runner: LockstepBandit) -> dict[str, dict[str, float]]:
@@ -424,6 +448,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
     if len(set(args.agents)) != len(args.agents):
         raise ValueError(f"--agents names an agent twice: {args.agents}")
     variants = [a for a in args.agents if a.startswith("bbb:")]
@@ -534,6 +560,12 @@ def _table(result: dict[str, Any], preset: str) -> str:
             f"| {name} | {total:,.0f} | {1000 * total / steps:,.0f} | {per_seed}{paper_text} |"
         )
     lines += ["", "A uniformly random agent loses about 4,900 per 1,000 steps."]
+    if result.get("partial"):
+        lines += [
+            "",
+            f"PARTIAL: stopped by --max-minutes after {steps:,} of {result['target_steps']:,} "
+            "steps; --resume continues the run.",
+        ]
     return "\n".join(lines) + "\n"
 
 
