@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from devices import run_processes, visible_gpus
@@ -52,6 +52,7 @@ from devices import run_processes, visible_gpus
 from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.experiments import mushroom
 from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
+from pyro_dwp.experiments.bandits import KLSize
 from pyro_dwp.experiments.mushroom import PAPER_REGRET, PRESETS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -83,7 +84,7 @@ def build_args_parser() -> argparse.ArgumentParser:
     bbb = p.add_argument_group("the BBB agent's prior and KL weighting (default: the job's)")
     for flag in ("--pi", "--neg-log-sigma1", "--neg-log-sigma2"):
         bbb.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
-    bbb.add_argument("--kl-size", choices=["buffer", "seen"], help="pyro-dwp mushroom --kl-size")
+    bbb.add_argument("--kl-size", choices=get_args(KLSize), help="pyro-dwp mushroom --kl-size")
     bbb.add_argument(
         "--bbb-variant",
         nargs="+",
