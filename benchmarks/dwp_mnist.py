@@ -19,6 +19,12 @@ The shipped prior's recipe (``pyro_dwp/pretrained/notmnist/metadata.json``) with
         --prior-steps 10000 --prior-z-dim 8 16 --prior-decoder-scale shared \
         --prior-decoder-mean direct polar --prior-augment conv2 \
         --prior-code-prior-components 16 64 --epochs 4000
+
+A grid too long for one run goes in parts (other N or seeds, each with its own
+``--results-dir``); ``--merge PART/dwp_mnist.json ...`` then adds their cells to
+``--results-dir``'s grid and rewrites its tables and figure (as N = 500 / 1,000 were added)::
+
+    python benchmarks/dwp_mnist.py --merge runs/n500_1000/dwp_mnist.json
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pyro_dwp.experiments.classification import EVALUATIONS
 from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.experiments.dwp_pipeline import classify_runs, run_stage
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
+from pyro_dwp.infer.fit import Engine
 from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
 
 __all__ = ["main"]
@@ -146,11 +153,48 @@ def main(args: argparse.Namespace) -> dict:
         "ours": {f"{p} N={n}": s for (p, n), s in sorted(summary.items())},
         "cells": cells,
     }
-    out = Path(args.results_dir)
+    _write(Path(args.results_dir), result, summary)
+    return result
+
+
+def _write(out: Path, result: dict, summary: dict) -> None:
+    """``dwp_mnist.{json,md}`` and ``dwp_mnist_figure2.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "dwp_mnist.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "dwp_mnist.md").write_text(_markdown(result, summary))
     plot_figure2(out / "dwp_mnist_figure2.png", summary)
+
+
+def merge(results_dir: Path, sources: list[Path]) -> dict:
+    """Add the cells of other runs' ``dwp_mnist.json`` (``sources``: other N or seeds, the
+    same epochs and evaluation) to ``results_dir``'s and rewrite its json, md and figure.
+
+    A grid too long for one device call runs in parts; the merged file keeps every part's
+    command under ``commands`` and its seconds under ``seconds``.
+
+    Raises:
+        SystemExit: if a source was trained with other epochs or evaluation, or repeats a
+            (prior, N, seed) cell.
+    """
+    result = json.loads((results_dir / "dwp_mnist.json").read_text())
+    result.setdefault("commands", [result["command"]])
+    seen = {(c["prior"], c["n"], c["seed"]) for c in result["cells"]}
+    for path in sources:
+        part = json.loads(Path(path).read_text())
+        for key in ("epochs", "evaluation"):
+            if part[key] != result[key]:
+                raise SystemExit(f"{path}: {key} {part[key]!r}, but the grid's is {result[key]!r}")
+        for c in part["cells"]:
+            cell = (c["prior"], c["n"], c["seed"])
+            if cell in seen:
+                raise SystemExit(f"{path}: cell (prior, N, seed) {cell} is already in the grid")
+            seen.add(cell)
+            result["cells"].append(c)
+        result["commands"].append(f"{part['command']} ({part['date']}, {part['device']})")
+        result["seconds"].update({f"{part['date']}: {k}": v for k, v in part["seconds"].items()})
+    summary = summarise(result["cells"])
+    result["ours"] = {f"{p} N={n}": s for (p, n), s in sorted(summary.items())}
+    _write(results_dir, result, summary)
     return result
 
 
@@ -165,9 +209,9 @@ def _per_layer(values: list | None, option: str) -> list:
 
 def _classify_options(args: argparse.Namespace) -> list[object]:
     """The ``dwp-classify`` options given on this command line (``--n-test``, ``--test-samples``,
-    ``--channels``); those left out keep the job's defaults."""
+    ``--channels``, ``--engine``); those left out keep the job's defaults."""
     argv: list[object] = []
-    for key in ("n_test", "test_samples", "channels"):
+    for key in ("n_test", "test_samples", "channels", "engine"):
         value = getattr(args, key)
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", *(value if isinstance(value, list) else [value])]
@@ -185,6 +229,7 @@ def _markdown(result: dict, summary: dict) -> str:
         f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation; reverse "
         f"model {result['reverse']}",
+        *(f"  - `{c}`" for c in result.get("commands", [])),
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
         "",
         "## Paper (Figure 2, mean test accuracy)",
@@ -199,6 +244,7 @@ def _markdown(result: dict, summary: dict) -> str:
             f"| {label} | " + " | ".join(f"{by_n.get(n, float('nan')):.3f}" for n in sizes) + " |"
         )
     lines += ["", "## Ours", "", summary_table(summary)]
+    lines += ["", result["note"]] if result.get("note") else []
     return "\n".join(lines) + "\n"
 
 
@@ -277,6 +323,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-samples", type=int, default=None, help="dwp-classify --test-samples")
     p.add_argument("--channels", type=int, nargs=2, default=None, help="dwp-classify --channels")
     p.add_argument(
+        "--engine", choices=list(get_args(Engine)), default=None, help="dwp-classify --engine"
+    )
+    p.add_argument(
         "--dwp-init", choices=["module", "dwp"], default="dwp", help="the DWP prior's q means"
     )
     p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
@@ -287,6 +336,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pyro-dwp processes side by side (source nets, classify cells), spread over the "
         "visible GPUs (a GPU: 8-16 each)",
     )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="no training: add these runs' dwp_mnist.json cells (other N or seeds, the same "
+        "epochs and evaluation) to --results-dir's and rewrite its json, md and figure",
+    )
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
@@ -294,4 +352,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    arguments = parse_args()
+    if arguments.merge:
+        merge(Path(arguments.results_dir), arguments.merge)
+    else:
+        main(arguments)

@@ -10,6 +10,7 @@ the scripts' own outputs are checked in detail by ``test_dwp_init_benchmarks.py`
 
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from collections.abc import Callable
@@ -204,6 +205,43 @@ def test_dwp_mnist_markdown_reads_the_paper_row_from_json():
     summary = {("dwp", 50): {"accuracy": [0.7, 0.0, 1], "nll": [1.0, 0.0, 1]}}
     text = dwp_mnist._markdown(result, summary)
     assert "| dwp | 0.800 |" in text and "nan" not in text.split("## Ours")[0]
+
+
+def _grid(cells: list[tuple[str, int, int, float]], epochs: int = 4000) -> dict:
+    """A dwp_mnist.json of ``(prior, N, seed, accuracy)`` cells (NLL 1 - accuracy)."""
+    return {
+        "command": "c", "date": "d", "device": "cpu", "gpus": 0, "epochs": epochs,
+        "evaluation": "e", "dwp_init": "dwp", "reverse": "trainable", "seconds": {"classify": 1},
+        "paper": {"dwp": {"50": 0.8}},
+        "cells": [
+            {"prior": p, "n": n, "seed": s, "accuracy": a, "nll": 1 - a} for p, n, s, a in cells
+        ],
+    }  # fmt: skip
+
+
+def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
+    """``--merge``: a grid run in parts (another N, more seeds) is summarised as one; a part of
+    another protocol or one that repeats a cell is refused by name."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_mnist
+
+    (tmp_path / "dwp_mnist.json").write_text(json.dumps(_grid([("dwp", 50, 0, 0.8)])))
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps(_grid([("dwp", 50, 1, 0.7), ("dwp", 500, 0, 0.9)])))
+    result = dwp_mnist.merge(tmp_path, [part])
+    assert result["ours"]["dwp N=50"]["accuracy"] == pytest.approx([0.75, 0.0707107, 2])
+    assert result["ours"]["dwp N=500"]["accuracy"] == pytest.approx([0.9, 0.0, 1])
+    assert result["commands"] == ["c", "c (d, cpu)"]
+    assert "| dwp | 0.750 ± 0.071 (2) | 0.900 ± 0.000 (1) |" in (
+        (tmp_path / "dwp_mnist.md").read_text()
+    )
+    assert (tmp_path / "dwp_mnist_figure2.png").exists()
+    with pytest.raises(SystemExit, match=r"cell \(prior, N, seed\) \('dwp', 50, 1\) is already"):
+        dwp_mnist.merge(tmp_path, [part])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_grid([("dwp", 100, 0, 0.8)], epochs=10_000)))
+    with pytest.raises(SystemExit, match="epochs 10000, but the grid's is 4000"):
+        dwp_mnist.merge(tmp_path, [other])
 
 
 def test_code_prior_mixture_density_against_torch_distributions():

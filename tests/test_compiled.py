@@ -259,6 +259,9 @@ def test_fit_compiled_equals_fit_pyro(local_reparam):
             assert a[key] == pytest.approx(b[key], rel=1e-5)
 
 
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 def test_rng_state_restores_the_draws_on_the_device():
     """What compile_svi's check restores: on CUDA the noise comes from the device's generator,
     which Pyro's own RNG state leaves out (the check then compared different noise)."""
@@ -271,7 +274,7 @@ def test_rng_state_restores_the_draws_on_the_device():
     assert torch.equal(drawn[1], torch.randn(5))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@ON_CUDA
 def test_fit_compiled_runs_compiled_on_cuda():
     runs = {}
     for engine in ("pyro", "compiled"):
@@ -338,18 +341,22 @@ def test_checkpoint_loads_bit_identically_into_the_other_engine(tmp_path, first,
             assert torch.equal(value, got_optim[k][key]), (k, key)
 
 
-def test_compiled_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=ON_CUDA)])
+def test_compiled_resume_is_bit_identical(tmp_path, device):
+    """On CUDA too: the checkpoint is read onto the CPU, and its parameters must reach the device
+    as leaves the optimiser accepts (a bare ``.to("cuda")`` made non-leaf copies)."""
+    kw = {**KW, "engine": "compiled", "device": device}
     model, guide = regression()
-    full = fit(model, guide, X, Y, epochs=4, engine="compiled", **KW)
+    full = fit(model, guide, X, Y, epochs=4, **kw)
     expected = params()
 
     pyro.clear_param_store()
     model, guide = regression()
     ck = tmp_path / "ck.pt"
-    fit(model, guide, X, Y, epochs=2, checkpoint=ck, engine="compiled", **KW)
+    fit(model, guide, X, Y, epochs=2, checkpoint=ck, **kw)
     pyro.clear_param_store()
     model, guide = regression()
-    resumed = fit(model, guide, X, Y, epochs=4, checkpoint=ck, resume=True, engine="compiled", **KW)
+    resumed = fit(model, guide, X, Y, epochs=4, checkpoint=ck, resume=True, **kw)
     got = params()
     for k in expected:
         assert torch.equal(expected[k], got[k]), k

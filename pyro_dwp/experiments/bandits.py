@@ -35,6 +35,7 @@ from torch.func import functional_call
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
+from pyro_dwp.infer.checkpoint import set_param_store_state
 from pyro_dwp.infer.compiled import CompiledSVI, compile_or_warn
 from pyro_dwp.infer.optim import JointAdam
 from pyro_dwp.likelihoods import Gaussian
@@ -496,8 +497,7 @@ class ThompsonBBBAgent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load :meth:`state_dict`; call before the first :meth:`learn`."""
         device = self.buffer.x.device
-        params = {k: v.to(device) for k, v in state["params"]["params"].items()}
-        pyro.get_param_store().set_state({**state["params"], "params": params})
+        set_param_store_state(state["params"], device)
         self._run_guide()  # the guide's module reads its parameters from the store
         self._compiled = None  # compiled again on the loaded parameters
         self.optim.set_state(state["optim"])

@@ -48,7 +48,7 @@ from pyro_dwp.experiments.prior_recipes import (
 )
 from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import Checkpoint, fit, load_checkpoint
+from pyro_dwp.infer import Checkpoint, fit, load_checkpoint, set_param_store_state
 from pyro_dwp.infer.fit import Engine
 from pyro_dwp.infer.pruning import posterior_mean_network
 from pyro_dwp.infer.steps import AdamSteps
@@ -264,9 +264,7 @@ def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dic
             torch.zeros(1, IN_FEATURES, device=device),
             torch.zeros(1, dtype=torch.long, device=device),
         )
-    params = state["params"]
-    on_device = {name: v.to(device) for name, v in params["params"].items()}
-    pyro.get_param_store().set_state({**params, "params": on_device})
+    set_param_store_state(state["params"], device)
     return config, model, guide
 
 

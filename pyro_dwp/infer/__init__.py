@@ -8,7 +8,7 @@ compiled SVI step behind ``fit(..., engine="compiled")``), :mod:`pyro_dwp.infer.
 Markov-chain prior's reparameterisation and bound gap).
 """
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, set_param_store_state
 from .fit import SVITrainer, fit, save_checkpoint
 from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
@@ -36,4 +36,5 @@ __all__ = [
     "load_checkpoint",
     "predict",
     "save_checkpoint",
+    "set_param_store_state",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "get_rng_state",
     "load_checkpoint",
+    "set_param_store_state",
     "set_rng_state",
 ]
 
@@ -43,6 +44,21 @@ def set_rng_state(state: Mapping[str, Any], device: torch.device | str) -> None:
     pyro.util.set_rng_state(state["rng"])
     if state.get("cuda_rng") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def set_param_store_state(state: Mapping[str, Any], device: torch.device | str) -> None:
+    """Put a param-store ``state`` (``pyro.get_param_store().get_state()``, e.g. read from a
+    checkpoint onto the CPU) into Pyro's param store on ``device``.
+
+    Each value is copied to ``device`` as a new leaf tensor (``requires_grad`` as saved): a bare
+    ``value.to("cuda")`` of a tensor that requires grad is a non-leaf copy, which no optimiser
+    accepts ("can't optimize a non-leaf Tensor").
+    """
+    params = {
+        name: value.detach().to(device).requires_grad_(value.requires_grad)
+        for name, value in state["params"].items()
+    }
+    pyro.get_param_store().set_state({**state, "params": params})
 
 
 CHECKPOINT_VERSION = 2

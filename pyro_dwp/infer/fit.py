@@ -26,7 +26,13 @@ from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import DeepWeightPrior, LogUniform, MarkovChainPrior
 from pyro_dwp.io import progress_bar, save_checkpoint
 
-from .checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointError, load_checkpoint
+from .checkpoint import (
+    CHECKPOINT_VERSION,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    set_param_store_state,
+)
 from .compiled import CompiledSVI, compile_or_warn
 from .fingerprint import describe, tensor_digest
 from .kl import KLScaleMessenger, KLScheme, kl_weights
@@ -348,8 +354,7 @@ class SVITrainer:
         self._fingerprint = run_settings(self.model, self.guide, self.x, self.y, **self._options)
         state = self.checkpoint.load(self._fingerprint)
         pyro.clear_param_store()
-        params = {k: v.to(self.device) for k, v in state["params"]["params"].items()}
-        pyro.get_param_store().set_state({**state["params"], "params": params})
+        set_param_store_state(state["params"], self.device)
         with torch.no_grad(), pyro.poutine.block():
             self.guide(x1, y1)  # set the guide up (its parameters come from the param store)
         self.optim.set_state(state["optim"])
