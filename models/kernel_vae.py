@@ -11,6 +11,7 @@ the paper; their small architecture here is our own choice, built the same way.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -110,7 +111,8 @@ class KernelEncoder(nn.Module):
     """Inference network of :math:`q(z \\mid w)`: kernels to a diagonal Gaussian over ``z``.
 
     Convolutions reduce a kernel to a ``2 * hidden``-channel 1x1 map, then two linear heads give
-    the mean and (through softplus) the scale.
+    the mean and (through softplus) the scale. Kernels are divided by :attr:`input_scale` first
+    (1 unless the VAE was rescaled, :meth:`KernelVAE.rescale_`).
 
     Args:
         kernel_size: Side ``k`` of the square kernels (3, 5 or 7).
@@ -125,12 +127,14 @@ class KernelEncoder(nn.Module):
         self.features = _encoder_features(kernel_size, hidden)
         self.loc = nn.Linear(2 * hidden, z_dim)
         self.scale = nn.Linear(2 * hidden, z_dim)
+        self.input_scale: Tensor
+        self.register_buffer("input_scale", torch.ones(()), persistent=False)
 
     def forward(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and scale of :math:`q(z \\mid w)`: ``(..., k, k) -> 2 x (..., z_dim)``."""
         check_kernel_shape(w, self.kernel_size, type(self).__name__)
         k = self.kernel_size
-        h = self.features(w.reshape(-1, 1, k, k)).flatten(1)
+        h = self.features((w / self.input_scale).reshape(-1, 1, k, k)).flatten(1)
         shape = w.shape[:-2] + (self.z_dim,)
         return self.loc(h).reshape(shape), F.softplus(self.scale(h)).reshape(shape)
 
@@ -159,7 +163,8 @@ class KernelDecoder(nn.Module):
     smaller than any source kernel, so the density has no mode at the zero kernel (the
     ``zero_kernel_gap`` of ``pyro-dwp dwp-prior``'s report; ablation section 11). This changes
     the decoder's architecture only; :math:`p(z)` and the Gaussian :math:`p(w \\mid z)` stay the
-    paper's.
+    paper's. Mean and scale are multiplied by :attr:`output_scale` last (1 unless the VAE was
+    rescaled, :meth:`KernelVAE.rescale_`).
 
     Args:
         kernel_size: Side ``k`` of the square kernels (3, 5 or 7).
@@ -197,6 +202,8 @@ class KernelDecoder(nn.Module):
             self.scale = head(channels, 1, 1)
         else:  # softplus(0.5413) = 1, the per-code head's typical scale at initialisation
             self.scale = nn.Parameter(torch.full((kernel_size, kernel_size), 0.5413))
+        self.output_scale: Tensor
+        self.register_buffer("output_scale", torch.ones(()), persistent=False)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and scale of :math:`p(w \\mid z)`: ``(..., z_dim) -> 2 x (..., k, k)``."""
@@ -213,8 +220,10 @@ class KernelDecoder(nn.Module):
             length = length.reshape(z.shape[:-1] + (1, 1))
             loc = length * loc / loc.flatten(-2).norm(dim=-1)[..., None, None].clamp_min(1e-12)
         if isinstance(self.scale, nn.Parameter):
-            return loc, F.softplus(self.scale).expand(shape)
-        return loc, F.softplus(self.scale(h)).reshape(shape)
+            scale = F.softplus(self.scale).expand(shape)
+        else:
+            scale = F.softplus(self.scale(h)).reshape(shape)
+        return loc * self.output_scale, scale * self.output_scale
 
     @torch.no_grad()
     def init_from_kernels(self, kernels: Tensor) -> None:
@@ -313,6 +322,35 @@ class KernelVAE(nn.Module):
         return None if self.code_prior is None else self.code_prior.log_prob
 
     @property
+    def kernel_scale(self) -> float:
+        """The factor :meth:`rescale_` applied to the kernels the VAE was trained on (1: none)."""
+        return float(self.decoder.output_scale)
+
+    @torch.no_grad()
+    def rescale_(self, factor: float) -> KernelVAE:
+        """Make this VAE the law of ``factor * w``, ``w`` from the VAE as it was; in place.
+
+        The decoder's mean and scale are multiplied by ``factor`` and the encoder sees kernels
+        divided by it, so that :math:`p'(c\\,w \\mid z) = p(w \\mid z) / c^{k^2}` and
+        :math:`q'(z \\mid c\\,w) = q(z \\mid w)`: the ELBO and IWAE bounds of ``c * w`` are
+        those of ``w`` minus :math:`k^2 \\log c`, exactly. Rescaling by ``c`` puts a prior learned
+        on kernels of one RMS (e.g. the He scale :math:`\\sqrt{2 / \\text{fan-in}}` of the source
+        kernels' target layer) onto a layer of another fan-in
+        (:func:`pyro_dwp.pretrained.pretrained`). Factors compose: :attr:`kernel_scale` is their
+        product. Returns ``self``.
+
+        Raises:
+            ValueError: If ``factor`` is not a finite positive number.
+        """
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(
+                f"a kernel VAE's rescaling factor must be finite and > 0, got {factor!r}"
+            )
+        self.encoder.input_scale.mul_(factor)
+        self.decoder.output_scale.mul_(factor)
+        return self
+
+    @property
     def decoder_scale(self) -> DecoderScale:
         """``"per-code"`` or ``"shared"``: the decoder's (see :class:`KernelDecoder`)."""
         return self.decoder.decoder_scale
@@ -395,6 +433,7 @@ _RESERVED = (
     "decoder_scale",
     "decoder_mean",
     "code_prior_components",
+    "kernel_scale",
 )
 
 
@@ -403,8 +442,9 @@ def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -
 
     The file is a ``torch.save`` dict ``{"format": "pyro_dwp.kernel_vae", "version": 1,
     "state_dict", "kernel_size", "z_dim", "hidden", "decoder_scale", "decoder_mean",
-    "code_prior_components", **meta}`` (``code_prior_components``: the code prior's number of
-    components, or ``None`` for the standard normal; its buffers are in the state dict)
+    "code_prior_components", "kernel_scale", **meta}`` (``code_prior_components``: the code
+    prior's number of components, or ``None`` for the standard normal; its buffers are in the
+    state dict; ``kernel_scale``: :attr:`KernelVAE.kernel_scale`, 1 in files written before it)
     (tensors on the CPU), read back by :func:`load_kernel_vae` (files written before the decoder
     options existed read as the paper's: ``"per-code"``, ``"direct"``). ``meta`` should hold
     plain Python values and tensors only (e.g. ``layer``, ``provenance``, ``history``), so that
@@ -431,6 +471,7 @@ def save_kernel_vae(path: str | os.PathLike[str], vae: KernelVAE, **meta: Any) -
             "code_prior_components": (
                 None if vae.code_prior is None else vae.code_prior.components
             ),
+            "kernel_scale": vae.kernel_scale,
             **meta,
         },
     )
@@ -480,6 +521,7 @@ def load_kernel_vae(
         if components is not None:
             vae.set_code_prior(GaussianMixtureCodePrior.empty(components, vae.z_dim))
         vae.load_state_dict(state["state_dict"])
+        vae.rescale_(state.get("kernel_scale", 1.0))
         if vae.code_prior is not None:
             vae.code_prior.check()
     except (KeyError, RuntimeError, TypeError, ValueError) as e:

@@ -129,3 +129,30 @@ def test_table_heading_names_the_actual_ensemble_size(tmp_path, vae_dir, one_thr
     assert main(_args(out, vae_dir, "--priors", "normal")) == 0  # --test-samples 2
     table = (out / "dwp_classify.md").read_text()
     assert "(2-sample ensemble;" in table and "10-sample" not in table
+
+
+@needs_data
+def test_the_shipped_prior_is_rescaled_to_the_nets_fan_ins(tmp_path, capsys):
+    """``--prior-scale fan-in`` (default): the shipped kernels, at the He scale of the 32 /
+    128-channel net, move to this net's (conv2 fan-in 2 * 25: by sqrt(800 / 50) = 4; conv1's
+    fan-in is 49 in both); ``as-trained`` keeps them; a run written before the option existed
+    resumes only as ``as-trained``."""
+    runs = {}
+    for scale in ("fan-in", "as-trained"):
+        out = tmp_path / scale
+        argv = _args(out, "unused", "--priors", "dwp", "--prior-scale", scale)
+        argv[argv.index("--vae-dir") : argv.index("--vae-dir") + 2] = ["--pretrained", "notmnist"]
+        assert main(argv) == 0
+        runs[scale] = (out, argv, json.loads((out / "dwp_classify.json").read_text()))
+    assert runs["fan-in"][2]["kernel_scale"] == pytest.approx(
+        {"conv1.weight": 1.0, "conv2.weight": 4.0}
+    )
+    assert runs["as-trained"][2]["kernel_scale"] == {"conv1.weight": 1.0, "conv2.weight": 1.0}
+    out, argv, results = runs["as-trained"]
+    del results["config"]["prior_scale"]  # as written before the option
+    (out / "dwp_classify.json").write_text(json.dumps(results))
+    assert main(argv) == 0  # every cell found done
+    capsys.readouterr()
+    fan_in = [a if a != "as-trained" else "fan-in" for a in argv]
+    assert main(fan_in) == 1
+    assert "other settings" in capsys.readouterr().err

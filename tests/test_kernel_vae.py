@@ -1,5 +1,7 @@
 """The kernel VAE of the deep weight prior: architectures, bounds and training."""
 
+import math
+
 import pytest
 import torch
 
@@ -296,3 +298,59 @@ def test_a_file_without_decoder_mean_loads_as_direct(tmp_path):
     assert loaded.decoder_mean == "direct" and loaded.decoder.norm is None
     with pytest.raises(ValueError, match=r"decoder_mean must be one of \['direct', 'polar'\]"):
         KernelVAE(3, z_dim=2, hidden=4, decoder_mean="radial")
+
+
+@pytest.mark.parametrize(
+    "decoder_scale, decoder_mean", [("per-code", "direct"), ("shared", "polar")]
+)
+def test_a_rescaled_vae_is_the_law_of_the_rescaled_kernels(decoder_scale, decoder_mean):
+    """``rescale_(c)``: p'(c w | z) = p(w | z) / c^(k^2) and q'(z | c w) = q(z | w), so the
+    ELBO, the IWAE bound and the deep weight prior's log-density of ``c * w`` are those of ``w``
+    minus k^2 log c, on the same draws; samples are ``c`` times the old ones."""
+    from pyro_dwp.distributions import DeepWeightPrior
+
+    k, c = 5, 1.7
+    vae = KernelVAE(k, z_dim=3, hidden=4, decoder_scale=decoder_scale, decoder_mean=decoder_mean)
+    vae.decoder.init_from_kernels(_synthetic_kernels(50, k, seed=0))
+    w, z = _synthetic_kernels(8, k, seed=1), torch.randn(8, 3)
+    with torch.no_grad():
+        before = [vae.encoder(w), vae.decoder(z)]
+        torch.manual_seed(0)
+        bounds = [vae.elbo(w), vae.iwae_bound(w, 7), DeepWeightPrior.from_vae(vae).log_prob(w)]
+        torch.manual_seed(3)
+        sample = DeepWeightPrior.from_vae(vae).sample((4,))
+        assert vae.rescale_(c) is vae and vae.kernel_scale == pytest.approx(c)
+        after = [vae.encoder(c * w), vae.decoder(z)]
+        torch.manual_seed(0)
+        scaled = [vae.elbo(c * w), vae.iwae_bound(c * w, 7)]
+        scaled.append(DeepWeightPrior.from_vae(vae).log_prob(c * w))
+        torch.manual_seed(3)
+        scaled_sample = DeepWeightPrior.from_vae(vae).sample((4,))
+    for a, b in zip(before[0], after[0], strict=True):
+        torch.testing.assert_close(b, a)
+    for a, b in zip(before[1], after[1], strict=True):
+        torch.testing.assert_close(b, c * a)
+    for a, b in zip(bounds, scaled, strict=True):
+        torch.testing.assert_close(b, a - k * k * math.log(c), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(scaled_sample, c * sample)
+    vae.rescale_(1 / c)  # factors compose
+    assert vae.kernel_scale == pytest.approx(1.0)
+
+
+def test_rescaling_is_saved_loaded_and_checked(tmp_path):
+    from pyro_dwp.models.kernel_vae import load_kernel_vae, save_kernel_vae
+
+    vae = KernelVAE(3, z_dim=2, hidden=4).rescale_(2.5)
+    save_kernel_vae(tmp_path / "v.pt", vae)
+    loaded = load_kernel_vae(tmp_path / "v.pt")[0]
+    assert loaded.kernel_scale == pytest.approx(2.5)
+    z = torch.randn(4, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decoder(z), vae.decoder(z))
+    state = torch.load(tmp_path / "v.pt", weights_only=True)
+    del state["kernel_scale"]  # as written before rescaling existed
+    torch.save(state, tmp_path / "old.pt")
+    assert load_kernel_vae(tmp_path / "old.pt")[0].kernel_scale == 1.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rescaling factor must be finite and > 0"):
+            KernelVAE(3, z_dim=2, hidden=4).rescale_(bad)

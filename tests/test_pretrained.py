@@ -15,8 +15,8 @@ import pyro_dwp.pretrained as shipped
 from pyro_dwp import BNN, Categorical
 from pyro_dwp.distributions import DeepWeightPrior
 from pyro_dwp.experiments import dwp_classify
-from pyro_dwp.models.kernel_vae import load_kernel_vae
-from pyro_dwp.pretrained import PRETRAINED, pretrained
+from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
+from pyro_dwp.pretrained import LAYERS, PRETRAINED, pretrained
 
 
 @pytest.fixture
@@ -123,3 +123,36 @@ def test_dwp_classify_pretrained_option_resolves_the_verified_folder(
     (copy_of_shipped / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="corrupt or was altered"):
         dwp_classify._check_args(parser.parse_args(["--out", "x", "--pretrained", "notmnist"]))
+
+
+def test_fan_in_rescales_a_prior_to_the_he_scale_of_its_layer() -> None:
+    """The shipped kernels sit at the He scale sqrt(2 / fan-in) of the paper's 32 / 128 net
+    (fan-ins 49 and 32 * 25): ``fan_in`` moves a prior to its layer's, samples and all."""
+    meta = [load_kernel_vae(shipped.pretrained_dir() / f"vae_{layer}.pt")[1] for layer in LAYERS]
+    assert [shipped.he_gauge_fan_in(m) for m in meta] == [49, 800]
+    kept_std = shipped.pretrained_metadata()["layers"]["conv2"]["source_kernels"]["kept_kernels"][
+        "std"
+    ]
+    assert kept_std == pytest.approx((2 / 800) ** 0.5, rel=1e-3)  # what the gauge wrote
+    as_shipped = pretrained()
+    fitted = pretrained(fan_in={"conv2": 16 * 25})
+    assert fitted["conv1"].decoder.output_scale == 1.0  # not named: as shipped
+    z = torch.randn(8, as_shipped["conv2"].z_dim)
+    c = (800 / 400) ** 0.5
+    for got, want in zip(fitted["conv2"].decoder(z), as_shipped["conv2"].decoder(z), strict=True):
+        torch.testing.assert_close(got, c * want)
+    torch.manual_seed(0)
+    samples = fitted["conv2"].sample((2000,))
+    assert samples.square().mean().sqrt().item() == pytest.approx((2 / 400) ** 0.5, rel=0.1)
+    with pytest.raises(ValueError, match=r"fan_in names layers \['conv3'\]"):
+        pretrained(fan_in={"conv3": 9})
+    with pytest.raises(ValueError, match="fan-in must be a positive integer, got 0"):
+        pretrained(fan_in={"conv2": 0})
+
+
+def test_a_vae_of_kernels_as_trained_is_not_rescaled() -> None:
+    """A VAE without the He gauge in its provenance has no reference fan-in: factor 1."""
+    vae = KernelVAE(3, z_dim=2, hidden=4)
+    meta = {"layer": "conv2", "kernel_size": 3, "provenance": {"kernel_gauge": "none"}}
+    assert shipped.he_gauge_fan_in(meta) is None
+    assert shipped.match_fan_in(vae, meta, 123) == 1.0 and vae.kernel_scale == 1.0

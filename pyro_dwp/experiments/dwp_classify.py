@@ -11,6 +11,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, get_args
@@ -37,13 +38,15 @@ from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out, write_json
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
-from pyro_dwp.pretrained import PRETRAINED, pretrained_dir
+from pyro_dwp.pretrained import PRETRAINED, match_fan_in, pretrained_dir
 
 __all__ = [
     "add_arguments",
+    "add_prior_scale_argument",
     "add_training_arguments",
     "build_cell",
     "load_results",
+    "load_net_vaes",
     "load_vaes",
     "run",
     "plot_figure2",
@@ -69,10 +72,15 @@ _CONFIG_KEYS = (
     "n_test",
     "gap_samples",
     "vae_dir",
+    "prior_scale",
     "dwp_layers",
 )
 # Config keys renamed with their options (old -> new), read from the results of an older run.
 _RENAMED_KEYS = {"init": "guide_init"}
+# Config keys added later, with the value that a run written before them had.
+_ADDED_KEYS = {"prior_scale": "as-trained"}
+PRIOR_SCALES = ("fan-in", "as-trained")
+"""``--prior-scale`` choices (see :func:`load_vaes`)."""
 DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
@@ -86,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=PRETRAINED,
         help="a deep weight prior shipped with the package instead of --vae-dir",
     )
+    add_prior_scale_argument(p)
     p.add_argument("--data-dir", type=Path, help="folder with mnist/ (else PYRO_DWP_DATA)")
     p.add_argument(
         "--priors",
@@ -169,7 +178,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     results = load_results(out / RESULTS, config, {"config": config, "cells": []})
     done = {(c["prior"], c["n"], c["seed"]) for c in results["cells"]}
-    vaes = load_vaes(args.vae_dir, args.device) if needs_vaes else None
+    vaes = None
+    if needs_vaes:
+        vaes = load_net_vaes(args)
+        results["kernel_scale"] = {name: vae.kernel_scale for name, vae in vaes.items()}
     x_test, y_test = load_mnist(
         "test", args.data_dir, n=args.n_test, seed=0, flatten=False, pixel_scale=args.pixel_scale
     )
@@ -209,6 +221,28 @@ def _check_args(args: argparse.Namespace) -> None:
         )
 
 
+def add_prior_scale_argument(p: argparse.ArgumentParser) -> None:
+    """``--prior-scale`` (see :func:`load_net_vaes`)."""
+    p.add_argument(
+        "--prior-scale",
+        choices=PRIOR_SCALES,
+        default="fan-in",
+        help="fan-in (default): a prior whose source kernels were rescaled to the He scale of "
+        "a net of other widths (dwp-source --kernel-gauge he --target-channels; the shipped "
+        "prior: 32 / 128) is rescaled to this net's layers (--channels); as-trained: used as "
+        "it is",
+    )
+
+
+def load_net_vaes(args: argparse.Namespace) -> dict[str, KernelVAE]:
+    """:func:`load_vaes` of ``args.vae_dir`` for the ConvNet of ``args.channels``: with
+    ``args.prior_scale == "fan-in"`` rescaled to its layers' fan-ins (conv1: 1 input channel,
+    conv2: ``channels[0]``)."""
+    in_channels = dict(zip(DWP_LAYERS, [1, args.channels[0]], strict=True))
+    fit_to = in_channels if args.prior_scale == "fan-in" else None
+    return load_vaes(args.vae_dir, args.device, fit_to)
+
+
 def _needs_vaes(args: argparse.Namespace) -> bool:
     """Whether a prior of ``--priors`` (the deep weight prior) or ``--guide-init dwp`` reads
     the kernel VAEs."""
@@ -219,23 +253,34 @@ def _jsonable(v: Any) -> Any:
     return str(v) if isinstance(v, Path) else v
 
 
-def load_vaes(vae_dir: Path, device: str) -> dict[str, KernelVAE]:
+def load_vaes(
+    vae_dir: Path, device: str, in_channels: Mapping[str, int] | None = None
+) -> dict[str, KernelVAE]:
     """``{"conv1.weight": VAE, "conv2.weight": VAE}`` from ``vae_conv{1,2}.pt`` in ``vae_dir``.
+
+    With ``in_channels`` (``{"conv1": 1, "conv2": C1}``, the input channels of the net's
+    layers), a VAE whose source kernels were rescaled to the He scale of another net's layer is
+    rescaled to this one's, fan-in ``in_channels * k * k``
+    (:func:`~pyro_dwp.pretrained.match_fan_in`; ``kernel_scale`` says by how much).
 
     Raises:
         FileNotFoundError: If a file is missing (the message names it and how to make it).
     """
-    return {
-        f"{layer}.weight": load_kernel_vae(vae_dir / f"vae_{layer}.pt", map_location=device)[0]
-        for layer in ("conv1", "conv2")
-    }
+    vaes = {}
+    for layer in DWP_LAYERS:
+        vae, meta = load_kernel_vae(vae_dir / f"vae_{layer}.pt", map_location=device)
+        if in_channels is not None:
+            match_fan_in(vae, meta, in_channels[layer] * vae.kernel_size**2)
+        vaes[f"{layer}.weight"] = vae
+    return vaes
 
 
 def load_results(path: Path, config: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
     """The results JSON at ``path`` if it exists, else ``fresh`` (its ``"config"``, ``config``).
 
     A file written before an option was renamed is read with the option's new key
-    (``init`` -> ``guide_init``).
+    (``init`` -> ``guide_init``), one written before an option existed with the value it then
+    had (``prior_scale``: ``as-trained``).
 
     Raises:
         ValueError: If the file was written with another ``"config"`` than ``config``.
@@ -244,7 +289,8 @@ def load_results(path: Path, config: dict[str, Any], fresh: dict[str, Any]) -> d
         return fresh
     results = json.loads(path.read_text())
     if isinstance(results.get("config"), dict):
-        results["config"] = {_RENAMED_KEYS.get(k, k): v for k, v in results["config"].items()}
+        old = {_RENAMED_KEYS.get(k, k): v for k, v in results["config"].items()}
+        results["config"] = {**{k: v for k, v in _ADDED_KEYS.items() if k in config}, **old}
     if results.get("config") != config:
         raise ValueError(
             f"{path} was written with other settings ({results.get('config')}); "

@@ -18,10 +18,11 @@ import torch
 
 from pyro_dwp.experiments.dwp_bnn import LOG_UNIFORM_FAMILIES
 from pyro_dwp.experiments.dwp_classify import (
+    add_prior_scale_argument,
     add_training_arguments,
     build_cell,
+    load_net_vaes,
     load_results,
-    load_vaes,
     train_cell,
 )
 from pyro_dwp.guides import ReverseModelGuide
@@ -38,6 +39,7 @@ ROWS = (*REVERSE, "init")
 """The rows of the table: the two trained options, then the untrained start they share."""
 _CONFIG_KEYS = (
     "vae_dir",
+    "prior_scale",
     "n_train",
     "seed",
     "epochs",
@@ -60,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=100, help="training examples N")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and estimate seed")
     add_training_arguments(p)
+    add_prior_scale_argument(p)
     p.add_argument(
         "--gap-samples", type=int, default=1000, help="K codes per kernel (the paper: 10,000)"
     )
@@ -71,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Estimate the gap at initialisation, then train and estimate it for each reverse model."""
     _check_args(args)
-    vaes = load_vaes(args.vae_dir, args.device)
+    vaes = load_net_vaes(args)
     out: Path = prepare_out(args.out)
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
     results = load_results(out / RESULTS, config, {"config": config, "rows": {}})

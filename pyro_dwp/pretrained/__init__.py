@@ -14,6 +14,7 @@ error, never a silently different prior.
 Usage, a deep weight prior on the kernels of any conv net with 7x7 and 5x5 layers::
 
     priors = pyro_dwp.pretrained.pretrained("notmnist")        # {"conv1": DWP 7x7, "conv2": 5x5}
+    # on a second layer of other input channels: pretrained(..., fan_in={"conv2": C * 5 * 5})
     model = BNN(net, {"features.0.weight": priors["conv1"], "features.3.weight": priors["conv2"]},
                 Categorical(n), reparam=DeepWeightPriorStrategy())  # from pyro_dwp.infer.reparam
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,9 +34,17 @@ from typing import Any
 import torch
 
 from pyro_dwp.distributions import DeepWeightPrior
-from pyro_dwp.models.kernel_vae import load_kernel_vae
+from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 
-__all__ = ["PRETRAINED", "pretrained", "pretrained_dir", "pretrained_metadata", "sha256"]
+__all__ = [
+    "PRETRAINED",
+    "he_gauge_fan_in",
+    "match_fan_in",
+    "pretrained",
+    "pretrained_dir",
+    "pretrained_metadata",
+    "sha256",
+]
 
 PRETRAINED: tuple[str, ...] = ("notmnist",)
 """Names of the priors shipped with the package."""
@@ -91,11 +102,44 @@ def pretrained_dir(name: str = "notmnist") -> Path:
     return folder
 
 
+def he_gauge_fan_in(meta: Mapping[str, Any]) -> int | None:
+    """The fan-in whose He scale :math:`\\sqrt{2 / \\text{fan-in}}` a kernel VAE's source kernels
+    were rescaled to (``pyro-dwp dwp-source --kernel-gauge he``), or ``None`` if they were not.
+
+    Read from the metadata of the VAE's file (``load_kernel_vae(path)[1]``): its ``layer``
+    (``conv1``: one input channel, the images; ``conv2``: the first target channel count),
+    ``kernel_size`` and provenance (``kernel_gauge``, ``target_channels``).
+    """
+    provenance = meta.get("provenance") or {}
+    if provenance.get("kernel_gauge") != "he":
+        return None
+    in_channels = [1, *provenance["target_channels"]][LAYERS.index(meta["layer"])]
+    return int(in_channels * meta["kernel_size"] ** 2)
+
+
+def match_fan_in(vae: KernelVAE, meta: Mapping[str, Any], fan_in: int) -> float:
+    """Rescale ``vae`` (in place, :meth:`KernelVAE.rescale_`) from the He scale its source
+    kernels were gauged to onto a layer of ``fan_in`` (``in_channels * k * k``): by
+    :math:`\\sqrt{\\text{gauged fan-in} / \\text{fan-in}}`. The factor applied (1 for a VAE of
+    kernels as trained, whose scale no fan-in defines).
+
+    Raises:
+        ValueError: If ``fan_in`` is not a positive integer.
+    """
+    if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in < 1:
+        raise ValueError(f"a layer's fan-in must be a positive integer, got {fan_in!r}")
+    gauged = he_gauge_fan_in(meta)
+    factor = 1.0 if gauged is None else math.sqrt(gauged / fan_in)
+    vae.rescale_(factor)
+    return factor
+
+
 def pretrained(
     name: str = "notmnist",
     *,
     device: str | torch.device = "cpu",
     num_samples: int = 100,
+    fan_in: Mapping[str, int] | None = None,
 ) -> dict[str, DeepWeightPrior]:
     """The per-layer deep weight priors of a shipped prior, checksums verified.
 
@@ -103,6 +147,11 @@ def pretrained(
         name: One of :data:`PRETRAINED`.
         device: Where the priors' networks live (``prior.to(device)`` moves them later).
         num_samples: Importance samples per kernel of :meth:`DeepWeightPrior.log_prob`.
+        fan_in: ``{"conv1": f1, "conv2": f2}`` (either or both): the fan-in ``in_channels * k *
+            k`` of the layer each prior goes on. The shipped kernels were rescaled to the He
+            scale of the paper's 32 / 128-channel net (fan-ins 49 and 800); a prior named here
+            is rescaled to its layer's (:func:`match_fan_in`), e.g. ``{"conv2": 16 * 25}`` for
+            a second layer with 16 input channels. Left out: as shipped.
 
     Returns:
         ``{"conv1": DeepWeightPrior over 7x7 kernels, "conv2": ... over 5x5 kernels}``: event
@@ -111,11 +160,18 @@ def pretrained(
         ``k x k`` is refused when the model is built.
 
     Raises:
-        ValueError: As :func:`pretrained_dir`.
+        ValueError: As :func:`pretrained_dir`; or if ``fan_in`` names a layer the prior does not
+            have or gives a fan-in that is not a positive integer.
     """
+    fan_in = dict(fan_in or {})
+    unknown = sorted(set(fan_in) - set(LAYERS))
+    if unknown:
+        raise ValueError(f"fan_in names layers {unknown}; the shipped priors' layers are {LAYERS}")
     folder = pretrained_dir(name)
     priors = {}
     for layer in LAYERS:
-        vae, _ = load_kernel_vae(folder / f"vae_{layer}.pt", map_location=device)
+        vae, meta = load_kernel_vae(folder / f"vae_{layer}.pt", map_location=device)
+        if layer in fan_in:
+            match_fan_in(vae, meta, fan_in[layer])
         priors[layer] = DeepWeightPrior.from_vae(vae, num_samples=num_samples)  # + code prior
     return priors
