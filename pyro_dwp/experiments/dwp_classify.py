@@ -80,7 +80,7 @@ _RENAMED_KEYS = {"init": "guide_init"}
 # Config keys added later, with the value that a run written before them had.
 _ADDED_KEYS = {"prior_scale": "as-trained"}
 PRIOR_SCALES = ("fan-in", "as-trained")
-"""``--prior-scale`` choices (see :func:`load_vaes`)."""
+"""``--prior-scale`` choices (see :func:`load_net_vaes`)."""
 DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
