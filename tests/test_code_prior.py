@@ -232,3 +232,6 @@ def test_dwp_prior_code_prior_options_are_checked(tmp_path, kernel_dir, capsys):
     argv += ["--layers", "conv2", "--from-vaes", str(wrong), "--code-prior-components", "2"]
     assert main(argv) == 1
     assert "is a VAE of 7x7 kernels, the kernel set's are 5x5" in capsys.readouterr().err
+    save_kernel_vae(wrong / "vae_conv2.pt", KernelVAE(5, 2, 4).rescale_(2.0), history={})
+    assert main(argv) == 1
+    assert "is a VAE rescaled by 2 (KernelVAE.rescale_)" in capsys.readouterr().err

@@ -79,6 +79,7 @@ def test_save_load_round_trip(tmp_path):
         "decoder_scale": "per-code",
         "decoder_mean": "direct",
         "code_prior_components": None,
+        "kernel_scale": 1.0,
         "layer": "conv1",
         "history": {"train_elbo": [1.0]},
     }

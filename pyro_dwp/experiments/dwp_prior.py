@@ -277,9 +277,15 @@ def _load_trained(path: Path, kernel_size: int) -> tuple[KernelVAE, dict[str, An
     """The VAE of ``--from-vaes`` and its file's metadata (with its training ``history``).
 
     Raises:
-        ValueError: If its kernel size is not the kernel set's, or the file has no history.
+        ValueError: If its kernel size is not the kernel set's, the file has no history, or the
+            VAE was rescaled (it no longer models the kernel set it was trained on).
     """
     vae, meta = load_kernel_vae(path)
+    if vae.kernel_scale != 1.0:
+        raise ValueError(
+            f"--from-vaes: {path} is a VAE rescaled by {vae.kernel_scale:g} (KernelVAE.rescale_): "
+            "it no longer models the kernels it was trained on; use the file dwp-prior wrote"
+        )
     if vae.kernel_size != kernel_size:
         raise ValueError(
             f"--from-vaes: {path} is a VAE of {vae.kernel_size}x{vae.kernel_size} kernels, the "
