@@ -11,7 +11,7 @@ from torch import nn
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import CheckpointError, fit, load_checkpoint
+from pyro_dwp.infer import CheckpointError, JointAdam, fit, load_checkpoint
 from pyro_dwp.likelihoods import Gaussian
 
 X = torch.linspace(0, 1, 30)[:, None]
@@ -50,6 +50,33 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert torch.equal(expected[k], got[k]), k
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
     assert load_checkpoint(ck)["epoch"] == 4
+
+
+def test_resume_with_a_learning_rate_schedule_equals_an_uninterrupted_run(tmp_path):
+    """``JointAdam(lr_lambda=)`` stepped once per epoch (``dwp-classify``'s linear decay): the
+    schedule's count comes back from the checkpoint, so the resumed epochs use the same rates."""
+
+    def decay(e):
+        return 1 - e / 4
+
+    def run(epochs, **kw):
+        optim = JointAdam(0.01, lr_lambda=decay)
+        history = fit(model, guide, X, Y, epochs=epochs, optim=optim,
+                      callback=lambda record: optim.step(), **KW, **kw)  # fmt: skip
+        return history, params()
+
+    model, guide = make()
+    full, expected = run(4)
+    pyro.clear_param_store()
+    model, guide = make()
+    ck = tmp_path / "ck.pt"
+    run(2, checkpoint=ck)
+    pyro.clear_param_store()
+    model, guide = make(seed=123)
+    resumed, got = run(4, checkpoint=ck, resume=True)
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
 
 
 def test_history_terms_add_up():

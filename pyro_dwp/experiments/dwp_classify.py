@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pyro
-import pyro.optim
 import torch
 from torch import Tensor
 
@@ -35,6 +34,7 @@ from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fingerprint import file_digest
 from pyro_dwp.infer.fit import Engine, fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
+from pyro_dwp.infer.optim import JointAdam
 from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out, write_json
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
@@ -351,13 +351,8 @@ def train_cell(
         ``fit``'s history, one record per epoch.
     """
     epochs = args.epochs
-    optim = pyro.optim.LambdaLR(
-        {
-            "optimizer": torch.optim.Adam,
-            "optim_args": {"lr": args.lr},
-            "lr_lambda": partial(_linear_decay, epochs=epochs),  # epochs in the fingerprint
-        }
-    )
+    # Pyro's LambdaLR over Adam, in one fused optimiser (epochs in the fingerprint)
+    optim = JointAdam(args.lr, lr_lambda=partial(_linear_decay, epochs=epochs))
     return fit(
         setup.model,
         setup.guide,

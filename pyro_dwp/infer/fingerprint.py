@@ -81,6 +81,8 @@ def describe(obj: Any, _depth: int = 0) -> Any:
             out["schedule"] = describe(
                 {k: v for k, v in obj.kwargs.items() if k not in ("optimizer", "optim_args")}, d
             )
+        if getattr(obj, "lr_lambda", None) is not None:  # JointAdam's schedule
+            out["schedule"] = describe({"lr_lambda": obj.lr_lambda}, d)
         return out
     out: dict[str, Any] = {"type": _qualname(type(obj))}
     if isinstance(obj, Distribution):

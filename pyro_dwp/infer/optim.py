@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyro
@@ -21,18 +21,54 @@ class JointAdam(PyroOptim):
     and adds parameters to it as SVI first sees them. The update is the same Adam update.
     States are saved per parameter name, as ``PyroOptim`` does, so checkpoints resume exactly.
 
+    With ``lr_lambda`` it is also a drop-in for ``pyro.optim.LambdaLR`` over ``torch.optim.Adam``
+    (one scheduler per parameter there): the rate is ``lr * lr_lambda(e)`` after ``e`` calls of
+    :meth:`step`, the schedule's step (e.g. once per epoch); its count is saved with the state.
+
     Args:
         lr: Learning rate.
         fused: Use PyTorch's fused implementation (CPU and CUDA).
+        lr_lambda: Optional schedule ``e -> factor`` of the rate, as ``torch.optim.lr_scheduler
+            .LambdaLR``'s.
         **kwargs: Other ``torch.optim.Adam`` arguments (``betas``, ``eps``, ``weight_decay``).
     """
 
-    def __init__(self, lr: float = 1e-3, *, fused: bool = True, **kwargs: Any) -> None:
+    SCHEDULE_KEY = "__schedule__"
+    """The key of :meth:`get_state` that holds the schedule's step count (no parameter's name)."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        *,
+        fused: bool = True,
+        lr_lambda: Callable[[int], float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         super().__init__(torch.optim.Adam, {"lr": lr, "fused": fused, **kwargs})
         self._optim: torch.optim.Adam | None = None
         self._seen: set[Tensor] = set()
+        self.lr_lambda = lr_lambda
+        self._schedule_steps = 0
+
+    def _lr(self) -> float:
+        """The rate now: ``lr``, times ``lr_lambda`` of the schedule's step count."""
+        lr = self.pt_optim_args["lr"]
+        return lr if self.lr_lambda is None else lr * self.lr_lambda(self._schedule_steps)
+
+    def step(self) -> None:
+        """Advance the learning-rate schedule by one step (``LambdaLR.step``).
+
+        Raises:
+            RuntimeError: If the optimiser has no ``lr_lambda``.
+        """
+        if self.lr_lambda is None:
+            raise RuntimeError("JointAdam.step advances a schedule: build it with lr_lambda=")
+        self._schedule_steps += 1
+        if self._optim is not None:
+            for group in self._optim.param_groups:
+                group["lr"] = self._lr()
 
     def __call__(self, params: Iterable[Tensor], *args, **kwargs) -> None:
         new = [p for p in params if p not in self._seen]
@@ -40,9 +76,9 @@ class JointAdam(PyroOptim):
             store = pyro.get_param_store()
             new.sort(key=store.param_name)  # a set from SVI: fix the order
             if self._optim is None:
-                self._optim = torch.optim.Adam(new, **self.pt_optim_args)
+                self._optim = torch.optim.Adam(new, **{**self.pt_optim_args, "lr": self._lr()})
             else:
-                self._optim.add_param_group({"params": new})
+                self._optim.add_param_group({"params": new, "lr": self._lr()})
             self._seen.update(new)
             for p in new:
                 state = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
@@ -52,15 +88,40 @@ class JointAdam(PyroOptim):
             self._optim.step()
 
     def get_state(self) -> dict[str, dict[str, Tensor]]:
-        """``{param name: Adam state}`` of every parameter seen so far."""
+        """``{param name: Adam state}`` of every parameter seen so far (and, with a schedule,
+        ``{SCHEDULE_KEY: {"steps": n}}``)."""
         if self._optim is None:
-            return dict(self._state_waiting_to_be_consumed)
-        store = pyro.get_param_store()
-        return {
-            store.param_name(p): {k: v.detach().clone() for k, v in s.items()}
-            for p, s in self._optim.state.items()
-        }
+            state = dict(self._state_waiting_to_be_consumed)
+        else:
+            store = pyro.get_param_store()
+            state = {
+                store.param_name(p): {k: v.detach().clone() for k, v in s.items()}
+                for p, s in self._optim.state.items()
+            }
+        if self.lr_lambda is not None:
+            state[self.SCHEDULE_KEY] = {"steps": torch.tensor(self._schedule_steps)}
+        return state
 
     def set_state(self, state: dict[str, dict[str, Tensor]]) -> None:
-        """Load states saved by :meth:`get_state`; applied when each parameter is first seen."""
-        self._state_waiting_to_be_consumed = dict(state)
+        """Load states saved by :meth:`get_state`; applied when each parameter is first seen.
+
+        Raises:
+            ValueError: If the state has a schedule's count and this optimiser no schedule, or
+                the other way round.
+        """
+        state = dict(state)
+        schedule = state.pop(self.SCHEDULE_KEY, None)
+        if (schedule is None) != (self.lr_lambda is None):
+            raise ValueError(
+                "an optimiser state "
+                + ("without" if schedule is None else "with")
+                + " a learning-rate schedule, for a JointAdam "
+                + ("with" if schedule is None else "without")
+                + " one (lr_lambda)"
+            )
+        if schedule is not None:
+            self._schedule_steps = int(schedule["steps"])
+            if self._optim is not None:
+                for group in self._optim.param_groups:
+                    group["lr"] = self._lr()
+        self._state_waiting_to_be_consumed = state
