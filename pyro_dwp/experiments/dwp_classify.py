@@ -488,19 +488,28 @@ def _in_registry_order(names: set[str]) -> list[str]:
 
 
 def plot_figure2(path: Path, summary: dict[tuple[str, int], dict[str, tuple]]) -> None:
-    """Save accuracy vs N per prior (mean, a ± std band) beside the paper's Figure 2 as ``path``."""
+    """Save accuracy vs N per prior (mean, a ± std band) beside the paper's Figure 2 as ``path``.
+
+    Our points are set a little apart along N, one offset per prior, so that equal accuracies
+    stay visible; with a single N the legend gives each prior's accuracy.
+    """
     from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for p in _in_registry_order({p for p, _ in summary}):
+    priors = _in_registry_order({p for p, _ in summary})
+    single_n = len({n for _, n in summary}) == 1
+    for i, p in enumerate(priors):
         recipe = PRIOR_RECIPES[p]
         sizes = sorted(n for q, n in summary if q == p)
         mean = [summary[p, n]["accuracy"][0] for n in sizes]
         std = [summary[p, n]["accuracy"][1] for n in sizes]
-        ax.plot(sizes, mean, "o-", color=recipe.colour, label=f"{recipe.label} (ours)")
+        shift = 1.03 ** (i - (len(priors) - 1) / 2)  # apart along the log N axis
+        xs = [n * shift for n in sizes]
+        label = f"{recipe.label} (ours" + (f": {mean[0]:.3f})" if single_n else ")")
+        ax.plot(xs, mean, "o-", color=recipe.colour, label=label)
         ax.fill_between(
-            sizes,
+            xs,
             [m - s for m, s in zip(mean, std, strict=True)],
             [m + s for m, s in zip(mean, std, strict=True)],
             color=recipe.colour,
