@@ -127,14 +127,15 @@ class KernelEncoder(nn.Module):
         self.features = _encoder_features(kernel_size, hidden)
         self.loc = nn.Linear(2 * hidden, z_dim)
         self.scale = nn.Linear(2 * hidden, z_dim)
-        self.input_scale: Tensor
-        self.register_buffer("input_scale", torch.ones(()), persistent=False)
+        self.input_scale = 1.0
 
     def forward(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and scale of :math:`q(z \\mid w)`: ``(..., k, k) -> 2 x (..., z_dim)``."""
         check_kernel_shape(w, self.kernel_size, type(self).__name__)
         k = self.kernel_size
-        h = self.features((w / self.input_scale).reshape(-1, 1, k, k)).flatten(1)
+        if self.input_scale != 1.0:  # a rescaled VAE (no work on the hot path otherwise)
+            w = w / self.input_scale
+        h = self.features(w.reshape(-1, 1, k, k)).flatten(1)
         shape = w.shape[:-2] + (self.z_dim,)
         return self.loc(h).reshape(shape), F.softplus(self.scale(h)).reshape(shape)
 
@@ -202,8 +203,7 @@ class KernelDecoder(nn.Module):
             self.scale = head(channels, 1, 1)
         else:  # softplus(0.5413) = 1, the per-code head's typical scale at initialisation
             self.scale = nn.Parameter(torch.full((kernel_size, kernel_size), 0.5413))
-        self.output_scale: Tensor
-        self.register_buffer("output_scale", torch.ones(()), persistent=False)
+        self.output_scale = 1.0
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and scale of :math:`p(w \\mid z)`: ``(..., z_dim) -> 2 x (..., k, k)``."""
@@ -223,7 +223,9 @@ class KernelDecoder(nn.Module):
             scale = F.softplus(self.scale).expand(shape)
         else:
             scale = F.softplus(self.scale(h)).reshape(shape)
-        return loc * self.output_scale, scale * self.output_scale
+        if self.output_scale != 1.0:  # a rescaled VAE
+            return loc * self.output_scale, scale * self.output_scale
+        return loc, scale
 
     @torch.no_grad()
     def init_from_kernels(self, kernels: Tensor) -> None:
@@ -324,7 +326,7 @@ class KernelVAE(nn.Module):
     @property
     def kernel_scale(self) -> float:
         """The factor :meth:`rescale_` applied to the kernels the VAE was trained on (1: none)."""
-        return float(self.decoder.output_scale)
+        return self.decoder.output_scale
 
     @torch.no_grad()
     def rescale_(self, factor: float) -> KernelVAE:
@@ -346,8 +348,8 @@ class KernelVAE(nn.Module):
             raise ValueError(
                 f"a kernel VAE's rescaling factor must be finite and > 0, got {factor!r}"
             )
-        self.encoder.input_scale.mul_(factor)
-        self.decoder.output_scale.mul_(factor)
+        self.encoder.input_scale *= factor
+        self.decoder.output_scale *= factor
         return self
 
     @property

@@ -66,6 +66,10 @@ class JointAdam(PyroOptim):
         if self.lr_lambda is None:
             raise RuntimeError("JointAdam.step advances a schedule: build it with lr_lambda=")
         self._schedule_steps += 1
+        self._apply_lr()
+
+    def _apply_lr(self) -> None:
+        """Set every parameter group's rate to :meth:`_lr`."""
         if self._optim is not None:
             for group in self._optim.param_groups:
                 group["lr"] = self._lr()
@@ -121,7 +125,5 @@ class JointAdam(PyroOptim):
             )
         if schedule is not None:
             self._schedule_steps = int(schedule["steps"])
-            if self._optim is not None:
-                for group in self._optim.param_groups:
-                    group["lr"] = self._lr()
+            self._apply_lr()
         self._state_waiting_to_be_consumed = state
