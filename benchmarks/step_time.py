@@ -11,6 +11,8 @@ Contenders, built in one process and timed in interleaved rounds (median of roun
 - ``pyro_dwp_bbb_compiled``: the same model, guide and optimiser through the compiled engine,
   the step that ``fit(..., engine="compiled")`` runs after its first
   (:func:`pyro_dwp.infer.compiled.compile_svi`: the same loss as plain PyTorch).
+- ``pyro_dwp_bbb_graphed`` (CUDA): that compiled step replayed from a CUDA graph, as ``fit``
+  runs it on a GPU (:class:`pyro_dwp.infer.graphs.GraphedSVI`: one launch, no host sync).
 - ``pyro_autonormal``: Pyro's own ``PyroSample`` MLP + ``AutoNormal`` (Gaussian prior).
 - ``blitz`` / ``bayesian_torch``: the peer libraries, where installed
   (``pip install --no-deps blitz-bayesian-pytorch bayesian-torch``).
@@ -48,6 +50,7 @@ from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import JointAdam, KLScaleMessenger
 from pyro_dwp.infer.compiled import compile_svi
+from pyro_dwp.infer.graphs import WARMUP_STEPS, GraphedSVI
 from pyro_dwp.models import mlp
 
 N = 60_000  # dataset size that scales the data term
@@ -92,6 +95,17 @@ def pyro_dwp_bbb_compiled(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
         program = compile_svi(model, guide, x, y, optim=JointAdam(1e-3))
         program.step(x, y)  # the optimiser takes in the parameters (by their store names)
     return lambda: program.step(x, y)
+
+
+def pyro_dwp_bbb_graphed(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
+    with pyro.get_param_store().scope():
+        model, guide = _bbb(h, x.device)
+        program = compile_svi(model, guide, x, y, optim=JointAdam(1e-3))
+        program.step(x, y)
+        graphed = GraphedSVI(program)  # refuses a CPU device
+        for _ in range(WARMUP_STEPS + 1):  # the eager warm-up, then the capture
+            graphed.step(x, y)
+    return lambda: graphed.step(x, y)
 
 
 def pyro_autonormal(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
@@ -176,6 +190,7 @@ CONTENDERS = {
     "deterministic_fused_adam": partial(deterministic, fused=True),
     "pyro_dwp_bbb": pyro_dwp_bbb,
     "pyro_dwp_bbb_compiled": pyro_dwp_bbb_compiled,
+    "pyro_dwp_bbb_graphed": pyro_dwp_bbb_graphed,
     "pyro_autonormal": pyro_autonormal,
     "blitz": blitz,
     "bayesian_torch": bayesian_torch,

@@ -121,7 +121,12 @@ class BBBNormal(AutoGuide):
         super().__init__(InitMessenger(init_loc_fn)(model), create_plates=create_plates)
 
     def _setup_prototype(self, *args, **kwargs) -> None:
-        super()._setup_prototype(*args, **kwargs)
+        # The prototype trace is kept (its sites describe the model); without gradients, its
+        # values and distributions do not keep that first run's autograd graph alive (which
+        # pins the parameters' gradient accumulators to the CUDA stream of that run, where a
+        # CUDA graph captured on another stream cannot use them).
+        with torch.no_grad():
+            super()._setup_prototype(*args, **kwargs)
         _replace_stale_params(f"{self._pyro_name}.", type(self).__name__)
         self.locs = PyroModule()
         self.scales = PyroModule()

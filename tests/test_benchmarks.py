@@ -10,6 +10,7 @@ the scripts' own outputs are checked in detail by ``test_dwp_init_benchmarks.py`
 
 from __future__ import annotations
 
+import importlib
 import json
 import runpy
 import sys
@@ -255,3 +256,20 @@ def test_code_prior_mixture_density_against_torch_distributions():
     torch.testing.assert_close(dwp_code_prior.vamp(loc, scale)(z), expected)
     normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(dwp_code_prior.standard_normal(z), normal)
+
+
+@needs_shared_data("mnist", "notmnist")
+def test_bbb_mnist_side_by_side_adds_the_gaussian_row(tmp_path, monkeypatch, keep_threads):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bbb_mnist")
+    argv = [*TINY["bbb_mnist.py"](tmp_path), "--parallel", "--gaussian"]
+    report = bench.main(bench.build_parser().parse_args(argv))
+    assert set(report["ours"]) == {"bbb", "bbb_gaussian", "sgd", "dropout"}
+    config = json.loads((tmp_path / "runs" / "bbb_gaussian" / "config.json").read_text())
+    assert config["prior"] == "normal" and config["neg_log_sigma"] == 0.0
+    row = "| BBB, Gaussian prior | n/a | "  # 8 hidden units: no paper value
+    assert row in (tmp_path / "results" / "bbb_mnist.md").read_text()
+    assert (
+        "| BBB, Gaussian prior | n/a | not run"
+        not in (tmp_path / "results" / "bbb_mnist.md").read_text()
+    )

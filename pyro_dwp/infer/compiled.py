@@ -155,13 +155,14 @@ class CompiledSVI:
         self._local_reparam = local_reparam
         self.params = params
 
-    def loss(self, x: Tensor, y: Tensor, kl_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    def loss(self, x: Tensor, y: Tensor, kl_scale: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
         """The differentiable loss (-ELBO) and the scaled data term (detached), both ``()``.
 
         Args:
             x: Inputs ``(B, *in_shape)``.
             y: Targets ``(B, ...)``.
-            kl_scale: Factor of the KL term (``M * pi_i`` of :func:`~pyro_dwp.infer.kl_weights`).
+            kl_scale: Factor of the KL term (``M * pi_i`` of :func:`~pyro_dwp.infer.kl_weights`),
+                a float or a ``()`` tensor.
         """
         total: Tensor | float = 0.0
         data: Tensor | float = 0.0
@@ -170,7 +171,9 @@ class CompiledSVI:
             total, data = total + loss, data + log_lik.detach()
         return total / self._passes, data / self._passes
 
-    def _particle_loss(self, x: Tensor, y: Tensor, kl_scale: float) -> tuple[Tensor, Tensor]:
+    def _particle_loss(
+        self, x: Tensor, y: Tensor, kl_scale: Tensor | float
+    ) -> tuple[Tensor, Tensor]:
         """One pass's loss and scaled data term ``(N / B) log p(y | x, w)``, both ``()``,
         averaged over its vectorised particles."""
         kl, log_lik = self._particle(x, y)
@@ -279,6 +282,19 @@ class CompiledSVI:
         Raises:
             RuntimeError: If compiled without an optimiser (``optim=None``): use :meth:`loss`.
         """
+        loss, data = self.update(x, y, kl_scale)
+        for p in self.params:
+            p.grad = None
+        return loss.item(), data
+
+    def update(self, x: Tensor, y: Tensor, kl_scale: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+        """:meth:`step` without a host synchronisation: the loss and the scaled data term as
+        detached ``()`` tensors on the device; the gradients are left in ``.grad`` (the
+        function :class:`GraphedSVI` captures). ``kl_scale`` may be a ``()`` tensor.
+
+        Raises:
+            RuntimeError: If compiled without an optimiser (``optim=None``): use :meth:`loss`.
+        """
         if self._optim is None:
             raise RuntimeError("compiled with optim=None: step your optimiser on loss()")
         loss, data = self.loss(x, y, kl_scale)
@@ -287,9 +303,17 @@ class CompiledSVI:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         self._optim(self.params)
-        for p in self.params:
-            p.grad = None
-        return loss.item(), data
+        return loss.detach(), data
+
+    @property
+    def dataset_size(self) -> int:
+        """The likelihood's ``dataset_size`` now (read by every step for the ``N / B`` factor)."""
+        return self._likelihood.dataset_size
+
+    @property
+    def optim(self) -> PyroOptim | None:
+        """The optimiser the step steps."""
+        return self._optim
 
 
 def _log_prior(name: str, prior: Distribution) -> Callable[[Tensor], Tensor]:

@@ -35,6 +35,7 @@ from .checkpoint import (
 )
 from .compiled import CompiledSVI, compile_or_warn
 from .fingerprint import describe, tensor_digest
+from .graphs import GraphedSVI, graphable_reason
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
 
@@ -161,6 +162,7 @@ def fit(
     callback: Callable[[dict[str, float]], None] | None = None,
     handlers: Sequence[AbstractContextManager] = (),
     engine: Engine = "pyro",
+    cuda_graphs: bool = True,
 ) -> list[dict[str, float]]:
     """Fit ``guide`` to the posterior of ``model(x, y)`` with SVI and ``Trace_ELBO``.
 
@@ -207,6 +209,10 @@ def fit(
             ``Trace_ELBO`` / ``TraceMeanField_ELBO``, looped or vectorised particles, the local
             reparameterisation: see there); elsewhere a warning names the reason and Pyro's
             ``SVI`` trains. Checkpoints of either engine resume on the other.
+        cuda_graphs: On a CUDA device, with the compiled engine and the default optimiser
+            (a fused :class:`~pyro_dwp.infer.JointAdam`), replay the compiled step from CUDA
+            graphs (:class:`~pyro_dwp.infer.graphs.GraphedSVI`: the same step, one launch;
+            the loss is then checked for NaN once per epoch, still naming the step).
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (-ELBO), ``nll`` (data term), ``kl``
@@ -226,7 +232,7 @@ def fit(
         num_particles=num_particles, vectorize_particles=vectorize_particles,
         kl_scheme=kl_scheme, device=device, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, seed=seed, progress=progress, callback=callback,
-        handlers=handlers, engine=engine,
+        handlers=handlers, engine=engine, cuda_graphs=cuda_graphs,
     )  # fmt: skip
     if resume:
         trainer.resume()
@@ -266,6 +272,7 @@ class SVITrainer:
         callback: Callable[[dict[str, float]], None] | None = None,
         handlers: Sequence[AbstractContextManager] = (),
         engine: Engine = "pyro",
+        cuda_graphs: bool = True,
     ) -> None:
         _check_fit_args(x, y, 1, batch_size, num_particles, checkpoint_every, False, checkpoint)
         if engine not in _ENGINES:
@@ -299,6 +306,8 @@ class SVITrainer:
         self._vectorize_particles = vectorize_particles
         self._compiled: CompiledSVI | None = None
         self._compile_tried = engine == "pyro"
+        self._cuda_graphs = cuda_graphs
+        self._graphed: GraphedSVI | None = None
         self.shuffle = torch.Generator().manual_seed(seed)
         self._validate = is_validation_enabled()
         self.checkpoint = (
@@ -329,6 +338,11 @@ class SVITrainer:
     def running_engine(self) -> Literal["pyro", "compiled"]:
         """The engine of the latest step: ``"compiled"`` once the compiled step runs."""
         return "pyro" if self._compiled is None else "compiled"
+
+    @property
+    def cuda_graphs(self) -> int:
+        """Number of CUDA graphs the compiled step replays (0: none; see ``cuda_graphs``)."""
+        return 0 if self._graphed is None or self._graphed.failed else self._graphed.captured
 
     def resume(self) -> bool:
         """Continue from the checkpoint if it exists (before the first :meth:`train`).
@@ -409,7 +423,8 @@ class SVITrainer:
         """One pass over the shuffled data; ``check``: validate the first step (Pyro's checks
         and the refusal of improper priors under a Monte Carlo ELBO)."""
         t0 = time.perf_counter()
-        loss_sum, nll_sum = 0.0, torch.zeros((), device=self.device)
+        losses: list[Tensor | float] = []
+        nll_sum = torch.zeros((), device=self.device)
         order = torch.randperm(self.x.shape[0], generator=self.shuffle).to(self.device)
         for i in range(self.num_batches):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -418,7 +433,10 @@ class SVITrainer:
             first = check and i == 0
             if not first and not self._compile_tried:
                 self._compile(self.x[idx], self.y[idx], self._scales[i])
-            if self._compiled is not None:
+            step_loss: Tensor | float
+            if self._graphed is not None:  # checked below, once per epoch
+                step_loss, data = self._graphed.step(self.x[idx], self.y[idx], self._scales[i])
+            elif self._compiled is not None:
                 step_loss, data = self._compiled.step(self.x[idx], self.y[idx], self._scales[i])
             else:
                 with ExitStack() as stack:
@@ -429,28 +447,39 @@ class SVITrainer:
                     with pyro.validation_enabled(self._validate and first):
                         step_loss = self.svi.step(self.x[idx], self.y[idx])
                 data = self._data_term.mean()
-            if not math.isfinite(step_loss):
-                kept = (
-                    f"the last good checkpoint, {self.checkpoint.path} (epoch {self._last_saved}), "
-                    "is kept"
-                    if self._last_saved is not None and self.checkpoint is not None
-                    else "no checkpoint was written"
-                )
-                raise FloatingPointError(
-                    f"loss is {step_loss} at epoch {epoch + 1}, "
-                    f"step {i + 1} of {self.num_batches}; {kept}"
-                )
-            loss_sum += step_loss
+            if not isinstance(step_loss, Tensor):
+                self._check_finite(step_loss, epoch, i)
+            losses.append(step_loss)
             nll_sum -= data
+        if self._graphed is not None:  # one host synchronisation per epoch
+            values = torch.stack([torch.as_tensor(v, device=self.device) for v in losses]).tolist()
+            for i, value in enumerate(values):
+                self._check_finite(value, epoch, i)
+        else:
+            values = losses
         record = {
             "epoch": epoch + 1,
-            "loss": loss_sum / self.num_batches,
+            "loss": sum(values) / self.num_batches,
             "nll": float(nll_sum) / self.num_batches,
         }
         record.update(kl=record["loss"] - record["nll"], seconds=time.perf_counter() - t0)
         self.history.append(record)
         self.epoch = epoch + 1
         return record
+
+    def _check_finite(self, loss: float, epoch: int, step: int) -> None:
+        """Raise ``FloatingPointError`` naming the epoch and step (0-based) of a NaN or infinite
+        ``loss``, and the last good checkpoint, which is kept."""
+        if math.isfinite(loss):
+            return
+        kept = (
+            f"the last good checkpoint, {self.checkpoint.path} (epoch {self._last_saved}), is kept"
+            if self._last_saved is not None and self.checkpoint is not None
+            else "no checkpoint was written"
+        )
+        raise FloatingPointError(
+            f"loss is {loss} at epoch {epoch + 1}, step {step + 1} of {self.num_batches}; {kept}"
+        )
 
     def _compile(self, x: Tensor, y: Tensor, kl_scale: float) -> None:
         """Compile the step on the batch ``(x, y)`` (guide set up), or warn why not."""
@@ -461,6 +490,12 @@ class SVITrainer:
             vectorize_particles=self._vectorize_particles, handlers=self.handlers,
             kl_scale=kl_scale, stacklevel=4,
         )  # fmt: skip
+        if (
+            self._compiled is not None
+            and self._cuda_graphs
+            and graphable_reason(self._compiled) is None
+        ):
+            self._graphed = GraphedSVI(self._compiled)
 
     def _save(self) -> None:
         if self._fingerprint is None:

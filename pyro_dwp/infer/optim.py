@@ -51,6 +51,7 @@ class JointAdam(PyroOptim):
         self._seen: set[Tensor] = set()
         self.lr_lambda = lr_lambda
         self._schedule_steps = 0
+        self._capture_device: torch.device | None = None  # see make_capturable
 
     def _lr(self) -> float:
         """The rate now: ``lr``, times ``lr_lambda`` of the schedule's step count."""
@@ -69,10 +70,41 @@ class JointAdam(PyroOptim):
         self._apply_lr()
 
     def _apply_lr(self) -> None:
-        """Set every parameter group's rate to :meth:`_lr`."""
+        """Set every parameter group's rate to :meth:`_lr` (a device tensor in place: a captured
+        step reads it from there)."""
         if self._optim is not None:
             for group in self._optim.param_groups:
-                group["lr"] = self._lr()
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(self._lr())
+                else:
+                    group["lr"] = self._lr()
+
+    def make_capturable(self, device: torch.device) -> None:
+        """Let a CUDA graph capture the update (:class:`~pyro_dwp.infer.graphs.GraphedSVI`):
+        ``torch.optim.Adam``'s ``capturable`` mode, its step counts on the device (as the fused
+        update keeps them already) and the rate a ``()`` float32 tensor on ``device`` that the
+        schedule fills in place, so that a replayed update reads the rate of the moment. The
+        update is Adam's as before. Idempotent.
+
+        Raises:
+            RuntimeError: Before the first update (no parameters yet), or if not ``fused``.
+        """
+        if self._optim is None:
+            raise RuntimeError("make_capturable needs the parameters: take one update first")
+        if not self.pt_optim_args["fused"]:
+            raise RuntimeError("only the fused Adam update (fused=True) is made capturable")
+        self._capture_device = device
+        self._capturable_groups()
+
+    def _capturable_groups(self) -> None:
+        """Put every parameter group in the mode of :meth:`make_capturable`, once it was asked."""
+        if self._optim is None or self._capture_device is None:
+            return
+        for group in self._optim.param_groups:
+            group["capturable"] = True
+            if not isinstance(group["lr"], Tensor):
+                lr = torch.tensor(group["lr"], dtype=torch.float32, device=self._capture_device)
+                group["lr"] = lr
 
     def __call__(self, params: Iterable[Tensor], *args, **kwargs) -> None:
         new = [p for p in params if p not in self._seen]
@@ -83,6 +115,7 @@ class JointAdam(PyroOptim):
                 self._optim = torch.optim.Adam(new, **{**self.pt_optim_args, "lr": self._lr()})
             else:
                 self._optim.add_param_group({"params": new, "lr": self._lr()})
+            self._capturable_groups()
             self._seen.update(new)
             for p in new:
                 state = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
