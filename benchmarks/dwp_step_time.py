@@ -9,8 +9,10 @@ on their training; trainable reverse model) and once with ``prior="normal"``; ea
 swapped outside the timed region) and are timed in interleaved rounds; the median over rounds
 of the mean step time is reported. ``dwp_compiled`` and ``normal_compiled`` are the same two
 models through the compiled engine (:func:`pyro_dwp.infer.compiled.compile_svi`, the step that
-``fit(..., engine="compiled")`` runs). A breakdown times the prior's networks alone (forward and
-backward of the decoder on all codes and of the reverse model on all kernels of each layer).
+``fit(..., engine="compiled")`` runs); on CUDA ``dwp_graphed`` and ``normal_graphed`` replay
+that step from a CUDA graph, as ``fit`` runs it there. A breakdown times the prior's networks
+alone (forward and backward of the decoder on all codes and of the reverse model on all kernels
+of each layer).
 
 Writes (merging devices) ``benchmarks/results/dwp_step_time.{json,md}``; ``--profile`` prints
 the top operators of ``torch.profiler`` for the DWP step.
@@ -28,15 +30,17 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pyro
-import pyro.optim
 import torch
 from pyro.infer import SVI
 
 from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
+from pyro_dwp.infer import JointAdam
 from pyro_dwp.infer.compiled import compile_svi
+from pyro_dwp.infer.graphs import WARMUP_STEPS, GraphedSVI
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE
@@ -55,10 +59,10 @@ def _make_step(
     x: torch.Tensor,
     y: torch.Tensor,
     channels: tuple[int, int],
-    compiled: bool = False,
-) -> tuple[Callable[[], float], dict]:
-    """A closure running one SVI step (Pyro's, or the compiled engine's), and the
-    parameter-store state it owns."""
+    engine: str = "pyro",
+) -> tuple[Callable[[], object], dict]:
+    """A closure running one SVI step (``engine``: Pyro's, the compiled engine's, or that step
+    replayed from a CUDA graph, ``"graphed"``), and the parameter-store state it owns."""
     pyro.clear_param_store()
     vaes = {
         "conv1.weight": KernelVAE.for_kernel_size(7).to(device),
@@ -69,20 +73,22 @@ def _make_step(
     )
     model.to(device)
     guide.to(device)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo())
+    svi = SVI(model, guide, JointAdam(1e-3), elbo())  # fit's default optimiser
     lrt = LocalReparameterizationMessenger()
 
-    def step() -> float:
+    def step() -> object:
         with lrt:
             return svi.step(x, y)
 
     step()  # set up the guide and the optimiser
-    if compiled:
+    if engine != "pyro":
         program = compile_svi(model, guide, x, y, optim=svi.optim, elbo=elbo, handlers=[lrt])
-
-        def step() -> float:
-            return program.step(x, y)[0]
-
+        step = partial(program.step, x, y)
+    if engine == "graphed":
+        graphed = GraphedSVI(program)
+        for _ in range(WARMUP_STEPS + 1):  # the eager warm-up, then the capture
+            graphed.step(x, y)
+        step = partial(graphed.step, x, y)
     return step, pyro.get_param_store().get_state()
 
 
@@ -115,11 +121,11 @@ def main(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch, 1, 28, 28, device=device).clamp_min(0)
     y = torch.randint(0, 10, (args.batch,), device=device)
     steps, states = {}, {}
+    engines = ("pyro", "compiled", *(("graphed",) if device.type == "cuda" else ()))
     for prior in ("dwp", "normal"):
-        for suffix in ("", "_compiled"):
-            steps[prior + suffix], states[prior + suffix] = _make_step(
-                prior, device, x, y, channels, compiled=bool(suffix)
-            )
+        for engine in engines:
+            name = prior if engine == "pyro" else f"{prior}_{engine}"
+            steps[name], states[name] = _make_step(prior, device, x, y, channels, engine)
     store = pyro.get_param_store()
     times: dict[str, list[float]] = {p: [] for p in steps}
     for r in range(args.rounds):
@@ -160,6 +166,11 @@ def main(args: argparse.Namespace) -> dict:
         "step_ms": median,
         "ratio_dwp_to_normal": median["dwp"] / median["normal"],
         "ratio_dwp_to_normal_compiled": median["dwp_compiled"] / median["normal_compiled"],
+        **(
+            {"ratio_dwp_to_normal_graphed": median["dwp_graphed"] / median["normal_graphed"]}
+            if "dwp_graphed" in median
+            else {}
+        ),
         "prior_networks_ms": _time_networks(device, channels, args.steps),
     }
     _write(result, Path(args.results_dir))
@@ -181,8 +192,8 @@ def _write(result: dict, results: Path) -> None:
         "and hardware per row). Target: DWP step <= 1.3x normal step.",
         "",
         "| device | hardware | batch | channels | DWP step (ms) | normal step (ms) | ratio | "
-        "compiled: DWP (ms) | normal (ms) | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "compiled: DWP (ms) | normal (ms) | ratio | CUDA graph: DWP (ms) | normal (ms) | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs.values():
         ms = r["step_ms"]
@@ -192,9 +203,16 @@ def _write(result: dict, results: Path) -> None:
             if "dwp_compiled" in ms
             else "not measured | | "
         )
+        graphed = (
+            f"{ms['dwp_graphed']:.1f} | {ms['normal_graphed']:.1f} | "
+            f"{r['ratio_dwp_to_normal_graphed']:.2f}"
+            if "dwp_graphed" in ms
+            else ("CUDA only" if r["device"].startswith("cpu") else "not measured") + " | | "
+        )
         lines.append(
             f"| {r['device']} | {r['hardware']} | {r['batch']} | {r['channels']} | "
-            f"{ms['dwp']:.1f} | {ms['normal']:.1f} | {r['ratio_dwp_to_normal']:.2f} | {compiled} |"
+            f"{ms['dwp']:.1f} | {ms['normal']:.1f} | {r['ratio_dwp_to_normal']:.2f} | {compiled} "
+            f"| {graphed} |"
         )
     lines += ["", "Prior networks alone, forward + backward (ms):", ""]
     lines += ["| device | " + " | ".join(next(iter(runs.values()))["prior_networks_ms"]) + " |"]
