@@ -14,12 +14,14 @@ actually did.
 With ``--parallel`` every method trains at once, each in its own process (one GPU holds them
 all: the compiled BBB step is replayed from CUDA graphs, so each process leaves the GPU mostly
 idle), each with the whole training budget; ``--gaussian`` adds the Gaussian-prior BBB row
-(``N(0, 1)``, ``-log sigma = 0``, the best of the paper's grid).
+(``N(0, 1)``, ``-log sigma = 0``, the best of the paper's grid) and ``--extra-hidden 400 800``
+every method at the paper's other widths (rows ``METHOD_h400``...): the whole of Table 1.
 
 Example (one GPU, about 8 minutes)::
 
     python benchmarks/bbb_mnist.py --device cuda --epochs 600 --time-budget-minutes 8
     python benchmarks/bbb_mnist.py --device cuda --epochs 600 --parallel --gaussian
+    python benchmarks/bbb_mnist.py --device cuda --parallel --gaussian --extra-hidden 400 800
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", action="store_true", help="train the methods side by side")
     p.add_argument("--gaussian", action="store_true", help="add BBB with the N(0, 1) prior")
     p.add_argument(
+        "--extra-hidden",
+        type=int,
+        nargs="+",
+        default=[],
+        help="with --parallel: every method also at these widths (rows METHOD_hH, e.g. the "
+        "paper's 400 and 800 units; pruning stays on --hidden)",
+    )
+    p.add_argument(
         "--engine",
         choices=get_args(Engine),
         default="compiled",
@@ -94,6 +104,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     if args.time_budget_minutes is not None and not args.time_budget_minutes > 0:
         raise ValueError(f"--time-budget-minutes must be > 0, got {args.time_budget_minutes}")
+    if args.extra_hidden and not args.parallel:
+        raise ValueError("--extra-hidden needs --parallel (the rows train side by side)")
+    if any(h < 1 or h == args.hidden for h in args.extra_hidden):
+        raise ValueError(
+            f"--extra-hidden must be widths >= 1 other than --hidden, got {args.extra_hidden}"
+        )
     deadline = None
     if args.time_budget_minutes is not None:
         deadline = t0 + 60 * args.time_budget_minutes * (1 - EVAL_RESERVE)
@@ -114,6 +130,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": _device_name(args.device),
         "hidden": args.hidden,
+        "hidden_of": {m: r["hidden"] for m, r in results.items()},
         "epochs": {m: r["epochs"] for m, r in results.items()},
         "train_seconds": {m: r["train_seconds"] for m, r in results.items()},
         "paper_table1": {k: v[args.hidden] for k, v in PAPER_TABLE1.items() if args.hidden in v},
@@ -137,27 +154,39 @@ def _run_experiment(experiment: Any, argv: list[str]) -> dict[str, Any]:
 
 
 def _run_side_by_side(args: argparse.Namespace, minutes: float | None) -> dict[str, dict[str, Any]]:
-    """Train every method at once, one ``pyro-dwp mnist`` process each (spread over the
-    visible GPUs); their metrics.
+    """Train every method (at every width) at once, one ``pyro-dwp mnist`` process each
+    (spread over the visible GPUs); their metrics, by row name (``METHOD`` at ``--hidden``,
+    ``METHOD_hH`` at an ``--extra-hidden`` width ``H``).
 
     Raises:
         RuntimeError: If a process fails (its command and the end of its stderr).
     """
     methods = ["bbb", *(["bbb_gaussian"] if args.gaussian else []), "sgd", "dropout"]
+    rows = {m: (m, args.hidden) for m in methods}
+    rows.update({f"{m}_h{h}": (m, h) for h in args.extra_hidden for m in methods})
     jobs: list[list[object]] = [
-        ["mnist", *_mnist_argv(args, m, args.epochs, minutes)] for m in methods
+        ["mnist", *_mnist_argv(args, m, args.epochs, minutes, hidden=h, row=row)]
+        for row, (m, h) in rows.items()
     ]
     run_processes(jobs, workers=len(jobs), gpus=visible_gpus(args.device))
-    return {m: json.loads((args.runs_dir / m / "metrics.json").read_text()) for m in methods}
+    return {row: json.loads((args.runs_dir / row / "metrics.json").read_text()) for row in rows}
 
 
 def _mnist_argv(
-    args: argparse.Namespace, method: str, epochs: int, minutes: float | None
+    args: argparse.Namespace,
+    method: str,
+    epochs: int,
+    minutes: float | None,
+    hidden: int | None = None,
+    row: str | None = None,
 ) -> list[str]:
-    """``pyro-dwp mnist`` options of ``method`` (``bbb_gaussian``: BBB with ``N(0, 1)``)."""
+    """``pyro-dwp mnist`` options of ``method`` (``bbb_gaussian``: BBB with ``N(0, 1)``) at
+    ``hidden`` units (default ``--hidden``), written to ``runs_dir / row`` (default the
+    method's name)."""
     job = "bbb" if method.startswith("bbb") else method
-    argv = ["--method", job, "--out", str(args.runs_dir / method), "--epochs", str(epochs)]
-    argv += ["--hidden", str(args.hidden), "--batch-size", str(args.batch_size)]
+    out = args.runs_dir / (row or method)
+    argv = ["--method", job, "--out", str(out), "--epochs", str(epochs)]
+    argv += ["--hidden", str(hidden or args.hidden), "--batch-size", str(args.batch_size)]
     argv += ["--lr", str(args.lr), "--test-samples", str(args.test_samples)]
     argv += ["--device", args.device, "--seed", str(args.seed)]
     if job == "bbb":
@@ -227,22 +256,25 @@ def _markdown(r: dict[str, Any]) -> str:
         "ensemble (BBB weight samples, MC dropout, the single SGD network), "
         f"{r['test_examples']:,} test images.",
         "",
-        "| method | paper | ours, mean net | ours, ensemble | test NLL (ensemble) | ECE "
+        "| method | units | paper | ours, mean net | ours, ensemble | test NLL (ensemble) | ECE "
         "| OOD AUROC (notMNIST) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for key, label in _LABELS.items():
-        paper = r["paper_table1"].get(key)
-        paper_cell = "n/a" if paper is None else f"{paper:.2f}"
-        if key in ours:
-            m = ours[key]
-            lines.append(
-                f"| {label} | {paper_cell} | {100 * m['test_error_mean']:.2f} "
-                f"| {100 * m['test_error_ensemble']:.2f} | {m['test_nll_ensemble']:.4f} "
-                f"| {m['ece']:.4f} | {m['ood_auroc']:.4f} |"
-            )
-        else:
-            lines.append(f"| {label} | {paper_cell} | not run | | | | |")
+    extra = sorted({h for h in r.get("hidden_of", {}).values() if h != hidden})
+    for width in [hidden, *extra]:
+        for key, label in _LABELS.items():
+            row = key if width == hidden else f"{key}_h{width}"
+            paper = PAPER_TABLE1[key].get(width)
+            cells = f"| {label} | {width} | {'n/a' if paper is None else f'{paper:.2f}'} |"
+            if row in ours:
+                m = ours[row]
+                lines.append(
+                    f"{cells} {100 * m['test_error_mean']:.2f} "
+                    f"| {100 * m['test_error_ensemble']:.2f} | {m['test_nll_ensemble']:.4f} "
+                    f"| {m['ece']:.4f} | {m['ood_auroc']:.4f} |"
+                )
+            elif width == hidden:
+                lines.append(f"{cells} not run | | | | |")
     lines += [
         "",
         "## Pruning the BBB network by signal-to-noise |mu| / sigma",

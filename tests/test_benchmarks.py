@@ -259,17 +259,37 @@ def test_code_prior_mixture_density_against_torch_distributions():
 
 
 @needs_shared_data("mnist", "notmnist")
-def test_bbb_mnist_side_by_side_adds_the_gaussian_row(tmp_path, monkeypatch, keep_threads):
+def test_bbb_mnist_side_by_side_adds_the_gaussian_row_and_widths(
+    tmp_path, monkeypatch, keep_threads
+):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     bench = importlib.import_module("bbb_mnist")
-    argv = [*TINY["bbb_mnist.py"](tmp_path), "--parallel", "--gaussian"]
+    argv = [*TINY["bbb_mnist.py"](tmp_path), "--parallel", "--gaussian", "--extra-hidden", "4"]
     report = bench.main(bench.build_parser().parse_args(argv))
-    assert set(report["ours"]) == {"bbb", "bbb_gaussian", "sgd", "dropout"}
-    config = json.loads((tmp_path / "runs" / "bbb_gaussian" / "config.json").read_text())
-    assert config["prior"] == "normal" and config["neg_log_sigma"] == 0.0
-    row = "| BBB, Gaussian prior | n/a | "  # 8 hidden units: no paper value
-    assert row in (tmp_path / "results" / "bbb_mnist.md").read_text()
-    assert (
-        "| BBB, Gaussian prior | n/a | not run"
-        not in (tmp_path / "results" / "bbb_mnist.md").read_text()
-    )
+    methods = {"bbb", "bbb_gaussian", "sgd", "dropout"}
+    assert set(report["ours"]) == methods | {f"{m}_h4" for m in methods}
+    assert report["hidden_of"] == {
+        **dict.fromkeys(methods, 8),
+        **dict.fromkeys((f"{m}_h4" for m in methods), 4),
+    }
+    config = json.loads((tmp_path / "runs" / "bbb_gaussian_h4" / "config.json").read_text())
+    assert (config["prior"], config["neg_log_sigma"], config["hidden"]) == ("normal", 0.0, 4)
+    table = (tmp_path / "results" / "bbb_mnist.md").read_text()
+    assert "| BBB, Gaussian prior | 8 | n/a | " in table  # no paper value at 8 or 4 units
+    assert "| SGD + dropout | 4 | n/a | " in table
+    assert "not run" not in table
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--extra-hidden", "4"], "needs --parallel"),
+        (["--parallel", "--extra-hidden", "8"], "other than --hidden"),
+    ],
+)
+def test_bbb_mnist_refuses_bad_widths(tmp_path, monkeypatch, extra, message):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bbb_mnist")
+    args = bench.build_parser().parse_args([*TINY["bbb_mnist.py"](tmp_path), *extra])
+    with pytest.raises(ValueError, match=message):
+        bench.main(args)
