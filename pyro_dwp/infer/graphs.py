@@ -8,7 +8,8 @@ and replays it: one launch per step, no host synchronisation. The step is the sa
 the same tensors: the parameters and Adam's moments are updated in place, the noise comes from
 the device's default generator at the same offsets as eagerly (CUDA graphs' graph-safe RNG), the
 minibatch KL factor and the learning rate are device scalars filled before each replay, so a
-replayed run equals the eager compiled run (tested on CUDA).
+replayed run equals the eager compiled run to float32 rounding (tested on CUDA to 1e-5
+relative).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class GraphedSVI:
 
     @property
     def captured(self) -> int:
-        """Number of graphs captured (batch shapes seen since the last capture)."""
+        """Number of graphs held: one per batch shape seen since the likelihood's
+        ``dataset_size`` last changed."""
         return len(self._graphs)
 
     def step(self, x: Tensor, y: Tensor, kl_scale: float = 1.0) -> tuple[Tensor, Tensor]:
