@@ -13,6 +13,8 @@ Contenders, built in one process and timed in interleaved rounds (median of roun
   (:func:`pyro_dwp.infer.compiled.compile_svi`: the same loss as plain PyTorch).
 - ``pyro_dwp_bbb_graphed`` (CUDA): that compiled step replayed from a CUDA graph, as ``fit``
   runs it on a GPU (:class:`pyro_dwp.infer.graphs.GraphedSVI`: one launch, no host sync).
+- ``pyro_dwp_bbb_inductor``: the compiled step with its passes through ``torch.compile``
+  (``fit(..., torch_compile=True)``; compiled before the timing).
 - ``pyro_autonormal``: Pyro's own ``PyroSample`` MLP + ``AutoNormal`` (Gaussian prior).
 - ``blitz`` / ``bayesian_torch``: the peer libraries, where installed
   (``pip install --no-deps blitz-bayesian-pytorch bayesian-torch``).
@@ -108,6 +110,14 @@ def pyro_dwp_bbb_graphed(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
     return lambda: graphed.step(x, y)
 
 
+def pyro_dwp_bbb_inductor(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
+    with pyro.get_param_store().scope():
+        model, guide = _bbb(h, x.device)
+        program = compile_svi(model, guide, x, y, optim=JointAdam(1e-3), torch_compile=True)
+        program.step(x, y)  # compiles (tens of seconds on a CPU)
+    return lambda: program.step(x, y)
+
+
 def pyro_autonormal(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
     from pyro.infer.autoguide import AutoNormal
     from pyro.nn import PyroModule, PyroSample
@@ -191,6 +201,7 @@ CONTENDERS = {
     "pyro_dwp_bbb": pyro_dwp_bbb,
     "pyro_dwp_bbb_compiled": pyro_dwp_bbb_compiled,
     "pyro_dwp_bbb_graphed": pyro_dwp_bbb_graphed,
+    "pyro_dwp_bbb_inductor": pyro_dwp_bbb_inductor,
     "pyro_autonormal": pyro_autonormal,
     "blitz": blitz,
     "bayesian_torch": bayesian_torch,

@@ -4,6 +4,7 @@ training as Pyro's engine, checkpoints that resume across engines, and the fallb
 import importlib
 import math
 import re
+import shutil
 import warnings
 
 import pyro
@@ -490,3 +491,49 @@ def test_compiled_without_an_optimiser_gives_the_loss_and_refuses_to_step():
     assert loss.requires_grad and torch.isfinite(loss)
     with pytest.raises(RuntimeError, match="compiled with optim=None"):
         program.step(x, y)
+
+
+NEEDS_CXX = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="torch.compile on a CPU needs a C++ compiler",
+)
+
+
+@NEEDS_CXX
+def test_torch_compiled_training_equals_the_compiled_training(one_thread):
+    """The same draws (the eager generators) and the same updates, to float32 rounding, with
+    Blundell KL weights (a tensor factor, not a recompiled constant) and a smaller last batch."""
+    runs = {}
+    for torch_compile in (False, True):
+        pyro.clear_param_store()
+        model, guide = regression()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # no fallback of either kind
+            trainer = SVITrainer(
+                model, guide, X, Y, engine="compiled", torch_compile=torch_compile, **KW
+            )
+            history = trainer.train(3)
+        runs[torch_compile] = params(), history
+    assert_same_params(runs[False][0], runs[True][0], atol=1e-5)
+    for a, b in zip(runs[False][1], runs[True][1], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_a_failing_torch_compile_falls_back_to_the_eager_pass(monkeypatch):
+    model, guide = regression()
+    program = compile_svi(model, guide, X[:8], Y[:8], optim=JointAdam(0.01))
+
+    def broken(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    program.use_torch_compile()
+    rng = torch.get_rng_state()
+    expected = program._particle_loss(X[:8], Y[:8], 1.0)[0]
+    torch.set_rng_state(rng)
+    with pytest.warns(UserWarning, match="torch.compile of the compiled step failed, it runs"):
+        loss, _ = program.loss(X[:8], Y[:8])
+    assert torch.equal(loss, expected)
