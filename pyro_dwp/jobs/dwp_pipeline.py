@@ -28,8 +28,8 @@ settings, or another prior, in the same ``--out`` are refused.
 Presets (the options below override single values):
 
 - ``quick`` (default; 4-7 minutes on 2 CPU cores, 3.7 to 6.4 measured): the shipped prior; the
-  target ConvNet of 16 / 32 channels (the paper's 32 / 128 take 3 s per deep-weight-prior step on 2 CPU
-  cores), N = 100, data seed 0, 1,000 epochs, tested on 2,000 MNIST images. With
+  target ConvNet of 16 / 32 channels (the paper's 32 / 128 take 3 s per deep-weight-prior step
+  on 2 CPU cores), N = 100, data seed 0, 1,000 epochs, tested on 2,000 MNIST images. With
   ``--train-prior``: 4 source nets of the target's widths, 8 epochs on 5,000 notMNIST images, at
   most 1,000 kernels per layer, kernel VAEs 100 epochs. Short training of a small net: the
   numbers show the pipeline at work, not the paper's accuracies
