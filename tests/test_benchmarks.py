@@ -233,7 +233,7 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
     assert result["ours"]["dwp N=50"]["accuracy"] == pytest.approx([0.75, 0.0707107, 2])
     assert result["ours"]["dwp N=500"]["accuracy"] == pytest.approx([0.9, 0.0, 1])
     assert result["commands"] == ["c", "c (d, cpu)"]
-    assert "| dwp | 0.750 ± 0.071 (2) | 0.900 ± 0.000 (1) |" in (
+    assert "| dwp | 0.750 ± 0.071 (2) | 0.900 (1 seed) |" in (
         (tmp_path / "dwp_mnist.md").read_text()
     )
     assert (tmp_path / "dwp_mnist_figure2.png").exists()

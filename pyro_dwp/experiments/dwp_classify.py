@@ -474,7 +474,8 @@ def summary_table(summary: dict[tuple[str, int], dict[str, tuple]], test_samples
             for n in sizes:
                 if (p, n) in summary:
                     mean, std, k = summary[p, n][metric]
-                    row.append(f"{mean:.3f} ± {std:.3f} ({k})")
+                    # one seed has no spread to show (not a spread of 0)
+                    row.append(f"{mean:.3f} ± {std:.3f} ({k})" if k > 1 else f"{mean:.3f} (1 seed)")
                 else:
                     row.append("")
             lines.append(f"| {PRIOR_RECIPES[p].label} | " + " | ".join(row) + " |")
