@@ -51,7 +51,7 @@ from pyro_dwp import BNN, Categorical
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import JointAdam, KLScaleMessenger
-from pyro_dwp.infer.compiled import compile_svi
+from pyro_dwp.infer.compiled import CompiledSVI, compile_svi
 from pyro_dwp.infer.graphs import WARMUP_STEPS, GraphedSVI
 from pyro_dwp.models import mlp
 
@@ -90,31 +90,32 @@ def pyro_dwp_bbb(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
     return step
 
 
-def pyro_dwp_bbb_compiled(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
+def _program(h: int, x: torch.Tensor, y: torch.Tensor, torch_compile: bool = False) -> CompiledSVI:
+    """Our BBB model's compiled step, after one step (the optimiser takes in the parameters by
+    their store names; with ``torch_compile`` that step compiles, tens of seconds on a CPU)."""
     # A param store of its own: the step holds its tensors and never reads the store again.
     with pyro.get_param_store().scope():
         model, guide = _bbb(h, x.device)
-        program = compile_svi(model, guide, x, y, optim=JointAdam(1e-3))
-        program.step(x, y)  # the optimiser takes in the parameters (by their store names)
+        optim = JointAdam(1e-3)
+        program = compile_svi(model, guide, x, y, optim=optim, torch_compile=torch_compile)
+        program.step(x, y)
+    return program
+
+
+def pyro_dwp_bbb_compiled(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
+    program = _program(h, x, y)
     return lambda: program.step(x, y)
 
 
 def pyro_dwp_bbb_graphed(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
-    with pyro.get_param_store().scope():
-        model, guide = _bbb(h, x.device)
-        program = compile_svi(model, guide, x, y, optim=JointAdam(1e-3))
-        program.step(x, y)
-        graphed = GraphedSVI(program)  # refuses a CPU device
-        for _ in range(WARMUP_STEPS + 1):  # the eager warm-up, then the capture
-            graphed.step(x, y)
+    graphed = GraphedSVI(_program(h, x, y))  # refuses a CPU device
+    for _ in range(WARMUP_STEPS + 1):  # the eager warm-up, then the capture
+        graphed.step(x, y)
     return lambda: graphed.step(x, y)
 
 
 def pyro_dwp_bbb_inductor(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
-    with pyro.get_param_store().scope():
-        model, guide = _bbb(h, x.device)
-        program = compile_svi(model, guide, x, y, optim=JointAdam(1e-3), torch_compile=True)
-        program.step(x, y)  # compiles (tens of seconds on a CPU)
+    program = _program(h, x, y, torch_compile=True)
     return lambda: program.step(x, y)
 
 

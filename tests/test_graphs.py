@@ -31,9 +31,9 @@ def train(build, x, y, cuda_graphs, epochs, handlers=(), **kw):
     optim = scheduled()
     options = {**KW, "lr": 0.01, **kw, "optim": optim, "handlers": list(handlers)}
     trainer = SVITrainer(
-        model, guide, x, y, engine="compiled", device="cuda", cuda_graphs=cuda_graphs, **options
-    )
-    trainer.callback = lambda record: optim.step()
+        model, guide, x, y, engine="compiled", device="cuda", cuda_graphs=cuda_graphs,
+        callback=lambda record: optim.step(), **options,
+    )  # fmt: skip
     history = trainer.train(epochs)
     return trainer, params(), history
 
