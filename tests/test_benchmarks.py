@@ -101,6 +101,12 @@ TINY: dict[str, Argv] = {
         *options(prior="shipped=pretrained:notmnist", kernels=4, steps=2, every=1, threads=1),
         *_results(tmp),
     ],
+    "dwp_quick_preset.py": lambda tmp: [
+        *options(device="cpu", seeds=0, n_test=50, workers=2, work_dir=tmp / "work"),
+        *("--variant", "2", "3", "1", "0.001"),
+        *data_args(),
+        *_results(tmp),
+    ],
     "dwp_random_features.py": lambda tmp: [
         *options(n_train=100, n_test=100, widths="1/16", seeds=0, epochs=1, threads=1),
         *data_args(),
@@ -136,6 +142,7 @@ NEEDS = {
     "dwp_convergence.py": ("mnist",),
     "dwp_markov_chain.py": ("mnist",),
     "dwp_mnist.py": ("mnist",),
+    "dwp_quick_preset.py": ("mnist",),
     "dwp_random_features.py": ("mnist",),
     "mushroom.py": ("mushroom",),
     "mushroom_posterior.py": ("mushroom",),
@@ -293,3 +300,40 @@ def test_bbb_mnist_refuses_bad_widths(tmp_path, monkeypatch, extra, message):
     args = bench.build_parser().parse_args([*TINY["bbb_mnist.py"](tmp_path), *extra])
     with pytest.raises(ValueError, match=message):
         bench.main(args)
+
+
+def _quick_run(path: Path, priors: dict[str, list[float]], channels=(32, 16), epochs=500) -> None:
+    """A ``dwp_classify.json`` with one cell per (prior, seed): seed ``i`` has ``values[i]``."""
+    config = {"channels": list(channels), "epochs": epochs, "lr": 1e-3}
+    cells = [
+        {"prior": p, "seed": i, "accuracy": a}
+        for p, values in priors.items()
+        for i, a in enumerate(values)
+    ]
+    path.mkdir(parents=True)
+    (path / "dwp_classify.json").write_text(json.dumps({"config": config, "cells": cells}))
+
+
+def test_dwp_quick_preset_margin_against_the_better_baseline_of_each_seed(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("dwp_quick_preset")
+    _quick_run(tmp_path / "a_dwp", {"dwp": [0.80, 0.70, 0.90]})
+    _quick_run(
+        tmp_path / "a_base", {"normal": [0.75, 0.72, 0.80], "log-uniform": [0.78, 0.60, 0.85]}
+    )
+    _quick_run(tmp_path / "b", {"dwp": [0.5], "normal": [0.6]}, channels=(16, 32), epochs=1000)
+    variants = bench.collect(tmp_path)
+    a = variants["32/16, 500 epochs"]
+    # better baseline per seed: 0.78, 0.72, 0.85 -> margins 0.02, -0.02, 0.05
+    assert a["dwp_minus_best_baseline"] == pytest.approx(0.05 / 3)
+    assert a["dwp_first_on"] == 2 and a["seeds"] == [0, 1, 2]
+    assert a["accuracy"]["dwp"][:1] == pytest.approx([0.8]) and a["accuracy"]["dwp"][2] == 3
+    assert variants["16/32, 1000 epochs"]["dwp_first_on"] == 0
+    _quick_run(tmp_path / "c", {"dwp": [0.5, 0.6], "normal": [0.6]}, channels=(8, 8))
+    with pytest.raises(ValueError, match="different seeds"):
+        bench.collect(tmp_path)
+    _quick_run(tmp_path / "d", {"dwp": [0.5]}, channels=(4, 4))
+    with pytest.raises(ValueError, match="needs the dwp run and a baseline"):
+        bench.collect(tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="run the benchmark first"):
+        bench.collect(tmp_path / "empty")

@@ -134,13 +134,13 @@ def test_kernel_gauge_reaches_the_source_stage_with_the_target_widths(tmp_path):
     args = argparse.Namespace(**{k: None for k in dwp_pipeline._OPTIONS}, preset="quick")
     args.kernel_gauge = "he"
     settings = dwp_pipeline._settings(args)
-    assert settings["kernel_gauge"] == "he" and settings["channels"] == [16, 32]
+    assert settings["kernel_gauge"] == "he" and settings["channels"] == [32, 16]
     source = dict(dwp_pipeline._plan(tmp_path, settings, "dwp", None))["source"]
     parser = argparse.ArgumentParser()
     dwp_source.add_arguments(parser)
     parsed = parser.parse_args([str(a) for a in source[1:]])
-    assert parsed.kernel_gauge == "he" and parsed.target_channels == [16, 32]
-    assert parsed.channels == [16, 32]
+    assert parsed.kernel_gauge == "he" and parsed.target_channels == [32, 16]
+    assert parsed.channels == [32, 16]
     args.kernel_gauge = None  # not given: dwp-source's default, and no extra flags
     source = dict(dwp_pipeline._plan(tmp_path, dwp_pipeline._settings(args), "dwp", None))
     assert "--kernel-gauge" not in source["source"] and "--target-channels" not in source["source"]

@@ -31,14 +31,14 @@ SUMMARY = "dwp.json"
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "source_nets": 4,
-        "channels": [16, 32],
+        "channels": [32, 16],
         "source_epochs": 8,
         "source_subset": 5000,
         "max_kernels": 1000,
         "prior_epochs": 100,
         "n_train": [100],
         "seeds": [0],
-        "epochs": 1000,
+        "epochs": 500,
         "n_test": 2000,
     },
     "paper": {},  # every stage's defaults

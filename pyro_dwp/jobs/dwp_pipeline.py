@@ -27,13 +27,15 @@ settings, or another prior, in the same ``--out`` are refused.
 
 Presets (the options below override single values):
 
-- ``quick`` (default; 4-7 minutes on 2 CPU cores, 3.7 to 6.4 measured): the shipped prior; the
-  target ConvNet of 16 / 32 channels (the paper's 32 / 128 take 3 s per deep-weight-prior step
-  on 2 CPU cores), N = 100, data seed 0, 1,000 epochs, tested on 2,000 MNIST images. With
-  ``--train-prior``: 4 source nets of the target's widths, 8 epochs on 5,000 notMNIST images, at
-  most 1,000 kernels per layer, kernel VAEs 100 epochs. Short training of a small net: the
-  numbers show the pipeline at work, not the paper's accuracies
-  (``benchmarks/results/dwp_mnist.md`` has the grid on GPUs).
+- ``quick`` (default; 3.5-4 minutes on 2 CPU cores): the shipped prior; the target ConvNet
+  of 32 / 16 channels (the paper's conv1, a conv2 of 16 filters: the paper's 32 / 128 take 3 s
+  per deep-weight-prior step on 2 CPU cores), N = 100, data seed 0, 500 epochs, tested on 2,000
+  MNIST images. The widths and epochs were chosen among 13 CPU-sized variants on six data
+  seeds (``benchmarks/results/dwp_quick_preset.md``): the deep weight prior's lead follows the
+  number of conv1 filters. With ``--train-prior``: 4 source nets of the target's widths, 8
+  epochs on 5,000 notMNIST images, at most 1,000 kernels per layer, kernel VAEs 100 epochs.
+  Short training of a small net: the numbers show the pipeline at work, not the paper's
+  accuracies (``benchmarks/results/dwp_mnist.md`` has the grid on GPUs).
 - ``paper``: every stage's own defaults (the DWP authors' source recipe, 10 nets of 256 / 512
   channels; VAEs 40,000 steps; N in 50 ... 1000, seeds 0 1 2, 1,000 epochs per cell), for a GPU
   (``--device cuda``); it always trains its own prior.
