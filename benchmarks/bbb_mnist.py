@@ -68,10 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        choices=mnist.LR_SCHEDULES,
+        default="constant",
+        help="pyro-dwp mnist --lr-schedule, every method's: constant, or decayed linearly to 0",
+    )
     p.add_argument("--particles", type=int, default=1, help="BBB weight samples per step")
     p.add_argument("--init-scale", type=float, default=1e-3, help="BBB initial posterior sigma")
     p.add_argument("--parallel", action="store_true", help="train the methods side by side")
     p.add_argument("--gaussian", action="store_true", help="add BBB with the N(0, 1) prior")
+    p.add_argument(
+        "--bbb-only",
+        action="store_true",
+        help="with --parallel: only the BBB rows (e.g. BBB under another schedule; the baselines "
+        "of an earlier run)",
+    )
     p.add_argument(
         "--extra-hidden",
         type=int,
@@ -104,8 +116,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     if args.time_budget_minutes is not None and not args.time_budget_minutes > 0:
         raise ValueError(f"--time-budget-minutes must be > 0, got {args.time_budget_minutes}")
-    if args.extra_hidden and not args.parallel:
-        raise ValueError("--extra-hidden needs --parallel (the rows train side by side)")
+    if (args.extra_hidden or args.bbb_only) and not args.parallel:
+        raise ValueError("--extra-hidden and --bbb-only need --parallel (rows side by side)")
     if any(h < 1 or h == args.hidden for h in args.extra_hidden):
         raise ValueError(
             f"--extra-hidden must be widths >= 1 other than --hidden, got {args.extra_hidden}"
@@ -132,6 +144,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "hidden": args.hidden,
         "hidden_of": {m: r["hidden"] for m, r in results.items()},
         "epochs": {m: r["epochs"] for m, r in results.items()},
+        "lr_schedule": args.lr_schedule,
         "train_seconds": {m: r["train_seconds"] for m, r in results.items()},
         "paper_table1": {k: v[args.hidden] for k, v in PAPER_TABLE1.items() if args.hidden in v},
         "paper_pruning": PAPER_PRUNING,
@@ -161,7 +174,8 @@ def _run_side_by_side(args: argparse.Namespace, minutes: float | None) -> dict[s
     Raises:
         RuntimeError: If a process fails (its command and the end of its stderr).
     """
-    methods = ["bbb", *(["bbb_gaussian"] if args.gaussian else []), "sgd", "dropout"]
+    methods = ["bbb", *(["bbb_gaussian"] if args.gaussian else [])]
+    methods += [] if args.bbb_only else ["sgd", "dropout"]
     rows = {m: (m, args.hidden) for m in methods}
     rows.update({f"{m}_h{h}": (m, h) for h in args.extra_hidden for m in methods})
     jobs: list[list[object]] = [
@@ -187,7 +201,8 @@ def _mnist_argv(
     out = args.runs_dir / (row or method)
     argv = ["--method", job, "--out", str(out), "--epochs", str(epochs)]
     argv += ["--hidden", str(hidden or args.hidden), "--batch-size", str(args.batch_size)]
-    argv += ["--lr", str(args.lr), "--test-samples", str(args.test_samples)]
+    argv += ["--lr", str(args.lr), "--lr-schedule", args.lr_schedule]
+    argv += ["--test-samples", str(args.test_samples)]
     argv += ["--device", args.device, "--seed", str(args.seed)]
     if job == "bbb":
         prior = (
@@ -227,7 +242,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
         if isinstance(value, bool):
             argv += [flag] if value else []
         elif isinstance(value, list):
-            argv += [flag, *map(str, value)]
+            argv += [flag, *map(str, value)] if value else []
         elif value is not None:
             argv += [flag, str(value)]
     return argv
@@ -237,6 +252,12 @@ def _device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     return f"CPU {platform.processor() or platform.machine()} (torch {torch.__version__})"
+
+
+def _schedule(r: dict[str, Any]) -> str:
+    """The rate schedule of a report's rows (reports from before ``--lr-schedule``: constant)."""
+    linear = r.get("lr_schedule", "constant") == "linear"
+    return "decayed linearly to 0 over the --epochs" if linear else "constant"
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -249,8 +270,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"- device: {r['device']}",
         "- epochs done: " + ", ".join(f"{m} {e}" for m, e in r["epochs"].items()),
         "- training seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in r["train_seconds"].items()),
-        "- all methods: Adam, the same learning rate, batch size and epochs; the paper trained "
-        "up to 600 epochs with SGD",
+        f"- all methods: Adam, the same learning rate ({_schedule(r)}), batch size and epochs; "
+        "the paper trained up to 600 epochs with SGD",
         "",
         "Test error (%). Ours: the mean network (posterior mean / trained / weight-scaled) and the "
         "ensemble (BBB weight samples, MC dropout, the single SGD network), "

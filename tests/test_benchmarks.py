@@ -284,13 +284,29 @@ def test_bbb_mnist_side_by_side_adds_the_gaussian_row_and_widths(
     table = (tmp_path / "results" / "bbb_mnist.md").read_text()
     assert "| BBB, Gaussian prior | 8 | n/a | " in table  # no paper value at 8 or 4 units
     assert "| SGD + dropout | 4 | n/a | " in table
-    assert "not run" not in table
+    assert "not run" not in table and "rate (constant)" in table
+
+
+@needs_shared_data("mnist", "notmnist")
+def test_bbb_mnist_bbb_rows_alone_under_a_linear_schedule(tmp_path, monkeypatch, keep_threads):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bbb_mnist")
+    argv = [*TINY["bbb_mnist.py"](tmp_path), "--parallel", "--gaussian", "--bbb-only"]
+    report = bench.main(bench.build_parser().parse_args([*argv, "--lr-schedule", "linear"]))
+    assert set(report["ours"]) == {"bbb", "bbb_gaussian"} and report["lr_schedule"] == "linear"
+    for row in ("bbb", "bbb_gaussian"):
+        config = json.loads((tmp_path / "runs" / row / "config.json").read_text())
+        assert config["lr_schedule"] == "linear"
+    table = (tmp_path / "results" / "bbb_mnist.md").read_text()
+    assert "| SGD (no dropout) | 8 | n/a | not run" in table
+    assert "decayed linearly to 0 over the --epochs" in table
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--extra-hidden", "4"], "needs --parallel"),
+        (["--extra-hidden", "4"], "need --parallel"),
+        (["--bbb-only"], "need --parallel"),
         (["--parallel", "--extra-hidden", "8"], "other than --hidden"),
     ],
 )

@@ -162,3 +162,33 @@ def test_a_time_limit_trains_in_chunks_past_the_slow_first_epoch(tmp_path, monke
     calls.clear()
     clock[0] = 0.0
     assert len(mnist._train_within(train, 30, False, 100.0, tmp_path / "none.pt")) == 30
+
+
+@pytest.mark.parametrize("method", ["bbb", "sgd"])
+def test_linear_rate_schedule_and_its_exact_resume(
+    method: str, tmp_path: Path, monkeypatch
+) -> None:
+    """``--lr-schedule linear`` over 3 epochs runs them at lr, 2 lr / 3, lr / 3; a run stopped
+    after its first epoch and resumed gives the uninterrupted run's curves exactly."""
+    from pyro_dwp.experiments import mnist
+
+    args = ["mnist", "--method", method, *TINY, "--epochs", "3", "--lr-schedule", "linear"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "learning_curves.json").read_text())
+    assert [r["lr"] for r in whole] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
+    with monkeypatch.context() as m:  # stop after the first epoch
+        m.setattr(mnist, "_train_within", lambda train, epochs, resume, *_: train(1, resume))
+        assert main([*args, "--out", str(tmp_path / "parts")]) == 0
+    assert main([*args, "--out", str(tmp_path / "parts"), "--resume"]) == 0
+    parts = json.loads((tmp_path / "parts" / "learning_curves.json").read_text())
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in parts] == [
+        {k: v for k, v in r.items() if k not in drop} for r in whole
+    ]
+
+
+def test_a_linear_schedule_refuses_to_resume_with_other_epochs(tmp_path: Path, capsys) -> None:
+    args = ["mnist", "--method", "sgd", "--out", str(tmp_path), *TINY, "--lr-schedule", "linear"]
+    assert main(args) == 0
+    assert main([*args, "--epochs", "2", "--resume"]) == 1
+    assert "epochs" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from pyro_dwp.infer.dwp_gap import dwp_bound_gap
 from pyro_dwp.infer.fingerprint import file_digest
 from pyro_dwp.infer.fit import Engine, fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
-from pyro_dwp.infer.optim import JointAdam
+from pyro_dwp.infer.optim import JointAdam, linear_decay
 from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out, write_json
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
@@ -352,7 +352,7 @@ def train_cell(
     """
     epochs = args.epochs
     # Pyro's LambdaLR over Adam, in one fused optimiser (epochs in the fingerprint)
-    optim = JointAdam(args.lr, lr_lambda=partial(_linear_decay, epochs=epochs))
+    optim = JointAdam(args.lr, lr_lambda=partial(linear_decay, epochs=epochs))
     return fit(
         setup.model,
         setup.guide,
@@ -373,11 +373,6 @@ def train_cell(
         handlers=[LocalReparameterizationMessenger()],
         engine=args.engine,
     )
-
-
-def _linear_decay(epoch: int, epochs: int) -> float:
-    """The learning-rate factor ``1 - epoch / epochs`` of :func:`train_cell`."""
-    return 1 - epoch / epochs
 
 
 def _run_cell(

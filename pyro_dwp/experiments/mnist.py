@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, get_args
 
@@ -48,7 +49,14 @@ from pyro_dwp.experiments.prior_recipes import (
 )
 from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import Checkpoint, fit, load_checkpoint, set_param_store_state
+from pyro_dwp.infer import (
+    Checkpoint,
+    JointAdam,
+    fit,
+    linear_decay,
+    load_checkpoint,
+    set_param_store_state,
+)
 from pyro_dwp.infer.fit import Engine
 from pyro_dwp.infer.pruning import posterior_mean_network
 from pyro_dwp.infer.steps import AdamSteps
@@ -75,6 +83,8 @@ __all__ = [
 ]
 
 METHODS = ("bbb", "sgd", "dropout")
+LR_SCHEDULES = ("constant", "linear")
+"""``--lr-schedule``: the rate over the epochs, constant or decayed linearly to 0."""
 IN_FEATURES = 28 * 28
 NUM_CLASSES = 10
 # Config keys that define a training run: a resumed run must agree on all of them.
@@ -89,6 +99,7 @@ _RUN_KEYS = (
     "kl_scheme",
     "batch_size",
     "lr",
+    "lr_schedule",
     "particles",
     "init_scale",
     "dropout",
@@ -119,6 +130,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all methods)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="the rate over the --epochs (all methods): constant, or decayed linearly to 0 "
+        "(the last epoch at lr / epochs; not with --devices > 1)",
+    )
     p.add_argument(
         "--particles", type=int, default=1, help="BBB: weight samples (particles) per step"
     )
@@ -321,9 +339,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's recorded config with the keys of renamed options under their new names
     (``samples`` -> ``particles``, ``eval_samples`` -> ``test_samples``, ``n_eval`` ->
-    ``n_test``) and renamed priors under theirs (``gaussian`` -> ``normal``), so that runs
-    written before the renames can still be resumed and pruned."""
+    ``n_test``) and renamed priors under theirs (``gaussian`` -> ``normal``), and the constant
+    rate of runs from before ``--lr-schedule``, so that runs written before the renames can
+    still be resumed and pruned."""
     config = {_RENAMED_KEYS.get(k, k): v for k, v in config.items()}
+    config.setdefault("lr_schedule", "constant")  # runs from before --lr-schedule
     if "prior" in config:
         config["prior"] = RENAMED_PRIORS.get(config["prior"], config["prior"])
     return config
@@ -352,6 +372,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if _distributed(args):
         if args.method != "bbb" or args.max_train_minutes is not None:
             raise ValueError("data-parallel training needs --method bbb and no time limit")
+        if args.lr_schedule != "constant":
+            raise ValueError("data-parallel training runs at a constant rate: --lr-schedule")
         if distributed is None:
             raise ValueError(
                 f"--devices and --strategy need pyro-dwp[distributed] ({_NO_DISTRIBUTED})"
@@ -380,7 +402,9 @@ def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> None:
     path = out / "config.json"
     if resume and path.is_file():
         old = upgrade_config(json.loads(path.read_text()))
-        changed = {k: (old.get(k), config[k]) for k in _RUN_KEYS if old.get(k) != config[k]}
+        # a decaying rate is a function of the epochs: a longer run is another run
+        keys = _RUN_KEYS + (("epochs",) if config["lr_schedule"] != "constant" else ())
+        changed = {k: (old.get(k), config[k]) for k in keys if old.get(k) != config[k]}
         if changed:
             raise ValueError(
                 f"--resume: {out} holds a run with other settings (old, new): {changed}; "
@@ -405,12 +429,18 @@ def _train_bbb(
             "--strategy options; resume it with its own"
         )
 
-    def record_valid_error(record: dict[str, float]) -> None:
+    # the schedule's step count is saved with the optimiser's state, so chunks resume on it
+    optim = JointAdam(args.lr, lr_lambda=_lr_lambda(args))
+
+    def end_of_epoch(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)
         x_valid = data.x_valid.to(guide.loc(guide.site_names[0]).device)  # a DDP process's GPU
         record["valid_error"] = error_rate(
             network_logits(net, x_valid), data.y_valid.to(x_valid.device)
         )
+        record["lr"] = optim.current_lr  # this epoch's
+        if optim.lr_lambda is not None:
+            optim.step()
 
     def train(epochs: int, resume: bool) -> list[dict[str, float]]:
         return fit(
@@ -420,7 +450,7 @@ def _train_bbb(
             data.y_train,
             epochs=epochs,
             batch_size=args.batch_size,
-            lr=args.lr,
+            optim=optim,
             num_particles=args.particles,
             vectorize_particles=True,
             kl_scheme=args.kl_scheme,
@@ -430,7 +460,7 @@ def _train_bbb(
             resume=resume,
             seed=args.seed,
             progress=not args.no_progress,
-            callback=record_valid_error,
+            callback=end_of_epoch,
             engine=args.engine,
         )
 
@@ -454,7 +484,7 @@ def _train_bbb(
             resume=args.resume,
             seed=args.seed,
             progress=not args.no_progress,
-            callback=record_valid_error,
+            callback=end_of_epoch,
             engine=args.engine,
         )
     return _train_within(train, args.epochs, args.resume, max_seconds, args.out / "checkpoint.pt")
@@ -469,11 +499,15 @@ def _train_baseline(
     n = len(x)
     num_batches = math.ceil(n / args.batch_size)
     steps = AdamSteps(net.parameters(), args.lr)
+    lr_lambda = _lr_lambda(args)
+    schedule = torch.optim.lr_scheduler.LambdaLR(steps.optimizer, lr_lambda or (lambda e: 1.0))
     shuffle = torch.Generator().manual_seed(args.seed)
     checkpoint = Checkpoint(
         args.out / "checkpoint.pt", device=x.device, generators={"shuffle": shuffle}
     )
     fingerprint = {"n": n, "batch_size": args.batch_size, "seed": args.seed, "method": args.method}
+    if lr_lambda is not None:
+        fingerprint["lr_schedule"] = f"{args.lr_schedule} over {args.epochs} epochs"
 
     def train(epochs: int, resume: bool) -> list[dict[str, float]]:
         history: list[dict[str, float]] = []
@@ -482,6 +516,8 @@ def _train_baseline(
             state = checkpoint.load(fingerprint)
             net.load_state_dict(state["state_dict"])
             steps.optimizer.load_state_dict(state["optim"])
+            if "schedule" in state:  # checkpoints from before --lr-schedule ran at a constant rate
+                schedule.load_state_dict(state["schedule"])
             checkpoint.restore_rng(state)
             history, start = state["history"], state["epoch"]
         else:
@@ -499,10 +535,12 @@ def _train_baseline(
                 loss = F.cross_entropy(net(x[idx]), y[idx])
                 steps.step(loss)
                 loss_sum += loss.detach()
+            rate = schedule.get_last_lr()[0]  # this epoch's
+            schedule.step()
             nll = float(loss_sum) / num_batches * n  # full-data NLL, on the scale of BBB's
             if not math.isfinite(nll):
                 raise FloatingPointError(f"loss is {nll} at epoch {epoch + 1}")
-            record = {"epoch": epoch + 1, "loss": nll, "nll": nll, "kl": 0.0}
+            record = {"epoch": epoch + 1, "loss": nll, "nll": nll, "kl": 0.0, "lr": rate}
             record["seconds"] = time.perf_counter() - t0
             record["valid_error"] = error_rate(
                 network_logits(net.eval(), data.x_valid), data.y_valid
@@ -517,10 +555,16 @@ def _train_baseline(
                 history,
                 state_dict=net.state_dict(),
                 optim=steps.optimizer.state_dict(),
+                schedule=schedule.state_dict(),
             )
         return history
 
     return _train_within(train, args.epochs, args.resume, max_seconds, checkpoint.path)
+
+
+def _lr_lambda(args: argparse.Namespace) -> Callable[[int], float] | None:
+    """The rate factor per finished epoch of ``--lr-schedule`` (``None``: constant)."""
+    return partial(linear_decay, epochs=args.epochs) if args.lr_schedule == "linear" else None
 
 
 def _train_within(

@@ -10,7 +10,14 @@ import torch
 from pyro.optim import PyroOptim
 from torch import Tensor
 
-__all__ = ["JointAdam"]
+__all__ = ["JointAdam", "linear_decay"]
+
+
+def linear_decay(epoch: int, epochs: int) -> float:
+    """The rate factor ``1 - epoch / epochs``: a rate decayed linearly to 0 over ``epochs``
+    schedule steps (``JointAdam(lr, lr_lambda=functools.partial(linear_decay, epochs=E))``,
+    stepped once per epoch; the last of ``E`` epochs runs at ``lr / E``)."""
+    return 1 - epoch / epochs
 
 
 class JointAdam(PyroOptim):
@@ -53,7 +60,8 @@ class JointAdam(PyroOptim):
         self._schedule_steps = 0
         self._capture_device: torch.device | None = None  # see make_capturable
 
-    def _lr(self) -> float:
+    @property
+    def current_lr(self) -> float:
         """The rate now: ``lr``, times ``lr_lambda`` of the schedule's step count."""
         lr = self.pt_optim_args["lr"]
         return lr if self.lr_lambda is None else lr * self.lr_lambda(self._schedule_steps)
@@ -75,9 +83,9 @@ class JointAdam(PyroOptim):
         if self._optim is not None:
             for group in self._optim.param_groups:
                 if isinstance(group["lr"], Tensor):
-                    group["lr"].fill_(self._lr())
+                    group["lr"].fill_(self.current_lr)
                 else:
-                    group["lr"] = self._lr()
+                    group["lr"] = self.current_lr
 
     def make_capturable(self, device: torch.device) -> None:
         """Let a CUDA graph capture the update (:class:`~pyro_dwp.infer.graphs.GraphedSVI`):
@@ -112,9 +120,9 @@ class JointAdam(PyroOptim):
             store = pyro.get_param_store()
             new.sort(key=store.param_name)  # a set from SVI: fix the order
             if self._optim is None:
-                self._optim = torch.optim.Adam(new, **{**self.pt_optim_args, "lr": self._lr()})
+                self._optim = torch.optim.Adam(new, **{**self.pt_optim_args, "lr": self.current_lr})
             else:
-                self._optim.add_param_group({"params": new, "lr": self._lr()})
+                self._optim.add_param_group({"params": new, "lr": self.current_lr})
             self._capturable_groups()
             self._seen.update(new)
             for p in new:
