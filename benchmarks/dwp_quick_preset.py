@@ -36,6 +36,8 @@ from pyro_dwp.infer.fit import Engine
 
 RESULTS_DIR = Path(__file__).parent / "results"
 N_TRAIN = 100  # the quick preset's N
+SHARED_SETTINGS = ("n_test", "evaluation", "test_samples", "batch_size", "pixel_scale")
+"""``dwp-classify`` settings that every run of a variant must share (the priors' own differ)."""
 
 # (channels, epochs, lr) of each variant: the preset before (16 / 32, 1,000 epochs), longer and
 # faster training of it, the paper's net, and widths whose deep-weight-prior step costs about
@@ -87,20 +89,29 @@ def collect(work_dir: Path) -> dict[str, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: If there is none.
-        ValueError: If a variant lacks the dwp run or a baseline's, or its runs do not share
-            their seeds.
+        ValueError: If a cell is not at N = 100, a variant lacks the dwp run or a baseline's,
+            or its runs differ in their seeds or in a setting of :data:`SHARED_SETTINGS`.
     """
     files = sorted(work_dir.glob(f"**/{RESULTS}"))
     if not files:
         raise FileNotFoundError(f"no {RESULTS} below {work_dir}: run the benchmark first")
     cells: dict[str, dict[str, dict[int, float]]] = {}
     specs: dict[str, tuple[list[int], int, float]] = {}
+    shared: dict[str, dict[str, Any]] = {}
     for f in files:
         run = json.loads(f.read_text())
         config = run["config"]
         name = variant_name(config["channels"], config["epochs"], config["lr"])
         specs[name] = (config["channels"], config["epochs"], config["lr"])
+        settings = {k: config.get(k) for k in SHARED_SETTINGS}
+        if shared.setdefault(name, settings) != settings:
+            raise ValueError(
+                f"the runs of {name!r} differ in their settings: {shared[name]} and {settings} "
+                f"({f})"
+            )
         for c in run["cells"]:
+            if c["n"] != N_TRAIN:
+                raise ValueError(f"{f} holds a cell at N = {c['n']}, not {N_TRAIN}")
             cells.setdefault(name, {}).setdefault(c["prior"], {})[c["seed"]] = c["accuracy"]
     variants = {}
     for name, by_prior in cells.items():

@@ -318,11 +318,13 @@ def test_bbb_mnist_refuses_bad_widths(tmp_path, monkeypatch, extra, message):
         bench.main(args)
 
 
-def _quick_run(path: Path, priors: dict[str, list[float]], channels=(32, 16), epochs=500) -> None:
+def _quick_run(
+    path: Path, priors: dict[str, list[float]], channels=(32, 16), epochs=500, n_test=None
+) -> None:
     """A ``dwp_classify.json`` with one cell per (prior, seed): seed ``i`` has ``values[i]``."""
-    config = {"channels": list(channels), "epochs": epochs, "lr": 1e-3}
+    config = {"channels": list(channels), "epochs": epochs, "lr": 1e-3, "n_test": n_test}
     cells = [
-        {"prior": p, "seed": i, "accuracy": a}
+        {"prior": p, "n": 100, "seed": i, "accuracy": a}
         for p, values in priors.items()
         for i, a in enumerate(values)
     ]
@@ -348,6 +350,10 @@ def test_dwp_quick_preset_margin_against_the_better_baseline_of_each_seed(tmp_pa
     _quick_run(tmp_path / "c", {"dwp": [0.5, 0.6], "normal": [0.6]}, channels=(8, 8))
     with pytest.raises(ValueError, match="different seeds"):
         bench.collect(tmp_path)
+    _quick_run(tmp_path / "e" / "dwp", {"dwp": [0.5]}, channels=(4, 4))
+    _quick_run(tmp_path / "e" / "base", {"normal": [0.5]}, channels=(4, 4), n_test=2000)
+    with pytest.raises(ValueError, match="differ in their settings"):
+        bench.collect(tmp_path / "e")
     _quick_run(tmp_path / "d", {"dwp": [0.5]}, channels=(4, 4))
     with pytest.raises(ValueError, match="needs the dwp run and a baseline"):
         bench.collect(tmp_path / "d")
