@@ -84,8 +84,7 @@ def test_help_states_the_resume_rule(job, capsys):
 
 def test_configs_recorded_under_old_option_names_are_read_under_the_new_ones(tmp_path):
     old = {"samples": 2, "eval_samples": 5, "n_eval": 100, "hidden": 16}
-    new = {"particles": 2, "test_samples": 5, "n_test": 100, "hidden": 16}
-    assert upgrade_config(old) == {**new, "lr_schedule": "constant"}  # before --lr-schedule
+    assert upgrade_config(old) == {"particles": 2, "test_samples": 5, "n_test": 100, "hidden": 16}
     config = {"guide_init": "dwp", "epochs": 3}
     path = tmp_path / "dwp_classify.json"
     path.write_text(json.dumps({"config": {"init": "dwp", "epochs": 3}, "cells": [1]}))

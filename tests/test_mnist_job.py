@@ -192,3 +192,12 @@ def test_a_linear_schedule_refuses_to_resume_with_other_epochs(tmp_path: Path, c
     assert main(args) == 0
     assert main([*args, "--epochs", "2", "--resume"]) == 1
     assert "epochs" in capsys.readouterr().err
+    # a run recorded before the option ran at a constant rate, and resumes as one
+    old = ["mnist", "--method", "sgd", "--out", str(tmp_path / "old"), *TINY]
+    assert main(old) == 0
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["lr_schedule"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert main([*old, "--epochs", "2", "--resume"]) == 0
+    assert main([*old, "--epochs", "3", "--resume", "--lr-schedule", "linear"]) == 1
+    assert "lr_schedule" in capsys.readouterr().err

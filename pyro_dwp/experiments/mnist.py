@@ -107,6 +107,8 @@ _RUN_KEYS = (
     "n_train",
     "seed",
 )
+# Config keys added after runs were recorded, with the value those runs had.
+_ADDED_KEYS = {"lr_schedule": "constant"}
 # Config keys renamed with their options (old -> new), read from the config of an older run.
 _RENAMED_KEYS = {"samples": "particles", "eval_samples": "test_samples", "n_eval": "n_test"}
 
@@ -339,11 +341,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's recorded config with the keys of renamed options under their new names
     (``samples`` -> ``particles``, ``eval_samples`` -> ``test_samples``, ``n_eval`` ->
-    ``n_test``) and renamed priors under theirs (``gaussian`` -> ``normal``), and the constant
-    rate of runs from before ``--lr-schedule``, so that runs written before the renames can
-    still be resumed and pruned."""
+    ``n_test``) and renamed priors under theirs (``gaussian`` -> ``normal``), so that runs
+    written before the renames can still be resumed and pruned."""
     config = {_RENAMED_KEYS.get(k, k): v for k, v in config.items()}
-    config.setdefault("lr_schedule", "constant")  # runs from before --lr-schedule
     if "prior" in config:
         config["prior"] = RENAMED_PRIORS.get(config["prior"], config["prior"])
     return config
@@ -401,7 +401,7 @@ def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> None:
     """On resume, refuse a run directory trained with other settings; then record ``config``."""
     path = out / "config.json"
     if resume and path.is_file():
-        old = upgrade_config(json.loads(path.read_text()))
+        old = {**_ADDED_KEYS, **upgrade_config(json.loads(path.read_text()))}
         # a decaying rate is a function of the epochs: a longer run is another run
         keys = _RUN_KEYS + (("epochs",) if config["lr_schedule"] != "constant" else ())
         changed = {k: (old.get(k), config[k]) for k in keys if old.get(k) != config[k]}
