@@ -40,8 +40,8 @@ SHARED_SETTINGS = ("n_test", "evaluation", "test_samples", "batch_size", "pixel_
 """``dwp-classify`` settings that every run of a variant must share (the priors' own differ)."""
 
 # (channels, epochs, lr) of each variant: the preset before (16 / 32, 1,000 epochs), longer and
-# faster training of it, the paper's net, and widths whose deep-weight-prior step costs about
-# the same on a CPU (c1 x c2 = 512 conv2 kernels go through the kernel VAE every step).
+# faster training of it, the paper's net, and other widths, most with c1 x c2 = 512 conv2
+# kernels (the kernel VAE's work per step, most of a deep-weight-prior step on a CPU).
 VARIANTS: list[tuple[tuple[int, int], int, float]] = [
     ((16, 32), 1000, 1e-3),
     ((16, 32), 3000, 1e-3),
