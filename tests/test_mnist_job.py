@@ -187,7 +187,7 @@ def test_linear_rate_schedule_and_its_exact_resume(
     ]
 
 
-def test_a_linear_schedule_refuses_to_resume_with_other_epochs(tmp_path: Path, capsys) -> None:
+def test_resume_checks_the_rate_schedule_and_its_epochs(tmp_path: Path, capsys) -> None:
     args = ["mnist", "--method", "sgd", "--out", str(tmp_path), *TINY, "--lr-schedule", "linear"]
     assert main(args) == 0
     assert main([*args, "--epochs", "2", "--resume"]) == 1
