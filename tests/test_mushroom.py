@@ -331,7 +331,7 @@ def test_an_unknown_bandit_engine_is_refused():
 
 
 def test_the_job_resumes_a_pyro_run_on_the_compiled_engine(tmp_path: Path, data_dir: Path):
-    assert _job(tmp_path, data_dir, "--steps", "20") == 0
+    assert _job(tmp_path, data_dir, "--steps", "20", "--engine", "pyro") == 0
     assert _job(tmp_path, data_dir, "--steps", "40", "--resume", "--engine", "compiled") == 0
     regret = json.loads((tmp_path / "regret.json").read_text())
     assert regret["steps"] == 40 and set(regret["regret"]) == {"bbb", "greedy", "eps0.05"}
@@ -442,9 +442,9 @@ def test_the_job_runs_bbb_variants_beside_the_agents(tmp_path: Path, data_dir: P
     assert "| bbb:narrow |" in (tmp_path / "a" / "regret.md").read_text()
     # the engines of one agent object each do not take variants
     assert _job(tmp_path / "b", data_dir, "--steps", "5", *variant) == 1
-    assert "--bbb-variant needs --engine lockstep, got --engine pyro" in capsys.readouterr().err
+    assert "--bbb-variant needs --engine lockstep, got --engine compiled" in capsys.readouterr().err
     assert _job(tmp_path / "b", data_dir, "--steps", "5", "--agents", "bbb:x") == 1
-    assert "--agents bbb:x needs --engine lockstep, got --engine pyro" in capsys.readouterr().err
+    assert "--agents bbb:x needs --engine lockstep, got --engine compiled" in capsys.readouterr().err
     # a value the engine refuses is named with its agent
     bad = ("--bbb-variant", "wide", "pi=1.5")
     assert _job(tmp_path / "c", data_dir, "--engine", "lockstep", "--steps", "5", *bad) == 1

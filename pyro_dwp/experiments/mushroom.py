@@ -182,13 +182,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
         choices=["pyro", "compiled", "lockstep"],
-        default="pyro",
+        default="compiled",
         help="pyro: one agent object each, the BBB agent's SVI steps by Pyro's SVI; compiled: "
         "the same steps compiled to plain PyTorch (pyro_dwp.infer.compiled; equal to float "
-        "rounding; a run resumes under either of the two); lockstep: every agent and seed as one "
-        "batched network, a step captured as a CUDA graph on --device cuda "
-        "(pyro_dwp.experiments.bandit_lockstep: the same losses and updates, its own random "
-        "draws; its checkpoints resume under lockstep only) (default: pyro)",
+        "rounding, and a third faster on a CPU; a run resumes under either of the two); "
+        "lockstep: every agent and seed as one batched network, a step captured as a CUDA graph "
+        "on --device cuda (pyro_dwp.experiments.bandit_lockstep: the same losses and updates, "
+        "its own random draws; its checkpoints resume under lockstep only) (default: compiled)",
     )
     p.add_argument(
         "--threads",

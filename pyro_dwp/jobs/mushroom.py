@@ -14,7 +14,8 @@ every 100 steps and at the end), ``regret.md`` (the table at the last step, besi
 values at 50,000 steps), ``regret.png`` (cumulative regret against steps, log scale, as the
 paper's Figure 5) and ``checkpoint.pt`` (every ``--checkpoint-every`` steps and at the end).
 
-Engines (``--engine``): ``pyro`` (the default) and ``compiled`` run one agent object each;
+Engines (``--engine``): ``compiled`` (the default) and ``pyro`` run one agent object each (the
+BBB agent's steps compiled to plain PyTorch, or through Pyro's SVI: equal to float rounding);
 ``lockstep`` runs every agent on every seed as one batched network, a bandit step captured as a
 CUDA graph on ``--device cuda`` (:mod:`pyro_dwp.experiments.bandit_lockstep`: the same losses
 and updates, its own random draws). ``--seeds S [S ...]`` runs several seeds in one lockstep
