@@ -442,9 +442,11 @@ def test_the_job_runs_bbb_variants_beside_the_agents(tmp_path: Path, data_dir: P
     assert "| bbb:narrow |" in (tmp_path / "a" / "regret.md").read_text()
     # the engines of one agent object each do not take variants
     assert _job(tmp_path / "b", data_dir, "--steps", "5", *variant) == 1
-    assert "--bbb-variant needs --engine lockstep, got --engine compiled" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--bbb-variant needs --engine lockstep, got --engine compiled" in err
     assert _job(tmp_path / "b", data_dir, "--steps", "5", "--agents", "bbb:x") == 1
-    assert "--agents bbb:x needs --engine lockstep, got --engine compiled" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--agents bbb:x needs --engine lockstep, got --engine compiled" in err
     # a value the engine refuses is named with its agent
     bad = ("--bbb-variant", "wide", "pi=1.5")
     assert _job(tmp_path / "c", data_dir, "--engine", "lockstep", "--steps", "5", *bad) == 1
