@@ -30,7 +30,7 @@ from typing import Any, get_args
 import torch
 from devices import run_processes, visible_gpus
 
-from pyro_dwp.experiments.dwp_classify import RESULTS
+from pyro_dwp.experiments.dwp_classify import RESULTS, summarise
 from pyro_dwp.experiments.dwp_pipeline import PRESETS, classify_runs
 from pyro_dwp.infer.fit import Engine
 
@@ -84,8 +84,9 @@ def _jobs(args: argparse.Namespace) -> list[list[object]]:
 
 def collect(work_dir: Path) -> dict[str, dict[str, Any]]:
     """``{variant name: {"channels", "epochs", "lr", "accuracy": {prior: [mean, std, seeds]},
-    "per_seed": {prior: [accuracy of seed 0, 1, ...]}, "seeds", "dwp_minus_best_baseline",
-    "dwp_first_on"}}`` from every ``dwp_classify.json`` below ``work_dir``.
+    "per_seed": {prior: [accuracy of seed 0, 1, ...]}, "seeds", "n_test",
+    "dwp_minus_best_baseline", "dwp_first_on"}}`` from every ``dwp_classify.json`` below
+    ``work_dir``.
 
     Raises:
         FileNotFoundError: If there is none.
@@ -96,6 +97,7 @@ def collect(work_dir: Path) -> dict[str, dict[str, Any]]:
     if not files:
         raise FileNotFoundError(f"no {RESULTS} below {work_dir}: run the benchmark first")
     cells: dict[str, dict[str, dict[int, float]]] = {}
+    raw: dict[str, list[dict[str, Any]]] = {}
     specs: dict[str, tuple[list[int], int, float]] = {}
     shared: dict[str, dict[str, Any]] = {}
     for f in files:
@@ -113,6 +115,7 @@ def collect(work_dir: Path) -> dict[str, dict[str, Any]]:
             if c["n"] != N_TRAIN:
                 raise ValueError(f"{f} holds a cell at N = {c['n']}, not {N_TRAIN}")
             cells.setdefault(name, {}).setdefault(c["prior"], {})[c["seed"]] = c["accuracy"]
+            raw.setdefault(name, []).append(c)
     variants = {}
     for name, by_prior in cells.items():
         if "dwp" not in by_prior or len(by_prior) < 2:
@@ -125,12 +128,14 @@ def collect(work_dir: Path) -> dict[str, dict[str, Any]]:
         best = [max(per_seed[p][i] for p in baselines) for i in range(len(seeds))]
         margins = [d - b for d, b in zip(per_seed["dwp"], best, strict=True)]
         channels, epochs, lr = specs[name]
+        summary = summarise(raw[name])
         variants[name] = {
             "channels": channels,
             "epochs": epochs,
             "lr": lr,
             "seeds": seeds,
-            "accuracy": {p: _mean_std(v) for p, v in per_seed.items()},
+            "accuracy": {p: list(summary[p, N_TRAIN]["accuracy"]) for p in per_seed},
+            "n_test": shared[name]["n_test"],
             "per_seed": per_seed,
             "dwp_minus_best_baseline": statistics.fmean(margins),
             "dwp_first_on": sum(m > 0 for m in margins),
@@ -145,15 +150,16 @@ def _in_variant_order(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str
     return {name: variants[name] for name in sorted(variants, key=rank.__getitem__)}
 
 
-def _mean_std(values: list[float]) -> list[float]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return [statistics.fmean(values), std, len(values)]
-
-
 def markdown(result: dict[str, Any]) -> str:
     """The tables of :func:`collect`'s variants, with the command, date and device."""
     quick = PRESETS["quick"]
     preset = variant_name(quick["channels"], quick["epochs"], 1e-3)
+    sizes = {v["n_test"] for v in result["variants"].values()}
+    tested = (
+        "all 10,000 test images"
+        if sizes == {None}
+        else "test subsets of " + ", ".join(str(n or 10_000) for n in sorted(sizes, key=str))
+    )
     lines = [
         "# The quick preset of `pyro-dwp dwp`: CPU-sized variants at N = 100",
         "",
@@ -162,7 +168,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- protocol: N = {N_TRAIN}, the shipped prior `notmnist`, the main job's two runs "
         "(dwp: guide means from prior samples, trainable reverse model; normal, log-uniform: "
         "from the network's initialisation), Adam decayed linearly to 0, the 10-member "
-        "ensemble with the local reparameterisation, all 10,000 test images",
+        f"ensemble with the local reparameterisation, {tested}",
         f"- the quick preset now: **{preset}**",
         "",
         "Test accuracy, mean ± std over data seeds; margin: DWP minus the better baseline of "

@@ -324,7 +324,7 @@ def _quick_run(
     """A ``dwp_classify.json`` with one cell per (prior, seed): seed ``i`` has ``values[i]``."""
     config = {"channels": list(channels), "epochs": epochs, "lr": 1e-3, "n_test": n_test}
     cells = [
-        {"prior": p, "n": 100, "seed": i, "accuracy": a}
+        {"prior": p, "n": 100, "seed": i, "accuracy": a, "nll": 1.0}
         for p, values in priors.items()
         for i, a in enumerate(values)
     ]
