@@ -12,7 +12,10 @@ models through the compiled engine (:func:`pyro_dwp.infer.compiled.compile_svi`,
 ``fit(..., engine="compiled")`` runs); on CUDA ``dwp_graphed`` and ``normal_graphed`` replay
 that step from a CUDA graph, as ``fit`` runs it there. A breakdown times the prior's networks
 alone (forward and backward of the decoder on all codes and of the reverse model on all kernels
-of each layer).
+of each layer). The arithmetic of one step of each prior is counted by
+``torch.utils.flop_counter`` (matrix products and convolutions, forward and backward; the same
+operations on every device): the ratio of the counts is what the time ratio would be if the
+prior's networks ran at the ConvNet's rate of arithmetic.
 
 Writes (merging devices) ``benchmarks/results/dwp_step_time.{json,md}``; ``--profile`` prints
 the top operators of ``torch.profiler`` for the DWP step.
@@ -36,6 +39,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import SVI
+from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
 from pyro_dwp.infer import JointAdam
@@ -92,6 +96,14 @@ def _make_step(
     return step, pyro.get_param_store().get_state()
 
 
+def _count_flops(step: Callable[[], object]) -> int:
+    """Floating-point operations of one call of ``step`` (matrix products and convolutions,
+    forward and backward, as ``torch.utils.flop_counter`` counts them)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 def _time_networks(device: torch.device, channels: tuple[int, int], repeats: int) -> dict:
     """Forward + backward of each prior network on all of a layer's codes / kernels (ms)."""
     out = {}
@@ -140,6 +152,10 @@ def main(args: argparse.Namespace) -> dict:
             _sync(device)
             times[prior].append((time.perf_counter() - t0) / args.steps)
     median = {p: 1e3 * statistics.median(t) for p, t in times.items()}
+    flops = {}
+    for prior in ("dwp", "normal"):
+        store.set_state(states[prior])
+        flops[prior] = _count_flops(steps[prior])
     if args.profile:
         store.set_state(states["dwp"])
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -172,6 +188,8 @@ def main(args: argparse.Namespace) -> dict:
             else {}
         ),
         "prior_networks_ms": _time_networks(device, channels, args.steps),
+        "gflop_per_step": {p: f / 1e9 for p, f in flops.items()},
+        "flop_ratio_dwp_to_normal": flops["dwp"] / flops["normal"],
     }
     _write(result, Path(args.results_dir))
     print(json.dumps(result, indent=2))
@@ -220,6 +238,31 @@ def _write(result: dict, results: Path) -> None:
     for r in runs.values():
         cells = " | ".join(f"{v:.1f}" for v in r["prior_networks_ms"].values())
         lines.append(f"| {r['device']} | {cells} |")
+    counted = [r for r in runs.values() if "gflop_per_step" in r]
+    if counted:
+        lines += [
+            "",
+            "Arithmetic of one step (GFLOP, `torch.utils.flop_counter`: matrix products and "
+            "convolutions, forward and backward; the same operations on every device):",
+            "",
+            "| batch | channels | DWP | normal | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for r in counted:
+            g = r["gflop_per_step"]
+            lines.append(
+                f"| {r['batch']} | {r['channels']} | {g['dwp']:.2f} | {g['normal']:.2f} | "
+                f"{r['flop_ratio_dwp_to_normal']:.2f} |"
+            )
+        g = counted[-1]["gflop_per_step"]
+        lines += [
+            "",
+            f"At one rate of arithmetic a DWP step takes {g['dwp'] / g['normal']:.2f}x the normal "
+            f"step. Within 1.3x, the prior's extra {g['dwp'] - g['normal']:.1f} GFLOP (the kernel "
+            "VAE's networks) would have to run "
+            f"{(g['dwp'] - g['normal']) / (0.3 * g['normal']):.1f}x faster per FLOP than the "
+            "ConvNet's own.",
+        ]
     (results / "dwp_step_time.md").write_text("\n".join(lines) + "\n")
 
 

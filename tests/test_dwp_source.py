@@ -383,7 +383,7 @@ def test_an_interrupted_net_trains_on_as_if_uninterrupted(tmp_path, data_dir, mo
     assert main(argv) == 0
     steps = 0
 
-    class Interrupted(dwp_source.AdamSteps):
+    class Interrupted(dwp_source.GradientSteps):
         def step(self, loss: torch.Tensor) -> None:
             nonlocal steps
             steps += 1
@@ -391,7 +391,7 @@ def test_an_interrupted_net_trains_on_as_if_uninterrupted(tmp_path, data_dir, mo
                 raise RuntimeError("interrupted")
             super().step(loss)
 
-    monkeypatch.setattr(dwp_source, "AdamSteps", Interrupted)
+    monkeypatch.setattr(dwp_source, "GradientSteps", Interrupted)
     argv = [*_tiny(cut, data_dir), "--augment"]
     assert main(argv) == 1
     assert "interrupted" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from test_fit import KW, X, Y, make, params
 from torch import nn
 
 from pyro_dwp.infer import Checkpoint, CheckpointError, SVITrainer, fit, load_checkpoint
-from pyro_dwp.infer.steps import AdamSteps
+from pyro_dwp.infer.steps import GradientSteps
 
 
 def test_trainer_in_stages_equals_one_fit_call(tmp_path):
@@ -55,13 +55,21 @@ def test_checkpoint_round_trip_restores_every_rng(tmp_path):
         ck.load({"seed": 2, "n": 10})
 
 
+@pytest.mark.parametrize(("optimizer", "momentum"), [("adam", 0.0), ("sgd", 0.0), ("sgd", 0.9)])
 @pytest.mark.parametrize("decay_steps", [None, 4])
-def test_adam_steps_are_torch_adam_with_the_linear_schedule(decay_steps):
+def test_gradient_steps_are_torch_optimizers_with_the_linear_schedule(
+    decay_steps, optimizer, momentum
+):
     torch.manual_seed(0)
     ours, theirs = nn.Linear(3, 1), nn.Linear(3, 1)
     theirs.load_state_dict(ours.state_dict())
-    steps = AdamSteps(ours.parameters(), 0.1, decay_steps=decay_steps)
-    optim = torch.optim.Adam(theirs.parameters(), lr=0.1)
+    steps = GradientSteps(
+        ours.parameters(), 0.1, decay_steps=decay_steps, optimizer=optimizer, momentum=momentum
+    )
+    if optimizer == "adam":
+        optim = torch.optim.Adam(theirs.parameters(), lr=0.1)
+    else:
+        optim = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=momentum)
     rate = 1.0 if decay_steps is None else None
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda t: rate if rate is not None else 1 - t / decay_steps
@@ -75,3 +83,16 @@ def test_adam_steps_are_torch_adam_with_the_linear_schedule(decay_steps):
         schedule.step()
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "momentum", "message"),
+    [
+        ("adam", 0.9, "momentum is SGD's"),
+        ("sgd", 1.0, r"momentum must be in \[0, 1\)"),
+        ("rmsprop", 0.0, "optimizer must be 'adam' or 'sgd'"),
+    ],
+)
+def test_gradient_steps_refuse_bad_settings(optimizer, momentum, message):
+    with pytest.raises(ValueError, match=message):
+        GradientSteps(nn.Linear(2, 1).parameters(), 0.1, optimizer=optimizer, momentum=momentum)

@@ -9,7 +9,13 @@ import pytest
 import torch
 from test_compiled import KW, X, Y, dwp_convnet, images, params, regression
 
-from pyro_dwp.infer import JointAdam, LocalReparameterizationMessenger, SVITrainer, fit
+from pyro_dwp.infer import (
+    JointAdam,
+    JointSGD,
+    LocalReparameterizationMessenger,
+    SVITrainer,
+    fit,
+)
 from pyro_dwp.infer.compiled import compile_svi
 from pyro_dwp.infer.graphs import WARMUP_STEPS, GraphedSVI, graphable_reason
 
@@ -129,17 +135,21 @@ def test_graphs_are_refused_off_cuda_naming_why():
     assert trainer.running_engine == "compiled" and trainer.cuda_graphs == 0
 
 
-def test_only_a_fused_joint_adam_is_made_capturable():
+def test_only_a_fused_joint_optimizer_is_made_capturable():
     with pytest.raises(RuntimeError, match="take one update first"):
         JointAdam(0.01).make_capturable(torch.device("cpu"))
     model, guide = regression()
     optim = JointAdam(0.01, fused=False)
     compiled = compile_svi(model, guide, X[:8], Y[:8], optim=optim)
     compiled.step(X[:8], Y[:8])
-    with pytest.raises(RuntimeError, match=r"only the fused Adam update \(fused=True\)"):
+    with pytest.raises(RuntimeError, match=r"only the fused update \(fused=True\)"):
         optim.make_capturable(torch.device("cpu"))
     other = compile_svi(model, guide, X[:8], Y[:8], optim=pyro.optim.Adam({"lr": 0.01}))
-    assert "the optimiser is PyroOptim, not a fused JointAdam" in graphable_reason(other)
+    assert "the optimiser is PyroOptim, not a fused JointAdam or JointSGD" in graphable_reason(
+        other
+    )
+    sgd = compile_svi(model, guide, X[:8], Y[:8], optim=JointSGD(0.01, momentum=0.9))
+    assert "CUDA graphs need a CUDA device" in graphable_reason(sgd)  # the optimiser would do
 
 
 def test_a_schedule_fills_a_tensor_rate_in_place():

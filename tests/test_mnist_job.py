@@ -201,3 +201,56 @@ def test_resume_checks_the_rate_schedule_and_its_epochs(tmp_path: Path, capsys) 
     assert main([*old, "--epochs", "2", "--resume"]) == 0
     assert main([*old, "--epochs", "3", "--resume", "--lr-schedule", "linear"]) == 1
     assert "lr_schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["bbb", "sgd"])
+def test_sgd_optimizer_its_rate_and_its_exact_resume(
+    method: str, tmp_path: Path, monkeypatch
+) -> None:
+    """``--optimizer sgd --momentum 0.9``: BBB's SGD steps the -ELBO (a sum over the N training
+    images) at lr / N, i.e. at ``--lr`` on the loss per image, as the baselines' steps on a
+    minibatch's mean loss; a run stopped after its first epoch and resumed (with the momentum
+    buffers) gives the uninterrupted curves exactly, and they differ from Adam's."""
+    from pyro_dwp.experiments import mnist
+
+    rates: list[float] = []
+    joint_sgd = mnist.JointSGD
+
+    def recorded(lr: float, **kwargs):
+        rates.append(lr)
+        return joint_sgd(lr, **kwargs)
+
+    monkeypatch.setattr(mnist, "JointSGD", recorded)
+    args = ["mnist", "--method", method, *TINY, "--epochs", "2", "--lr", "0.05"]
+    sgd = [*args, "--optimizer", "sgd", "--momentum", "0.9"]
+    assert main([*sgd, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "learning_curves.json").read_text())
+    assert [r["lr"] for r in whole] == pytest.approx([0.05, 0.05])
+    with monkeypatch.context() as m:  # stop after the first epoch
+        m.setattr(mnist, "_train_within", lambda train, epochs, resume, *_: train(1, resume))
+        assert main([*sgd, "--out", str(tmp_path / "parts")]) == 0
+    assert main([*sgd, "--out", str(tmp_path / "parts"), "--resume"]) == 0
+    parts = json.loads((tmp_path / "parts" / "learning_curves.json").read_text())
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in parts] == [
+        {k: v for k, v in r.items() if k not in drop} for r in whole
+    ]
+    assert main([*args, "--out", str(tmp_path / "adam")]) == 0
+    adam = json.loads((tmp_path / "adam" / "learning_curves.json").read_text())
+    assert adam[-1]["loss"] != pytest.approx(whole[-1]["loss"], rel=1e-6)
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert (config["optimizer"], config["momentum"]) == ("sgd", 0.9)
+    n_train = 200
+    assert rates == ([0.05 / n_train] * 3 if method == "bbb" else [])
+
+
+def test_optimizer_settings_are_checked(tmp_path: Path, capsys) -> None:
+    out = ["--out", str(tmp_path / "run")]
+    assert main(["mnist", *out, *TINY, "--momentum", "0.9"]) == 1
+    assert "--momentum is SGD's" in capsys.readouterr().err
+    assert main(["mnist", *out, *TINY, "--optimizer", "sgd", "--momentum", "1"]) == 1
+    assert "--momentum must be in [0, 1)" in capsys.readouterr().err
+    args = ["mnist", "--method", "sgd", *out, *TINY]
+    assert main(args) == 0  # Adam
+    assert main([*args, "--epochs", "2", "--resume", "--optimizer", "sgd"]) == 1
+    assert "optimizer" in capsys.readouterr().err

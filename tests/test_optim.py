@@ -1,4 +1,4 @@
-"""JointAdam: the same Adam update as Pyro's per-parameter Adam, in one optimiser."""
+"""JointAdam and JointSGD: the same update as Pyro's per-parameter Adam / SGD, in one optimiser."""
 
 import pyro
 import pyro.distributions as dist
@@ -8,7 +8,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import JointAdam
+from pyro_dwp.infer import JointAdam, JointSGD
 
 DATA = torch.tensor([0.3, -1.2, 0.7, 2.0])
 
@@ -114,3 +114,58 @@ def test_a_schedule_resumes_from_its_state():
         JointAdam(0.05).set_state(state)
     with pytest.raises(RuntimeError, match="build it with lr_lambda="):
         JointAdam(0.05).step()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("fused", [False, True])
+def test_sgd_same_update_as_pyro_sgd(momentum, fused):
+    ours, _ = run(JointSGD(0.01, momentum=momentum, fused=fused))
+    ref, _ = run(pyro.optim.SGD({"lr": 0.01, "momentum": momentum}))
+    one_step, _ = run(JointSGD(0.01, momentum=momentum), steps=1)
+    for k in ours:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(ours[k], one_step[k])  # it kept moving
+
+
+def _sgd_in_two_parts(load_state: bool) -> dict[str, torch.Tensor]:
+    """10 SGD steps, then 10 with a fresh optimiser, loaded with the first's state or not."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    guide = BBBNormal(model, init_loc_fn=lambda s: torch.zeros(s["fn"].shape()), init_scale=0.5)
+    first = JointSGD(0.01, momentum=0.9)
+    svi = SVI(model, guide, first, Trace_ELBO())
+    for _ in range(10):
+        svi.step()
+    state = first.get_state()
+    assert all(set(s) == {"momentum_buffer"} for s in state.values())
+    second = JointSGD(0.01, momentum=0.9)
+    if load_state:
+        second.set_state(state)
+    svi = SVI(model, guide, second, Trace_ELBO())
+    for _ in range(10):
+        svi.step()
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def test_sgd_momentum_resumes_from_its_state():
+    """The momentum buffers travel with the state: a resumed run is the uninterrupted one."""
+    whole, _ = run(JointSGD(0.01, momentum=0.9), steps=20)
+    resumed, restarted = _sgd_in_two_parts(True), _sgd_in_two_parts(False)
+    for k in whole:
+        torch.testing.assert_close(resumed[k], whole[k], rtol=1e-6, atol=1e-7)
+    assert any(not torch.allclose(restarted[k], whole[k]) for k in whole)  # momentum lost
+
+
+def test_another_optimizers_state_is_refused():
+    _, adam = run(JointAdam(0.05), steps=2)
+    with pytest.raises(ValueError, match="not those of JointSGD.*saved by another optimiser"):
+        JointSGD(0.05, momentum=0.9).set_state(adam.get_state())
+    _, sgd = run(JointSGD(0.05, momentum=0.9), steps=2)
+    with pytest.raises(ValueError, match="not those of JointAdam"):
+        JointAdam(0.05).set_state(sgd.get_state())
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0])
+def test_bad_momentum(momentum):
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        JointSGD(0.01, momentum=momentum)

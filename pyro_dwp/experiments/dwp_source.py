@@ -29,7 +29,7 @@ from pyro_dwp.data import (
     split_kernels,
 )
 from pyro_dwp.infer.checkpoint import Checkpoint
-from pyro_dwp.infer.steps import AdamSteps
+from pyro_dwp.infer.steps import GradientSteps
 from pyro_dwp.io import add_device_argument, check_device, progress_bar, save_checkpoint
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
@@ -396,7 +396,7 @@ class _NetTrainer:
         self.net, self.seed, self.args, self.device = net, seed, args, device
         total_steps = args.epochs * math.ceil(n / args.batch_size)
         decay = total_steps if args.lr_schedule == "linear" else None
-        self.steps = AdamSteps(net.parameters(), args.lr, decay_steps=decay)
+        self.steps = GradientSteps(net.parameters(), args.lr, decay_steps=decay)
         self.shuffle = torch.Generator().manual_seed(seed)
         self.augment = torch.Generator().manual_seed(seed + 1)
         self.checkpoint = Checkpoint(

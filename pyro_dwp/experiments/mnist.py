@@ -52,6 +52,8 @@ from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer import (
     Checkpoint,
     JointAdam,
+    JointOptimizer,
+    JointSGD,
     fit,
     linear_decay,
     load_checkpoint,
@@ -59,7 +61,7 @@ from pyro_dwp.infer import (
 )
 from pyro_dwp.infer.fit import Engine
 from pyro_dwp.infer.pruning import posterior_mean_network
-from pyro_dwp.infer.steps import AdamSteps
+from pyro_dwp.infer.steps import GradientSteps, OptimizerName
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -100,6 +102,8 @@ _RUN_KEYS = (
     "batch_size",
     "lr",
     "lr_schedule",
+    "optimizer",
+    "momentum",
     "particles",
     "init_scale",
     "dropout",
@@ -108,7 +112,7 @@ _RUN_KEYS = (
     "seed",
 )
 # Config keys added after runs were recorded, with the value those runs had.
-_ADDED_KEYS = {"lr_schedule": "constant"}
+_ADDED_KEYS = {"lr_schedule": "constant", "optimizer": "adam", "momentum": 0.0}
 # Config keys renamed with their options (old -> new), read from the config of an older run.
 _RENAMED_KEYS = {"samples": "particles", "eval_samples": "test_samples", "n_eval": "n_test"}
 
@@ -131,7 +135,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-scheme", choices=["uniform", "blundell"], default="uniform")
     p.add_argument("--epochs", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all methods)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="learning rate (all methods); with --optimizer sgd, the rate on the mean loss per "
+        "training example (-ELBO / N for BBB, a minibatch's mean cross-entropy for the "
+        "baselines): Blundell et al.'s SGD rates, on the sum over a minibatch of B, are lr / B",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=get_args(OptimizerName),
+        default="adam",
+        help="all methods' optimiser: Adam, or SGD (the paper's, with --momentum)",
+    )
+    p.add_argument(
+        "--momentum", type=float, default=0.0, help="SGD's momentum in [0, 1) (default 0)"
+    )
     p.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
@@ -361,6 +381,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--pi must be in (0, 1), got {args.pi}")
     if not args.lr > 0 or not args.init_scale > 0:
         raise ValueError(f"--lr and --init-scale must be > 0, got {args.lr}, {args.init_scale}")
+    if args.optimizer == "adam" and args.momentum != 0:
+        raise ValueError(f"--momentum is SGD's (--optimizer sgd); got {args.momentum} with Adam")
+    if not 0 <= args.momentum < 1:
+        raise ValueError(f"--momentum must be in [0, 1), got {args.momentum}")
     for key in ("dropout", "input_dropout"):
         if not 0 <= getattr(args, key) < 1:
             raise ValueError(
@@ -372,8 +396,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if _distributed(args):
         if args.method != "bbb" or args.max_train_minutes is not None:
             raise ValueError("data-parallel training needs --method bbb and no time limit")
-        if args.lr_schedule != "constant":
-            raise ValueError("data-parallel training runs at a constant rate: --lr-schedule")
+        if args.lr_schedule != "constant" or args.optimizer != "adam":
+            raise ValueError(
+                "data-parallel training runs Adam at a constant rate: --lr-schedule, --optimizer"
+            )
         if distributed is None:
             raise ValueError(
                 f"--devices and --strategy need pyro-dwp[distributed] ({_NO_DISTRIBUTED})"
@@ -430,7 +456,13 @@ def _train_bbb(
         )
 
     # the schedule's step count is saved with the optimiser's state, so chunks resume on it
-    optim = JointAdam(args.lr, lr_lambda=_lr_lambda(args))
+    optim: JointOptimizer
+    if args.optimizer == "sgd":  # --lr is the rate on the loss per example: -ELBO / N
+        optim = JointSGD(
+            args.lr / len(data.x_train), momentum=args.momentum, lr_lambda=_lr_lambda(args)
+        )
+    else:
+        optim = JointAdam(args.lr, lr_lambda=_lr_lambda(args))
 
     def end_of_epoch(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)
@@ -438,7 +470,7 @@ def _train_bbb(
         record["valid_error"] = error_rate(
             network_logits(net, x_valid), data.y_valid.to(x_valid.device)
         )
-        record["lr"] = optim.current_lr  # this epoch's
+        record["lr"] = args.lr * (optim.current_lr / optim.pt_optim_args["lr"])  # this epoch's
         if optim.lr_lambda is not None:
             optim.step()
 
@@ -498,7 +530,9 @@ def _train_baseline(
     x, y = data.x_train, data.y_train
     n = len(x)
     num_batches = math.ceil(n / args.batch_size)
-    steps = AdamSteps(net.parameters(), args.lr)
+    steps = GradientSteps(
+        net.parameters(), args.lr, optimizer=args.optimizer, momentum=args.momentum
+    )
     lr_lambda = _lr_lambda(args)
     schedule = torch.optim.lr_scheduler.LambdaLR(steps.optimizer, lr_lambda or (lambda e: 1.0))
     shuffle = torch.Generator().manual_seed(args.seed)
@@ -508,6 +542,8 @@ def _train_baseline(
     fingerprint = {"n": n, "batch_size": args.batch_size, "seed": args.seed, "method": args.method}
     if lr_lambda is not None:
         fingerprint["lr_schedule"] = f"{args.lr_schedule} over {args.epochs} epochs"
+    if args.optimizer != "adam":  # runs from before --optimizer ran Adam
+        fingerprint["optimizer"] = f"{args.optimizer}, momentum {args.momentum}"
 
     def train(epochs: int, resume: bool) -> list[dict[str, float]]:
         history: list[dict[str, float]] = []

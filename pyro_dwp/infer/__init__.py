@@ -14,7 +14,7 @@ from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
 from .local_reparam import LocalReparameterizationMessenger
 from .markov_chain_vae import fit_markov_chain_vae
-from .optim import JointAdam, linear_decay
+from .optim import JointAdam, JointOptimizer, JointSGD, linear_decay
 from .predict import predict
 from .reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
 
@@ -24,6 +24,8 @@ __all__ = [
     "DeepWeightPriorReparam",
     "DeepWeightPriorStrategy",
     "JointAdam",
+    "JointOptimizer",
+    "JointSGD",
     "KLScaleMessenger",
     "LocalReparameterizationMessenger",
     "SVITrainer",

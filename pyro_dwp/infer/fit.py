@@ -210,8 +210,9 @@ def fit(
             ``Trace_ELBO`` / ``TraceMeanField_ELBO``, looped or vectorised particles, the local
             reparameterisation: see there); elsewhere a warning names the reason and Pyro's
             ``SVI`` trains. Checkpoints of either engine resume on the other.
-        cuda_graphs: On a CUDA device, with the compiled engine and the default optimiser
-            (a fused :class:`~pyro_dwp.infer.JointAdam`), replay the compiled step from CUDA
+        cuda_graphs: On a CUDA device, with the compiled engine and a fused
+            :class:`~pyro_dwp.infer.JointOptimizer` (the default :class:`~pyro_dwp.infer.JointAdam`
+            or :class:`~pyro_dwp.infer.JointSGD`), replay the compiled step from CUDA
             graphs (:class:`~pyro_dwp.infer.graphs.GraphedSVI`: the same step, one launch;
             the loss is then checked for NaN once per epoch, still naming the step).
         torch_compile: With the compiled engine, run its step's passes through

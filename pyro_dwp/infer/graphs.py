@@ -3,13 +3,13 @@
 A :class:`~pyro_dwp.infer.compiled.CompiledSVI` step is a few hundred small kernels launched
 from Python; on a GPU the launches, not the arithmetic, set its time (the BBB MLP's step: about
 0.8 ms of GPU work in 5 ms). :class:`GraphedSVI` captures the whole step (the draws, the loss,
-its backward pass and the fused Adam update) once per batch shape in a ``torch.cuda.CUDAGraph``
-and replays it: one launch per step, no host synchronisation. The step is the same function of
-the same tensors: the parameters and Adam's moments are updated in place, the noise comes from
-the device's default generator at the same offsets as eagerly (CUDA graphs' graph-safe RNG), the
-minibatch KL factor and the learning rate are device scalars filled before each replay, so a
-replayed run equals the eager compiled run to float32 rounding (tested on CUDA to 1e-5
-relative).
+its backward pass and the fused optimiser update) once per batch shape in a
+``torch.cuda.CUDAGraph`` and replays it: one launch per step, no host synchronisation. The step
+is the same function of the same tensors: the parameters and the optimiser's state are updated
+in place, the noise comes from the device's default generator at the same offsets as eagerly
+(CUDA graphs' graph-safe RNG), the minibatch KL factor and the learning rate are device scalars
+filled before each replay, so a replayed run equals the eager compiled run to float32 rounding
+(tested on CUDA to 1e-5 relative).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .compiled import CompiledSVI
-from .optim import JointAdam
+from .optim import JointOptimizer
 
 __all__ = ["GraphedSVI", "graphable_reason"]
 
@@ -43,10 +43,11 @@ class _Graph:
 
 def graphable_reason(compiled: CompiledSVI) -> str | None:
     """Why :class:`GraphedSVI` cannot replay ``compiled`` (``None`` if it can): its parameters
-    must be on a CUDA device and its optimiser a fused :class:`~pyro_dwp.infer.JointAdam`."""
+    must be on a CUDA device and its optimiser a fused :class:`~pyro_dwp.infer.JointOptimizer`
+    (:class:`~pyro_dwp.infer.JointAdam` or :class:`~pyro_dwp.infer.JointSGD`)."""
     optim = compiled.optim
-    if not isinstance(optim, JointAdam) or not optim.pt_optim_args["fused"]:
-        return f"the optimiser is {type(optim).__name__}, not a fused JointAdam"
+    if not isinstance(optim, JointOptimizer) or not optim.pt_optim_args["fused"]:
+        return f"the optimiser is {type(optim).__name__}, not a fused JointAdam or JointSGD"
     device = compiled.params[0].device if compiled.params else torch.device("cpu")
     if device.type != "cuda":
         return f"the parameters are on {device}, CUDA graphs need a CUDA device"
@@ -58,8 +59,8 @@ class GraphedSVI:
     CUDA graph per batch shape.
 
     The first :data:`WARMUP_STEPS` steps run eagerly on a side stream; then each new batch
-    shape (a smaller last minibatch is a second shape) is captured once, with Adam made
-    capturable (:meth:`~pyro_dwp.infer.JointAdam.make_capturable`). A capture reads the
+    shape (a smaller last minibatch is a second shape) is captured once, with the optimiser made
+    capturable (:meth:`~pyro_dwp.infer.JointOptimizer.make_capturable`). A capture reads the
     likelihood's ``dataset_size`` (the ``N / B`` factor); if it changes, the graphs are captured
     again. If capturing fails, a ``UserWarning`` names the error and every later step runs
     eagerly (the same step, without the graph).
@@ -144,7 +145,7 @@ class GraphedSVI:
         """Capture one step on static copies of ``(x, y)``. A capture runs nothing: the RNG
         state is put back as it was, for the replay to draw what an eager step would."""
         optim = self._compiled.optim
-        assert isinstance(optim, JointAdam)  # checked in __init__
+        assert isinstance(optim, JointOptimizer)  # checked in __init__
         optim.make_capturable(self.device)
         static_x, static_y = x.clone(), y.clone()
         # The backward pass allocates the gradients from the graph's pool: the replay writes

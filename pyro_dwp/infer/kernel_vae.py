@@ -13,7 +13,7 @@ from pyro_dwp.io import progress_bar
 from pyro_dwp.models.kernel_vae import KernelVAE, check_kernel_shape
 from pyro_dwp.models.markov_chain_vae import MarkovChainVAE
 
-from .steps import AdamSteps
+from .steps import GradientSteps
 
 __all__ = ["dihedral_augment", "fit_kernel_vae"]
 
@@ -115,7 +115,7 @@ def fit_kernel_vae(
     epochs = epochs if epochs is not None else math.ceil(steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
     vae.decoder.init_from_kernels(train)
-    steps = AdamSteps(vae.parameters(), lr, decay_steps=total_steps)
+    steps = GradientSteps(vae.parameters(), lr, decay_steps=total_steps)
     history: dict[str, Any] = {"train_elbo": [], "valid_elbo": []}
     best, best_state = -math.inf, None
     for epoch in progress_bar(range(epochs), desc="kernel VAE", disable=not progress):

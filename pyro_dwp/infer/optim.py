@@ -1,4 +1,4 @@
-"""An optimiser for SVI that updates every parameter in one fused step."""
+"""Optimisers for SVI that update every parameter in one fused step (Adam or SGD)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from pyro.optim import PyroOptim
 from torch import Tensor
 
-__all__ = ["JointAdam", "linear_decay"]
+__all__ = ["JointAdam", "JointOptimizer", "JointSGD", "linear_decay"]
 
 
 def linear_decay(epoch: int, epochs: int) -> float:
@@ -20,31 +20,39 @@ def linear_decay(epoch: int, epochs: int) -> float:
     return 1 - epoch / epochs
 
 
-class JointAdam(PyroOptim):
-    """Adam over all parameters at once, a drop-in for ``pyro.optim.Adam``.
+class JointOptimizer(PyroOptim):
+    """One ``torch.optim`` optimiser over all parameters at once, a drop-in for Pyro's wrappers.
 
-    ``pyro.optim.Adam`` keeps one ``torch.optim.Adam`` per parameter and steps them one by one;
-    this keeps a single ``torch.optim.Adam`` (``fused=True`` by default: one multi-tensor kernel)
-    and adds parameters to it as SVI first sees them. The update is the same Adam update.
-    States are saved per parameter name, as ``PyroOptim`` does, so checkpoints resume exactly.
+    ``pyro.optim.Adam`` (and every ``pyro.optim`` wrapper) keeps one ``torch.optim`` optimiser
+    per parameter and steps them one by one; this keeps a single one (``fused=True`` by
+    default: one multi-tensor kernel) and adds parameters to it as SVI first sees them. The
+    update is the same. States are saved per parameter name, as ``PyroOptim`` does, so
+    checkpoints resume exactly. Subclasses name the optimiser (:class:`JointAdam`,
+    :class:`JointSGD`).
 
-    With ``lr_lambda`` it is also a drop-in for ``pyro.optim.LambdaLR`` over ``torch.optim.Adam``
-    (one scheduler per parameter there): the rate is ``lr * lr_lambda(e)`` after ``e`` calls of
-    :meth:`step`, the schedule's step (e.g. once per epoch); its count is saved with the state.
+    With ``lr_lambda`` it is also a drop-in for ``pyro.optim.LambdaLR`` (one scheduler per
+    parameter there): the rate is ``lr * lr_lambda(e)`` after ``e`` calls of :meth:`step`, the
+    schedule's step (e.g. once per epoch); its count is saved with the state.
 
     Args:
+        torch_optimizer: The ``torch.optim`` class.
         lr: Learning rate.
         fused: Use PyTorch's fused implementation (CPU and CUDA).
         lr_lambda: Optional schedule ``e -> factor`` of the rate, as ``torch.optim.lr_scheduler
             .LambdaLR``'s.
-        **kwargs: Other ``torch.optim.Adam`` arguments (``betas``, ``eps``, ``weight_decay``).
+        **kwargs: Other arguments of ``torch_optimizer``.
     """
+
+    STATE_KEYS: frozenset[str] = frozenset()
+    """The keys of one parameter's state that this optimiser keeps (a state with others was
+    saved by another optimiser)."""
 
     SCHEDULE_KEY = "__schedule__"
     """The key of :meth:`get_state` that holds the schedule's step count (no parameter's name)."""
 
     def __init__(
         self,
+        torch_optimizer: type[torch.optim.Optimizer],
         lr: float = 1e-3,
         *,
         fused: bool = True,
@@ -53,8 +61,9 @@ class JointAdam(PyroOptim):
     ) -> None:
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
-        super().__init__(torch.optim.Adam, {"lr": lr, "fused": fused, **kwargs})
-        self._optim: torch.optim.Adam | None = None
+        super().__init__(torch_optimizer, {"lr": lr, "fused": fused, **kwargs})
+        self._torch_optimizer = torch_optimizer
+        self._optim: torch.optim.Optimizer | None = None
         self._seen: set[Tensor] = set()
         self.lr_lambda = lr_lambda
         self._schedule_steps = 0
@@ -73,7 +82,9 @@ class JointAdam(PyroOptim):
             RuntimeError: If the optimiser has no ``lr_lambda``.
         """
         if self.lr_lambda is None:
-            raise RuntimeError("JointAdam.step advances a schedule: build it with lr_lambda=")
+            raise RuntimeError(
+                f"{type(self).__name__}.step advances a schedule: build it with lr_lambda="
+            )
         self._schedule_steps += 1
         self._apply_lr()
 
@@ -89,10 +100,10 @@ class JointAdam(PyroOptim):
 
     def make_capturable(self, device: torch.device) -> None:
         """Let a CUDA graph capture the update (:class:`~pyro_dwp.infer.graphs.GraphedSVI`):
-        ``torch.optim.Adam``'s ``capturable`` mode, its step counts on the device (as the fused
-        update keeps them already) and the rate a ``()`` float32 tensor on ``device`` that the
-        schedule fills in place, so that a replayed update reads the rate of the moment. The
-        update is Adam's as before. Idempotent.
+        the rate a ``()`` float32 tensor on ``device`` that the schedule fills in place, so that
+        a replayed update reads the rate of the moment (and, for Adam, ``torch.optim.Adam``'s
+        ``capturable`` mode, its step counts on the device as the fused update keeps them
+        already). The update is the same as before. Idempotent.
 
         Raises:
             RuntimeError: Before the first update (no parameters yet), or if not ``fused``.
@@ -100,7 +111,7 @@ class JointAdam(PyroOptim):
         if self._optim is None:
             raise RuntimeError("make_capturable needs the parameters: take one update first")
         if not self.pt_optim_args["fused"]:
-            raise RuntimeError("only the fused Adam update (fused=True) is made capturable")
+            raise RuntimeError("only the fused update (fused=True) is made capturable")
         self._capture_device = device
         self._capturable_groups()
 
@@ -109,7 +120,8 @@ class JointAdam(PyroOptim):
         if self._optim is None or self._capture_device is None:
             return
         for group in self._optim.param_groups:
-            group["capturable"] = True
+            if "capturable" in group:  # Adam's flag; SGD keeps no step count
+                group["capturable"] = True
             if not isinstance(group["lr"], Tensor):
                 lr = torch.tensor(group["lr"], dtype=torch.float32, device=self._capture_device)
                 group["lr"] = lr
@@ -120,7 +132,8 @@ class JointAdam(PyroOptim):
             store = pyro.get_param_store()
             new.sort(key=store.param_name)  # a set from SVI: fix the order
             if self._optim is None:
-                self._optim = torch.optim.Adam(new, **{**self.pt_optim_args, "lr": self.current_lr})
+                args = {**self.pt_optim_args, "lr": self.current_lr}
+                self._optim = self._torch_optimizer(new, **args)
             else:
                 self._optim.add_param_group({"params": new, "lr": self.current_lr})
             self._capturable_groups()
@@ -133,7 +146,7 @@ class JointAdam(PyroOptim):
             self._optim.step()
 
     def get_state(self) -> dict[str, dict[str, Tensor]]:
-        """``{param name: Adam state}`` of every parameter seen so far (and, with a schedule,
+        """``{param name: optimiser state}`` of every parameter seen so far (and, with a schedule,
         ``{SCHEDULE_KEY: {"steps": n}}``)."""
         if self._optim is None:
             state = dict(self._state_waiting_to_be_consumed)
@@ -152,15 +165,23 @@ class JointAdam(PyroOptim):
 
         Raises:
             ValueError: If the state has a schedule's count and this optimiser no schedule, or
-                the other way round.
+                the other way round; or a parameter's state has keys this optimiser does not
+                keep (another optimiser's state).
         """
         state = dict(state)
         schedule = state.pop(self.SCHEDULE_KEY, None)
+        for name, s in state.items():
+            if not set(s) <= self.STATE_KEYS:
+                raise ValueError(
+                    f"the optimiser state of {name!r} has keys {sorted(s)}, not those of "
+                    f"{type(self).__name__} ({sorted(self.STATE_KEYS)}): a state saved by "
+                    "another optimiser"
+                )
         if (schedule is None) != (self.lr_lambda is None):
             raise ValueError(
                 "an optimiser state "
                 + ("without" if schedule is None else "with")
-                + " a learning-rate schedule, for a JointAdam "
+                + f" a learning-rate schedule, for a {type(self).__name__} "
                 + ("with" if schedule is None else "without")
                 + " one (lr_lambda)"
             )
@@ -168,3 +189,63 @@ class JointAdam(PyroOptim):
             self._schedule_steps = int(schedule["steps"])
             self._apply_lr()
         self._state_waiting_to_be_consumed = state
+
+
+class JointAdam(JointOptimizer):
+    """Adam over all parameters at once (:class:`JointOptimizer`), a drop-in for
+    ``pyro.optim.Adam`` (and, with ``lr_lambda``, for ``pyro.optim.LambdaLR`` over Adam).
+
+    Args:
+        lr: Learning rate.
+        fused: Use PyTorch's fused implementation (CPU and CUDA).
+        lr_lambda: Optional schedule ``e -> factor`` of the rate (see :class:`JointOptimizer`).
+        **kwargs: Other ``torch.optim.Adam`` arguments (``betas``, ``eps``, ``weight_decay``).
+    """
+
+    STATE_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        *,
+        fused: bool = True,
+        lr_lambda: Callable[[int], float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(torch.optim.Adam, lr, fused=fused, lr_lambda=lr_lambda, **kwargs)
+
+
+class JointSGD(JointOptimizer):
+    """Stochastic gradient descent, optionally with momentum, over all parameters at once
+    (:class:`JointOptimizer`), a drop-in for ``pyro.optim.SGD``: the optimiser Blundell et al.
+    (2015) trained with. Unlike Adam's, its steps scale with the loss: on a loss that sums over
+    a dataset of ``N`` examples (SVI's -ELBO), ``lr`` is ``N`` times smaller than the rate of the
+    same update on the mean loss per example.
+
+    Args:
+        lr: Learning rate.
+        momentum: Momentum factor in ``[0, 1)`` (0: plain SGD).
+        fused: Use PyTorch's fused implementation (CPU and CUDA).
+        lr_lambda: Optional schedule ``e -> factor`` of the rate (see :class:`JointOptimizer`).
+        **kwargs: Other ``torch.optim.SGD`` arguments (``nesterov``, ``weight_decay``).
+
+    Raises:
+        ValueError: If ``momentum`` is not in ``[0, 1)``.
+    """
+
+    STATE_KEYS = frozenset({"momentum_buffer"})
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        *,
+        momentum: float = 0.0,
+        fused: bool = True,
+        lr_lambda: Callable[[int], float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        super().__init__(
+            torch.optim.SGD, lr, momentum=momentum, fused=fused, lr_lambda=lr_lambda, **kwargs
+        )

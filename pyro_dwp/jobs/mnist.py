@@ -1,12 +1,13 @@
 """``pyro-dwp mnist``: MNIST classification of Blundell et al. (2015), Table 1.
 
 An MLP 784-H-H-10 with ReLUs, trained on the paper's 50,000 training images (pixels / 126) by
-one of three methods with the same data, epochs, batch size, optimiser (Adam) and learning rate:
+one of three methods with the same data, epochs, batch size, optimiser (``--optimizer``: Adam
+by default, or SGD as in the paper) and learning rate:
 
 - ``bbb``: Bayes by Backprop (BNN + Categorical likelihood + BBBNormal guide + ``fit``), with the
   scale-mixture or Gaussian prior on every weight and bias;
 - ``sgd``: the same network trained as a point estimate with cross-entropy (the paper's "SGD"
-  baseline; here with Adam, like the other methods);
+  baseline; trained with ``--optimizer``, like the other methods);
 - ``dropout``: the same, with dropout ``--dropout`` (default 0.5) after each hidden layer and,
   optionally, ``--input-dropout`` (0.2 in Srivastava et al. 2014; default 0, off) on the pixels.
 
