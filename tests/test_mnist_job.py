@@ -164,27 +164,34 @@ def test_a_time_limit_trains_in_chunks_past_the_slow_first_epoch(tmp_path, monke
     assert len(mnist._train_within(train, 30, False, 100.0, tmp_path / "none.pt")) == 30
 
 
+def _timeless(curves: list[dict]) -> list[dict]:
+    """Learning-curve records without their wall-clock seconds."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in curves]
+
+
+def _stopped_and_resumed(args: list[str], out: Path, monkeypatch) -> list[dict]:
+    """The curves of ``pyro-dwp ARGS`` in ``out``, stopped after its first epoch and resumed."""
+    from pyro_dwp.experiments import mnist
+
+    with monkeypatch.context() as m:
+        m.setattr(mnist, "_train_within", lambda train, epochs, resume, *_: train(1, resume))
+        assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    return _timeless(json.loads((out / "learning_curves.json").read_text()))
+
+
 @pytest.mark.parametrize("method", ["bbb", "sgd"])
 def test_linear_rate_schedule_and_its_exact_resume(
     method: str, tmp_path: Path, monkeypatch
 ) -> None:
     """``--lr-schedule linear`` over 3 epochs runs them at lr, 2 lr / 3, lr / 3; a run stopped
     after its first epoch and resumed gives the uninterrupted run's curves exactly."""
-    from pyro_dwp.experiments import mnist
 
     args = ["mnist", "--method", method, *TINY, "--epochs", "3", "--lr-schedule", "linear"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "learning_curves.json").read_text())
     assert [r["lr"] for r in whole] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
-    with monkeypatch.context() as m:  # stop after the first epoch
-        m.setattr(mnist, "_train_within", lambda train, epochs, resume, *_: train(1, resume))
-        assert main([*args, "--out", str(tmp_path / "parts")]) == 0
-    assert main([*args, "--out", str(tmp_path / "parts"), "--resume"]) == 0
-    parts = json.loads((tmp_path / "parts" / "learning_curves.json").read_text())
-    drop = ("seconds",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in parts] == [
-        {k: v for k, v in r.items() if k not in drop} for r in whole
-    ]
+    assert _stopped_and_resumed(args, tmp_path / "parts", monkeypatch) == _timeless(whole)
 
 
 def test_resume_checks_the_rate_schedule_and_its_epochs(tmp_path: Path, capsys) -> None:
@@ -226,15 +233,7 @@ def test_sgd_optimizer_its_rate_and_its_exact_resume(
     assert main([*sgd, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "learning_curves.json").read_text())
     assert [r["lr"] for r in whole] == pytest.approx([0.05, 0.05])
-    with monkeypatch.context() as m:  # stop after the first epoch
-        m.setattr(mnist, "_train_within", lambda train, epochs, resume, *_: train(1, resume))
-        assert main([*sgd, "--out", str(tmp_path / "parts")]) == 0
-    assert main([*sgd, "--out", str(tmp_path / "parts"), "--resume"]) == 0
-    parts = json.loads((tmp_path / "parts" / "learning_curves.json").read_text())
-    drop = ("seconds",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in parts] == [
-        {k: v for k, v in r.items() if k not in drop} for r in whole
-    ]
+    assert _stopped_and_resumed(sgd, tmp_path / "parts", monkeypatch) == _timeless(whole)
     assert main([*args, "--out", str(tmp_path / "adam")]) == 0
     adam = json.loads((tmp_path / "adam" / "learning_curves.json").read_text())
     assert adam[-1]["loss"] != pytest.approx(whole[-1]["loss"], rel=1e-6)

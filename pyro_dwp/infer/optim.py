@@ -62,7 +62,6 @@ class JointOptimizer(PyroOptim):
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         super().__init__(torch_optimizer, {"lr": lr, "fused": fused, **kwargs})
-        self._torch_optimizer = torch_optimizer
         self._optim: torch.optim.Optimizer | None = None
         self._seen: set[Tensor] = set()
         self.lr_lambda = lr_lambda
@@ -133,7 +132,7 @@ class JointOptimizer(PyroOptim):
             new.sort(key=store.param_name)  # a set from SVI: fix the order
             if self._optim is None:
                 args = {**self.pt_optim_args, "lr": self.current_lr}
-                self._optim = self._torch_optimizer(new, **args)
+                self._optim = self.pt_optim_constructor(new, **args)
             else:
                 self._optim.add_param_group({"params": new, "lr": self.current_lr})
             self._capturable_groups()
