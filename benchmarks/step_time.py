@@ -15,6 +15,11 @@ Contenders, built in one process and timed in interleaved rounds (median of roun
   runs it on a GPU (:class:`pyro_dwp.infer.graphs.GraphedSVI`: one launch, no host sync).
 - ``pyro_dwp_bbb_inductor``: the compiled step with its passes through ``torch.compile``
   (``fit(..., torch_compile=True)``; compiled before the timing).
+- ``bbb_floor``: not a BBB step but a lower bound of one that draws its noise as Pyro's does
+  (one normal per weight from torch's generator, as the compiled step draws the same numbers):
+  the draws, ``w = mu + s * eps``, the network's cross-entropy and its backward, and one fused
+  Adam update of ``mu`` and ``s``; no prior or entropy terms, no softplus. Whatever a faster
+  step leaves out, it still does this work.
 - ``pyro_autonormal``: Pyro's own ``PyroSample`` MLP + ``AutoNormal`` (Gaussian prior).
 - ``blitz`` / ``bayesian_torch``: the peer libraries, where installed
   (``pip install --no-deps blitz-bayesian-pytorch bayesian-torch``).
@@ -66,6 +71,25 @@ def deterministic(h: int, x: torch.Tensor, y: torch.Tensor, fused: bool = False)
     def step() -> None:
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def bbb_floor(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
+    net = mlp(784, [h, h], 10).to(x.device)
+    names = [n for n, _ in net.named_parameters()]
+    mu = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    s = [torch.full_like(m, 1e-3).requires_grad_() for m in mu]
+    opt = torch.optim.Adam(mu + s, 1e-3, fused=True)
+
+    def step() -> None:
+        opt.zero_grad()
+        weights = {
+            n: torch.addcmul(m, v, torch.randn_like(m))
+            for n, m, v in zip(names, mu, s, strict=True)
+        }
+        F.cross_entropy(torch.func.functional_call(net, weights, (x,)), y).backward()
         opt.step()
 
     return step
@@ -203,6 +227,7 @@ CONTENDERS = {
     "pyro_dwp_bbb_compiled": pyro_dwp_bbb_compiled,
     "pyro_dwp_bbb_graphed": pyro_dwp_bbb_graphed,
     "pyro_dwp_bbb_inductor": pyro_dwp_bbb_inductor,
+    "bbb_floor": bbb_floor,
     "pyro_autonormal": pyro_autonormal,
     "blitz": blitz,
     "bayesian_torch": bayesian_torch,
