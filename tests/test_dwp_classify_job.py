@@ -54,7 +54,8 @@ def test_tiny_run_writes_its_files_and_resumes(tmp_path, vae_dir, capsys):
     assert json.loads((out / "dwp_classify.json").read_text()) == results
     # Other settings in the same folder are refused.
     assert main(_args(out, vae_dir, "--gap-samples", "4", "--epochs", "2")) == 1
-    assert "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other settings (old -> new: epochs: " in err and "-> 2)" in err  # names what changed
 
 
 @needs_data

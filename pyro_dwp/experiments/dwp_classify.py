@@ -31,7 +31,7 @@ from pyro_dwp.experiments.dwp_bnn import LOG_UNIFORM_FAMILIES, DWPSetup, make_dw
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
-from pyro_dwp.infer.fingerprint import file_digest
+from pyro_dwp.infer.fingerprint import differences, file_digest
 from pyro_dwp.infer.fit import Engine, fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.infer.optim import JointAdam, linear_decay
@@ -292,9 +292,9 @@ def load_results(path: Path, config: dict[str, Any], fresh: dict[str, Any]) -> d
         old = {_RENAMED_KEYS.get(k, k): v for k, v in results["config"].items()}
         results["config"] = {**{k: v for k, v in _ADDED_KEYS.items() if k in config}, **old}
     if results.get("config") != config:
+        changed = "; ".join(differences(results.get("config"), config))
         raise ValueError(
-            f"{path} was written with other settings ({results.get('config')}); "
-            f"use another --out for {config}"
+            f"{path} was written with other settings (old -> new: {changed}); use another --out"
         )
     return results
 
