@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pyro-dwp mnist --optimizer, every method's (sgd: --lr on the loss per example)",
     )
     p.add_argument("--momentum", type=float, default=0.0, help="SGD's momentum")
+    p.add_argument(
+        "--scale-lr-factor", type=float, default=1.0, help="BBB: the posterior scales' rate factor"
+    )
     p.add_argument("--particles", type=int, default=1, help="BBB weight samples per step")
     p.add_argument("--init-scale", type=float, default=1e-3, help="BBB initial posterior sigma")
     p.add_argument("--parallel", action="store_true", help="train the methods side by side")
@@ -152,7 +155,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "hidden_of": {m: r["hidden"] for m, r in results.items()},
         "epochs": {m: r["epochs"] for m, r in results.items()},
         "lr_schedule": args.lr_schedule,
-        "optimizer": {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum},
+        "optimizer": {
+            "name": args.optimizer,
+            "lr": args.lr,
+            "momentum": args.momentum,
+            "scale_lr_factor": args.scale_lr_factor,
+        },
         "train_seconds": {m: r["train_seconds"] for m, r in results.items()},
         "paper_table1": {k: v[args.hidden] for k, v in PAPER_TABLE1.items() if args.hidden in v},
         "paper_pruning": PAPER_PRUNING,
@@ -219,6 +227,7 @@ def _mnist_argv(
         )
         argv += ["--prior", *prior, "--particles", str(args.particles)]
         argv += ["--init-scale", str(args.init_scale), "--engine", args.engine]
+        argv += ["--scale-lr-factor", str(args.scale_lr_factor)]
         argv += ["--checkpoint-every", "10"]  # a 57 MB file: every epoch costs ~10% on a GPU
     if minutes is not None:
         argv += ["--max-train-minutes", str(max(minutes, 1e-3))]
@@ -272,9 +281,11 @@ def _schedule(r: dict[str, Any]) -> str:
 def _optimizer(r: dict[str, Any]) -> str:
     """A report's optimiser (reports from before ``--optimizer``: Adam)."""
     o = r.get("optimizer", {"name": "adam"})
+    factor = o.get("scale_lr_factor", 1.0)
+    scales = "" if factor == 1 else f", BBB's posterior scales at {factor:g}x the rate"
     if o["name"] == "adam":
-        return "Adam"
-    return f"SGD (momentum {o['momentum']}, rate on the mean loss per training example)"
+        return "Adam" + scales
+    return f"SGD (momentum {o['momentum']}, rate on the mean loss per training example{scales})"
 
 
 def _markdown(r: dict[str, Any]) -> str:

@@ -249,7 +249,37 @@ def test_optimizer_settings_are_checked(tmp_path: Path, capsys) -> None:
     assert "--momentum is SGD's" in capsys.readouterr().err
     assert main(["mnist", *out, *TINY, "--optimizer", "sgd", "--momentum", "1"]) == 1
     assert "--momentum must be in [0, 1)" in capsys.readouterr().err
+    assert main(["mnist", *out, *TINY, "--scale-lr-factor", "0"]) == 1
+    assert "--scale-lr-factor must be > 0" in capsys.readouterr().err
+    assert main(["mnist", "--method", "sgd", *out, *TINY, "--scale-lr-factor", "10"]) == 1
+    assert "--scale-lr-factor is BBB's" in capsys.readouterr().err
     args = ["mnist", "--method", "sgd", *out, *TINY]
     assert main(args) == 0  # Adam
     assert main([*args, "--epochs", "2", "--resume", "--optimizer", "sgd"]) == 1
     assert "optimizer" in capsys.readouterr().err
+
+
+def test_scale_rate_factor_reaches_the_scales_only(tmp_path: Path, monkeypatch) -> None:
+    """``--scale-lr-factor K``: the BBB optimiser steps the posterior scales' parameters at K
+    times the rate of the means, and the run differs from one without it."""
+    from pyro_dwp.experiments import mnist
+
+    factors: list = []
+    joint_sgd = mnist.JointSGD
+
+    def recorded(lr: float, **kwargs):
+        factors.append(kwargs["lr_factor"])
+        return joint_sgd(lr, **kwargs)
+
+    monkeypatch.setattr(mnist, "JointSGD", recorded)
+    args = ["mnist", *TINY, "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--scale-lr-factor", "100", "--out", str(tmp_path / "scaled")]) == 0
+    assert factors[0] is None
+    assert factors[1]("BBBNormal.scales.0.weight") == 100
+    assert factors[1]("BBBNormal.locs.0.weight") == 1
+    curves = [
+        json.loads((tmp_path / run / "learning_curves.json").read_text())
+        for run in ("plain", "scaled")
+    ]
+    assert curves[0][-1]["kl"] != pytest.approx(curves[1][-1]["kl"], rel=1e-6)

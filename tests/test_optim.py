@@ -1,5 +1,7 @@
 """JointAdam and JointSGD: the same update as Pyro's per-parameter Adam / SGD, in one optimiser."""
 
+from functools import partial
+
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -8,7 +10,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import JointAdam, JointSGD
+from pyro_dwp.infer import JointAdam, JointSGD, name_rate_factor
 
 DATA = torch.tensor([0.3, -1.2, 0.7, 2.0])
 
@@ -169,3 +171,43 @@ def test_another_optimizers_state_is_refused():
 def test_bad_momentum(momentum):
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
         JointSGD(0.01, momentum=momentum)
+
+
+def _scales_tenfold(name: str) -> float:
+    return name_rate_factor(name, contains=".scales", factor=10.0)
+
+
+@pytest.mark.parametrize("make", [JointAdam, partial(JointSGD, momentum=0.9)], ids=["adam", "sgd"])
+def test_rate_factors_give_pyros_update_with_rates_per_name(make):
+    """``lr_factor``: each parameter at ``lr * factor(name)``, as a ``pyro.optim`` wrapper whose
+    arguments are a function of the name; with a schedule, the factor stays; the factor changes
+    the run."""
+    ours = _run_scheduled(make(0.01, fused=False, lr_lambda=decay, lr_factor=_scales_tenfold))
+    torch_optim = torch.optim.Adam if make is JointAdam else torch.optim.SGD
+    extra = {} if make is JointAdam else {"momentum": 0.9}
+    ref = _run_scheduled(
+        pyro.optim.LambdaLR(
+            {
+                "optimizer": torch_optim,
+                "optim_args": lambda name: {"lr": 0.01 * _scales_tenfold(name), **extra},
+                "lr_lambda": decay,
+            }
+        )
+    )
+    plain = _run_scheduled(make(0.01, fused=False, lr_lambda=decay))
+    assert any(".scales" in k for k in ours) and any(".locs" in k for k in ours)
+    for k in ours:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-6, atol=1e-7)
+    assert not any(torch.allclose(ours[k], plain[k]) for k in ours if ".scales" in k)
+
+
+def test_rate_factors_are_checked_and_named_in_the_run_settings():
+    from pyro_dwp.infer.fingerprint import describe, differences
+
+    with pytest.raises(
+        ValueError, match="lr_factor gives parameter 'BBBNormal.scales.b' the factor 0.0"
+    ):
+        run(JointSGD(0.01, lr_factor=lambda name: 0.0 if ".scales" in name else 1.0), steps=1)
+    plain, tenfold = JointSGD(0.01), JointSGD(0.01, lr_factor=_scales_tenfold)
+    assert describe(plain) == describe(JointSGD(0.01))  # runs from before the option
+    assert differences(describe(plain), describe(tenfold))

@@ -57,6 +57,7 @@ from pyro_dwp.infer import (
     fit,
     linear_decay,
     load_checkpoint,
+    name_rate_factor,
     set_param_store_state,
 )
 from pyro_dwp.infer.fit import Engine
@@ -104,6 +105,7 @@ _RUN_KEYS = (
     "lr_schedule",
     "optimizer",
     "momentum",
+    "scale_lr_factor",
     "particles",
     "init_scale",
     "dropout",
@@ -112,7 +114,12 @@ _RUN_KEYS = (
     "seed",
 )
 # Config keys added after runs were recorded, with the value those runs had.
-_ADDED_KEYS = {"lr_schedule": "constant", "optimizer": "adam", "momentum": 0.0}
+_ADDED_KEYS = {
+    "lr_schedule": "constant",
+    "optimizer": "adam",
+    "momentum": 0.0,
+    "scale_lr_factor": 1.0,
+}
 # Config keys renamed with their options (old -> new), read from the config of an older run.
 _RENAMED_KEYS = {"samples": "particles", "eval_samples": "test_samples", "n_eval": "n_test"}
 
@@ -151,6 +158,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--momentum", type=float, default=0.0, help="SGD's momentum in [0, 1) (default 0)"
+    )
+    p.add_argument(
+        "--scale-lr-factor",
+        type=float,
+        default=1.0,
+        help="BBB: the posterior scales' parameters train at --lr times this (SGD's steps on "
+        "them are lr / N times a gradient of order 1, too small to move them: "
+        "benchmarks/results/bbb_mnist_sgd.md)",
     )
     p.add_argument(
         "--lr-schedule",
@@ -385,6 +400,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--momentum is SGD's (--optimizer sgd); got {args.momentum} with Adam")
     if not 0 <= args.momentum < 1:
         raise ValueError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if not args.scale_lr_factor > 0:
+        raise ValueError(f"--scale-lr-factor must be > 0, got {args.scale_lr_factor}")
+    if args.scale_lr_factor != 1 and args.method != "bbb":
+        raise ValueError("--scale-lr-factor is BBB's (the posterior scales' rate)")
     for key in ("dropout", "input_dropout"):
         if not 0 <= getattr(args, key) < 1:
             raise ValueError(
@@ -396,9 +415,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if _distributed(args):
         if args.method != "bbb" or args.max_train_minutes is not None:
             raise ValueError("data-parallel training needs --method bbb and no time limit")
-        if args.lr_schedule != "constant" or args.optimizer != "adam":
+        if args.lr_schedule != "constant" or args.optimizer != "adam" or args.scale_lr_factor != 1:
             raise ValueError(
-                "data-parallel training runs Adam at a constant rate: --lr-schedule, --optimizer"
+                "data-parallel training runs Adam at one constant rate: --lr-schedule, "
+                "--optimizer, --scale-lr-factor"
             )
         if distributed is None:
             raise ValueError(
@@ -457,12 +477,15 @@ def _train_bbb(
 
     # the schedule's step count is saved with the optimiser's state, so chunks resume on it
     optim: JointOptimizer
-    if args.optimizer == "sgd":  # --lr is the rate on the loss per example: -ELBO / N
-        optim = JointSGD(
-            args.lr / len(data.x_train), momentum=args.momentum, lr_lambda=_lr_lambda(args)
+    rates = {"lr_lambda": _lr_lambda(args), "lr_factor": None}
+    if args.scale_lr_factor != 1:
+        rates["lr_factor"] = partial(
+            name_rate_factor, contains=".scales.", factor=args.scale_lr_factor
         )
+    if args.optimizer == "sgd":  # --lr is the rate on the loss per example: -ELBO / N
+        optim = JointSGD(args.lr / len(data.x_train), momentum=args.momentum, **rates)
     else:
-        optim = JointAdam(args.lr, lr_lambda=_lr_lambda(args))
+        optim = JointAdam(args.lr, **rates)
 
     def end_of_epoch(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)

@@ -14,7 +14,7 @@ from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
 from .local_reparam import LocalReparameterizationMessenger
 from .markov_chain_vae import fit_markov_chain_vae
-from .optim import JointAdam, JointOptimizer, JointSGD, linear_decay
+from .optim import JointAdam, JointOptimizer, JointSGD, linear_decay, name_rate_factor
 from .predict import predict
 from .reparam import DeepWeightPriorReparam, DeepWeightPriorStrategy, latent_site_name
 
@@ -36,6 +36,7 @@ __all__ = [
     "kl_weights",
     "latent_site_name",
     "linear_decay",
+    "name_rate_factor",
     "load_checkpoint",
     "predict",
     "save_checkpoint",

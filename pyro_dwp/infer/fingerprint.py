@@ -81,8 +81,10 @@ def describe(obj: Any, _depth: int = 0) -> Any:
             out["schedule"] = describe(
                 {k: v for k, v in obj.kwargs.items() if k not in ("optimizer", "optim_args")}, d
             )
-        if getattr(obj, "lr_lambda", None) is not None:  # JointAdam's schedule
+        if getattr(obj, "lr_lambda", None) is not None:  # a JointOptimizer's schedule
             out["schedule"] = describe({"lr_lambda": obj.lr_lambda}, d)
+        if getattr(obj, "lr_factor", None) is not None:  # its rates per parameter
+            out["lr_factor"] = describe(obj.lr_factor, d)
         return out
     out: dict[str, Any] = {"type": _qualname(type(obj))}
     if isinstance(obj, Distribution):

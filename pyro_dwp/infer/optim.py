@@ -10,7 +10,7 @@ import torch
 from pyro.optim import PyroOptim
 from torch import Tensor
 
-__all__ = ["JointAdam", "JointOptimizer", "JointSGD", "linear_decay"]
+__all__ = ["JointAdam", "JointOptimizer", "JointSGD", "linear_decay", "name_rate_factor"]
 
 
 def linear_decay(epoch: int, epochs: int) -> float:
@@ -18,6 +18,14 @@ def linear_decay(epoch: int, epochs: int) -> float:
     schedule steps (``JointAdam(lr, lr_lambda=functools.partial(linear_decay, epochs=E))``,
     stepped once per epoch; the last of ``E`` epochs runs at ``lr / E``)."""
     return 1 - epoch / epochs
+
+
+def name_rate_factor(name: str, *, contains: str, factor: float) -> float:
+    """``factor`` for a parameter whose store name contains ``contains``, else 1: an
+    ``lr_factor`` of :class:`JointOptimizer` (``functools.partial(name_rate_factor,
+    contains=".scales.", factor=K)``: ``K`` times the rate for :class:`~pyro_dwp.guides.BBBNormal`'s
+    posterior scales)."""
+    return factor if contains in name else 1.0
 
 
 class JointOptimizer(PyroOptim):
@@ -34,12 +42,18 @@ class JointOptimizer(PyroOptim):
     parameter there): the rate is ``lr * lr_lambda(e)`` after ``e`` calls of :meth:`step`, the
     schedule's step (e.g. once per epoch); its count is saved with the state.
 
+    With ``lr_factor`` each parameter's rate is multiplied by ``lr_factor(name)`` of its store
+    name (one parameter group per factor): a drop-in for a ``pyro.optim`` wrapper whose
+    arguments are a function of the parameter's name.
+
     Args:
         torch_optimizer: The ``torch.optim`` class.
         lr: Learning rate.
         fused: Use PyTorch's fused implementation (CPU and CUDA).
         lr_lambda: Optional schedule ``e -> factor`` of the rate, as ``torch.optim.lr_scheduler
             .LambdaLR``'s.
+        lr_factor: Optional ``name -> factor > 0`` of each parameter's rate (e.g.
+            :func:`name_rate_factor`).
         **kwargs: Other arguments of ``torch_optimizer``.
     """
 
@@ -57,6 +71,7 @@ class JointOptimizer(PyroOptim):
         *,
         fused: bool = True,
         lr_lambda: Callable[[int], float] | None = None,
+        lr_factor: Callable[[str], float] | None = None,
         **kwargs: Any,
     ) -> None:
         if not lr > 0:
@@ -65,6 +80,7 @@ class JointOptimizer(PyroOptim):
         self._optim: torch.optim.Optimizer | None = None
         self._seen: set[Tensor] = set()
         self.lr_lambda = lr_lambda
+        self.lr_factor = lr_factor
         self._schedule_steps = 0
         self._capture_device: torch.device | None = None  # see make_capturable
 
@@ -88,14 +104,15 @@ class JointOptimizer(PyroOptim):
         self._apply_lr()
 
     def _apply_lr(self) -> None:
-        """Set every parameter group's rate to :meth:`_lr` (a device tensor in place: a captured
-        step reads it from there)."""
+        """Set every parameter group's rate to :attr:`current_lr` times the group's factor (a
+        device tensor in place: a captured step reads it from there)."""
         if self._optim is not None:
             for group in self._optim.param_groups:
+                rate = self.current_lr * group.get("lr_factor", 1.0)
                 if isinstance(group["lr"], Tensor):
-                    group["lr"].fill_(self.current_lr)
+                    group["lr"].fill_(rate)
                 else:
-                    group["lr"] = self.current_lr
+                    group["lr"] = rate
 
     def make_capturable(self, device: torch.device) -> None:
         """Let a CUDA graph capture the update (:class:`~pyro_dwp.infer.graphs.GraphedSVI`):
@@ -130,11 +147,12 @@ class JointOptimizer(PyroOptim):
         if new:
             store = pyro.get_param_store()
             new.sort(key=store.param_name)  # a set from SVI: fix the order
-            if self._optim is None:
-                args = {**self.pt_optim_args, "lr": self.current_lr}
-                self._optim = self.pt_optim_constructor(new, **args)
-            else:
-                self._optim.add_param_group({"params": new, "lr": self.current_lr})
+            for group in self._new_groups(new):
+                if self._optim is None:
+                    args = {**self.pt_optim_args, "lr": self.current_lr}
+                    self._optim = self.pt_optim_constructor([group], **args)
+                else:
+                    self._optim.add_param_group(group)
             self._capturable_groups()
             self._seen.update(new)
             for p in new:
@@ -143,6 +161,27 @@ class JointOptimizer(PyroOptim):
                     self._optim.state[p] = {k: v.to(p.device, copy=True) for k, v in state.items()}
         if self._optim is not None:
             self._optim.step()
+
+    def _new_groups(self, params: list[Tensor]) -> list[dict[str, Any]]:
+        """Parameter groups for ``params``: one at the current rate, or with ``lr_factor`` one
+        per factor (its rate and ``"lr_factor"``), in the order of ``params``.
+
+        Raises:
+            ValueError: If ``lr_factor`` gives a parameter a factor that is not > 0.
+        """
+        if self.lr_factor is None:
+            return [{"params": params, "lr": self.current_lr}]
+        store = pyro.get_param_store()
+        by_factor: dict[float, list[Tensor]] = {}
+        for p in params:
+            name = store.param_name(p)
+            factor = float(self.lr_factor(name))
+            if not factor > 0:
+                raise ValueError(f"lr_factor gives parameter {name!r} the factor {factor}")
+            by_factor.setdefault(factor, []).append(p)
+        return [
+            {"params": ps, "lr": self.current_lr * f, "lr_factor": f} for f, ps in by_factor.items()
+        ]
 
     def get_state(self) -> dict[str, dict[str, Tensor]]:
         """``{param name: optimiser state}`` of every parameter seen so far (and, with a schedule,
@@ -198,6 +237,8 @@ class JointAdam(JointOptimizer):
         lr: Learning rate.
         fused: Use PyTorch's fused implementation (CPU and CUDA).
         lr_lambda: Optional schedule ``e -> factor`` of the rate (see :class:`JointOptimizer`).
+        lr_factor: Optional ``name -> factor`` of each parameter's rate (see
+            :class:`JointOptimizer`).
         **kwargs: Other ``torch.optim.Adam`` arguments (``betas``, ``eps``, ``weight_decay``).
     """
 
@@ -209,9 +250,12 @@ class JointAdam(JointOptimizer):
         *,
         fused: bool = True,
         lr_lambda: Callable[[int], float] | None = None,
+        lr_factor: Callable[[str], float] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(torch.optim.Adam, lr, fused=fused, lr_lambda=lr_lambda, **kwargs)
+        super().__init__(
+            torch.optim.Adam, lr, fused=fused, lr_lambda=lr_lambda, lr_factor=lr_factor, **kwargs
+        )
 
 
 class JointSGD(JointOptimizer):
@@ -226,6 +270,8 @@ class JointSGD(JointOptimizer):
         momentum: Momentum factor in ``[0, 1)`` (0: plain SGD).
         fused: Use PyTorch's fused implementation (CPU and CUDA).
         lr_lambda: Optional schedule ``e -> factor`` of the rate (see :class:`JointOptimizer`).
+        lr_factor: Optional ``name -> factor`` of each parameter's rate (see
+            :class:`JointOptimizer`).
         **kwargs: Other ``torch.optim.SGD`` arguments (``nesterov``, ``weight_decay``).
 
     Raises:
@@ -241,10 +287,17 @@ class JointSGD(JointOptimizer):
         momentum: float = 0.0,
         fused: bool = True,
         lr_lambda: Callable[[int], float] | None = None,
+        lr_factor: Callable[[str], float] | None = None,
         **kwargs: Any,
     ) -> None:
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         super().__init__(
-            torch.optim.SGD, lr, momentum=momentum, fused=fused, lr_lambda=lr_lambda, **kwargs
+            torch.optim.SGD,
+            lr,
+            momentum=momentum,
+            fused=fused,
+            lr_lambda=lr_lambda,
+            lr_factor=lr_factor,
+            **kwargs,
         )
