@@ -54,6 +54,7 @@ from pyro_dwp.experiments import mushroom
 from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
 from pyro_dwp.experiments.bandits import KLSize
 from pyro_dwp.experiments.mushroom import PAPER_REGRET, PRESETS
+from pyro_dwp.infer.kl import KLScheme
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PAPER_STEPS = PRESETS["paper"]["steps"]
@@ -86,6 +87,9 @@ def build_args_parser() -> argparse.ArgumentParser:
         bbb.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
     bbb.add_argument("--kl-size", choices=get_args(KLSize), help="pyro-dwp mushroom --kl-size")
     bbb.add_argument(
+        "--kl-scheme", choices=get_args(KLScheme), help="pyro-dwp mushroom --kl-scheme"
+    )
+    bbb.add_argument(
         "--bbb-variant",
         nargs="+",
         action="append",
@@ -117,7 +121,7 @@ def _common_argv(args: argparse.Namespace, out: Path) -> list[str]:
     argv += ["--engine", args.engine]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
-    for flag in ("pi", "neg_log_sigma1", "neg_log_sigma2", "kl_size"):
+    for flag in ("pi", "neg_log_sigma1", "neg_log_sigma2", "kl_size", "kl_scheme"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     for spec in args.bbb_variant or []:

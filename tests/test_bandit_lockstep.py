@@ -19,6 +19,7 @@ from pyro_dwp.experiments.bandits import (
     agent_seed,
     network_inputs,
 )
+from pyro_dwp.infer import KLScaleMessenger
 
 SMALL = {"hidden": (8,), "buffer_size": 16, "batch_size": 4, "num_batches": 2, "lr": 1e-2}
 
@@ -49,24 +50,28 @@ VARIANT = {"pi": 0.25, "sigma1": 0.3, "sigma2": 0.01, "init_scale": 0.05, "noise
 
 
 @pytest.mark.parametrize(
-    ("steps", "kl_size", "size", "agent_name"),
+    ("steps", "kl_size", "size", "agent_name", "kl_scheme", "update"),
     [
-        (3, "buffer", 3, "bbb"),
-        (20, "buffer", 16, "bbb"),
-        (20, "seen", 20, "bbb"),
-        (20, "buffer", 16, "bbb:v"),
+        (3, "buffer", 3, "bbb", "uniform", 0),
+        (20, "buffer", 16, "bbb", "uniform", 0),
+        (20, "seen", 20, "bbb", "uniform", 0),
+        (20, "buffer", 16, "bbb:v", "uniform", 0),
+        (20, "buffer", 16, "bbb", "blundell", 0),
+        (20, "buffer", 16, "bbb:v", "blundell", 1),
     ],
-    ids=["buffer_below_batch", "buffer_full", "seen", "variant"],
+    ids=["buffer_below_batch", "buffer_full", "seen", "variant", "blundell_1st", "blundell_2nd"],
 )
 def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
-    steps, kl_size, size, agent_name, one_thread
+    steps, kl_size, size, agent_name, kl_scheme, update, one_thread
 ):
     # the member (agent_name, seed 1) of a runner beside other members; its reference agent
     # starts from the same weights; the data term's scale max(N, B) / B is 1 (N = 3 < B = 4),
     # then 16 / 4 (N the buffer's 16 interactions), or 20 / 4 (N the 20 seen, kl_size="seen");
-    # "bbb:v" has a prior, initial scale and noise of its own beside "bbb" (per-member tensors)
+    # "bbb:v" has a prior, initial scale and noise of its own beside "bbb" (per-member tensors);
+    # under kl_scheme="blundell" the KL term of update k of K = 2 is Pyro's scaled by
+    # K * pi_k = 2 * 2^-k / (1 - 2^-2): 4/3 for the first, 2/3 for the second
     r = runner(
-        agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), kl_size=kl_size,
+        agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), kl_size=kl_size, kl_scheme=kl_scheme,
         overrides={"bbb:v": VARIANT},
     )  # fmt: skip
     for _ in range(steps):
@@ -95,7 +100,9 @@ def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
     y = r.state_dict()["buffer_y"][member, rows[member], None]
     traced = pyro.poutine.trace(agent.guide)
     elbo = Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1)
-    expected = elbo.differentiable_loss(agent.model, traced, x, y)
+    kl_factor = {"uniform": 1.0, "blundell": (4 / 3, 2 / 3)[update]}[kl_scheme]
+    kl = KLScaleMessenger(kl_factor)
+    expected = elbo.differentiable_loss(kl(agent.model), kl(traced), x, y)
     noise = [
         node["fn"].base_dist._draw[1].reshape(2, -1)  # (P, 1, *shape) -> (P, size)
         for node in traced.trace.nodes.values()
@@ -106,13 +113,28 @@ def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
     params = list(store.values())
     expected_grads = dict(zip(store, torch.autograd.grad(expected, params), strict=True))
 
-    loss = r.losses(rows, eps)[member]
+    loss = r.losses(rows, eps, update=update)[member]
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0.0)
     (grad,) = torch.autograd.grad(loss, r.params)
     for name, g in r.named_parameters(member, grad).items():
         kind, site = name.split(".", 1)
         e = expected_grads[f"BBBNormal.{'locs' if kind == 'loc' else 'scales'}.{site}"]
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
+
+
+def test_a_step_gives_blundells_kl_factors_to_its_updates_in_order(monkeypatch, one_thread):
+    # K = 3 updates a step: K * 2^-k / (1 - 2^-K) = 12/7, 6/7, 3/7, as the reference agent's
+    r = runner(kl_scheme="blundell", num_batches=3)
+    seen: list[float] = []
+    update = r._update
+    monkeypatch.setattr(r, "_update", lambda *a: seen.append(float(a[-1])) or update(*a))
+    r.step()
+    r.step()
+    assert seen == pytest.approx([12 / 7, 6 / 7, 3 / 7] * 2, rel=1e-6)
+    with pytest.raises(ValueError, match="update must be in \\[0, 3\\), got 3"):
+        r.losses(*draws(r), update=3)
+    with pytest.raises(ValueError, match="unknown KL scheme 'graves'"):
+        runner(kl_scheme="graves")
 
 
 @pytest.mark.parametrize("lr", [None, 0.05], ids=["shared_lr", "own_lr"])

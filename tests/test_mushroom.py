@@ -299,23 +299,26 @@ def _synthetic_bandit(seed: int = 0) -> MushroomBandit:
     return MushroomBandit(contexts, torch.rand(40, generator=g) < 0.5, seed=seed)
 
 
-def _bbb_run(engine: str, steps: int) -> tuple[float, ThompsonBBBAgent]:
+def _bbb_run(engine: str, steps: int, kl_scheme: str = "uniform") -> tuple[float, ThompsonBBBAgent]:
     import pyro
 
     pyro.set_rng_seed(0)
     agent = ThompsonBBBAgent(
-        6, hidden=(8,), buffer_size=16, batch_size=4, num_batches=2, lr=1e-2, engine=engine
-    )
+        6, hidden=(8,), buffer_size=16, batch_size=4, num_batches=2, lr=1e-2, engine=engine,
+        kl_scheme=kl_scheme,
+    )  # fmt: skip
     return _run(_synthetic_bandit(), agent, steps), agent
 
 
-def test_the_compiled_bbb_agent_equals_pyros(one_thread):
+@pytest.mark.parametrize("kl_scheme", ["uniform", "blundell"])
+def test_the_compiled_bbb_agent_equals_pyros(kl_scheme, one_thread):
     # 30 steps: the buffer (and the likelihood's dataset size, read at every step) grows to its
     # cap of 16; the same decisions, regret and buffer, parameters equal to float rounding
-    # (60 Adam steps of 1e-2 from the same start: differences below 1e-5).
-    regret_pyro, pyro_agent = _bbb_run("pyro", 30)
+    # (60 Adam steps of 1e-2 from the same start: differences below 1e-5); under "blundell" the
+    # compiled step's KL factor against Pyro's KLScaleMessenger on model and guide
+    regret_pyro, pyro_agent = _bbb_run("pyro", 30, kl_scheme)
     params_pyro = {k: v.clone() for k, v in pyro_agent.state_dict()["params"]["params"].items()}
-    regret_compiled, compiled_agent = _bbb_run("compiled", 30)
+    regret_compiled, compiled_agent = _bbb_run("compiled", 30, kl_scheme)
     assert compiled_agent._compiled is not None  # it did compile
     assert regret_compiled == regret_pyro
     assert compiled_agent.buffer.y.equal(pyro_agent.buffer.y)
@@ -323,6 +326,21 @@ def test_the_compiled_bbb_agent_equals_pyros(one_thread):
     assert params.keys() == params_pyro.keys()
     for k in params:
         torch.testing.assert_close(params[k], params_pyro[k], rtol=1e-4, atol=1e-5)
+
+
+def test_blundells_kl_factors_go_to_the_updates_of_a_step_in_order(monkeypatch):
+    # K = 3 updates a step: K * 2^-k / (1 - 2^-K) = 12/7, 6/7, 3/7 (summing to K), every step
+    agent = ThompsonBBBAgent(3, hidden=(4,), buffer_size=4, num_batches=3, kl_scheme="blundell")
+    factors: list[float] = []
+    step = agent._step
+    monkeypatch.setattr(agent, "_step", lambda x, y, f: factors.append(f) or step(x, y, f))
+    for i in range(2):
+        agent.learn(torch.eye(3)[i], i % 2, 5.0)
+    assert factors == pytest.approx([12 / 7, 6 / 7, 3 / 7] * 2, rel=1e-12)
+    uniform = ThompsonBBBAgent(3, hidden=(4,), buffer_size=4, num_batches=3)
+    assert uniform._kl_factors == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown KL scheme 'graves'"):
+        ThompsonBBBAgent(3, kl_scheme="graves")
 
 
 def test_an_unknown_bandit_engine_is_refused():
@@ -365,6 +383,22 @@ def test_the_kl_size_option_is_a_setting_only_when_not_the_default(
     # a run of one weighting does not resume under the other
     assert _job(tmp_path / "b", data_dir, *lockstep, "--steps", "30", "--resume") == 1
     assert "--kl-size: 'seen' -> '(absent)'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["compiled", "lockstep"])
+def test_the_kl_scheme_option_is_a_setting_only_when_not_the_default(
+    tmp_path: Path, data_dir: Path, capsys, engine
+):
+    options = ("--engine", engine, "--steps", "20")
+    assert _job(tmp_path / "a", data_dir, *options) == 0
+    assert "kl_scheme" not in json.loads((tmp_path / "a" / "regret.json").read_text())["settings"]
+    assert _job(tmp_path / "b", data_dir, *options, "--kl-scheme", "blundell") == 0
+    b = json.loads((tmp_path / "b" / "regret.json").read_text())
+    assert b["settings"]["kl_scheme"] == "blundell"
+    a = json.loads((tmp_path / "a" / "regret.json").read_text())
+    assert b["curves"]["greedy"] == a["curves"]["greedy"]  # the same stream and greedy agent
+    assert _job(tmp_path / "b", data_dir, *options, "--steps", "30", "--resume") == 1
+    assert "--kl-scheme: 'blundell' -> '(absent)'" in capsys.readouterr().err
 
 
 def test_the_lockstep_job_runs_several_seeds_in_one_process(tmp_path: Path, data_dir: Path):

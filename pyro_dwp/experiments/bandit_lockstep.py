@@ -16,7 +16,8 @@ exactly its reference agent's loss, with the same Adam update,
   :class:`~pyro_dwp.guides.BBBNormal`, the :class:`~pyro_dwp.distributions.ScaleMixtureNormal`
   prior on every weight and bias, the Gaussian likelihood of fixed noise, its data term scaled by
   ``max(N, B) / B`` for a buffer of ``N`` interactions (or ``N`` seen: ``kl_size``) and
-  minibatches of ``B``;
+  minibatches of ``B``, its KL term by ``K * pi_k`` on the step's ``k``-th of ``K`` updates
+  (:func:`~pyro_dwp.infer.kl_weights`; ``kl_scheme``);
 - ``greedy``, ``eps<E>`` (:class:`~pyro_dwp.experiments.bandits.GreedyAgent`): the mean squared
   error;
 
@@ -51,6 +52,7 @@ from pyro_dwp.experiments.bandits import (
     oracle_reward,
     reward,
 )
+from pyro_dwp.infer.kl import KLScheme, kl_weights
 
 __all__ = ["LockstepBandit", "agent_epsilon"]
 
@@ -120,6 +122,10 @@ class LockstepBandit:
             screens two priors side by side in one batched network.
         kl_size: ``N`` of ``bbb``'s KL weighting, as the reference agent's: ``"buffer"``
             (the interactions stored) or ``"seen"`` (every interaction so far).
+        kl_scheme: How ``bbb``'s KL term is spread over the ``K`` updates of a step, as the
+            reference agent's: ``"uniform"`` (each update's KL weighted by 1) or
+            ``"blundell"`` (the ``k``-th by ``K * 2^-k / (1 - 2^-K)``, Blundell et al.'s
+            Sec. 3.4 weights, the ``K`` minibatches standing for one pass over the buffer).
         device: Where the members live.
         capture: Capture a step as a CUDA graph (default: on a CUDA device).
         stream_chunk: Steps of the mushroom stream drawn (on the CPU) and moved to the device
@@ -146,6 +152,7 @@ class LockstepBandit:
         init_scale: float = 0.01,
         noise: float = 1.0,
         kl_size: KLSize = "buffer",
+        kl_scheme: KLScheme = "uniform",
         overrides: Mapping[str, Mapping[str, float]] | None = None,
         device: torch.device | str = "cpu",
         capture: bool | None = None,
@@ -167,7 +174,7 @@ class LockstepBandit:
                 f"{tuple(edible.shape)}"
             )
         check_kl_size(kl_size)
-        self.kl_size = kl_size
+        self.kl_size, self.kl_scheme = kl_size, kl_scheme
         base = {"lr": lr, "pi": pi, "sigma1": sigma1, "sigma2": sigma2}
         base |= {"init_scale": init_scale, "noise": noise}
         settings = _agent_settings(agents, overrides or {}, base)
@@ -245,6 +252,8 @@ class LockstepBandit:
         eps = [agent_epsilon(a) for a, _ in self.members[self.num_bbb :]]
         self._epsilon = on_device(torch.tensor(eps, dtype=torch.float32))
         self._members = on_device(torch.arange(num))
+        # the KL factor of each of a step's updates, K * pi_k (all 1 under "uniform")
+        self._kl = on_device((kl_weights(num_batches, kl_scheme) * num_batches).float())
         # no validation: checking a sample's support reads it back to the host; the prior's
         # and the noise's parameters are scalars where every bbb member shares them, else
         # (E_bbb, 1, 1), against weights (E_bbb, P, W) and residuals (E_bbb, P, B)
@@ -310,29 +319,39 @@ class LockstepBandit:
         """The last step's mushroom index of each seed, int ``(S,)`` on the device."""
         return self._index
 
-    def losses(self, rows: Tensor, eps: Tensor, params: Tensor | None = None) -> Tensor:
+    def losses(
+        self, rows: Tensor, eps: Tensor, params: Tensor | None = None, update: int = 0
+    ) -> Tensor:
         """Each member's loss on a minibatch of its buffer, as its reference agent's.
 
         ``bbb``: the negative ELBO of ``Trace_ELBO`` (``P`` particles, data term scaled by
         ``max(N, B) / B`` with ``N`` the interactions stored, or seen under
-        ``kl_size="seen"``); others: the mean squared error.
+        ``kl_size="seen"``, KL term by ``K * pi_k`` of ``kl_scheme`` for ``update = k - 1``);
+        others: the mean squared error.
 
         Args:
             rows: int ``(E, B)``, rows of each member's buffer.
             eps: ``(E_bbb, P, W)``, the standard normal noise of the weight samples.
             params: The flat parameter vector (default: :attr:`params`).
+            update: Which of a step's ``K`` updates, ``0 .. K - 1`` (it sets the KL factor).
 
         Returns:
             ``(E,)``.
         """
         self._check_draws(rows, eps)
+        if not 0 <= update < self.num_batches:
+            raise ValueError(f"update must be in [0, {self.num_batches}), got {update}")
         x, y = self._minibatch(rows)
-        return self._losses(self.params if params is None else params, x, y, eps, self._scale())
+        params = self.params if params is None else params
+        return self._losses(params, x, y, eps, self._scale(), self._kl[update])
 
-    def update(self, rows: Tensor, eps: Tensor) -> None:
-        """One Adam step of every member on its :meth:`losses` (the building block of a step)."""
+    def update(self, rows: Tensor, eps: Tensor, update: int = 0) -> None:
+        """Adam step ``update`` (``0 .. K - 1``) of a bandit step for every member, on its
+        :meth:`losses` (the building block of a step)."""
         self._check_draws(rows, eps)
-        self._update(rows, eps, self._scale())
+        if not 0 <= update < self.num_batches:
+            raise ValueError(f"update must be in [0, {self.num_batches}), got {update}")
+        self._update(rows, eps, self._scale(), self._kl[update])
 
     def named_parameters(self, member: int, flat: Tensor | None = None) -> dict[str, Tensor]:
         """One member's part of ``flat`` (default :attr:`params`; e.g. a gradient), as views
@@ -481,29 +500,32 @@ class LockstepBandit:
         rho = params[nb * w : 2 * nb * w].view(nb, w)
         return mu, rho, params[2 * nb * w :].view(-1, w)
 
-    def _losses(self, params: Tensor, x: Tensor, y: Tensor, eps: Tensor, scale: Tensor) -> Tensor:
-        """:meth:`losses` on the minibatch ``x (E, B, D + 2)``, ``y (E, B)``."""
+    def _losses(
+        self, params: Tensor, x: Tensor, y: Tensor, eps: Tensor, scale: Tensor, kl: Tensor
+    ) -> Tensor:
+        """:meth:`losses` on the minibatch ``x (E, B, D + 2)``, ``y (E, B)``; the data term
+        scaled by ``scale``, the KL term by ``kl`` (both ``()``)."""
         nb, p = self.num_bbb, self.num_particles
         mu, rho, theta = self._split(params)
         sigma = nn.functional.softplus(rho)
         w = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)  # (E_bbb, P, W)
         xb = x[:nb].unsqueeze(1).expand(nb, p, *x.shape[1:]).reshape(nb * p, *x.shape[1:])
         out = self._forward(torch.cat([w.reshape(nb * p, -1), theta]), torch.cat([xb, x[nb:]]))
-        # bbb: mean over particles of  scale * (-log p(y | w)) - log p(w) + log q(w)
+        # bbb: mean over particles of  scale * (-log p(y | w)) + kl * (log q(w) - log p(w))
         noise = self._noise
         z = (y[:nb].unsqueeze(1) - out[: nb * p].view(nb, p, -1)) / noise
         log_noise = math.log(noise) if isinstance(noise, float) else noise.log()
         nll = (0.5 * z.square() + (log_noise + _HALF_LOG_2PI)).sum(-1)
         log_prior = self._prior.log_prob(w).sum(-1)
         log_q = (-0.5 * eps.square() - _HALF_LOG_2PI).sum(-1) - sigma.log().sum(-1, keepdim=True)
-        bbb = (scale * nll - log_prior + log_q).mean(-1)
+        bbb = (scale * nll + kl * (log_q - log_prior)).mean(-1)
         mse = (out[nb * p :] - y[nb:]).square().mean(-1)
         return torch.cat([bbb, mse])
 
-    def _update(self, rows: Tensor, eps: Tensor, scale: Tensor) -> None:
+    def _update(self, rows: Tensor, eps: Tensor, scale: Tensor, kl: Tensor) -> None:
         x, y = self._minibatch(rows)
         with torch.enable_grad():
-            loss = self._losses(self.params, x, y, eps, scale).sum()
+            loss = self._losses(self.params, x, y, eps, scale, kl).sum()
             (grad,) = torch.autograd.grad(loss, self.params)
         self._adam(grad)
 
@@ -555,7 +577,7 @@ class LockstepBandit:
         eps = torch.randn(eps_shape, generator=gen, device=self.device)
         scale = self._scale()
         for k in range(self.num_batches):
-            self._update(rows[k], eps[k], scale)
+            self._update(rows[k], eps[k], scale, self._kl[k])
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Capture :meth:`_step_body` as a CUDA graph, after eager warm-up steps on a side

@@ -37,6 +37,7 @@ from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer.checkpoint import set_param_store_state
 from pyro_dwp.infer.compiled import CompiledSVI, compile_or_warn
+from pyro_dwp.infer.kl import KLScaleMessenger, KLScheme, kl_weights
 from pyro_dwp.infer.optim import JointAdam
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
@@ -368,7 +369,8 @@ class ThompsonBBBAgent:
     guide :class:`~pyro_dwp.guides.BBBNormal`. After each step, ``num_batches`` SVI steps
     (``Trace_ELBO`` with ``num_particles`` vectorised weight samples) on minibatches of the buffer,
     the data term scaled to the buffer's current size (so the KL term is weighted as for a
-    dataset of that size), all with one :class:`~pyro_dwp.infer.JointAdam` kept across steps.
+    dataset of that size; ``kl_scheme`` spreads it over the ``num_batches`` updates), all with
+    one :class:`~pyro_dwp.infer.JointAdam` kept across steps.
     Each decision draws one weight sample from the guide and takes the action of larger value.
 
     Pyro's param store and global RNG hold the agent's parameters and its posterior draws: one
@@ -392,6 +394,11 @@ class ThompsonBBBAgent:
             ``max(N, B) / B``): ``"buffer"``, the interactions in the buffer (at most
             ``buffer_size``); ``"seen"``, every interaction so far, the buffer standing for all
             of them (the posterior then keeps concentrating after the buffer is full).
+        kl_scheme: The KL factor of the step's ``k``-th of ``K = num_batches`` updates,
+            ``K * pi_k`` of :func:`~pyro_dwp.infer.kl_weights` (the updates standing for one
+            pass over the buffer): ``"uniform"``, 1 each; ``"blundell"``,
+            ``K * 2^-k / (1 - 2^-K)`` (Blundell et al., Sec. 3.4). Either way the factors
+            sum to ``K``: over a step the KL counts as in ``K`` uniform updates.
         device: Where the model, guide and buffer live (contexts must be there too).
         engine: ``"pyro"`` (Pyro's ``SVI``) or ``"compiled"``: the same steps as plain PyTorch
             (:func:`~pyro_dwp.infer.compiled.compile_svi`, built at the first :meth:`learn`;
@@ -416,13 +423,16 @@ class ThompsonBBBAgent:
         noise: float | None = 1.0,
         init_noise: float = 1.0,
         kl_size: KLSize = "buffer",
+        kl_scheme: KLScheme = "uniform",
         device: torch.device | str = "cpu",
         engine: str = "pyro",
     ) -> None:
         if engine not in ("pyro", "compiled"):
             raise ValueError(f"engine must be 'pyro' or 'compiled', got {engine!r}")
         check_kl_size(kl_size)
-        self.kl_size = kl_size
+        self.kl_size, self.kl_scheme = kl_size, kl_scheme
+        self._kl_factors = (kl_weights(num_batches, kl_scheme) * num_batches).tolist()
+        self._kl_scale = KLScaleMessenger()  # its scale set before each update
         self.batch_size, self.num_batches = batch_size, num_batches
         self.engine, self._num_particles = engine, num_particles
         self._compiled: CompiledSVI | None = None
@@ -437,7 +447,7 @@ class ThompsonBBBAgent:
         elbo = Trace_ELBO(
             num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
         )
-        self.svi = SVI(self.model, self.guide, self.optim, elbo)
+        self.svi = SVI(self._kl_scale(self.model), self._kl_scale(self.guide), self.optim, elbo)
         self.buffer = ReplayBuffer(buffer_size, context_dim, seed=seed + 1, device=device)
         self._run_guide()  # set the guide up
 
@@ -466,15 +476,17 @@ class ThompsonBBBAgent:
         """
         self.buffer.add(context, action, received)
         self.likelihood.dataset_size = self._dataset_size()
-        for _ in range(self.num_batches):
+        for factor in self._kl_factors:
             x, y = self.buffer.sample(self.batch_size)
-            loss = self._step(x, y)
+            loss = self._step(x, y, factor)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"BBB agent: the loss is {loss}")
 
-    def _step(self, x: Tensor, y: Tensor) -> float:
-        """One SVI step on the minibatch ``(x (B, D + 2), y (B, 1))``; the loss."""
+    def _step(self, x: Tensor, y: Tensor, kl_factor: float) -> float:
+        """One SVI step on the minibatch ``(x (B, D + 2), y (B, 1))``, its KL term scaled by
+        ``kl_factor``; the loss."""
         if self.engine == "pyro":
+            self._kl_scale.scale = kl_factor
             return self.svi.step(x, y)
         if self._compiled is None:
             self._compiled = compile_or_warn(
@@ -483,8 +495,8 @@ class ThompsonBBBAgent:
             )  # fmt: skip
             if self._compiled is None:
                 self.engine = "pyro"
-                return self.svi.step(x, y)
-        return self._compiled.step(x, y)[0]
+                return self._step(x, y, kl_factor)
+        return self._compiled.step(x, y, kl_factor)[0]
 
     def state_dict(self) -> dict[str, Any]:
         """Parameters (Pyro's param store), Adam state and buffer; not Pyro's RNG."""

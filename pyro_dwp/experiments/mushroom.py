@@ -29,6 +29,7 @@ from pyro_dwp.experiments.bandits import (
 )
 from pyro_dwp.experiments.regression import sigma_from_neg_log
 from pyro_dwp.infer import Checkpoint, CheckpointError
+from pyro_dwp.infer.kl import KLScheme
 from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
@@ -154,6 +155,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "standing for all of them (default: buffer)",
     )
     p.add_argument(
+        "--kl-scheme",
+        choices=get_args(KLScheme),
+        default="uniform",
+        help="BBB: how the KL term is spread over a step's --num-batches minibatches, which "
+        "stand for one pass over the buffer: uniform (each weighted 1 / K) or blundell (the "
+        "k-th by 2^-k / (1 - 2^-K), Blundell et al.'s Sec. 3.4; most of it on the first few) "
+        "(default: uniform)",
+    )
+    p.add_argument(
         "--learn-noise",
         action="store_true",
         help="learn the BBB noise std as a point estimate instead (starts at --noise)",
@@ -234,6 +244,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     dropped = ("seeds",) if args.seeds is None else ("seed",)
     if args.kl_size == "buffer":  # the default, as runs before the option (so they resume)
         dropped += ("kl_size",)
+    if args.kl_scheme == "uniform":  # likewise
+        dropped += ("kl_scheme",)
     if args.bbb_variant is None:  # likewise
         dropped += ("bbb_variant",)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS + dropped}
@@ -339,6 +351,7 @@ def _run_lockstep(
         init_scale=args.init_scale,
         noise=args.noise,
         kl_size=args.kl_size,
+        kl_scheme=args.kl_scheme,
         device=args.device,
         stream_chunk=_RECORD_EVERY,
         rng_seed=seeds[0],
@@ -500,6 +513,7 @@ def _make_agent(
             noise=None if args.learn_noise else args.noise,
             init_noise=args.noise,
             kl_size=args.kl_size,
+            kl_scheme=args.kl_scheme,
             engine=args.engine,
             **common,
         )
