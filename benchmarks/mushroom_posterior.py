@@ -4,7 +4,8 @@ For each member of a ``pyro-dwp mushroom --engine lockstep`` run (the checkpoint
 whichever device wrote them), over all 8,124 mushrooms:
 
 - every agent: how many poisonous mushrooms the mean network (``bbb``: the posterior mean)
-  would eat and how many edible ones it would pass;
+  would eat and how many edible ones it would pass (for the others also the regret per 1,000
+  steps that its greedy choices imply, as below);
 - ``bbb`` and its variants ``bbb:<label>``: the quantiles of the posterior sigmas, the
   probability that a Thompson draw eats a poisonous mushroom (overall and per odour) or an
   edible one, the sd of a draw's value of eating, and the regret per 1,000 steps these
@@ -58,53 +59,102 @@ def read(checkpoint: Path, data_dir: Path | None, draws: int, seed: int) -> list
         raise ValueError(f"{checkpoint}: its members or networks are not a lockstep run's")
     flat = runner_state["params"].float()
     net = bandit_net(contexts.shape[1], tuple(settings["--hidden"]))
-    n = len(edible)
-    inputs = torch.cat(
-        [network_inputs(contexts, torch.full((n,), a, dtype=torch.long)) for a in (EAT, PASS)]
-    )  # (2N, D + 2): every mushroom eaten, then passed
-    odour = contexts[:, _ODOUR_START : _ODOUR_START + len(_ODOUR_VALUES)].argmax(1)
+    inputs = all_inputs(contexts)
     gen = torch.Generator().manual_seed(seed)
-    reports = []
-    with torch.no_grad():
-        for m, (agent, member_seed) in enumerate(members):
-            params = runner.named_parameters(m, flat)
-            report: dict[str, Any] = {"agent": agent, "seed": member_seed}
-            if agent_epsilon(agent) is not None:  # not bbb or a bbb:<label> variant
-                eat = _eats(functional_call(net, params, (inputs,)), n)
-                reports.append(report | _mistakes(eat, edible))
-                continue
-            loc = {k[4:]: v for k, v in params.items() if k.startswith("loc.")}
-            sigma = {
-                k[4:]: torch.nn.functional.softplus(v) for k, v in params.items() if k[:4] == "rho."
-            }
-            report |= _mistakes(_eats(functional_call(net, loc, (inputs,)), n), edible)
-            every = torch.cat([s.flatten() for s in sigma.values()])
-            report["sigma_quantiles"] = every.quantile(torch.tensor([0.1, 0.5, 0.9, 0.99])).tolist()
-            eats, eat_values = [], []
-            for _ in range(draws):
-                w = {k: v + sigma[k] * torch.randn(v.shape, generator=gen) for k, v in loc.items()}
-                values = functional_call(net, w, (inputs,))
-                eats.append(_eats(values, n).float())
-                eat_values.append(values[:n, 0])
-            p_eat = torch.stack(eats).mean(0)
-            sd = torch.stack(eat_values).std(0)
-            poisonous = ~edible
-            report |= {
-                "p_eat_poisonous": float(p_eat[poisonous].mean()),
-                "p_eat_edible": float(p_eat[edible].mean()),
-                "draw_sd_of_eating_poisonous": float(sd[poisonous].median()),
-                "draw_sd_of_eating_edible": float(sd[edible].median()),
-                "p_eat_poisonous_by_odour": {
-                    _ODOUR_VALUES[o]: float(p_eat[poisonous & (odour == o)].mean())
-                    for o in range(len(_ODOUR_VALUES))
-                    if bool((poisonous & (odour == o)).any())
-                },
-                "implied_regret_per_1000": 1000
-                * float(15 * (p_eat * poisonous).sum() + 5 * ((1 - p_eat) * edible).sum())
-                / n,
-            }
-            reports.append(report)
-    return reports
+    return [
+        member_report(runner, m, flat, net, inputs, edible, draws, gen) for m in range(len(members))
+    ]
+
+
+@torch.no_grad()
+def member_report(
+    runner: LockstepBandit,
+    member: int,
+    flat: Tensor,
+    net: torch.nn.Module,
+    inputs: Tensor,
+    edible: Tensor,
+    draws: int,
+    gen: torch.Generator,
+) -> dict[str, Any]:
+    """The report of ``runner``'s member ``member`` on the flat parameters ``flat`` (``net``:
+    its network; ``inputs (2N, D + 2)`` of :func:`all_inputs`; ``edible (N,)``): the mean
+    network's mistakes, and for ``bbb`` agents :func:`bbb_report`'s figures."""
+    agent, seed = runner.members[member]
+    params = runner.named_parameters(member, flat)
+    report: dict[str, Any] = {"agent": agent, "seed": seed}
+    if agent_epsilon(agent) is not None:  # not bbb or a bbb:<label> variant
+        eat = _eats(functional_call(net, params, (inputs,)), len(edible))
+        return (
+            report
+            | _mistakes(eat, edible)
+            | {"implied_regret_per_1000": implied_regret(eat.float(), edible)}
+        )
+    loc = {k[4:]: v for k, v in params.items() if k.startswith("loc.")}
+    sigma = {k[4:]: torch.nn.functional.softplus(v) for k, v in params.items() if k[:4] == "rho."}
+    return report | bbb_report(net, loc, sigma, inputs, edible, draws, gen)
+
+
+def all_inputs(contexts: Tensor) -> Tensor:
+    """The network inputs of every mushroom eaten, then passed: ``(2N, D + 2)`` from
+    ``contexts (N, D)``."""
+    n = len(contexts)
+    return torch.cat(
+        [network_inputs(contexts, torch.full((n,), a, dtype=torch.long)) for a in (EAT, PASS)]
+    )
+
+
+def bbb_report(
+    net: torch.nn.Module,
+    loc: dict[str, Tensor],
+    sigma: dict[str, Tensor],
+    inputs: Tensor,
+    edible: Tensor,
+    draws: int,
+    gen: torch.Generator,
+) -> dict[str, Any]:
+    """A BBB posterior (``loc`` and ``sigma`` per parameter of ``net``) over every mushroom
+    (``inputs (2N, D + 2)`` of :func:`all_inputs`, ``edible (N,)``): the mean network's
+    mistakes, the sigma quantiles and ``draws`` Thompson draws' eat rates (see the module's
+    docstring)."""
+    n = len(edible)
+    odour = inputs[:n, _ODOUR_START : _ODOUR_START + len(_ODOUR_VALUES)].argmax(1)
+    report: dict[str, Any] = _mistakes(_eats(functional_call(net, loc, (inputs,)), n), edible)
+    every = torch.cat([s.flatten() for s in sigma.values()])
+    report["sigma_quantiles"] = every.quantile(torch.tensor([0.1, 0.5, 0.9, 0.99])).tolist()
+    eats, eat_values = [], []
+    for _ in range(draws):
+        w = {k: v + sigma[k] * torch.randn(v.shape, generator=gen) for k, v in loc.items()}
+        values = functional_call(net, w, (inputs,))
+        eats.append(_eats(values, n).float())
+        eat_values.append(values[:n, 0])
+    p_eat = torch.stack(eats).mean(0)
+    sd = torch.stack(eat_values).std(0)
+    poisonous = ~edible
+    return report | {
+        "p_eat_poisonous": float(p_eat[poisonous].mean()),
+        "p_eat_edible": float(p_eat[edible].mean()),
+        "draw_sd_of_eating_poisonous": float(sd[poisonous].median()),
+        "draw_sd_of_eating_edible": float(sd[edible].median()),
+        "p_eat_poisonous_by_odour": {
+            _ODOUR_VALUES[o]: float(p_eat[poisonous & (odour == o)].mean())
+            for o in range(len(_ODOUR_VALUES))
+            if bool((poisonous & (odour == o)).any())
+        },
+        "implied_regret_per_1000": implied_regret(p_eat, edible),
+    }
+
+
+def implied_regret(p_eat: Tensor, edible: Tensor) -> float:
+    """Regret per 1,000 steps of a policy eating mushroom ``i`` with probability ``p_eat[i]``
+    (``(N,)``), on a uniform stream: ``15 P(poisonous) P(eat | poisonous) + 5 P(edible)
+    P(pass | edible)``."""
+    poisonous = ~edible
+    return (
+        1000
+        * float(15 * (p_eat * poisonous).sum() + 5 * ((1 - p_eat) * edible).sum())
+        / len(edible)
+    )
 
 
 def _eats(values: Tensor, n: int) -> Tensor:
@@ -128,8 +178,9 @@ def table(reports: list[dict[str, Any]]) -> str:
     ]
     for r in reports:
         mistakes = f"{r['mean_net_eats_poisonous']} / {r['mean_net_passes_edible']}"
-        if "sigma_quantiles" not in r:  # not a bbb agent
-            lines.append(f"| {r['agent']} seed {r['seed']} | {mistakes} | | | |")
+        if "sigma_quantiles" not in r:  # not a bbb agent: its greedy policy's regret
+            regret = r["implied_regret_per_1000"]
+            lines.append(f"| {r['agent']} seed {r['seed']} | {mistakes} | | | {regret:.0f} |")
             continue
         q = " / ".join(f"{v:.4f}" for v in r["sigma_quantiles"])
         lines.append(

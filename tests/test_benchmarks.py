@@ -121,6 +121,12 @@ TINY: dict[str, Argv] = {
         *data_args(),
         *_results(tmp),
     ],
+    "mushroom_offline.py": lambda tmp: [
+        *options(checkpoint=_lockstep_checkpoint(tmp), source="bbb:0", steps=2, every=1),
+        *options(noise=(1.0, 3.0), draws=2),
+        *data_args(),
+        *_results(tmp),
+    ],
     "mushroom_posterior.py": lambda tmp: [
         *options(checkpoint=_lockstep_checkpoint(tmp), draws=2),
         *data_args(),
@@ -145,6 +151,7 @@ NEEDS = {
     "dwp_quick_preset.py": ("mnist",),
     "dwp_random_features.py": ("mnist",),
     "mushroom.py": ("mushroom",),
+    "mushroom_offline.py": ("mushroom",),
     "mushroom_posterior.py": ("mushroom",),
 }
 """The folders of ``../shared/data`` each script reads."""
