@@ -2,7 +2,8 @@
 
 Takes the replay buffer of members of a ``pyro-dwp mushroom --engine lockstep`` run (each
 ``--source``'s last 4,096 interactions, from the checkpoint), gives a copy of each to a set of
-fresh agents (BBB with the likelihood noise of each ``--noise``, and a greedy network; all of
+fresh agents (BBB with the likelihood noise of each ``--noise``, fixed or, with
+``--learn-noise``, its start; and a greedy network; all of
 them for every source, in one batched runner whose "seeds" are the sources), and trains them on
 it exactly as the bandit does (the run's network, prior, learning rate, initial scale,
 ``num_batches`` updates of its minibatch size per step, the data term scaled by the full
@@ -13,7 +14,7 @@ they imply on a uniform stream.
 
 It separates what the data allow from what the online run did: the same buffer, fitted from a
 fresh start, for a measured number of updates, under several likelihoods. Writes
-``mushroom_offline.{md,json}`` to ``--results-dir``::
+``NAME.{md,json}`` (``--name``, default ``mushroom_offline``) to ``--results-dir``::
 
     python benchmarks/mushroom_offline.py --checkpoint runs/mushroom/checkpoint.pt \\
         --source bbb:0 eps0.05:0 --steps 300 --every 50 --noise 1 3 10 --data-dir ../shared/data
@@ -76,7 +77,8 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         lr=settings["--lr"], init_scale=settings["--init-scale"], pi=settings["--pi"],
         sigma1=sigma_from_neg_log(settings["--neg-log-sigma1"], "--neg-log-sigma1"),
         sigma2=sigma_from_neg_log(settings["--neg-log-sigma2"], "--neg-log-sigma2"),
-        kl_scheme=args.kl_scheme, overrides={_label(v): {"noise": v} for v in noises if v != 1.0},
+        kl_scheme=args.kl_scheme, learn_noise=args.learn_noise,
+        overrides={_label(v): {"noise": v} for v in noises if v != 1.0},
         rng_seed=args.seed,
     )  # fmt: skip
     fresh = runner.state_dict()  # member (agent, i): the buffer of source i
@@ -102,6 +104,7 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             flat = runner.params.detach()
             reports[step] = [
                 member_report(runner, m, flat, net, inputs, edible, args.draws, gen)
+                | _noise(runner, m, flat)
                 for m in range(len(runner.members))
             ]
             seconds = time.perf_counter() - t0
@@ -116,8 +119,15 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             | _buffer_counts(runner_state, i, contexts, edible)
             for slot, i in enumerate(sources)
         ],
+        "learn_noise": args.learn_noise,
         "reports": {str(k): v for k, v in reports.items()},
     }
+
+
+def _noise(runner: LockstepBandit, member: int, flat: torch.Tensor) -> dict[str, float]:
+    """A BBB member's learnt noise standard deviation (``--learn-noise``), else nothing."""
+    params = runner.named_parameters(member, flat)
+    return {"noise": float(params["log_noise"].exp())} if "log_noise" in params else {}
 
 
 def _buffer_counts(
@@ -160,7 +170,11 @@ def table(result: dict[str, Any]) -> str:
         "",
         "Regret per 1,000 steps that each policy implies on a uniform stream (BBB: Thompson "
         "sampling; greedy: its network's choices), after S steps of fitting "
-        "(mean network's poisonous eaten / edible passed in brackets):",
+        "(mean network's poisonous eaten / edible passed in brackets"
+        + ("; the learnt noise sd" if result["learn_noise"] else "")
+        + "). BBB agents are named by their likelihood noise"
+        + (" at the start" if result["learn_noise"] else "")
+        + ":",
         "",
         "| agent | source | " + " | ".join(f"S = {s}" for s in steps) + " |",
         "|---|---|" + "---|" * len(steps),
@@ -171,7 +185,8 @@ def table(result: dict[str, Any]) -> str:
         for s in steps:
             r = result["reports"][s][i]
             mistakes = f"{r['mean_net_eats_poisonous']} / {r['mean_net_passes_edible']}"
-            cells.append(f"{r['implied_regret_per_1000']:.0f} ({mistakes})")
+            noise = f"; noise {r['noise']:.2f}" if "noise" in r else ""
+            cells.append(f"{r['implied_regret_per_1000']:.0f} ({mistakes}{noise})")
         lines.append(f"| {first[i]['agent']} | {first[i]['seed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -193,11 +208,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="uniform",
         help="the fresh BBB agents' (pyro-dwp mushroom --kl-scheme; default: uniform)",
     )
+    p.add_argument(
+        "--learn-noise",
+        action="store_true",
+        help="the BBB agents learn their noise, starting from their --noise",
+    )
     p.add_argument("--draws", type=int, default=20, help="Thompson draws per reading")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh agents and the draws")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", type=Path, help="folder with mushroom/ (else PYRO_DWP_DATA)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "--name", default="mushroom_offline", help="stem of the result files (NAME.md, NAME.json)"
+    )
     args = p.parse_args(argv)
     for name in ("steps", "every", "threads"):
         if getattr(args, name) < 1:
@@ -214,8 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = table(result)
     print(text)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "mushroom_offline.md").write_text(text)
-    (args.results_dir / "mushroom_offline.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results_dir / f"{args.name}.md").write_text(text)
+    (args.results_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -50,51 +50,63 @@ VARIANT = {"pi": 0.25, "sigma1": 0.3, "sigma2": 0.01, "init_scale": 0.05, "noise
 
 
 @pytest.mark.parametrize(
-    ("steps", "kl_size", "size", "agent_name", "kl_scheme", "update"),
+    ("steps", "kl_size", "size", "agent_name", "kl_scheme", "update", "learn_noise"),
     [
-        (3, "buffer", 3, "bbb", "uniform", 0),
-        (20, "buffer", 16, "bbb", "uniform", 0),
-        (20, "seen", 20, "bbb", "uniform", 0),
-        (20, "buffer", 16, "bbb:v", "uniform", 0),
-        (20, "buffer", 16, "bbb", "blundell", 0),
-        (20, "buffer", 16, "bbb:v", "blundell", 1),
+        (3, "buffer", 3, "bbb", "uniform", 0, False),
+        (20, "buffer", 16, "bbb", "uniform", 0, False),
+        (20, "seen", 20, "bbb", "uniform", 0, False),
+        (20, "buffer", 16, "bbb:v", "uniform", 0, False),
+        (20, "buffer", 16, "bbb", "blundell", 0, False),
+        (20, "buffer", 16, "bbb:v", "blundell", 1, False),
+        (20, "buffer", 16, "bbb", "uniform", 0, True),
+        (20, "buffer", 16, "bbb:v", "uniform", 0, True),
     ],
-    ids=["buffer_below_batch", "buffer_full", "seen", "variant", "blundell_1st", "blundell_2nd"],
-)
+    ids=[
+        "buffer_below_batch", "buffer_full", "seen", "variant", "blundell_1st", "blundell_2nd",
+        "learnt_noise", "learnt_noise_variant",
+    ],
+)  # fmt: skip
 def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
-    steps, kl_size, size, agent_name, kl_scheme, update, one_thread
+    steps, kl_size, size, agent_name, kl_scheme, update, learn_noise, one_thread
 ):
     # the member (agent_name, seed 1) of a runner beside other members; its reference agent
     # starts from the same weights; the data term's scale max(N, B) / B is 1 (N = 3 < B = 4),
     # then 16 / 4 (N the buffer's 16 interactions), or 20 / 4 (N the 20 seen, kl_size="seen");
     # "bbb:v" has a prior, initial scale and noise of its own beside "bbb" (per-member tensors);
     # under kl_scheme="blundell" the KL term of update k of K = 2 is Pyro's scaled by
-    # K * pi_k = 2 * 2^-k / (1 - 2^-2): 4/3 for the first, 2/3 for the second
+    # K * pi_k = 2 * 2^-k / (1 - 2^-2): 4/3 for the first, 2/3 for the second; learn_noise: the
+    # noise a point estimate, Pyro's "noise_scale" (exp of the stored value), its gradient too
     r = runner(
         agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), kl_size=kl_size, kl_scheme=kl_scheme,
-        overrides={"bbb:v": VARIANT},
+        learn_noise=learn_noise, overrides={"bbb:v": VARIANT},
     )  # fmt: skip
     for _ in range(steps):
         r.step()
     member = r.members.index((agent_name, 1))
     pyro.clear_param_store()
-    own = VARIANT if agent_name == "bbb:v" else {}
+    own = dict(VARIANT if agent_name == "bbb:v" else {})
+    if learn_noise:
+        own |= {"noise": None, "init_noise": own.get("noise", 1.0)}
     agent = ThompsonBBBAgent(6, seed=agent_seed(agent_name, 1), num_particles=2, **SMALL, **own)
     agent.likelihood.dataset_size = size
+    with pyro.poutine.block():  # a learnt noise enters the param store with the model's run
+        agent.likelihood.noise_scale(torch.zeros(()))
     store = dict(pyro.get_param_store().named_parameters())
-    fresh = runner(agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), overrides={"bbb:v": VARIANT})
+    fresh = runner(
+        agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), learn_noise=learn_noise,
+        overrides={"bbb:v": VARIANT},
+    )  # fmt: skip
+    assert ("log_noise" in fresh.named_parameters(member)) == learn_noise
     for name, value in fresh.named_parameters(member).items():
-        kind, site = name.split(".", 1)
-        if kind == "loc":
-            assert torch.equal(value, agent.guide.loc(site))
+        if name.startswith("loc."):
+            assert torch.equal(value, agent.guide.loc(name[4:]))
         else:
-            torch.testing.assert_close(value, store[f"BBBNormal.scales.{site}"], rtol=0, atol=0)
+            torch.testing.assert_close(value, store[_store_name(name)], rtol=0, atol=0)
 
     # Pyro's loss on the runner's current parameters, its noise read off the guide's draws
     with torch.no_grad():
         for name, value in r.named_parameters(member).items():
-            kind, site = name.split(".", 1)
-            store[f"BBBNormal.{'locs' if kind == 'loc' else 'scales'}.{site}"].copy_(value)
+            store[_store_name(name)].copy_(value)
     rows, _ = draws(r)
     x = r.state_dict()["buffer_x"][member, rows[member]]
     y = r.state_dict()["buffer_y"][member, rows[member], None]
@@ -117,9 +129,16 @@ def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0.0)
     (grad,) = torch.autograd.grad(loss, r.params)
     for name, g in r.named_parameters(member, grad).items():
-        kind, site = name.split(".", 1)
-        e = expected_grads[f"BBBNormal.{'locs' if kind == 'loc' else 'scales'}.{site}"]
+        e = expected_grads[_store_name(name)]
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
+
+
+def _store_name(name: str) -> str:
+    """The name in Pyro's param store of a lockstep member's parameter ``name``."""
+    if name == "log_noise":  # the unconstrained value of the positive "noise_scale"
+        return "noise_scale"
+    kind, site = name.split(".", 1)
+    return f"BBBNormal.{'locs' if kind == 'loc' else 'scales'}.{site}"
 
 
 def test_a_step_gives_blundells_kl_factors_to_its_updates_in_order(monkeypatch, one_thread):

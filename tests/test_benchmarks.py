@@ -124,6 +124,7 @@ TINY: dict[str, Argv] = {
     "mushroom_offline.py": lambda tmp: [
         *options(checkpoint=_lockstep_checkpoint(tmp), source="bbb:0", steps=2, every=1),
         *options(noise=(1.0, 3.0), draws=2),
+        "--learn-noise",
         *data_args(),
         *_results(tmp),
     ],

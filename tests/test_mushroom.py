@@ -401,6 +401,27 @@ def test_the_kl_scheme_option_is_a_setting_only_when_not_the_default(
     assert "--kl-scheme: 'blundell' -> '(absent)'" in capsys.readouterr().err
 
 
+def test_the_lockstep_job_learns_the_noise_and_resumes_as_an_uninterrupted_run(
+    tmp_path: Path, data_dir: Path
+):
+    # a variant with a learning rate of its own: the per-element rates cover the noises too
+    options = ("--engine", "lockstep", "--learn-noise", "--noise", "2", "--seeds", "0", "1")
+    options += ("--bbb-variant", "slow", "lr=1e-4")
+    assert _job(tmp_path / "a", data_dir, *options, "--steps", "60") == 0
+    assert _job(tmp_path / "b", data_dir, *options, "--steps", "40") == 0
+    assert _job(tmp_path / "b", data_dir, *options, "--steps", "60", "--resume") == 0
+    (ra, sa), (rb, sb) = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    assert ra["regret"] == rb["regret"] and sa["runner"]["params"].equal(sb["runner"]["params"])
+    assert ra["settings"]["learn_noise"] is True
+    members = sa["runner"]["members"]
+    bbb = [m for m in members if m[0].startswith("bbb")]
+    log_noise = sa["runner"]["params"][-len(bbb) :]  # the last entries: one per bbb member
+    assert len(bbb) == 4 and not torch.isclose(log_noise, torch.tensor(math.log(2.0))).any()
+    # the slow variant's noise moved less from its start than the default's (lr 1e-4 vs 1e-3)
+    moved = (log_noise - math.log(2.0)).abs()
+    assert moved[members.index(("bbb:slow", 0))] < moved[members.index(("bbb", 0))]
+
+
 def test_the_lockstep_job_runs_several_seeds_in_one_process(tmp_path: Path, data_dir: Path):
     argv = ("--engine", "lockstep", "--steps", "100", "--seeds", "0", "3")
     assert _job(tmp_path, data_dir, *argv) == 0
@@ -421,7 +442,6 @@ def test_the_lockstep_job_runs_several_seeds_in_one_process(tmp_path: Path, data
     [
         (("--seeds", "0", "1"), "--seeds with several seeds needs --engine lockstep"),
         (("--seeds", "2", "2", "--engine", "lockstep"), "--seeds names a seed twice"),
-        (("--engine", "lockstep", "--learn-noise"), "--learn-noise is not supported by"),
     ],
 )
 def test_lockstep_options_are_checked(tmp_path: Path, data_dir: Path, capsys, extra, message):

@@ -14,7 +14,9 @@ exactly its reference agent's loss, with the same Adam update,
 - ``bbb`` (:class:`~pyro_dwp.experiments.bandits.ThompsonBBBAgent`): Pyro's ``Trace_ELBO`` with
   ``num_particles`` vectorised weight samples ``w = mu + softplus(rho) * eps`` of the guide
   :class:`~pyro_dwp.guides.BBBNormal`, the :class:`~pyro_dwp.distributions.ScaleMixtureNormal`
-  prior on every weight and bias, the Gaussian likelihood of fixed noise, its data term scaled by
+  prior on every weight and bias, the Gaussian likelihood of fixed noise (or of a noise learnt as
+  a point estimate, ``learn_noise``: Pyro's positive parameter, ``exp`` of an unconstrained
+  one), its data term scaled by
   ``max(N, B) / B`` for a buffer of ``N`` interactions (or ``N`` seen: ``kl_size``) and
   minibatches of ``B``, its KL term by ``K * pi_k`` on the step's ``k``-th of ``K`` updates
   (:func:`~pyro_dwp.infer.kl_weights`; ``kl_scheme``);
@@ -97,7 +99,8 @@ class LockstepBandit:
     order of every member dimension (the ``bbb`` members first). Parameters live in one flat
     tensor: per ``bbb`` member ``mu`` then ``rho`` (``sigma = softplus(rho)``, as
     :class:`~pyro_dwp.guides.BBBNormal`), per other member the network's weights, each laid out
-    as ``bandit_net``'s parameters in order, flattened (``nn.Linear`` weights ``(out, in)``).
+    as ``bandit_net``'s parameters in order, flattened (``nn.Linear`` weights ``(out, in)``);
+    with ``learn_noise``, last, the log noise of each ``bbb`` member.
 
     Every random draw of the agents uses one generator: on a CUDA device that device's default
     generator (the one a CUDA graph draws from: the runner seeds it), elsewhere a private one.
@@ -115,7 +118,10 @@ class LockstepBandit:
         lr: Adam learning rate.
         pi, sigma1, sigma2: The scale-mixture prior of ``bbb``.
         init_scale: Initial posterior standard deviation of ``bbb``.
-        noise: Fixed noise standard deviation of ``bbb``'s likelihood.
+        noise: Noise standard deviation of ``bbb``'s likelihood: fixed, or its initial value
+            under ``learn_noise``.
+        learn_noise: Learn each ``bbb`` member's noise as a point estimate (the reference
+            agent's ``noise=None``, ``init_noise=noise``), by the same Adam as the rest.
         overrides: Per agent name, settings of its own in place of the arguments above
             (:data:`BBB_SETTINGS` for ``bbb`` agents, ``lr`` for the others): e.g.
             ``agents=["bbb", "bbb:narrow"], overrides={"bbb:narrow": {"sigma1": 0.05}}``
@@ -153,6 +159,7 @@ class LockstepBandit:
         noise: float = 1.0,
         kl_size: KLSize = "buffer",
         kl_scheme: KLScheme = "uniform",
+        learn_noise: bool = False,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
         device: torch.device | str = "cpu",
         capture: bool | None = None,
@@ -174,7 +181,7 @@ class LockstepBandit:
                 f"{tuple(edible.shape)}"
             )
         check_kl_size(kl_size)
-        self.kl_size, self.kl_scheme = kl_size, kl_scheme
+        self.kl_size, self.kl_scheme, self.learn_noise = kl_size, kl_scheme, learn_noise
         base = {"lr": lr, "pi": pi, "sigma1": sigma1, "sigma2": sigma2}
         base |= {"init_scale": init_scale, "noise": noise}
         settings = _agent_settings(agents, overrides or {}, base)
@@ -220,16 +227,19 @@ class LockstepBandit:
         init = torch.stack(inits)  # (E, W)
         to_rho = transform_to(constraints.softplus_positive).inv
         rho = to_rho(self._bbb_values("init_scale")).unsqueeze(1)  # (E_bbb, 1)
+        log_noise = self._bbb_values("noise").log() if learn_noise else torch.zeros(0)
         flat = torch.cat(
             [init[: self.num_bbb].flatten(),
              rho.expand(self.num_bbb, offset).flatten(),
-             init[self.num_bbb :].flatten()]
+             init[self.num_bbb :].flatten(),
+             log_noise]
         )  # fmt: skip
         lrs = [settings[a]["lr"] for a, _ in self.members]
         self._lr: float | Tensor = lrs[0]
         if len(set(lrs)) > 1:  # per element, in the flat vector's layout: mu, rho, the others
             per_member = torch.tensor(lrs[: self.num_bbb] + lrs).repeat_interleave(offset)
-            self._lr = per_member.to(device)
+            noise_lrs = torch.tensor(lrs[: self.num_bbb] if learn_noise else [])
+            self._lr = torch.cat([per_member, noise_lrs]).to(device)
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -356,7 +366,8 @@ class LockstepBandit:
     def named_parameters(self, member: int, flat: Tensor | None = None) -> dict[str, Tensor]:
         """One member's part of ``flat`` (default :attr:`params`; e.g. a gradient), as views
         shaped like ``bandit_net``'s parameters: ``{"loc.<name>", "rho.<name>"}`` for ``bbb``,
-        ``{"<name>"}`` for the others."""
+        ``{"<name>"}`` for the others; with ``learn_noise`` also ``"log_noise"`` (``()``) for
+        ``bbb``."""
         if not 0 <= member < len(self.members):
             raise ValueError(f"member must be in [0, {len(self.members)}), got {member}")
         flat = self.params if flat is None else flat
@@ -371,6 +382,8 @@ class LockstepBandit:
         for prefix, vector in parts.items():
             for name, (sl, shape) in zip(self._site_names, shapes, strict=True):
                 out[f"{prefix}.{name}" if prefix else name] = vector[sl].view(shape)
+        if self.learn_noise and member < self.num_bbb:
+            out["log_noise"] = self._log_noise(flat)[member].view(())
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -498,7 +511,11 @@ class LockstepBandit:
         nb, w = self.num_bbb, self.num_weights
         mu = params[: nb * w].view(nb, w)
         rho = params[nb * w : 2 * nb * w].view(nb, w)
-        return mu, rho, params[2 * nb * w :].view(-1, w)
+        return mu, rho, params[2 * nb * w : len(self.members) * w + nb * w].view(-1, w)
+
+    def _log_noise(self, params: Tensor) -> Tensor:
+        """The learnt log noise of each ``bbb`` member, ``(E_bbb,)`` (``learn_noise`` only)."""
+        return params[(len(self.members) + self.num_bbb) * self.num_weights :]
 
     def _losses(
         self, params: Tensor, x: Tensor, y: Tensor, eps: Tensor, scale: Tensor, kl: Tensor
@@ -512,9 +529,13 @@ class LockstepBandit:
         xb = x[:nb].unsqueeze(1).expand(nb, p, *x.shape[1:]).reshape(nb * p, *x.shape[1:])
         out = self._forward(torch.cat([w.reshape(nb * p, -1), theta]), torch.cat([xb, x[nb:]]))
         # bbb: mean over particles of  scale * (-log p(y | w)) + kl * (log q(w) - log p(w))
-        noise = self._noise
+        if self.learn_noise:
+            log_noise = self._log_noise(params).view(-1, 1, 1)
+            noise = log_noise.exp()
+        else:
+            noise = self._noise
+            log_noise = math.log(noise) if isinstance(noise, float) else noise.log()
         z = (y[:nb].unsqueeze(1) - out[: nb * p].view(nb, p, -1)) / noise
-        log_noise = math.log(noise) if isinstance(noise, float) else noise.log()
         nll = (0.5 * z.square() + (log_noise + _HALF_LOG_2PI)).sum(-1)
         log_prior = self._prior.log_prob(w).sum(-1)
         log_q = (-0.5 * eps.square() - _HALF_LOG_2PI).sum(-1) - sigma.log().sum(-1, keepdim=True)

@@ -352,6 +352,7 @@ def _run_lockstep(
         noise=args.noise,
         kl_size=args.kl_size,
         kl_scheme=args.kl_scheme,
+        learn_noise=args.learn_noise,
         device=args.device,
         stream_chunk=_RECORD_EVERY,
         rng_seed=seeds[0],
@@ -479,8 +480,6 @@ def _check_args(args: argparse.Namespace) -> None:
                 f"--seeds with several seeds needs --engine lockstep, got --engine {args.engine}: "
                 "run one seed at a time (--seed) under it"
             )
-    if args.engine == "lockstep" and args.learn_noise:
-        raise ValueError("--learn-noise is not supported by --engine lockstep (fixed noise only)")
     if not (args.lr > 0 and args.init_scale > 0 and args.noise > 0 and 0 < args.pi < 1):
         raise ValueError(
             f"--lr, --init-scale and --noise must be > 0 and --pi in (0, 1), got {args.lr}, "
