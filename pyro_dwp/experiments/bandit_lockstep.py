@@ -16,10 +16,9 @@ exactly its reference agent's loss, with the same Adam update,
   :class:`~pyro_dwp.guides.BBBNormal`, the :class:`~pyro_dwp.distributions.ScaleMixtureNormal`
   prior on every weight and bias, the Gaussian likelihood of fixed noise (or of a noise learnt as
   a point estimate, ``learn_noise``: Pyro's positive parameter, ``exp`` of an unconstrained
-  one), its data term scaled by
-  ``max(N, B) / B`` for a buffer of ``N`` interactions (or ``N`` seen: ``kl_size``) and
-  minibatches of ``B``, its KL term by ``K * pi_k`` on the step's ``k``-th of ``K`` updates
-  (:func:`~pyro_dwp.infer.kl_weights`; ``kl_scheme``);
+  one), its data term scaled by ``max(N, B) / B`` for a buffer of ``N`` interactions (or ``N``
+  seen: ``kl_size``) and minibatches of ``B``, its KL term by ``K * pi_k`` on the step's
+  ``k``-th of ``K`` updates (:func:`~pyro_dwp.infer.kl_weights`; ``kl_scheme``);
 - ``greedy``, ``eps<E>`` (:class:`~pyro_dwp.experiments.bandits.GreedyAgent`): the mean squared
   error;
 
