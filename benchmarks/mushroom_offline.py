@@ -13,7 +13,9 @@ network's mistakes and, for BBB, Thompson sampling's eat rates and the regret pe
 they imply on a uniform stream.
 
 It separates what the data allow from what the online run did: the same buffer, fitted from a
-fresh start, for a measured number of updates, under several likelihoods. Writes
+fresh start, for a measured number of updates, under several likelihoods. One generator
+(``--seed``) draws the minibatches, the weight noise and the readings' Thompson draws, so
+``--every`` and ``--draws`` are part of a run's settings. Writes
 ``NAME.{md,json}`` (``--name``, default ``mushroom_offline``) to ``--results-dir``::
 
     python benchmarks/mushroom_offline.py --checkpoint runs/mushroom/checkpoint.pt \\
@@ -82,9 +84,9 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         rng_seed=args.seed,
     )  # fmt: skip
     fresh = runner.state_dict()  # member (agent, i): the buffer of source i
-    slot = [sources[i] for _, i in runner.members]
-    fresh["buffer_x"] = runner_state["buffer_x"][slot].clone()
-    fresh["buffer_y"] = runner_state["buffer_y"][slot].clone()
+    source_of = [sources[i] for _, i in runner.members]
+    fresh["buffer_x"] = runner_state["buffer_x"][source_of].clone()
+    fresh["buffer_y"] = runner_state["buffer_y"][source_of].clone()
     fresh["interactions"] = runner_state["interactions"].clone()
     runner.load_state_dict(fresh)
     net = bandit_net(contexts.shape[1], hidden)
