@@ -447,7 +447,10 @@ class ThompsonBBBAgent:
         elbo = Trace_ELBO(
             num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
         )
-        self.svi = SVI(self._kl_scale(self.model), self._kl_scale(self.guide), self.optim, elbo)
+        model, guide = self.model, self.guide
+        if kl_scheme != "uniform":  # uniform factors are all 1: no handler on the hot path
+            model, guide = self._kl_scale(model), self._kl_scale(guide)
+        self.svi = SVI(model, guide, self.optim, elbo)
         self.buffer = ReplayBuffer(buffer_size, context_dim, seed=seed + 1, device=device)
         self._run_guide()  # set the guide up
 
