@@ -347,9 +347,7 @@ class LockstepBandit:
         Returns:
             ``(E,)``.
         """
-        self._check_draws(rows, eps)
-        if not 0 <= update < self.num_batches:
-            raise ValueError(f"update must be in [0, {self.num_batches}), got {update}")
+        self._check_draws(rows, eps, update)
         x, y = self._minibatch(rows)
         params = self.params if params is None else params
         return self._losses(params, x, y, eps, self._scale(), self._kl[update])
@@ -357,9 +355,7 @@ class LockstepBandit:
     def update(self, rows: Tensor, eps: Tensor, update: int = 0) -> None:
         """Adam step ``update`` (``0 .. K - 1``) of a bandit step for every member, on its
         :meth:`losses` (the building block of a step)."""
-        self._check_draws(rows, eps)
-        if not 0 <= update < self.num_batches:
-            raise ValueError(f"update must be in [0, {self.num_batches}), got {update}")
+        self._check_draws(rows, eps, update)
         self._update(rows, eps, self._scale(), self._kl[update])
 
     def named_parameters(self, member: int, flat: Tensor | None = None) -> dict[str, Tensor]:
@@ -465,7 +461,10 @@ class LockstepBandit:
         self._chunk_coin_dev = self._chunk_coin.to(self.device)
         self._chunk_pos = 0
 
-    def _check_draws(self, rows: Tensor, eps: Tensor) -> None:
+    def _check_draws(self, rows: Tensor, eps: Tensor, update: int) -> None:
+        """Raise ``ValueError`` naming a bad shape of ``rows`` or ``eps``, or a bad ``update``."""
+        if not 0 <= update < self.num_batches:
+            raise ValueError(f"update must be in [0, {self.num_batches}), got {update}")
         num, p, w = len(self.members), self.num_particles, self.num_weights
         if rows.dim() != 2 or rows.shape[0] != num:
             raise ValueError(f"rows must be ({num}, B), got {tuple(rows.shape)}")
