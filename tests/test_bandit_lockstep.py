@@ -184,6 +184,37 @@ def test_a_greedy_update_equals_the_greedy_agents_adam_step(lr, one_thread):
             torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
 
 
+def test_the_scales_learn_at_their_own_rate(one_thread):
+    # Adam's first update, closed form: each parameter moves by -rate * g / (|g| + 1e-8); a
+    # bbb member's rho at scale_lr_factor * lr (0.5 for bbb, 0.1 for bbb:v), its mu and the
+    # greedy member at lr
+    r = runner(
+        agents=("bbb", "bbb:v", "greedy"), seeds=(0,), scale_lr_factor=0.5,
+        overrides={"bbb:v": {"scale_lr_factor": 0.1}},
+    )  # fmt: skip
+    for _ in range(5):
+        r.step()
+    state = r.state_dict()
+    for key in ("adam_m", "adam_v", "adam_steps"):  # Adam afresh
+        state[key].zero_()
+    r.load_state_dict(state)
+    rows, eps = draws(r)
+    (grad,) = torch.autograd.grad(r.losses(rows, eps).sum(), r.params)
+    before = r.params.detach().clone()
+    r.update(rows, eps)
+    rates = {("bbb", "loc"): 1e-2, ("bbb", "rho"): 5e-3, ("bbb:v", "loc"): 1e-2}
+    rates |= {("bbb:v", "rho"): 1e-3, ("greedy", "weight"): 1e-2}
+    for member, (agent, _) in enumerate(r.members):
+        moved = r.named_parameters(member, r.params.detach() - before)
+        g = r.named_parameters(member, grad)
+        for name, delta in moved.items():
+            kind = name.split(".")[0] if agent.startswith("bbb") else "weight"
+            expected = -rates[agent, kind] * g[name] / (g[name].abs() + 1e-8)
+            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="scale_lr_factor must be > 0, got 0.0"):
+        runner(scale_lr_factor=0.0)
+
+
 def test_members_are_independent(one_thread):
     r = runner(agents=("bbb", "greedy", "eps0.5"), seeds=(0, 1))
     for _ in range(5):

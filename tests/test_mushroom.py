@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 from conftest import SHARED_DATA, needs_shared_data
@@ -399,6 +400,45 @@ def test_the_kl_scheme_option_is_a_setting_only_when_not_the_default(
     assert b["curves"]["greedy"] == a["curves"]["greedy"]  # the same stream and greedy agent
     assert _job(tmp_path / "b", data_dir, *options, "--steps", "30", "--resume") == 1
     assert "--kl-scheme: 'blundell' -> '(absent)'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["compiled", "lockstep"])
+def test_the_scale_lr_factor_is_a_setting_only_when_not_the_default(
+    tmp_path: Path, data_dir: Path, capsys, engine
+):
+    options = ("--engine", engine, "--steps", "20", "--agents", "bbb")
+    assert _job(tmp_path / "a", data_dir, *options) == 0
+    a = json.loads((tmp_path / "a" / "regret.json").read_text())
+    assert "scale_lr_factor" not in a["settings"]  # runs from before the option resume
+    assert _job(tmp_path / "b", data_dir, *options, "--scale-lr-factor", "0.1") == 0
+    b = json.loads((tmp_path / "b" / "regret.json").read_text())
+    assert b["settings"]["scale_lr_factor"] == 0.1
+    assert _job(tmp_path / "b", data_dir, *options, "--steps", "30", "--resume") == 1
+    assert "--scale-lr-factor: 0.1 -> '(absent)'" in capsys.readouterr().err
+    assert _job(tmp_path / "c", data_dir, *options, "--scale-lr-factor", "0") == 1
+    assert "--scale-lr-factor must be > 0, got 0.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["pyro", "compiled"])
+def test_the_bbb_agents_scales_learn_at_their_own_rate(engine, one_thread):
+    # Adam's first update moves a parameter by its rate times g / (|g| + 1e-8): by about the
+    # rate wherever the gradient is not tiny; the locations at lr, the scales at 0.1 lr
+    agent = ThompsonBBBAgent(
+        6, hidden=(8,), buffer_size=16, batch_size=4, num_batches=1, lr=1e-2,
+        scale_lr_factor=0.1, engine=engine,
+    )  # fmt: skip
+
+    def unconstrained() -> dict[str, torch.Tensor]:
+        store = pyro.get_param_store().get_state()["params"]
+        return {k: v.detach().clone() for k, v in store.items()}
+
+    before = unconstrained()
+    agent.learn(torch.eye(6)[0], 1, 5.0)
+    after = unconstrained()
+    for name, value in before.items():
+        moved = float((after[name] - value).abs().max())
+        rate = 1e-3 if ".scales." in name else 1e-2
+        assert moved == pytest.approx(rate, rel=1e-3), name
 
 
 def test_the_lockstep_job_learns_the_noise_and_resumes_as_an_uninterrupted_run(

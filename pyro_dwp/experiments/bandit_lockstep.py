@@ -86,7 +86,7 @@ def agent_epsilon(name: str) -> float | None:
     )
 
 
-BBB_SETTINGS = ("lr", "pi", "sigma1", "sigma2", "init_scale", "noise")
+BBB_SETTINGS = ("lr", "pi", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor")
 """The settings that :class:`LockstepBandit`'s ``overrides`` may give a ``bbb`` agent; the
 other agents take ``lr`` only."""
 
@@ -115,6 +115,8 @@ class LockstepBandit:
         num_batches: Updates per bandit step ``K``.
         num_particles: Weight samples ``P`` of a ``bbb`` update.
         lr: Adam learning rate.
+        scale_lr_factor: ``bbb``'s posterior scales (``rho``) learn at ``scale_lr_factor * lr``
+            (the reference agent's option of the same name).
         pi, sigma1, sigma2: The scale-mixture prior of ``bbb``.
         init_scale: Initial posterior standard deviation of ``bbb``.
         noise: Noise standard deviation of ``bbb``'s likelihood: fixed, or its initial value
@@ -151,6 +153,7 @@ class LockstepBandit:
         num_batches: int = 64,
         num_particles: int = 2,
         lr: float = 1e-3,
+        scale_lr_factor: float = 1.0,
         pi: float = 0.5,
         sigma1: float = 1.0,
         sigma2: float = math.exp(-6),
@@ -172,7 +175,7 @@ class LockstepBandit:
             agents=agents, seeds=seeds, hidden=hidden, buffer_size=buffer_size,
             batch_size=batch_size, num_batches=num_batches, num_particles=num_particles,
             stream_chunk=stream_chunk, lr=lr, pi=pi, sigma1=sigma1, sigma2=sigma2,
-            init_scale=init_scale, noise=noise,
+            init_scale=init_scale, noise=noise, scale_lr_factor=scale_lr_factor,
         )  # fmt: skip
         if contexts.dim() != 2 or edible.shape != contexts.shape[:1]:
             raise ValueError(
@@ -182,7 +185,7 @@ class LockstepBandit:
         check_kl_size(kl_size)
         self.kl_size, self.kl_scheme, self.learn_noise = kl_size, kl_scheme, learn_noise
         base = {"lr": lr, "pi": pi, "sigma1": sigma1, "sigma2": sigma2}
-        base |= {"init_scale": init_scale, "noise": noise}
+        base |= {"init_scale": init_scale, "noise": noise, "scale_lr_factor": scale_lr_factor}
         settings = _agent_settings(agents, overrides or {}, base)
         if capture is None:
             capture = device.type == "cuda"
@@ -198,8 +201,8 @@ class LockstepBandit:
         """``(agent, seed)`` of each member, in the order of the member dimensions."""
         self.num_bbb = len(bbb)
         self.settings = {a: settings[a] for a in agents}
-        """Each agent's ``lr`` (and a ``bbb`` agent's prior, initial scale and noise): the
-        arguments with ``overrides`` applied."""
+        """Each agent's ``lr`` (and a ``bbb`` agent's prior, initial scale, noise and scales'
+        rate factor): the arguments with ``overrides`` applied."""
         num = len(self.members)
         contexts, edible = contexts.detach().cpu().float(), edible.detach().cpu().bool()
         context_dim = contexts.shape[1]
@@ -234,11 +237,12 @@ class LockstepBandit:
              log_noise]
         )  # fmt: skip
         lrs = [settings[a]["lr"] for a, _ in self.members]
+        rho_lrs = [settings[a]["lr"] * settings[a]["scale_lr_factor"] for a, _ in bbb]
         self._lr: float | Tensor = lrs[0]
-        if len(set(lrs)) > 1:  # per element, in the flat vector's layout: mu, rho, the others
-            per_member = torch.tensor(lrs[: self.num_bbb] + lrs).repeat_interleave(offset)
+        if len(set(lrs + rho_lrs)) > 1:  # per element, in the flat layout: mu, rho, the others
+            per_member = torch.tensor(lrs[: self.num_bbb] + rho_lrs + lrs[self.num_bbb :])
             noise_lrs = torch.tensor(lrs[: self.num_bbb] if learn_noise else [])
-            self._lr = torch.cat([per_member, noise_lrs]).to(device)
+            self._lr = torch.cat([per_member.repeat_interleave(offset), noise_lrs]).to(device)
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -674,7 +678,7 @@ def _agent_settings(
 
 def _check_values(**values: float) -> None:
     """Raise ``ValueError`` naming the first bad value of :data:`BBB_SETTINGS`."""
-    for name in ("lr", "sigma1", "sigma2", "init_scale", "noise"):
+    for name in ("lr", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor"):
         if not values[name] > 0:
             raise ValueError(f"{name} must be > 0, got {values[name]}")
     if not 0 < values["pi"] < 1:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from functools import partial
 from typing import Any, Literal, get_args
 
 import pyro
@@ -38,7 +39,7 @@ from pyro_dwp.guides import BBBNormal
 from pyro_dwp.infer.checkpoint import set_param_store_state
 from pyro_dwp.infer.compiled import CompiledSVI, compile_or_warn
 from pyro_dwp.infer.kl import KLScaleMessenger, KLScheme, kl_weights
-from pyro_dwp.infer.optim import JointAdam
+from pyro_dwp.infer.optim import JointAdam, name_rate_factor
 from pyro_dwp.likelihoods import Gaussian
 from pyro_dwp.models import mlp
 
@@ -386,6 +387,10 @@ class ThompsonBBBAgent:
         num_batches: SVI steps per bandit step.
         num_particles: Weight samples per SVI step (the paper: 2).
         lr: Adam learning rate.
+        scale_lr_factor: The posterior scales (the guide's ``rho``) learn at
+            ``scale_lr_factor * lr``, the locations at ``lr``: with Adam every parameter moves by
+            about its rate per update whatever the size of its gradient, so this sets how fast
+            the scales can follow the KL term.
         pi, sigma1, sigma2: The scale-mixture prior.
         init_scale: Initial posterior standard deviation of every weight.
         noise: Fixed noise standard deviation of the likelihood, or ``None`` to learn it.
@@ -416,6 +421,7 @@ class ThompsonBBBAgent:
         num_batches: int = 64,
         num_particles: int = 2,
         lr: float = 1e-3,
+        scale_lr_factor: float = 1.0,
         pi: float = 0.5,
         sigma1: float = 1.0,
         sigma2: float = math.exp(-6),
@@ -443,7 +449,10 @@ class ThompsonBBBAgent:
         self.likelihood = Gaussian(buffer_size, noise, init_scale=init_noise)
         self.model = BNN(net, ScaleMixtureNormal(pi, sigma1, sigma2), self.likelihood)
         self.guide = BBBNormal(self.model, init_scale=init_scale)
-        self.optim = JointAdam(lr)
+        lr_factor = None
+        if scale_lr_factor != 1:
+            lr_factor = partial(name_rate_factor, contains=".scales.", factor=scale_lr_factor)
+        self.optim = JointAdam(lr, lr_factor=lr_factor)
         elbo = Trace_ELBO(
             num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
         )

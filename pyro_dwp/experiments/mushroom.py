@@ -81,7 +81,9 @@ def parse_agent(name: str) -> str:
     return name
 
 
-_VARIANT_KEYS = ("lr", "pi", "neg-log-sigma1", "neg-log-sigma2", "init-scale", "noise")
+_VARIANT_KEYS = (
+    "lr", "pi", "neg-log-sigma1", "neg-log-sigma2", "init-scale", "noise", "scale-lr-factor",
+)  # fmt: skip
 
 
 def bbb_variants(specs: list[list[str]]) -> dict[str, dict[str, float]]:
@@ -140,6 +142,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buffer-size", type=int, default=4096, help="interactions kept")
     p.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="hidden layer sizes")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (every agent)")
+    p.add_argument(
+        "--scale-lr-factor",
+        type=float,
+        default=1.0,
+        help="BBB: the posterior scales (rho) learn at this factor times --lr, the means at --lr "
+        "(Adam moves each parameter by about its rate per update, whatever its gradient: a "
+        "factor below 1 slows the scales' drift towards the prior)",
+    )
     p.add_argument("--particles", type=int, default=2, help="BBB weight samples per SVI step")
     p.add_argument("--pi", type=float, default=0.5, help="scale-mixture weight pi")
     p.add_argument("--neg-log-sigma1", type=float, default=0.0, help="-log sigma1")
@@ -248,6 +258,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         dropped += ("kl_scheme",)
     if args.bbb_variant is None:  # likewise
         dropped += ("bbb_variant",)
+    if args.scale_lr_factor == 1:  # likewise
+        dropped += ("scale_lr_factor",)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS + dropped}
     contexts, edible = load_mushroom(args.data_dir)
     device = torch.device(args.device)
@@ -345,6 +357,7 @@ def _run_lockstep(
         num_batches=args.num_batches,
         num_particles=args.particles,
         lr=args.lr,
+        scale_lr_factor=args.scale_lr_factor,
         pi=args.pi,
         sigma1=sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
         sigma2=sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
@@ -480,11 +493,11 @@ def _check_args(args: argparse.Namespace) -> None:
                 f"--seeds with several seeds needs --engine lockstep, got --engine {args.engine}: "
                 "run one seed at a time (--seed) under it"
             )
-    if not (args.lr > 0 and args.init_scale > 0 and args.noise > 0 and 0 < args.pi < 1):
-        raise ValueError(
-            f"--lr, --init-scale and --noise must be > 0 and --pi in (0, 1), got {args.lr}, "
-            f"{args.init_scale}, {args.noise}, {args.pi}"
-        )
+    for flag in ("lr", "init_scale", "noise", "scale_lr_factor"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if not 0 < args.pi < 1:
+        raise ValueError(f"--pi must be in (0, 1), got {args.pi}")
 
 
 def _make_agent(
@@ -509,6 +522,7 @@ def _make_agent(
             sigma1=sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
             sigma2=sigma_from_neg_log(args.neg_log_sigma2, "--neg-log-sigma2"),
             init_scale=args.init_scale,
+            scale_lr_factor=args.scale_lr_factor,
             noise=None if args.learn_noise else args.noise,
             init_noise=args.noise,
             kl_size=args.kl_size,
