@@ -388,9 +388,10 @@ def test_bad_inputs_are_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("variant", [False, True], ids=["shared_settings", "variant"])
 def test_the_captured_step_equals_the_eager_step(variant):
-    # with a variant, the prior, noise and learning rates are per-member tensors in the graph
+    # with a variant, the prior, noise and learning rates (its scales' at their own rate) are
+    # per-member tensors in the graph
     agents = ("bbb", "greedy", "eps0.05", *(("bbb:v",) if variant else ()))
-    overrides = {"bbb:v": {**VARIANT, "lr": 0.05}} if variant else {}
+    overrides = {"bbb:v": {**VARIANT, "lr": 0.05, "scale_lr_factor": 0.1}} if variant else {}
     runs = {}
     for capture in (False, True):
         r = runner(agents=agents, seeds=(0, 1), device="cuda", capture=capture, overrides=overrides)
