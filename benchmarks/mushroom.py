@@ -82,8 +82,10 @@ def build_args_parser() -> argparse.ArgumentParser:
         help="pyro-dwp mushroom --engine (default: compiled); lockstep runs all seeds in this "
         "process",
     )
-    bbb = p.add_argument_group("the BBB agent's prior and KL weighting (default: the job's)")
-    for flag in ("--pi", "--neg-log-sigma1", "--neg-log-sigma2"):
+    bbb = p.add_argument_group(
+        "the BBB agent's prior, KL weighting and scales' rate (default: the job's)"
+    )
+    for flag in ("--pi", "--neg-log-sigma1", "--neg-log-sigma2", "--scale-lr-factor"):
         bbb.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
     bbb.add_argument("--kl-size", choices=get_args(KLSize), help="pyro-dwp mushroom --kl-size")
     bbb.add_argument(
@@ -121,7 +123,8 @@ def _common_argv(args: argparse.Namespace, out: Path) -> list[str]:
     argv += ["--engine", args.engine]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
-    for flag in ("pi", "neg_log_sigma1", "neg_log_sigma2", "kl_size", "kl_scheme"):
+    bbb = ("pi", "neg_log_sigma1", "neg_log_sigma2", "scale_lr_factor", "kl_size", "kl_scheme")
+    for flag in bbb:
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     for spec in args.bbb_variant or []:

@@ -118,6 +118,7 @@ TINY: dict[str, Argv] = {
     ],
     "mushroom.py": lambda tmp: [
         *options(seeds=0, steps=2, workers=1, work_dir=tmp / "work", no_progress=True),
+        *options(scale_lr_factor=0.5),
         *data_args(),
         *_results(tmp),
     ],
