@@ -60,10 +60,11 @@ VARIANT = {"pi": 0.25, "sigma1": 0.3, "sigma2": 0.01, "init_scale": 0.05, "noise
         (20, "buffer", 16, "bbb:v", "blundell", 1, False),
         (20, "buffer", 16, "bbb", "uniform", 0, True),
         (20, "buffer", 16, "bbb:v", "uniform", 0, True),
+        (20, "seen", 20, "bbb:v", "uniform", 0, False),
     ],
     ids=[
         "buffer_below_batch", "buffer_full", "seen", "variant", "blundell_1st", "blundell_2nd",
-        "learnt_noise", "learnt_noise_variant",
+        "learnt_noise", "learnt_noise_variant", "variant_seen",
     ],
 )  # fmt: skip
 def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
@@ -75,16 +76,20 @@ def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
     # "bbb:v" has a prior, initial scale and noise of its own beside "bbb" (per-member tensors);
     # under kl_scheme="blundell" the KL term of update k of K = 2 is Pyro's scaled by
     # K * pi_k = 2 * 2^-k / (1 - 2^-2): 4/3 for the first, 2/3 for the second; learn_noise: the
-    # noise a point estimate, Pyro's "noise_scale" (exp of the stored value), its gradient too
+    # noise a point estimate, Pyro's "noise_scale" (exp of the stored value), its gradient too;
+    # "bbb:v" takes its kl_size as a setting of its own (beside "bbb" at "buffer"; "seen": a
+    # per-member data-term scale)
+    variant = VARIANT | ({"kl_size": kl_size} if agent_name == "bbb:v" else {})
     r = runner(
-        agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), kl_size=kl_size, kl_scheme=kl_scheme,
-        learn_noise=learn_noise, overrides={"bbb:v": VARIANT},
+        agents=("greedy", "bbb", "bbb:v"), seeds=(0, 1), kl_scheme=kl_scheme,
+        kl_size="buffer" if agent_name == "bbb:v" else kl_size, learn_noise=learn_noise,
+        overrides={"bbb:v": variant},
     )  # fmt: skip
     for _ in range(steps):
         r.step()
     member = r.members.index((agent_name, 1))
     pyro.clear_param_store()
-    own = dict(VARIANT if agent_name == "bbb:v" else {})
+    own = dict(variant if agent_name == "bbb:v" else {})
     if learn_noise:
         own |= {"noise": None, "init_noise": own.get("noise", 1.0)}
     agent = ThompsonBBBAgent(6, seed=agent_seed(agent_name, 1), num_particles=2, **SMALL, **own)
@@ -157,10 +162,12 @@ def test_a_step_gives_blundells_kl_factors_to_its_updates_in_order(monkeypatch, 
 
 
 @pytest.mark.parametrize("lr", [None, 0.05], ids=["shared_lr", "own_lr"])
-def test_a_greedy_update_equals_the_greedy_agents_adam_step(lr, one_thread):
-    # with its own learning rate (overrides), the members' rates differ: a per-element rate
+@pytest.mark.parametrize("agents", [("bbb", "eps0.05"), ("eps0.05",)], ids=["beside_bbb", "alone"])
+def test_a_greedy_update_equals_the_greedy_agents_adam_step(lr, agents, one_thread):
+    # with its own learning rate (overrides), the members' rates differ: a per-element rate;
+    # alone, the runner has no bbb member (its parts of the step are empty)
     overrides = {} if lr is None else {"eps0.05": {"lr": lr}}
-    r = runner(agents=("bbb", "eps0.05"), seeds=(0, 3), overrides=overrides)
+    r = runner(agents=agents, seeds=(0, 3), overrides=overrides)
     member = r.members.index(("eps0.05", 3))
     settings = SMALL if lr is None else {**SMALL, "lr": lr}
     agent = GreedyAgent(6, epsilon=0.05, seed=agent_seed("eps0.05", 3), **settings)

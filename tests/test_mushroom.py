@@ -501,9 +501,11 @@ def test_the_engines_refuse_each_others_checkpoints(tmp_path: Path, data_dir: Pa
 
 def test_bbb_variants_become_the_lockstep_engines_overrides():
     specs = [["narrow", "neg-log-sigma1=3", "pi=0.25"], ["slow", "lr=1e-4", "init-scale=0.001"]]
+    specs += [["seen", "kl-size=seen", "scale-lr-factor=0.1"]]
     assert bbb_variants(specs) == {
         "bbb:narrow": {"sigma1": math.exp(-3), "pi": 0.25},
         "bbb:slow": {"lr": 1e-4, "init_scale": 0.001},
+        "bbb:seen": {"kl_size": "seen", "scale_lr_factor": 0.1},
     }
     assert bbb_variants([["plain"]]) == {"bbb:plain": {}}
 
@@ -518,6 +520,7 @@ def test_bbb_variants_become_the_lockstep_engines_overrides():
         ([["a", "noise=big"]], "noise must be a number, got 'big'"),
         ([["a", "pi=0.3", "pi=0.2"]], "pi is given twice"),
         ([["a", "neg-log-sigma2=800"]], "neg-log-sigma2 800.0: sigma = exp"),
+        ([["a", "kl-size=all"]], "kl-size must be one of buffer, seen, got 'all'"),
     ],
 )
 def test_bad_bbb_variants_are_refused_naming_them(specs, message):

@@ -86,9 +86,12 @@ def agent_epsilon(name: str) -> float | None:
     )
 
 
-BBB_SETTINGS = ("lr", "pi", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor")
-"""The settings that :class:`LockstepBandit`'s ``overrides`` may give a ``bbb`` agent; the
-other agents take ``lr`` only."""
+BBB_SETTINGS = (
+    "lr", "pi", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor", "kl_size",
+)  # fmt: skip
+"""The settings that :class:`LockstepBandit`'s ``overrides`` may give a ``bbb`` agent (numbers,
+``kl_size`` a :data:`~pyro_dwp.experiments.bandits.KLSize`); the other agents take ``lr``
+only."""
 
 
 class LockstepBandit:
@@ -124,7 +127,7 @@ class LockstepBandit:
         learn_noise: Learn each ``bbb`` member's noise as a point estimate (the reference
             agent's ``noise=None``, ``init_noise=noise``), by the same Adam as the rest.
         overrides: Per agent name, settings of its own in place of the arguments above
-            (:data:`BBB_SETTINGS` for ``bbb`` agents, ``lr`` for the others): e.g.
+            (:data:`BBB_SETTINGS` for ``bbb`` agents, ``lr`` for the others), e.g.
             ``agents=["bbb", "bbb:narrow"], overrides={"bbb:narrow": {"sigma1": 0.05}}``
             screens two priors side by side in one batched network.
         kl_size: ``N`` of ``bbb``'s KL weighting, as the reference agent's: ``"buffer"``
@@ -162,7 +165,7 @@ class LockstepBandit:
         kl_size: KLSize = "buffer",
         kl_scheme: KLScheme = "uniform",
         learn_noise: bool = False,
-        overrides: Mapping[str, Mapping[str, float]] | None = None,
+        overrides: Mapping[str, Mapping[str, float | str]] | None = None,
         device: torch.device | str = "cpu",
         capture: bool | None = None,
         stream_chunk: int = 100,
@@ -175,17 +178,17 @@ class LockstepBandit:
             agents=agents, seeds=seeds, hidden=hidden, buffer_size=buffer_size,
             batch_size=batch_size, num_batches=num_batches, num_particles=num_particles,
             stream_chunk=stream_chunk, lr=lr, pi=pi, sigma1=sigma1, sigma2=sigma2,
-            init_scale=init_scale, noise=noise, scale_lr_factor=scale_lr_factor,
+            init_scale=init_scale, noise=noise, scale_lr_factor=scale_lr_factor, kl_size=kl_size,
         )  # fmt: skip
         if contexts.dim() != 2 or edible.shape != contexts.shape[:1]:
             raise ValueError(
                 f"contexts must be (N, D) and edible (N,), got {tuple(contexts.shape)} and "
                 f"{tuple(edible.shape)}"
             )
-        check_kl_size(kl_size)
-        self.kl_size, self.kl_scheme, self.learn_noise = kl_size, kl_scheme, learn_noise
-        base = {"lr": lr, "pi": pi, "sigma1": sigma1, "sigma2": sigma2}
+        self.kl_scheme, self.learn_noise = kl_scheme, learn_noise
+        base: dict[str, float | str] = {"lr": lr, "pi": pi, "sigma1": sigma1, "sigma2": sigma2}
         base |= {"init_scale": init_scale, "noise": noise, "scale_lr_factor": scale_lr_factor}
+        base |= {"kl_size": kl_size}
         settings = _agent_settings(agents, overrides or {}, base)
         if capture is None:
             capture = device.type == "cuda"
@@ -201,8 +204,8 @@ class LockstepBandit:
         """``(agent, seed)`` of each member, in the order of the member dimensions."""
         self.num_bbb = len(bbb)
         self.settings = {a: settings[a] for a in agents}
-        """Each agent's ``lr`` (and a ``bbb`` agent's prior, initial scale, noise and scales'
-        rate factor): the arguments with ``overrides`` applied."""
+        """Each agent's ``lr`` (and a ``bbb`` agent's prior, initial scale, noise, scales' rate
+        factor and ``kl_size``): the arguments with ``overrides`` applied."""
         num = len(self.members)
         contexts, edible = contexts.detach().cpu().float(), edible.detach().cpu().bool()
         context_dim = contexts.shape[1]
@@ -273,6 +276,12 @@ class LockstepBandit:
         prior = [self._bbb_setting(k, device) for k in ("pi", "sigma1", "sigma2")]
         self._prior = ScaleMixtureNormal(*prior, validate_args=False)
         self._noise = self._bbb_setting("noise", device)
+        seen = [self.settings[a]["kl_size"] == "seen" for a, _ in bbb]
+        # whether each bbb member's N counts every interaction seen: one bool where they share
+        # it, else (E_bbb, 1) against the data term (E_bbb, P)
+        self._seen: bool | Tensor = any(seen)  # (none without bbb members)
+        if len(set(seen)) > 1:
+            self._seen = on_device(torch.tensor(seen).unsqueeze(1))
 
         # the state a step changes in place (a CUDA graph reads and writes these very tensors)
         self._x = torch.zeros(num, buffer_size, context_dim + NUM_ACTIONS, device=device)
@@ -477,8 +486,13 @@ class LockstepBandit:
 
     def _scale(self) -> Tensor:
         """The data term's scale ``max(N, B) / B``, ``N`` the interactions stored
-        (``kl_size="buffer"``) or seen (``"seen"``)."""
-        size = self._t if self.kl_size == "seen" else self._t.clamp(max=self.buffer_size)
+        (``kl_size="buffer"``) or seen (``"seen"``): ``()``, or ``(E_bbb, 1)`` where the ``bbb``
+        members' ``kl_size`` differ."""
+        stored = self._t.clamp(max=self.buffer_size)
+        if isinstance(self._seen, Tensor):
+            size = torch.where(self._seen, self._t, stored)
+        else:
+            size = self._t if self._seen else stored
         return size.clamp(min=self.batch_size).float() / self.batch_size
 
     def _minibatch(self, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -529,7 +543,9 @@ class LockstepBandit:
         sigma = nn.functional.softplus(rho)
         w = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)  # (E_bbb, P, W)
         xb = x[:nb].unsqueeze(1).expand(nb, p, *x.shape[1:]).reshape(nb * p, *x.shape[1:])
-        out = self._forward(torch.cat([w.reshape(nb * p, -1), theta]), torch.cat([xb, x[nb:]]))
+        # sizes spelt out, not -1: with no bbb member these are views of 0 elements
+        weights = torch.cat([w.reshape(nb * p, self.num_weights), theta])
+        out = self._forward(weights, torch.cat([xb, x[nb:]]))
         # bbb: mean over particles of  scale * (-log p(y | w)) + kl * (log q(w) - log p(w))
         if self.learn_noise:
             log_noise = self._log_noise(params).view(-1, 1, 1)
@@ -537,7 +553,7 @@ class LockstepBandit:
         else:
             noise = self._noise
             log_noise = math.log(noise) if isinstance(noise, float) else noise.log()
-        z = (y[:nb].unsqueeze(1) - out[: nb * p].view(nb, p, -1)) / noise
+        z = (y[:nb].unsqueeze(1) - out[: nb * p].view(nb, p, y.shape[1])) / noise
         nll = (0.5 * z.square() + (log_noise + _HALF_LOG_2PI)).sum(-1)
         log_prior = self._prior.log_prob(w).sum(-1)
         log_q = (-0.5 * eps.square() - _HALF_LOG_2PI).sum(-1) - sigma.log().sum(-1, keepdim=True)
@@ -645,9 +661,9 @@ def _network_inputs(contexts: Tensor, actions: Tensor) -> Tensor:
 
 def _agent_settings(
     agents: Sequence[str],
-    overrides: Mapping[str, Mapping[str, float]],
-    base: dict[str, float],
-) -> dict[str, dict[str, float]]:
+    overrides: Mapping[str, Mapping[str, float | str]],
+    base: dict[str, float | str],
+) -> dict[str, dict[str, Any]]:
     """Each agent's settings: ``base`` with its ``overrides`` applied, checked.
 
     Raises:
@@ -667,7 +683,7 @@ def _agent_settings(
             raise ValueError(
                 f"overrides: agent {agent!r} has no setting {extra}; it takes {list(allowed)}"
             )
-        settings = base | {k: float(v) for k, v in given.items()}
+        settings = base | {k: v if k == "kl_size" else float(v) for k, v in given.items()}
         try:
             _check_values(**settings)
         except ValueError as e:
@@ -676,8 +692,9 @@ def _agent_settings(
     return out
 
 
-def _check_values(**values: float) -> None:
+def _check_values(**values: Any) -> None:
     """Raise ``ValueError`` naming the first bad value of :data:`BBB_SETTINGS`."""
+    check_kl_size(values["kl_size"])
     for name in ("lr", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor"):
         if not values[name] > 0:
             raise ValueError(f"{name} must be > 0, got {values[name]}")
@@ -691,7 +708,7 @@ def _check_options(
     seeds: Sequence[int],
     hidden: Sequence[int],
     stream_chunk: int,
-    **values: float,
+    **values: Any,
 ) -> None:
     """Raise ``ValueError`` naming the first bad option."""
     if not agents:

@@ -83,26 +83,27 @@ def parse_agent(name: str) -> str:
 
 _VARIANT_KEYS = (
     "lr", "pi", "neg-log-sigma1", "neg-log-sigma2", "init-scale", "noise", "scale-lr-factor",
+    "kl-size",
 )  # fmt: skip
 
 
-def bbb_variants(specs: list[list[str]]) -> dict[str, dict[str, float]]:
+def bbb_variants(specs: list[list[str]]) -> dict[str, dict[str, float | str]]:
     """``--bbb-variant`` specs (``[LABEL, KEY=VALUE, ...]`` each) as the lockstep engine's
     ``overrides``: ``{"bbb:LABEL": {setting: value}}`` (``neg-log-sigma<i>=v`` gives
-    ``sigma<i> = exp(-v)``).
+    ``sigma<i> = exp(-v)``; ``kl-size`` takes ``buffer`` or ``seen``, the others numbers).
 
     Raises:
         ValueError: For a label used twice or with ``=``, an unknown key, a key given twice or a
-            value that is not a number, naming the option.
+            bad value, naming the option.
     """
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | str]] = {}
     for label, *pairs in specs:
         name = f"bbb:{label}"
         if "=" in label or name in out:
             raise ValueError(
                 f"--bbb-variant: each needs a label of its own first (no '='), got {label!r}"
             )
-        settings: dict[str, float] = {}
+        settings: dict[str, float | str] = {}
         for pair in pairs:
             key, sep, text = pair.partition("=")
             if not sep or key not in _VARIANT_KEYS:
@@ -110,18 +111,28 @@ def bbb_variants(specs: list[list[str]]) -> dict[str, dict[str, float]]:
                     f"--bbb-variant {label}: {pair!r} is not KEY=VALUE with KEY one of "
                     f"{', '.join(_VARIANT_KEYS)}"
                 )
-            try:
-                value = float(text)
-            except ValueError:
-                raise ValueError(
-                    f"--bbb-variant {label}: {key} must be a number, got {text!r}"
-                ) from None
             setting = key.replace("neg-log-", "").replace("-", "_")
             if setting in settings:
                 raise ValueError(f"--bbb-variant {label}: {key} is given twice")
-            settings[setting] = sigma_from_neg_log(value, key) if "sigma" in key else value
+            settings[setting] = _variant_value(label, key, text)
         out[name] = settings
     return out
+
+
+def _variant_value(label: str, key: str, text: str) -> float | str:
+    """The value of ``--bbb-variant LABEL KEY=TEXT`` as the engine takes it."""
+    if key == "kl-size":
+        if text not in get_args(KLSize):
+            raise ValueError(
+                f"--bbb-variant {label}: kl-size must be one of {', '.join(get_args(KLSize))}, "
+                f"got {text!r}"
+            )
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--bbb-variant {label}: {key} must be a number, got {text!r}") from None
+    return sigma_from_neg_log(value, key) if "sigma" in key else value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
