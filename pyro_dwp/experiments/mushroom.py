@@ -87,6 +87,13 @@ _VARIANT_KEYS = (
 )  # fmt: skip
 
 
+_LATER_OPTIONS: dict[str, Any] = {
+    "kl_size": "buffer", "kl_scheme": "uniform", "bbb_variant": None, "scale_lr_factor": 1.0,
+}  # fmt: skip
+"""Options added after the job's first runs, with their defaults: a setting only when not at
+the default, so that runs from before an option resume under it."""
+
+
 def bbb_variants(specs: list[list[str]]) -> dict[str, dict[str, float | str]]:
     """``--bbb-variant`` specs (``[LABEL, KEY=VALUE, ...]`` each) as the lockstep engine's
     ``overrides``: ``{"bbb:LABEL": {setting: value}}`` (``neg-log-sigma<i>=v`` gives
@@ -263,14 +270,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = prepare_out(args.out)
     # the seeds as settings: --seed alone as before (so older runs resume), else --seeds
     dropped = ("seeds",) if args.seeds is None else ("seed",)
-    if args.kl_size == "buffer":  # the default, as runs before the option (so they resume)
-        dropped += ("kl_size",)
-    if args.kl_scheme == "uniform":  # likewise
-        dropped += ("kl_scheme",)
-    if args.bbb_variant is None:  # likewise
-        dropped += ("bbb_variant",)
-    if args.scale_lr_factor == 1:  # likewise
-        dropped += ("scale_lr_factor",)
+    dropped += tuple(k for k, v in _LATER_OPTIONS.items() if getattr(args, k) == v)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS + dropped}
     contexts, edible = load_mushroom(args.data_dir)
     device = torch.device(args.device)
