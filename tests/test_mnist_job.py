@@ -11,7 +11,8 @@ from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
-from pyro_dwp.experiments.mnist import load_bbb_run
+from pyro_dwp.experiments import mnist as mnist_job
+from pyro_dwp.experiments.mnist import load_bbb_run, training_warnings
 
 TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
 TINY += ["--test-samples", "4", "--data-dir", str(SHARED_DATA), "--no-progress"]
@@ -50,9 +51,39 @@ def test_mnist_job_writes_its_files(method: str, tmp_path: Path) -> None:
         assert isinstance(metrics[key], float) and metrics[key] >= 0, key
     assert 0 <= metrics["test_error_mean"] <= 1 and 0 <= metrics["ood_auroc"] <= 1
     assert metrics["epochs"] == 1 and metrics["config"]["method"] == method
+    assert metrics["warnings"] == []  # 2 steps: too few to judge
     (record,) = json.loads((tmp_path / "learning_curves.json").read_text())
     assert {"epoch", "loss", "nll", "kl", "valid_error"} <= set(record)
     assert record["loss"] == pytest.approx(record["nll"] + record["kl"])
+
+
+def _curve(errors: list[float]) -> list[dict[str, float]]:
+    return [{"epoch": e + 1, "valid_error": v} for e, v in enumerate(errors)]
+
+
+def test_training_warnings_flag_a_run_that_stays_at_chance() -> None:
+    # The shape of a 600-epoch SGD run at lr 0.4 (bbb_mnist_sgd.md): finite, at chance level.
+    diverged = _curve([0.557, 0.789, 0.815, 0.901, 0.894])
+    (message,) = training_warnings(diverged, lr=0.4, steps_per_epoch=391)
+    assert "did not learn" in message and "89.40%" in message and "--lr 0.4" in message
+    assert "1955 steps" in message
+    assert training_warnings(_curve([0.05, 0.03, 0.0149]), lr=0.1, steps_per_epoch=391) == []
+    # too few steps to judge; no validation record
+    assert training_warnings(diverged, lr=0.4, steps_per_epoch=99) == []
+    assert training_warnings([{"epoch": 5, "loss": 1.0}], lr=0.4, steps_per_epoch=391) == []
+    assert training_warnings([], lr=0.4, steps_per_epoch=391) == []
+
+
+def test_mnist_job_reports_a_run_that_did_not_learn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every run counts as not learning: the warning reaches the console and metrics.json.
+    monkeypatch.setattr(mnist_job, "CHANCE_ERROR", 0.0)
+    monkeypatch.setattr(mnist_job, "MIN_STEPS_TO_LEARN", 1)
+    with pytest.warns(RuntimeWarning, match="did not learn"):
+        assert main(["mnist", "--method", "sgd", "--out", str(tmp_path), *TINY]) == 0
+    (message,) = json.loads((tmp_path / "metrics.json").read_text())["warnings"]
+    assert "did not learn" in message
 
 
 def test_mnist_job_trains_bbb_on_the_compiled_engine(tmp_path: Path) -> None:
