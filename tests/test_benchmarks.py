@@ -129,6 +129,12 @@ TINY: dict[str, Argv] = {
         *data_args(),
         *_results(tmp),
     ],
+    "mushroom_forgetting.py": lambda tmp: [
+        *options(checkpoint=_lockstep_checkpoint(tmp), members=("bbb:0", "greedy:0")),
+        *options(steps=2, every=1, draws=2, threads=1),
+        *data_args(),
+        *_results(tmp),
+    ],
     "mushroom_posterior.py": lambda tmp: [
         *options(checkpoint=_lockstep_checkpoint(tmp), draws=2),
         *data_args(),
@@ -153,6 +159,7 @@ NEEDS = {
     "dwp_quick_preset.py": ("mnist",),
     "dwp_random_features.py": ("mnist",),
     "mushroom.py": ("mushroom",),
+    "mushroom_forgetting.py": ("mushroom",),
     "mushroom_offline.py": ("mushroom",),
     "mushroom_posterior.py": ("mushroom",),
 }
@@ -368,3 +375,36 @@ def test_dwp_quick_preset_margin_against_the_better_baseline_of_each_seed(tmp_pa
         bench.collect(tmp_path / "d")
     with pytest.raises(FileNotFoundError, match="run the benchmark first"):
         bench.collect(tmp_path / "empty")
+
+
+@needs_shared_data("mushroom")
+def test_mushroom_forgetting_takes_each_members_own_state(tmp_path, monkeypatch):
+    # The run's members bbb:0, bbb:slow:0, greedy:0; the picked runner's bbb:0 and greedy:0
+    # must hold those members' parameters, Adam moments and buffers, not a neighbour's.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    forgetting = importlib.import_module("mushroom_forgetting")
+    from pyro_dwp.data.mushroom import load_mushroom
+    from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
+    from pyro_dwp.infer.checkpoint import load_checkpoint
+
+    state = load_checkpoint(_lockstep_checkpoint(tmp_path))
+    source = state["runner"]
+    members = [tuple(m) for m in source["members"]]
+    assert members == [("bbb", 0), ("bbb:slow", 0), ("greedy", 0)]
+    contexts, edible = load_mushroom(Path(data_args()[1]))
+    kwargs = {"hidden": tuple(state["fingerprint"]["--hidden"]), "num_batches": 1}
+    whole = LockstepBandit(
+        contexts, edible, agents=["bbb", "bbb:slow", "greedy"], seeds=[0],
+        overrides={"bbb:slow": {"lr": 1e-4}}, **kwargs,
+    )  # fmt: skip
+    whole.load_state_dict(source)
+    picked = LockstepBandit(contexts, edible, agents=["bbb", "greedy"], seeds=[0], **kwargs)
+    picked.load_state_dict(forgetting.member_state(source, members, picked, picked.num_weights))
+    for mine, theirs in ((0, 0), (1, 2)):
+        for key in ("params", "adam_m", "adam_v"):
+            ours = picked.named_parameters(mine, picked.state_dict()[key])
+            want = whole.named_parameters(theirs, whole.state_dict()[key])
+            assert ours.keys() == want.keys()
+            assert all(torch.equal(ours[k], want[k]) for k in ours), (key, mine)
+        assert torch.equal(picked.state_dict()["buffer_x"][mine], source["buffer_x"][theirs])
+    assert torch.equal(picked.state_dict()["adam_steps"], source["adam_steps"])
