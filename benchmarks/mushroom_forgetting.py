@@ -32,14 +32,13 @@ from typing import Any
 
 import torch
 from mushroom_offline import _source
-from mushroom_posterior import all_inputs, member_report
+from mushroom_posterior import all_inputs, load_lockstep, member_report
 from torch import Tensor
 
 from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
 from pyro_dwp.experiments.bandits import EAT, bandit_net
 from pyro_dwp.experiments.regression import sigma_from_neg_log
-from pyro_dwp.infer.checkpoint import load_checkpoint
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BUFFERS = ("own", "no-poisonous-meals")
@@ -82,11 +81,7 @@ def poisonous_meals(x: Tensor, contexts: Tensor, edible: Tensor) -> Tensor:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train the members on each buffer; their reports every ``--every`` steps."""
-    state = load_checkpoint(args.checkpoint)
-    if state.get("engine") != "lockstep":
-        raise ValueError(f"{args.checkpoint} is not a checkpoint of --engine lockstep")
-    source, settings = state["runner"], state["fingerprint"]
-    members = [tuple(m) for m in source["members"]]
+    source, settings, members = load_lockstep(args.checkpoint)
     for member in args.members:
         if member not in members or member[0].startswith("bbb:"):
             raise ValueError(f"--members: {member} is not among the run's bbb / greedy / eps "

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from mushroom_posterior import all_inputs, member_report
+from mushroom_posterior import all_inputs, load_lockstep, member_report
 
 from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
 from pyro_dwp.experiments.bandits import EAT, bandit_net
 from pyro_dwp.experiments.regression import sigma_from_neg_log
-from pyro_dwp.infer.checkpoint import load_checkpoint
 from pyro_dwp.infer.kl import KLScheme
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -59,11 +58,7 @@ def _label(noise: float) -> str:
 
 def fit(args: argparse.Namespace) -> dict[str, Any]:
     """Train the fresh agents on the source buffers; the reports every ``--every`` steps."""
-    state = load_checkpoint(args.checkpoint)
-    if state.get("engine") != "lockstep":
-        raise ValueError(f"{args.checkpoint} is not a checkpoint of --engine lockstep")
-    runner_state, settings = state["runner"], state["fingerprint"]
-    members = [tuple(m) for m in runner_state["members"]]
+    runner_state, settings, members = load_lockstep(args.checkpoint)
     for agent, seed in args.source:
         if (agent, seed) not in members:
             raise ValueError(f"--source {agent}:{seed} is not among the run's members {members}")

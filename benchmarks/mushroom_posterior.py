@@ -43,14 +43,26 @@ _ODOUR_START = sum(len(values) for _, values in MUSHROOM_ATTRIBUTES[:_ODOUR])
 _ODOUR_VALUES = MUSHROOM_ATTRIBUTES[_ODOUR][1]
 
 
-def read(checkpoint: Path, data_dir: Path | None, draws: int, seed: int) -> list[dict[str, Any]]:
-    """One report per member (see the module's docstring), in the checkpoint's member order."""
+def load_lockstep(
+    checkpoint: Path,
+) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, int]]]:
+    """A lockstep run's checkpoint: its runner state, its settings (the job's options) and
+    its members ``(agent, seed)``, in the runner's order.
+
+    Raises:
+        ValueError: If ``checkpoint`` is not a checkpoint of ``--engine lockstep``.
+    """
     state = load_checkpoint(checkpoint)
     if state.get("engine") != "lockstep":
         raise ValueError(f"{checkpoint} is not a checkpoint of --engine lockstep")
-    runner_state, settings = state["runner"], state["fingerprint"]
+    runner_state = state["runner"]
+    return runner_state, state["fingerprint"], [tuple(m) for m in runner_state["members"]]
+
+
+def read(checkpoint: Path, data_dir: Path | None, draws: int, seed: int) -> list[dict[str, Any]]:
+    """One report per member (see the module's docstring), in the checkpoint's member order."""
+    runner_state, settings, members = load_lockstep(checkpoint)
     contexts, edible = load_mushroom(data_dir)
-    members = [tuple(m) for m in runner_state["members"]]
     runner = LockstepBandit(
         contexts, edible, agents=list(dict.fromkeys(a for a, _ in members)),
         seeds=list(dict.fromkeys(s for _, s in members)), hidden=tuple(settings["--hidden"]),
