@@ -9,6 +9,11 @@ the full buffer), without new interactions, on one of two buffers:
 - ``no-poisonous-meals``: the same buffer without its meals of a poisonous mushroom, i.e. what the
   buffer holds once an agent stops eating them for 4,096 steps.
 
+``--kl-divisor D`` weights the KL term as for a buffer of ``D`` times its size (the data term
+scaled by ``D * 4,096 / B`` instead of ``4,096 / B``; ``D = 1`` is the run's weighting): with a
+large ``D`` the prior's pull all but vanishes, which separates what the KL term does from what
+the weight noise does.
+
 Every ``--every`` steps it reads each member's policy over all 8,124 mushrooms as
 ``mushroom_posterior.py`` does (the mean network's poisonous mushrooms eaten; for BBB, Thompson
 sampling's eat rates and the regret per 1,000 steps they imply). The question it answers: once
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     inputs = all_inputs(contexts)
     stored = min(int(source["interactions"]), source["buffer_y"].shape[1])
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "buffers": {}}
-    for buffer in BUFFERS:
+    for buffer in args.buffers:
         runner = LockstepBandit(
             contexts, edible, agents=list(dict.fromkeys(a for a, _ in args.members)),
             seeds=list(dict.fromkeys(s for _, s in args.members)), hidden=hidden,
@@ -101,9 +106,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lr=settings["--lr"], init_scale=settings["--init-scale"], pi=settings["--pi"],
             sigma1=sigma_from_neg_log(settings["--neg-log-sigma1"], "--neg-log-sigma1"),
             sigma2=sigma_from_neg_log(settings["--neg-log-sigma2"], "--neg-log-sigma2"),
-            noise=settings["--noise"], rng_seed=args.seed,
+            noise=settings["--noise"], kl_size="seen", rng_seed=args.seed,
         )  # fmt: skip
         picked = member_state(source, members, runner, runner.num_weights)
+        # N of the KL weighting: the interactions "seen", the buffer's size times the divisor
+        picked["interactions"] = torch.tensor(stored * args.kl_divisor)
         sizes = []
         for m in range(len(runner.members)):  # keep rows first, the rest never drawn
             x, y = picked["buffer_x"][m, :stored], picked["buffer_y"][m, :stored]
@@ -132,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{r['agent']}/{r['seed']} {r['mean_net_eats_poisonous']}"
                     for r in reports[step]
                 ), flush=True)  # fmt: skip
+        out["kl_divisor"] = args.kl_divisor
         out["buffers"][buffer] = {
             "rows": dict(zip((f"{a}:{s}" for a, s in runner.members), sizes, strict=True)),
             "reports": {str(k): v for k, v in reports.items()},
@@ -191,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--members", type=_source, nargs="+", required=True, help="AGENT:SEED ...")
     p.add_argument("--steps", type=int, default=200, help="bandit steps of training")
     p.add_argument("--every", type=int, default=20, help="steps between readings")
+    p.add_argument("--buffers", nargs="+", choices=BUFFERS, default=list(BUFFERS))
+    p.add_argument("--kl-divisor", type=int, default=1, help="KL as for D x the buffer's size")
     p.add_argument("--draws", type=int, default=100, help="Thompson draws per reading")
     p.add_argument("--seed", type=int, default=0, help="seed of minibatches, noise and draws")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -198,8 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--name", default="mushroom_forgetting", help="results file name")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.every < 1 or args.draws < 1:
-        p.error("--steps, --every and --draws must be >= 1")
+    if min(args.steps, args.every, args.draws, args.kl_divisor) < 1:
+        p.error("--steps, --every, --draws and --kl-divisor must be >= 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     result = {"command": shlex.join(["mushroom_forgetting.py", *sys.argv[1:]])} | run(args)
