@@ -6,6 +6,7 @@ import pytest
 from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
+from pyro_dwp.experiments import classification
 from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
 
 needs_data = needs_shared_data("mnist")
@@ -157,3 +158,16 @@ def test_the_shipped_prior_is_rescaled_to_the_nets_fan_ins(tmp_path, capsys):
     fan_in = [a if a != "as-trained" else "fan-in" for a in argv]
     assert main(fan_in) == 1
     assert "other settings" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_cell_that_did_not_learn_is_reported(tmp_path, vae_dir, monkeypatch):
+    # Every cell counts as at chance level: the warning reaches the console and the cell's record.
+    monkeypatch.setattr(classification, "CHANCE_MARGIN", 1.0)
+    monkeypatch.setattr(classification, "MIN_STEPS_TO_LEARN", 1)
+    argv = _args(tmp_path / "out", vae_dir, "--priors", "normal")
+    with pytest.warns(RuntimeWarning, match="the normal cell N=20 seed 0 .* did not learn"):
+        assert main(argv) == 0
+    (cell,) = json.loads((tmp_path / "out" / "dwp_classify.json").read_text())["cells"]
+    (message,) = cell["warnings"]
+    assert "after 1 steps" in message and "chance level for 10 classes is 90%" in message

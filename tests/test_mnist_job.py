@@ -11,7 +11,7 @@ from conftest import SHARED_DATA, needs_shared_data
 
 from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
-from pyro_dwp.experiments import mnist as mnist_job
+from pyro_dwp.experiments import classification
 from pyro_dwp.experiments.mnist import load_bbb_run, training_warnings
 
 TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
@@ -74,12 +74,29 @@ def test_training_warnings_flag_a_run_that_stays_at_chance() -> None:
     assert training_warnings([], lr=0.4, steps_per_epoch=391) == []
 
 
+@pytest.mark.parametrize(
+    ("error", "classes", "steps", "flagged"),
+    [
+        (0.80, 10, 500, True),  # chance 0.9: within the margin of 0.1
+        (0.79, 10, 500, False),
+        (0.95, 10, 499, False),  # too few steps to judge
+        (0.40, 2, 10_000, True),  # chance 0.5
+        (0.39, 2, 10_000, False),
+    ],
+)
+def test_not_learning_warnings_at_the_chance_margin(error, classes, steps, flagged) -> None:
+    messages = classification.not_learning_warnings(error, classes, steps, "the run")
+    assert bool(messages) == flagged
+    if flagged:
+        assert messages[0].startswith("the run did not learn") and f"{error:.2%}" in messages[0]
+
+
 def test_mnist_job_reports_a_run_that_did_not_learn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every run counts as not learning: the warning reaches the console and metrics.json.
-    monkeypatch.setattr(mnist_job, "CHANCE_ERROR", 0.0)
-    monkeypatch.setattr(mnist_job, "MIN_STEPS_TO_LEARN", 1)
+    monkeypatch.setattr(classification, "CHANCE_MARGIN", 1.0)
+    monkeypatch.setattr(classification, "MIN_STEPS_TO_LEARN", 1)
     with pytest.warns(RuntimeWarning, match="did not learn"):
         assert main(["mnist", "--method", "sgd", "--out", str(tmp_path), *TINY]) == 0
     (message,) = json.loads((tmp_path / "metrics.json").read_text())["warnings"]

@@ -21,8 +21,10 @@ from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.infer.pruning import posterior_mean_network, sample_weights, sampled_outputs
 
 __all__ = [
+    "CHANCE_MARGIN",
     "ECE_BINS",
     "EVALUATIONS",
+    "MIN_STEPS_TO_LEARN",
     "Classifier",
     "baseline_classifier",
     "bbb_classifier",
@@ -31,10 +33,17 @@ __all__ = [
     "evaluate",
     "guide_classifier",
     "network_logits",
+    "not_learning_warnings",
 ]
 
 ECE_BINS = 15
 """Bins of the expected calibration error and the reliability diagram."""
+CHANCE_MARGIN = 0.1
+"""An error rate within this of chance's, ``1 - 1 / K`` for ``K`` classes, is at chance level
+(:func:`not_learning_warnings`)."""
+MIN_STEPS_TO_LEARN = 500
+"""Optimiser steps after which a classifier still at chance level is reported as not learning
+(a smoke test's few steps are not judged)."""
 _EVAL_CHUNK = 1000
 """Rows per forward pass in evaluation."""
 EVALUATIONS = {
@@ -182,3 +191,18 @@ def ensemble_log_probs(clf: Classifier, x: Tensor, num_samples: int) -> Tensor:
 def error_rate(scores: Tensor, y: Tensor) -> float:
     """Fraction of rows whose top score is not the label."""
     return float((scores.argmax(-1) != y).float().mean())
+
+
+def not_learning_warnings(error: float, num_classes: int, steps: int, what: str) -> list[str]:
+    """A message, in a list, when a finished run's classifier is at chance level: its error
+    rate ``error`` on held-out data within :data:`CHANCE_MARGIN` of chance's ``1 - 1 /
+    num_classes`` or above, after at least :data:`MIN_STEPS_TO_LEARN` optimiser ``steps``;
+    else ``[]``. Such a run stayed finite (no NaN check stopped it) but did not learn, as one
+    whose rate is too large does; ``what`` names the run and its likely causes in the message."""
+    chance = 1 - 1 / num_classes
+    if error < chance - CHANCE_MARGIN or steps < MIN_STEPS_TO_LEARN:
+        return []
+    return [
+        f"{what} did not learn: its error rate ends at {error:.2%} after {steps:g} steps, "
+        f"chance level for {num_classes} classes is {chance:.0%}"
+    ]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
+import warnings
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -26,6 +28,7 @@ from pyro_dwp.experiments.classification import (
     EVALUATIONS,
     ensemble_log_probs,
     guide_classifier,
+    not_learning_warnings,
 )
 from pyro_dwp.experiments.dwp_bnn import LOG_UNIFORM_FAMILIES, DWPSetup, make_dwp_cnn_model
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
@@ -408,7 +411,15 @@ def _run_cell(
         "final_kl": history[-1]["kl"],
         "kernels": kernel_summary(model, guide),
         "seconds": time.perf_counter() - t0,
+        "warnings": not_learning_warnings(
+            1 - accuracy,
+            log_probs.shape[-1],
+            steps=args.epochs * math.ceil(n / min(args.batch_size, n)),
+            what=f"the {prior} cell N={n} seed {seed} (on the test set)",
+        ),
     }
+    for message in cell["warnings"]:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     if prior == "dwp" and args.gap_samples:
         cell["gap"] = dwp_bound_gap(
             model, guide, x[:1].to(args.device), y[:1].to(args.device), num_samples=args.gap_samples

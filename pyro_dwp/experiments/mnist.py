@@ -41,6 +41,7 @@ from pyro_dwp.experiments.classification import (
     error_rate,
     evaluate,
     network_logits,
+    not_learning_warnings,
 )
 from pyro_dwp.experiments.prior_recipes import (
     PRIOR_RECIPES,
@@ -92,11 +93,6 @@ LR_SCHEDULES = ("constant", "linear")
 """``--lr-schedule``: the rate over the epochs, constant or decayed linearly to 0."""
 IN_FEATURES = 28 * 28
 NUM_CLASSES = 10
-CHANCE_ERROR = 0.8
-"""A final validation error at or above this (chance is 0.9 for 10 classes) marks a run that
-did not learn (:func:`training_warnings`)."""
-MIN_STEPS_TO_LEARN = 500
-"""Optimiser steps after which a run still at chance level is reported as not learning."""
 # Config keys that define a training run: a resumed run must agree on all of them.
 _RUN_KEYS = (
     "method",
@@ -389,21 +385,13 @@ def training_warnings(
     history: list[dict[str, float]], lr: float, steps_per_epoch: int
 ) -> list[str]:
     """What a finished run's learning curve says went wrong, as messages (empty when nothing
-    did): after at least :data:`MIN_STEPS_TO_LEARN` optimiser steps, a final validation error
-    of the mean network at or above :data:`CHANCE_ERROR`, i.e. a run that stayed finite (so no
-    NaN check stopped it) but did not learn, as one whose rate is too large. Shorter runs (a
-    smoke test's few steps) are not judged."""
+    did): the mean network's final validation error at chance level
+    (:func:`~pyro_dwp.experiments.classification.not_learning_warnings`)."""
     if not history or "valid_error" not in history[-1]:
         return []
-    error, epochs = history[-1]["valid_error"], history[-1]["epoch"]
-    if error < CHANCE_ERROR or epochs * steps_per_epoch < MIN_STEPS_TO_LEARN:
-        return []
-    return [
-        f"training did not learn: the mean network's validation error ends at {error:.2%} "
-        f"after {epochs:g} epochs ({epochs * steps_per_epoch:g} steps), chance level for "
-        f"{NUM_CLASSES} classes is {1 - 1 / NUM_CLASSES:.0%}; the test error is of a failed run "
-        f"(is --lr {lr:g} too large?)"
-    ]
+    steps = history[-1]["epoch"] * steps_per_epoch
+    what = f"training (the mean network on the validation set; is --lr {lr:g} too large?)"
+    return not_learning_warnings(history[-1]["valid_error"], NUM_CLASSES, steps, what)
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
