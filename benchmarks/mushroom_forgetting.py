@@ -9,6 +9,7 @@ the full buffer), without new interactions, on one of two buffers:
 - ``no-poisonous-meals``: the same buffer without its meals of a poisonous mushroom, i.e. what the
   buffer holds once an agent stops eating them for 4,096 steps.
 
+``--lr`` trains on at another rate than the run's (the Adam moments carried over).
 ``--kl-divisor D`` weights the KL term as for a buffer of ``D`` times its size (the data term
 scaled by ``D * 4,096 / B`` instead of ``4,096 / B``; ``D = 1`` is the run's weighting): with a
 large ``D`` the prior's pull all but vanishes, which separates what the KL term does from what
@@ -103,7 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seeds=list(dict.fromkeys(s for _, s in args.members)), hidden=hidden,
             buffer_size=source["buffer_y"].shape[1], batch_size=settings["--batch-size"],
             num_batches=settings["--num-batches"], num_particles=settings["--particles"],
-            lr=settings["--lr"], init_scale=settings["--init-scale"], pi=settings["--pi"],
+            lr=args.lr or settings["--lr"], pi=settings["--pi"],
+            init_scale=settings["--init-scale"],
             sigma1=sigma_from_neg_log(settings["--neg-log-sigma1"], "--neg-log-sigma1"),
             sigma2=sigma_from_neg_log(settings["--neg-log-sigma2"], "--neg-log-sigma2"),
             noise=settings["--noise"], kl_size="seen", rng_seed=args.seed,
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=200, help="bandit steps of training")
     p.add_argument("--every", type=int, default=20, help="steps between readings")
     p.add_argument("--buffers", nargs="+", choices=BUFFERS, default=list(BUFFERS))
+    p.add_argument("--lr", type=float, default=None, help="Adam's rate (default: the run's)")
     p.add_argument("--kl-divisor", type=int, default=1, help="KL as for D x the buffer's size")
     p.add_argument("--draws", type=int, default=100, help="Thompson draws per reading")
     p.add_argument("--seed", type=int, default=0, help="seed of minibatches, noise and draws")
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if min(args.steps, args.every, args.draws, args.kl_divisor) < 1:
         p.error("--steps, --every, --draws and --kl-divisor must be >= 1")
+    if args.lr is not None and not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     result = {"command": shlex.join(["mushroom_forgetting.py", *sys.argv[1:]])} | run(args)

@@ -193,16 +193,20 @@ def error_rate(scores: Tensor, y: Tensor) -> float:
     return float((scores.argmax(-1) != y).float().mean())
 
 
-def not_learning_warnings(error: float, num_classes: int, steps: int, what: str) -> list[str]:
+def not_learning_warnings(
+    error: float, num_classes: int, steps: int, what: str, hint: str = ""
+) -> list[str]:
     """A message, in a list, when a finished run's classifier is at chance level: its error
     rate ``error`` on held-out data within :data:`CHANCE_MARGIN` of chance's ``1 - 1 /
     num_classes`` or above, after at least :data:`MIN_STEPS_TO_LEARN` optimiser ``steps``;
     else ``[]``. Such a run stayed finite (no NaN check stopped it) but did not learn, as one
-    whose rate is too large does; ``what`` names the run and its likely causes in the message."""
+    whose rate is too large does. ``what`` names the run in the message, ``hint`` (if any)
+    ends it."""
     chance = 1 - 1 / num_classes
     if error < chance - CHANCE_MARGIN or steps < MIN_STEPS_TO_LEARN:
         return []
-    return [
+    message = (
         f"{what} did not learn: its error rate ends at {error:.2%} after {steps:g} steps, "
         f"chance level for {num_classes} classes is {chance:.0%}"
-    ]
+    )
+    return [f"{message}; {hint}" if hint else message]

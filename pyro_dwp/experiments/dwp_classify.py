@@ -415,7 +415,8 @@ def _run_cell(
             1 - accuracy,
             log_probs.shape[-1],
             steps=args.epochs * math.ceil(n / min(args.batch_size, n)),
-            what=f"the {prior} cell N={n} seed {seed} (on the test set)",
+            what=f"the {prior} cell N={n} seed {seed} (test set)",
+            hint="its accuracy is that of a failed run",
         ),
     }
     for message in cell["warnings"]:

@@ -390,8 +390,9 @@ def training_warnings(
     if not history or "valid_error" not in history[-1]:
         return []
     steps = history[-1]["epoch"] * steps_per_epoch
-    what = f"training (the mean network on the validation set; is --lr {lr:g} too large?)"
-    return not_learning_warnings(history[-1]["valid_error"], NUM_CLASSES, steps, what)
+    error = history[-1]["valid_error"]
+    what, hint = "the mean network (validation set)", f"is --lr {lr:g} too large?"
+    return not_learning_warnings(error, NUM_CLASSES, steps, what, hint)
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
