@@ -61,10 +61,12 @@ VARIANT = {"pi": 0.25, "sigma1": 0.3, "sigma2": 0.01, "init_scale": 0.05, "noise
         (20, "buffer", 16, "bbb", "uniform", 0, True),
         (20, "buffer", 16, "bbb:v", "uniform", 0, True),
         (20, "seen", 20, "bbb:v", "uniform", 0, False),
+        (3, "capacity", 16, "bbb", "uniform", 0, False),
+        (3, "capacity", 16, "bbb:v", "uniform", 0, False),
     ],
     ids=[
         "buffer_below_batch", "buffer_full", "seen", "variant", "blundell_1st", "blundell_2nd",
-        "learnt_noise", "learnt_noise_variant", "variant_seen",
+        "learnt_noise", "learnt_noise_variant", "variant_seen", "capacity", "variant_capacity",
     ],
 )  # fmt: skip
 def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
@@ -72,7 +74,8 @@ def test_bbb_loss_and_gradients_equal_pyros_trace_elbo(
 ):
     # the member (agent_name, seed 1) of a runner beside other members; its reference agent
     # starts from the same weights; the data term's scale max(N, B) / B is 1 (N = 3 < B = 4),
-    # then 16 / 4 (N the buffer's 16 interactions), or 20 / 4 (N the 20 seen, kl_size="seen");
+    # then 16 / 4 (N the buffer's 16 interactions), or 20 / 4 (N the 20 seen, kl_size="seen"),
+    # or 16 / 4 after 3 steps (N the buffer's capacity, kl_size="capacity");
     # "bbb:v" has a prior, initial scale and noise of its own beside "bbb" (per-member tensors);
     # under kl_scheme="blundell" the KL term of update k of K = 2 is Pyro's scaled by
     # K * pi_k = 2 * 2^-k / (1 - 2^-2): 4/3 for the first, 2/3 for the second; learn_noise: the
@@ -359,7 +362,7 @@ def test_agent_names():
         ({"noise": -1.0}, "noise must be > 0"),
         ({"init_scale": 0.0}, "init_scale must be > 0"),
         ({"pi": 1.0}, r"pi must be in \(0, 1\)"),
-        ({"kl_size": "all"}, r"kl_size must be one of \['buffer', 'seen'\], got 'all'"),
+        ({"kl_size": "all"}, r"kl_size must be one of \['buffer', 'seen', 'capacity'\], got 'all'"),
         ({"agents": ("bbb:",)}, "agents: unknown agent 'bbb:'"),
         ({"overrides": {"eps0.1": {"lr": 1.0}}}, r"overrides: agents \['eps0.1'\] are not"),
         ({"overrides": {"greedy": {"pi": 0.3}}}, r"agent 'greedy' has no setting \['pi'\]"),

@@ -170,10 +170,17 @@ def test_buffer_keeps_the_last_interactions():
     assert torch.equal(x[:, 0], y[:, 0])  # each row's context and reward travel together
 
 
-@pytest.mark.parametrize(("kl_size", "size"), [("buffer", 4), ("seen", 6)])
-def test_the_bbb_agents_kl_is_weighted_by_the_buffer_or_everything_seen(kl_size, size):
+@pytest.mark.parametrize(
+    ("kl_size", "interactions", "size"),
+    [("buffer", 6, 4), ("buffer", 2, 2), ("seen", 6, 6), ("capacity", 2, 4), ("capacity", 6, 4)],
+)
+def test_the_bbb_agents_kl_is_weighted_by_the_buffer_everything_seen_or_its_capacity(
+    kl_size, interactions, size
+):
+    # a buffer of capacity 4: N is what it holds (at most 4), every interaction so far, or 4
+    # from the first interaction on
     agent = ThompsonBBBAgent(3, hidden=(4,), buffer_size=4, num_batches=1, kl_size=kl_size)
-    for i in range(6):
+    for i in range(interactions):
         agent.learn(torch.eye(3)[i % 3], i % 2, 5.0)
     assert agent.likelihood.dataset_size == size
     state = agent.state_dict()
@@ -520,7 +527,7 @@ def test_bbb_variants_become_the_lockstep_engines_overrides():
         ([["a", "noise=big"]], "noise must be a number, got 'big'"),
         ([["a", "pi=0.3", "pi=0.2"]], "pi is given twice"),
         ([["a", "neg-log-sigma2=800"]], "neg-log-sigma2 800.0: sigma = exp"),
-        ([["a", "kl-size=all"]], "kl-size must be one of buffer, seen, got 'all'"),
+        ([["a", "kl-size=all"]], "kl-size must be one of buffer, seen, capacity, got 'all'"),
     ],
 )
 def test_bad_bbb_variants_are_refused_naming_them(specs, message):

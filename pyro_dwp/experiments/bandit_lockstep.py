@@ -17,8 +17,9 @@ exactly its reference agent's loss, with the same Adam update,
   prior on every weight and bias, the Gaussian likelihood of fixed noise (or of a noise learnt as
   a point estimate, ``learn_noise``: Pyro's positive parameter, ``exp`` of an unconstrained
   one), its data term scaled by ``max(N, B) / B`` for a buffer of ``N`` interactions (or ``N``
-  seen: ``kl_size``) and minibatches of ``B``, its KL term by ``K * pi_k`` on the step's
-  ``k``-th of ``K`` updates (:func:`~pyro_dwp.infer.kl_weights`; ``kl_scheme``);
+  seen, or the buffer's capacity: ``kl_size``) and minibatches of ``B``, its KL term by
+  ``K * pi_k`` on the step's ``k``-th of ``K`` updates (:func:`~pyro_dwp.infer.kl_weights`;
+  ``kl_scheme``);
 - ``greedy``, ``eps<E>`` (:class:`~pyro_dwp.experiments.bandits.GreedyAgent`): the mean squared
   error;
 
@@ -131,7 +132,8 @@ class LockstepBandit:
             ``agents=["bbb", "bbb:narrow"], overrides={"bbb:narrow": {"sigma1": 0.05}}``
             screens two priors side by side in one batched network.
         kl_size: ``N`` of ``bbb``'s KL weighting, as the reference agent's: ``"buffer"``
-            (the interactions stored) or ``"seen"`` (every interaction so far).
+            (the interactions stored), ``"seen"`` (every interaction so far) or
+            ``"capacity"`` (``buffer_size`` from the first step on).
         kl_scheme: How ``bbb``'s KL term is spread over the ``K`` updates of a step, as the
             reference agent's: ``"uniform"`` (each update's KL weighted by 1) or
             ``"blundell"`` (the ``k``-th by ``K * 2^-k / (1 - 2^-K)``, Blundell et al.'s
@@ -276,12 +278,8 @@ class LockstepBandit:
         prior = [self._bbb_setting(k, device) for k in ("pi", "sigma1", "sigma2")]
         self._prior = ScaleMixtureNormal(*prior, validate_args=False)
         self._noise = self._bbb_setting("noise", device)
-        seen = [self.settings[a]["kl_size"] == "seen" for a, _ in bbb]
-        # whether each bbb member's N counts every interaction seen: one bool where they share
-        # it, else (E_bbb, 1) against the data term (E_bbb, P)
-        self._seen: bool | Tensor = any(seen)  # (none without bbb members)
-        if len(set(seen)) > 1:
-            self._seen = on_device(torch.tensor(seen).unsqueeze(1))
+        # each bbb member's kl_size, the N of its KL weighting (see _scale)
+        self._kl_sizes: list[str] = [str(self.settings[a]["kl_size"]) for a, _ in bbb]
 
         # the state a step changes in place (a CUDA graph reads and writes these very tensors)
         self._x = torch.zeros(num, buffer_size, context_dim + NUM_ACTIONS, device=device)
@@ -348,7 +346,8 @@ class LockstepBandit:
 
         ``bbb``: the negative ELBO of ``Trace_ELBO`` (``P`` particles, data term scaled by
         ``max(N, B) / B`` with ``N`` the interactions stored, or seen under
-        ``kl_size="seen"``, KL term by ``K * pi_k`` of ``kl_scheme`` for ``update = k - 1``);
+        ``kl_size="seen"``, or ``buffer_size`` under ``"capacity"``, KL term by ``K * pi_k``
+        of ``kl_scheme`` for ``update = k - 1``);
         others: the mean squared error.
 
         Args:
@@ -486,13 +485,18 @@ class LockstepBandit:
 
     def _scale(self) -> Tensor:
         """The data term's scale ``max(N, B) / B``, ``N`` the interactions stored
-        (``kl_size="buffer"``) or seen (``"seen"``): ``()``, or ``(E_bbb, 1)`` where the ``bbb``
-        members' ``kl_size`` differ."""
-        stored = self._t.clamp(max=self.buffer_size)
-        if isinstance(self._seen, Tensor):
-            size = torch.where(self._seen, self._t, stored)
+        (``kl_size="buffer"``), seen (``"seen"``) or the buffer's capacity (``"capacity"``):
+        ``()``, or ``(E_bbb, 1)`` where the ``bbb`` members' ``kl_size`` differ."""
+        sizes = {
+            "buffer": self._t.clamp(max=self.buffer_size),
+            "seen": self._t,
+            "capacity": torch.full_like(self._t, self.buffer_size),
+        }
+        kinds = list(dict.fromkeys(self._kl_sizes)) or ["buffer"]  # (none without bbb members)
+        if len(kinds) == 1:
+            size = sizes[kinds[0]]
         else:
-            size = self._t if self._seen else stored
+            size = torch.stack([sizes[k] for k in self._kl_sizes]).unsqueeze(1)
         return size.clamp(min=self.batch_size).float() / self.batch_size
 
     def _minibatch(self, rows: Tensor) -> tuple[Tensor, Tensor]:

@@ -71,9 +71,10 @@ NUM_ACTIONS = 2
 _EDIBLE_REWARD = 5.0
 _POISON_REWARD = -35.0
 
-KLSize = Literal["buffer", "seen"]
-"""The dataset size that weights a BBB agent's KL: the interactions in the buffer, or every
-interaction so far (:class:`ThompsonBBBAgent`'s ``kl_size``)."""
+KLSize = Literal["buffer", "seen", "capacity"]
+"""The dataset size that weights a BBB agent's KL: the interactions in the buffer, every
+interaction so far, or the buffer's capacity from the first step on (:class:`ThompsonBBBAgent`'s
+``kl_size``)."""
 
 
 def check_kl_size(kl_size: str) -> None:
@@ -398,7 +399,11 @@ class ThompsonBBBAgent:
         kl_size: The dataset size ``N`` that weights the KL (the data term is scaled by
             ``max(N, B) / B``): ``"buffer"``, the interactions in the buffer (at most
             ``buffer_size``); ``"seen"``, every interaction so far, the buffer standing for all
-            of them (the posterior then keeps concentrating after the buffer is full).
+            of them (the posterior then keeps concentrating after the buffer is full);
+            ``"capacity"``, ``buffer_size`` from the first step on (Blundell et al.'s weights
+            read literally: a step's ``K`` minibatches of ``B`` stand for a dataset of ``K * B``
+            = 4,096 however few interactions the buffer holds yet, so the prior does not
+            dominate the first steps).
         kl_scheme: The KL factor of the step's ``k``-th of ``K = num_batches`` updates,
             ``K * pi_k`` of :func:`~pyro_dwp.infer.kl_weights` (the updates standing for one
             pass over the buffer): ``"uniform"``, 1 each; ``"blundell"``,
@@ -530,4 +535,5 @@ class ThompsonBBBAgent:
 
     def _dataset_size(self) -> int:
         """``N`` of the KL weighting (``kl_size``)."""
-        return len(self.buffer) if self.kl_size == "buffer" else self.buffer.seen
+        sizes = {"buffer": len(self.buffer), "seen": self.buffer.seen}
+        return sizes.get(self.kl_size, len(self.buffer.x))  # "capacity"

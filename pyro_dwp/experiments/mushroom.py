@@ -97,7 +97,8 @@ the default, so that runs from before an option resume under it."""
 def bbb_variants(specs: list[list[str]]) -> dict[str, dict[str, float | str]]:
     """``--bbb-variant`` specs (``[LABEL, KEY=VALUE, ...]`` each) as the lockstep engine's
     ``overrides``: ``{"bbb:LABEL": {setting: value}}`` (``neg-log-sigma<i>=v`` gives
-    ``sigma<i> = exp(-v)``; ``kl-size`` takes ``buffer`` or ``seen``, the others numbers).
+    ``sigma<i> = exp(-v)``; ``kl-size`` takes ``buffer``, ``seen`` or ``capacity``, the others
+    numbers).
 
     Raises:
         ValueError: For a label used twice or with ``=``, an unknown key, a key given twice or a
@@ -179,8 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=get_args(KLSize),
         default="buffer",
         help="BBB: the dataset size N that weights the KL: the interactions in the buffer (at "
-        "most --buffer-size, the paper's reading) or every interaction seen so far, the buffer "
-        "standing for all of them (default: buffer)",
+        "most --buffer-size), every interaction seen so far (the buffer standing for all of "
+        "them), or --buffer-size from the first step on (a step's minibatches standing for a "
+        "full buffer however few interactions it holds yet) (default: buffer)",
     )
     p.add_argument(
         "--kl-scheme",
