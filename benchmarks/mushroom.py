@@ -83,11 +83,14 @@ def build_args_parser() -> argparse.ArgumentParser:
         "process",
     )
     bbb = p.add_argument_group(
-        "the BBB agent's prior, KL weighting and scales' rate (default: the job's)"
+        "the BBB agent's prior, KL weighting and scales' rate, every agent's rate decay "
+        "(default: the job's)"
     )
     for flag in ("--pi", "--neg-log-sigma1", "--neg-log-sigma2", "--scale-lr-factor"):
         bbb.add_argument(flag, type=float, help=f"pyro-dwp mushroom {flag}")
     bbb.add_argument("--kl-size", choices=get_args(KLSize), help="pyro-dwp mushroom --kl-size")
+    for flag, kind in (("--lr-final-factor", float), ("--lr-decay-steps", int)):
+        bbb.add_argument(flag, type=kind, help=f"pyro-dwp mushroom {flag} (lockstep)")
     bbb.add_argument(
         "--kl-scheme", choices=get_args(KLScheme), help="pyro-dwp mushroom --kl-scheme"
     )
@@ -124,7 +127,7 @@ def _common_argv(args: argparse.Namespace, out: Path) -> list[str]:
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
     bbb = ("pi", "neg_log_sigma1", "neg_log_sigma2", "scale_lr_factor", "kl_size", "kl_scheme")
-    for flag in bbb:
+    for flag in (*bbb, "lr_final_factor", "lr_decay_steps"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     for spec in args.bbb_variant or []:

@@ -225,6 +225,28 @@ def test_the_scales_learn_at_their_own_rate(one_thread):
         runner(scale_lr_factor=0.0)
 
 
+@pytest.mark.parametrize(("steps", "rate"), [(0, 1e-2), (2, 1e-3), (4, 1e-4), (6, 1e-4)])
+def test_the_rate_decays_geometrically_over_the_decay_steps(steps, rate, one_thread):
+    # lr 1e-2 to a final factor of 0.01 over 4 steps: after t interactions the update is the one
+    # a constant rate of 1e-2 * 0.01 ** min(t / 4, 1) takes from the same state (Adam's moments
+    # included), for the bbb and the greedy members alike
+    decayed = runner(lr_final_factor=0.01, lr_decay_steps=4)
+    for _ in range(steps):
+        decayed.step()
+    state = decayed.state_dict()
+    constant = runner(lr=rate)
+    constant.load_state_dict(state)
+    rows, eps = draws(decayed)
+    for r in (decayed, constant):
+        r.update(rows, eps)
+    assert not torch.equal(decayed.params, torch.as_tensor(state["params"]))
+    torch.testing.assert_close(decayed.params, constant.params, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="lr_final_factor must be > 0 and lr_decay_steps >= 1"):
+        runner(lr_final_factor=0.0)
+    with pytest.raises(ValueError, match="got 1.0 and 0"):
+        runner(lr_decay_steps=0)
+
+
 def test_members_are_independent(one_thread):
     r = runner(agents=("bbb", "greedy", "eps0.5"), seeds=(0, 1))
     for _ in range(5):

@@ -40,13 +40,22 @@ def test_mushroom_benchmark_refuses_zero_workers():
 def test_mushroom_benchmark_passes_the_prior_to_the_job_and_adds_up_its_seconds(tmp_path):
     argv = ["--engine", "lockstep", "--seeds", "0", "--data-dir", str(SHARED_DATA), "--no-progress"]
     argv += ["--neg-log-sigma1", "2", "--neg-log-sigma2", "8", "--pi", "0.25", "--kl-size", "seen"]
-    argv += ["--bbb-variant", "slow", "lr=1e-4"]
+    argv += [
+        "--bbb-variant",
+        "slow",
+        "lr=1e-4",
+        "--lr-final-factor",
+        "0.5",
+        "--lr-decay-steps",
+        "4",
+    ]
     argv += ["--work-dir", str(tmp_path), "--results-dir", str(tmp_path)]
     first = mushroom.main([*argv, "--steps", "3"])
     result = mushroom.main([*argv, "--steps", "5"])  # resumes the run of 3 steps
     settings = json.loads((tmp_path / "lockstep" / "regret.json").read_text())["settings"]
     assert (settings["neg_log_sigma1"], settings["neg_log_sigma2"], settings["pi"]) == (2, 8, 0.25)
     assert settings["kl_size"] == "seen" and settings["bbb_variant"] == [["slow", "lr=1e-4"]]
+    assert (settings["lr_final_factor"], settings["lr_decay_steps"]) == (0.5, 4)
     assert set(result["regret"]) == {"bbb", "bbb:slow", "greedy", "eps0.01", "eps0.05"}
     assert result["step_minutes"] > first["step_minutes"] > 0
     assert "minutes of stepping over every invocation" in (tmp_path / "mushroom.md").read_text()

@@ -489,11 +489,30 @@ def test_the_lockstep_job_runs_several_seeds_in_one_process(tmp_path: Path, data
     [
         (("--seeds", "0", "1"), "--seeds with several seeds needs --engine lockstep"),
         (("--seeds", "2", "2", "--engine", "lockstep"), "--seeds names a seed twice"),
+        (("--lr-final-factor", "0.1"), "--lr-final-factor needs --engine lockstep"),
+        (("--engine", "lockstep", "--lr-final-factor", "0"), "--lr-final-factor must be > 0"),
+        (("--engine", "lockstep", "--lr-decay-steps", "0"), "--lr-decay-steps must be >= 1"),
     ],
 )
 def test_lockstep_options_are_checked(tmp_path: Path, data_dir: Path, capsys, extra, message):
     assert _job(tmp_path, data_dir, "--steps", "20", *extra) == 1
     assert message in capsys.readouterr().err
+
+
+def test_the_decaying_rate_resumes_as_an_uninterrupted_run(tmp_path: Path, data_dir: Path):
+    # the rate's decay follows the interactions so far, which the checkpoint carries; the
+    # options are settings of the run only when not at their defaults
+    decay = ("--engine", "lockstep", "--lr-final-factor", "0.1", "--lr-decay-steps", "50")
+    assert _job(tmp_path / "a", data_dir, *decay, "--steps", "60") == 0
+    assert _job(tmp_path / "b", data_dir, *decay, "--steps", "40") == 0
+    assert _job(tmp_path / "b", data_dir, *decay, "--steps", "60", "--resume") == 0
+    (ra, sa), (rb, sb) = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    assert ra["regret"] == rb["regret"] and sa["runner"]["params"].equal(sb["runner"]["params"])
+    assert ra["settings"]["lr_final_factor"] == 0.1 and ra["settings"]["lr_decay_steps"] == 50
+    assert _job(tmp_path / "c", data_dir, "--engine", "lockstep", "--steps", "60") == 0
+    rc, sc = _final_state(tmp_path / "c")
+    assert "lr_final_factor" not in rc["settings"] and "lr_decay_steps" not in rc["settings"]
+    assert not sc["runner"]["params"].equal(sa["runner"]["params"])  # the decay took effect
 
 
 def test_the_engines_refuse_each_others_checkpoints(tmp_path: Path, data_dir: Path, capsys):

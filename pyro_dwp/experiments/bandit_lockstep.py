@@ -143,6 +143,13 @@ class LockstepBandit:
         stream_chunk: Steps of the mushroom stream drawn (on the CPU) and moved to the device
             at a time.
         rng_seed: Seed of the agents' generator.
+        lr_final_factor: Every member's Adam rate is multiplied by
+            ``lr_final_factor ** min(t / lr_decay_steps, 1)`` after ``t`` interactions: decayed
+            geometrically to ``lr_final_factor`` times its value over the first
+            ``lr_decay_steps`` steps, then constant (1: a constant rate, the reference agents'
+            behaviour). A rate that falls once the agents have learnt slows their forgetting
+            of what has left the buffer (``benchmarks/results/mushroom_forgetting.md``).
+        lr_decay_steps: The steps of the decay.
     """
 
     def __init__(
@@ -172,6 +179,8 @@ class LockstepBandit:
         capture: bool | None = None,
         stream_chunk: int = 100,
         rng_seed: int = 0,
+        lr_final_factor: float = 1.0,
+        lr_decay_steps: int = 10_000,
     ) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -182,6 +191,12 @@ class LockstepBandit:
             stream_chunk=stream_chunk, lr=lr, pi=pi, sigma1=sigma1, sigma2=sigma2,
             init_scale=init_scale, noise=noise, scale_lr_factor=scale_lr_factor, kl_size=kl_size,
         )  # fmt: skip
+        if not lr_final_factor > 0 or lr_decay_steps < 1:
+            raise ValueError(
+                f"lr_final_factor must be > 0 and lr_decay_steps >= 1, got {lr_final_factor} "
+                f"and {lr_decay_steps}"
+            )
+        self._lr_log_factor, self._lr_decay_steps = math.log(lr_final_factor), lr_decay_steps
         if contexts.dim() != 2 or edible.shape != contexts.shape[:1]:
             raise ValueError(
                 f"contexts must be (N, D) and edible (N,), got {tuple(contexts.shape)} and "
@@ -574,12 +589,16 @@ class LockstepBandit:
 
     @torch.no_grad()
     def _adam(self, grad: Tensor) -> None:
-        """``torch.optim.Adam``'s update (default betas and eps), on the flat vector."""
+        """``torch.optim.Adam``'s update (default betas and eps), on the flat vector, at the
+        rate decayed by ``lr_final_factor`` (see the class)."""
         beta1, beta2 = _BETAS
         self._adam_steps += 1
         self._adam_m.lerp_(grad, 1 - beta1)
         self._adam_v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step_size = self._lr / (1 - beta1**self._adam_steps)
+        if self._lr_log_factor != 0.0:  # the decay, from the interactions so far (on device)
+            progress = (self._t / self._lr_decay_steps).clamp(max=1.0)
+            step_size = step_size * torch.exp(self._lr_log_factor * progress)
         bias_correction2_sqrt = (1 - beta2**self._adam_steps).sqrt()
         denom = (self._adam_v.sqrt() / bias_correction2_sqrt).add_(_ADAM_EPS)
         self.params.sub_(self._adam_m / denom * step_size)

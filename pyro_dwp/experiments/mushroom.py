@@ -89,6 +89,7 @@ _VARIANT_KEYS = (
 
 _LATER_OPTIONS: dict[str, Any] = {
     "kl_size": "buffer", "kl_scheme": "uniform", "bbb_variant": None, "scale_lr_factor": 1.0,
+    "lr_final_factor": 1.0, "lr_decay_steps": 10_000,
 }  # fmt: skip
 """Options added after the job's first runs, with their defaults: a setting only when not at
 the default, so that runs from before an option resume under it."""
@@ -161,6 +162,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buffer-size", type=int, default=4096, help="interactions kept")
     p.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="hidden layer sizes")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (every agent)")
+    p.add_argument(
+        "--lr-final-factor",
+        type=float,
+        default=1.0,
+        help="lockstep: every agent's rate decays geometrically to this factor of --lr over the "
+        "first --lr-decay-steps steps, then stays (default: 1, a constant rate)",
+    )
+    p.add_argument(
+        "--lr-decay-steps", type=int, default=10_000, help="steps of the --lr-final-factor decay"
+    )
     p.add_argument(
         "--scale-lr-factor",
         type=float,
@@ -370,6 +381,8 @@ def _run_lockstep(
         num_batches=args.num_batches,
         num_particles=args.particles,
         lr=args.lr,
+        lr_final_factor=args.lr_final_factor,
+        lr_decay_steps=args.lr_decay_steps,
         scale_lr_factor=args.scale_lr_factor,
         pi=args.pi,
         sigma1=sigma_from_neg_log(args.neg_log_sigma1, "--neg-log-sigma1"),
@@ -506,7 +519,11 @@ def _check_args(args: argparse.Namespace) -> None:
                 f"--seeds with several seeds needs --engine lockstep, got --engine {args.engine}: "
                 "run one seed at a time (--seed) under it"
             )
-    for flag in ("lr", "init_scale", "noise", "scale_lr_factor"):
+    if args.lr_final_factor != 1 and args.engine != "lockstep":
+        raise ValueError(f"--lr-final-factor needs --engine lockstep, got --engine {args.engine}")
+    if args.lr_decay_steps < 1:
+        raise ValueError(f"--lr-decay-steps must be >= 1, got {args.lr_decay_steps}")
+    for flag in ("lr", "init_scale", "noise", "scale_lr_factor", "lr_final_factor"):
         if not getattr(args, flag) > 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     if not 0 < args.pi < 1:
