@@ -502,17 +502,20 @@ class LockstepBandit:
         """The data term's scale ``max(N, B) / B``, ``N`` the interactions stored
         (``kl_size="buffer"``), seen (``"seen"``) or the buffer's capacity (``"capacity"``):
         ``()``, or ``(E_bbb, 1)`` where the ``bbb`` members' ``kl_size`` differ."""
-        sizes = {
-            "buffer": self._t.clamp(max=self.buffer_size),
-            "seen": self._t,
-            "capacity": torch.full_like(self._t, self.buffer_size),
-        }
         kinds = list(dict.fromkeys(self._kl_sizes)) or ["buffer"]  # (none without bbb members)
         if len(kinds) == 1:
-            size = sizes[kinds[0]]
+            size = self._kl_n(kinds[0])
         else:
-            size = torch.stack([sizes[k] for k in self._kl_sizes]).unsqueeze(1)
+            size = torch.stack([self._kl_n(k) for k in self._kl_sizes]).unsqueeze(1)
         return size.clamp(min=self.batch_size).float() / self.batch_size
+
+    def _kl_n(self, kl_size: str) -> Tensor:
+        """``N`` of the KL weighting under ``kl_size``, a long ``()`` on the device."""
+        if kl_size == "seen":
+            return self._t
+        if kl_size == "capacity":
+            return torch.full_like(self._t, self.buffer_size)
+        return self._t.clamp(max=self.buffer_size)  # "buffer": the interactions stored
 
     def _minibatch(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """``rows (E, B)`` of each member's buffer: inputs ``(E, B, D + 2)``, rewards ``(E, B)``."""
