@@ -38,24 +38,25 @@ from typing import Any
 
 import torch
 from mushroom_offline import _source
-from mushroom_posterior import all_inputs, load_lockstep, member_report
+from mushroom_posterior import all_inputs, load_lockstep, member_report, poisonous_meals
 from torch import Tensor
 
 from pyro_dwp.data.mushroom import load_mushroom
-from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
-from pyro_dwp.experiments.bandits import EAT, bandit_net
+from pyro_dwp.experiments.bandit_lockstep import LockstepBandit, agent_epsilon
+from pyro_dwp.experiments.bandits import bandit_net
 from pyro_dwp.experiments.regression import sigma_from_neg_log
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BUFFERS = ("own", "no-poisonous-meals")
 
 
-def member_state(source: dict[str, Any], members: list[tuple[str, int]], runner: LockstepBandit,
-                 num_weights: int) -> dict[str, Any]:  # fmt: skip
+def member_state(
+    source: dict[str, Any], members: list[tuple[str, int]], runner: LockstepBandit
+) -> dict[str, Any]:
     """``runner``'s state made of the ``source`` run's state (members ``members``, in its flat
     layout: every bbb member's ``mu``, then every bbb member's ``rho``, then the others'
     weights): parameters, Adam moments and buffers of ``runner.members`` picked out."""
-    w, nb = num_weights, sum(1 for a, _ in members if a == "bbb" or a.startswith("bbb:"))
+    w, nb = runner.num_weights, sum(1 for a, _ in members if agent_epsilon(a) is None)
 
     def pick(flat: Tensor) -> Tensor:
         mus, rhos, others = [], [], []
@@ -76,15 +77,6 @@ def member_state(source: dict[str, Any], members: list[tuple[str, int]], runner:
     return state
 
 
-def poisonous_meals(x: Tensor, contexts: Tensor, edible: Tensor) -> Tensor:
-    """Which rows of a buffer's inputs ``x (S, D + 2)`` are meals of a poisonous mushroom:
-    bool ``(S,)``."""
-    d = contexts.shape[1]
-    index = {tuple(c.nonzero().flatten().tolist()): i for i, c in enumerate(contexts)}
-    rows = torch.tensor([index[tuple(r[:d].nonzero().flatten().tolist())] for r in x])
-    return (x[:, d + EAT] == 1) & ~edible[rows]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train the members on each buffer; their reports every ``--every`` steps."""
     source, settings, members = load_lockstep(args.checkpoint)
@@ -97,7 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net = bandit_net(contexts.shape[1], hidden)
     inputs = all_inputs(contexts)
     stored = min(int(source["interactions"]), source["buffer_y"].shape[1])
-    out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "buffers": {}}
+    out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "kl_divisor": args.kl_divisor}
+    out |= {"lr": args.lr or settings["--lr"], "buffers": {}}
     for buffer in args.buffers:
         runner = LockstepBandit(
             contexts, edible, agents=list(dict.fromkeys(a for a, _ in args.members)),
@@ -110,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sigma2=sigma_from_neg_log(settings["--neg-log-sigma2"], "--neg-log-sigma2"),
             noise=settings["--noise"], kl_size="seen", rng_seed=args.seed,
         )  # fmt: skip
-        picked = member_state(source, members, runner, runner.num_weights)
+        picked = member_state(source, members, runner)
         # N of the KL weighting: the interactions "seen", the buffer's size times the divisor
         picked["interactions"] = torch.tensor(stored * args.kl_divisor)
         sizes = []
@@ -141,7 +134,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{r['agent']}/{r['seed']} {r['mean_net_eats_poisonous']}"
                     for r in reports[step]
                 ), flush=True)  # fmt: skip
-        out["kl_divisor"] = args.kl_divisor
         out["buffers"][buffer] = {
             "rows": dict(zip((f"{a}:{s}" for a, s in runner.members), sizes, strict=True)),
             "reports": {str(k): v for k, v in reports.items()},

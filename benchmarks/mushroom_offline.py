@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from mushroom_posterior import all_inputs, load_lockstep, member_report
+from mushroom_posterior import all_inputs, load_lockstep, member_report, poisonous_meals
 
 from pyro_dwp.data.mushroom import load_mushroom
 from pyro_dwp.experiments.bandit_lockstep import LockstepBandit
@@ -133,17 +133,11 @@ def _buffer_counts(
     """What a member's buffer holds: meals, poisonous meals, and -35 rewards."""
     stored = min(int(runner_state["interactions"]), runner_state["buffer_y"].shape[1])
     x, y = runner_state["buffer_x"][member, :stored], runner_state["buffer_y"][member, :stored]
-    d = contexts.shape[1]
-    label = {
-        tuple(c.nonzero().flatten().tolist()): bool(e)
-        for c, e in zip(contexts, edible, strict=True)
-    }
-    poisonous = torch.tensor([not label[tuple(r[:d].nonzero().flatten().tolist())] for r in x])
-    eaten = x[:, d + EAT] == 1
+    eaten = x[:, contexts.shape[1] + EAT] == 1
     return {
         "interactions": len(y),
         "meals": int(eaten.sum()),
-        "poisonous_meals": int((eaten & poisonous).sum()),
+        "poisonous_meals": int(poisonous_meals(x, contexts, edible).sum()),
         "rewards_of_minus_35": int((y == -35).sum()),
     }
 

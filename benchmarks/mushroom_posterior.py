@@ -107,6 +107,15 @@ def member_report(
     return report | bbb_report(net, loc, sigma, inputs, edible, draws, gen)
 
 
+def poisonous_meals(x: Tensor, contexts: Tensor, edible: Tensor) -> Tensor:
+    """Which rows of a buffer's inputs ``x (S, D + 2)`` are meals of a poisonous mushroom, the
+    mushroom found by its context among ``contexts (N, D)`` (``edible (N,)``): bool ``(S,)``."""
+    d = contexts.shape[1]
+    index = {tuple(c.nonzero().flatten().tolist()): i for i, c in enumerate(contexts)}
+    rows = torch.tensor([index[tuple(r[:d].nonzero().flatten().tolist())] for r in x])
+    return (x[:, d + EAT] == 1) & ~edible[rows]
+
+
 def all_inputs(contexts: Tensor) -> Tensor:
     """The network inputs of every mushroom eaten, then passed: ``(2N, D + 2)`` from
     ``contexts (N, D)``."""

@@ -399,7 +399,7 @@ def test_mushroom_forgetting_takes_each_members_own_state(tmp_path, monkeypatch)
     )  # fmt: skip
     whole.load_state_dict(source)
     picked = LockstepBandit(contexts, edible, agents=["bbb", "greedy"], seeds=[0], **kwargs)
-    picked.load_state_dict(forgetting.member_state(source, members, picked, picked.num_weights))
+    picked.load_state_dict(forgetting.member_state(source, members, picked))
     for mine, theirs in ((0, 0), (1, 2)):
         for key in ("params", "adam_m", "adam_v"):
             ours = picked.named_parameters(mine, picked.state_dict()[key])
