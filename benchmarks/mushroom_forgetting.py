@@ -89,15 +89,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net = bandit_net(contexts.shape[1], hidden)
     inputs = all_inputs(contexts)
     stored = min(int(source["interactions"]), source["buffer_y"].shape[1])
+    lr = args.lr or settings["--lr"]
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "kl_divisor": args.kl_divisor}
-    out |= {"lr": args.lr or settings["--lr"], "buffers": {}}
+    out |= {"lr": lr, "buffers": {}}
     for buffer in args.buffers:
         runner = LockstepBandit(
             contexts, edible, agents=list(dict.fromkeys(a for a, _ in args.members)),
             seeds=list(dict.fromkeys(s for _, s in args.members)), hidden=hidden,
             buffer_size=source["buffer_y"].shape[1], batch_size=settings["--batch-size"],
             num_batches=settings["--num-batches"], num_particles=settings["--particles"],
-            lr=args.lr or settings["--lr"], pi=settings["--pi"],
+            lr=lr, pi=settings["--pi"],
             init_scale=settings["--init-scale"],
             sigma1=sigma_from_neg_log(settings["--neg-log-sigma1"], "--neg-log-sigma1"),
             sigma2=sigma_from_neg_log(settings["--neg-log-sigma2"], "--neg-log-sigma2"),

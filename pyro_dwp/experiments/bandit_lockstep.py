@@ -383,7 +383,7 @@ class LockstepBandit:
         """Adam step ``update`` (``0 .. K - 1``) of a bandit step for every member, on its
         :meth:`losses` (the building block of a step)."""
         self._check_draws(rows, eps, update)
-        self._update(rows, eps, self._scale(), self._kl[update])
+        self._update(rows, eps, self._scale(), self._rate(), self._kl[update])
 
     def named_parameters(self, member: int, flat: Tensor | None = None) -> dict[str, Tensor]:
         """One member's part of ``flat`` (default :attr:`params`; e.g. a gradient), as views
@@ -583,25 +583,33 @@ class LockstepBandit:
         mse = (out[nb * p :] - y[nb:]).square().mean(-1)
         return torch.cat([bbb, mse])
 
-    def _update(self, rows: Tensor, eps: Tensor, scale: Tensor, kl: Tensor) -> None:
+    def _update(
+        self, rows: Tensor, eps: Tensor, scale: Tensor, rate: float | Tensor, kl: Tensor
+    ) -> None:
         x, y = self._minibatch(rows)
         with torch.enable_grad():
             loss = self._losses(self.params, x, y, eps, scale, kl).sum()
             (grad,) = torch.autograd.grad(loss, self.params)
-        self._adam(grad)
+        self._adam(grad, rate)
+
+    def _rate(self) -> float | Tensor:
+        """Adam's rate of this step: the rate, or per element the rates, times the decay
+        ``lr_final_factor ** min(t / lr_decay_steps, 1)`` after ``t`` interactions (a device
+        tensor then, computed once a step)."""
+        if self._lr_log_factor == 0.0:
+            return self._lr
+        progress = (self._t / self._lr_decay_steps).clamp(max=1.0)
+        return self._lr * torch.exp(self._lr_log_factor * progress)
 
     @torch.no_grad()
-    def _adam(self, grad: Tensor) -> None:
-        """``torch.optim.Adam``'s update (default betas and eps), on the flat vector, at the
-        rate decayed by ``lr_final_factor`` (see the class)."""
+    def _adam(self, grad: Tensor, rate: float | Tensor) -> None:
+        """``torch.optim.Adam``'s update (default betas and eps) at ``rate`` (:meth:`_rate`),
+        on the flat vector."""
         beta1, beta2 = _BETAS
         self._adam_steps += 1
         self._adam_m.lerp_(grad, 1 - beta1)
         self._adam_v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = self._lr / (1 - beta1**self._adam_steps)
-        if self._lr_log_factor != 0.0:  # the decay, from the interactions so far (on device)
-            progress = (self._t / self._lr_decay_steps).clamp(max=1.0)
-            step_size = step_size * torch.exp(self._lr_log_factor * progress)
+        step_size = rate / (1 - beta1**self._adam_steps)
         bias_correction2_sqrt = (1 - beta2**self._adam_steps).sqrt()
         denom = (self._adam_v.sqrt() / bias_correction2_sqrt).add_(_ADAM_EPS)
         self.params.sub_(self._adam_m / denom * step_size)
@@ -640,9 +648,9 @@ class LockstepBandit:
         rows = torch.minimum(rows, size - 1)
         eps_shape = (self.num_batches, nb, self.num_particles, self.num_weights)
         eps = torch.randn(eps_shape, generator=gen, device=self.device)
-        scale = self._scale()
+        scale, rate = self._scale(), self._rate()
         for k in range(self.num_batches):
-            self._update(rows[k], eps[k], scale, self._kl[k])
+            self._update(rows[k], eps[k], scale, rate, self._kl[k])
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Capture :meth:`_step_body` as a CUDA graph, after eager warm-up steps on a side
