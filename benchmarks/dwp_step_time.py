@@ -12,10 +12,11 @@ models through the compiled engine (:func:`pyro_dwp.infer.compiled.compile_svi`,
 ``fit(..., engine="compiled")`` runs); on CUDA ``dwp_graphed`` and ``normal_graphed`` replay
 that step from a CUDA graph, as ``fit`` runs it there. A breakdown times the prior's networks
 alone (forward and backward of the decoder on all codes and of the reverse model on all kernels
-of each layer). The arithmetic of one step of each prior is counted by
-``torch.utils.flop_counter`` (matrix products and convolutions, forward and backward; the same
-operations on every device): the ratio of the counts is what the time ratio would be if the
-prior's networks ran at the ConvNet's rate of arithmetic.
+of each layer), each beside the same network with its point layers computed as the
+convolutions they are (the reference they replace). The arithmetic of one step of each prior
+is counted by ``torch.utils.flop_counter`` (matrix products and convolutions, forward and
+backward; the same operations on every device): the ratio of the counts is what the time ratio
+would be if the prior's networks ran at the ConvNet's rate of arithmetic.
 
 Writes (merging devices) ``benchmarks/results/dwp_step_time.{json,md}``; ``--profile`` prints
 the top operators of ``torch.profiler`` for the DWP step.
@@ -27,6 +28,7 @@ the top operators of ``torch.profiler`` for the DWP step.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -39,6 +41,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import SVI
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
@@ -47,7 +50,7 @@ from pyro_dwp.infer.compiled import compile_svi
 from pyro_dwp.infer.graphs import WARMUP_STEPS, GraphedSVI
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.models.dwp_cnn import DWPConvNet
-from pyro_dwp.models.kernel_vae import KernelVAE
+from pyro_dwp.models.kernel_vae import KernelVAE, _FromPointConvTranspose2d, _ToPointConv2d
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -104,23 +107,46 @@ def _count_flops(step: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def _time_networks(device: torch.device, channels: tuple[int, int], repeats: int) -> dict:
-    """Forward + backward of each prior network on all of a layer's codes / kernels (ms)."""
-    out = {}
+def _as_convolutions(vae: KernelVAE) -> KernelVAE:
+    """A copy of ``vae`` whose point layers (the linear maps from and to a single position,
+    :class:`~pyro_dwp.models.kernel_vae.KernelVAE`'s encoder end and decoder start) are plain
+    (transposed) convolutions again, with the same parameters: the reference they replace."""
+    plain = copy.deepcopy(vae)
+    for module in plain.modules():
+        for name, child in module.named_children():
+            if isinstance(child, _ToPointConv2d | _FromPointConvTranspose2d):
+                base = nn.Conv2d if isinstance(child, nn.Conv2d) else nn.ConvTranspose2d
+                conv = base(child.in_channels, child.out_channels, child.kernel_size)
+                conv.load_state_dict(child.state_dict())
+                setattr(module, name, conv.to(child.weight.device))
+    return plain
+
+
+def _time_networks(
+    device: torch.device, channels: tuple[int, int], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Forward + backward of each prior network on all of a layer's codes / kernels (ms), as
+    the package computes them and, interleaved with it, with the point layers as convolutions
+    (:func:`_as_convolutions`)."""
+    out: tuple[dict[str, float], dict[str, float]] = ({}, {})
     for layer, k, n in (("conv1", 7, channels[0]), ("conv2", 5, channels[0] * channels[1])):
-        vae = KernelVAE.for_kernel_size(k).to(device)
-        z = torch.randn(n, vae.z_dim, device=device, requires_grad=True)
+        vaes = (KernelVAE.for_kernel_size(k).to(device),)
+        vaes += (_as_convolutions(vaes[0]),)
+        z = torch.randn(n, vaes[0].z_dim, device=device, requires_grad=True)
         w = torch.randn(n, k, k, device=device, requires_grad=True)
-        for name, net, inp in (("decoder", vae.decoder, z), ("reverse model", vae.encoder, w)):
-            times = []
+        for name, inp in (("decoder", z), ("reverse model", w)):
+            nets = [vae.decoder if name == "decoder" else vae.encoder for vae in vaes]
+            times: tuple[list[float], list[float]] = ([], [])
             for _ in range(repeats + 1):
-                _sync(device)
-                t0 = time.perf_counter()
-                loc, scale = net(inp)
-                (loc.sum() + scale.sum()).backward()
-                _sync(device)
-                times.append(time.perf_counter() - t0)
-            out[f"{layer} {name} ({n} kernels)"] = 1e3 * statistics.median(times[1:])
+                for net, record in zip(nets, times, strict=True):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    loc, scale = net(inp)
+                    (loc.sum() + scale.sum()).backward()
+                    _sync(device)
+                    record.append(time.perf_counter() - t0)
+            for result, record in zip(out, times, strict=True):
+                result[f"{layer} {name} ({n} kernels)"] = 1e3 * statistics.median(record[1:])
     return out
 
 
@@ -167,6 +193,7 @@ def main(args: argparse.Namespace) -> dict:
             _sync(device)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=15))
+    networks, networks_as_convolutions = _time_networks(device, channels, args.steps)
     label = f"{device.type}" + (f" ({args.threads} threads)" if device.type == "cpu" else "")
     result = {
         "device": label,
@@ -187,7 +214,8 @@ def main(args: argparse.Namespace) -> dict:
             if "dwp_graphed" in median
             else {}
         ),
-        "prior_networks_ms": _time_networks(device, channels, args.steps),
+        "prior_networks_ms": networks,
+        "prior_networks_as_convolutions_ms": networks_as_convolutions,
         "gflop_per_step": {p: f / 1e9 for p, f in flops.items()},
         "flop_ratio_dwp_to_normal": flops["dwp"] / flops["normal"],
     }
@@ -238,6 +266,20 @@ def _write(result: dict, results: Path) -> None:
     for r in runs.values():
         cells = " | ".join(f"{v:.1f}" for v in r["prior_networks_ms"].values())
         lines.append(f"| {r['device']} | {cells} |")
+    compared = [r for r in runs.values() if "prior_networks_as_convolutions_ms" in r]
+    if compared:
+        lines += [
+            "",
+            "The same networks with their point layers as convolutions (the encoder's last layer "
+            "and the decoder's first, linear maps from and to one position, which the package "
+            "computes as matrix products), timed interleaved with the rows above (ms):",
+            "",
+            "| device | " + " | ".join(compared[0]["prior_networks_as_convolutions_ms"]) + " |",
+            "|---|" + "---|" * len(compared[0]["prior_networks_as_convolutions_ms"]),
+        ]
+        for r in compared:
+            cells = " | ".join(f"{v:.1f}" for v in r["prior_networks_as_convolutions_ms"].values())
+            lines.append(f"| {r['device']} | {cells} |")
     counted = [r for r in runs.values() if "gflop_per_step" in r]
     if counted:
         lines += [

@@ -71,19 +71,50 @@ def _check_kernel_size(kernel_size: int) -> None:
         raise ValueError(f"kernel_size must be one of {sorted(_DEFAULTS)}, got {kernel_size}")
 
 
+class _ToPointConv2d(nn.Conv2d):
+    """An unpadded convolution whose ``k x k`` input is one kernel-sized window: a ``1 x 1``
+    output, computed as the linear map it is, ``(N, C, k, k) -> (N, O, 1, 1)``.
+
+    The same parameters (and ``state_dict``) as :class:`torch.nn.Conv2d`; one matrix product
+    instead of a convolution over a single position, several times faster on a CPU for the
+    thousands of kernels a deep weight prior encodes each step. Inputs of another size take
+    the convolution.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != self.weight.shape[-2:]:
+            return super().forward(x)
+        return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[..., None, None]
+
+
+class _FromPointConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution of a ``1 x 1`` input: ``(N, C, 1, 1) -> (N, O, k, k)``, computed
+    as the linear map it is (each output pixel a weighted sum of the ``C`` inputs).
+
+    The same parameters (and ``state_dict``) as :class:`torch.nn.ConvTranspose2d`; inputs of
+    another size take the transposed convolution.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        if x.shape[-2:] != (1, 1):
+            return super().forward(x)
+        out = (x.flatten(1) @ self.weight.flatten(1)).unflatten(1, self.weight.shape[1:])
+        return out if self.bias is None else out + self.bias[:, None, None]
+
+
 def _encoder_features(kernel_size: int, hidden: int) -> nn.Sequential:
     h, h2 = hidden, 2 * hidden
     if kernel_size == 7:  # 7 -> 5 -> 3 -> 1
-        layers = [nn.Conv2d(1, h, 3), nn.Conv2d(h, h2, 3), nn.Conv2d(h2, h2, 3)]
+        layers = [nn.Conv2d(1, h, 3), nn.Conv2d(h, h2, 3), _ToPointConv2d(h2, h2, 3)]
     elif kernel_size == 5:  # 5 -> 5 -> 5 -> 3 -> 1
         layers = [
             nn.Conv2d(1, h, 3, padding=1),
             nn.Conv2d(h, h, 3, padding=1),
             nn.Conv2d(h, h2, 3),
-            nn.Conv2d(h2, h2, 3),
+            _ToPointConv2d(h2, h2, 3),
         ]
     else:  # 3 -> 3 -> 1
-        layers = [nn.Conv2d(1, h, 3, padding=1), nn.Conv2d(h, h2, 3)]
+        layers = [nn.Conv2d(1, h, 3, padding=1), _ToPointConv2d(h, h2, 3)]
     return nn.Sequential(*(m for layer in layers for m in (layer, nn.ELU())))
 
 
@@ -91,19 +122,19 @@ def _decoder_features(kernel_size: int, z_dim: int, hidden: int) -> tuple[nn.Seq
     h, h2 = hidden, 2 * hidden
     if kernel_size == 7:  # 1 -> 3 -> 5 -> 7
         layers = [
-            nn.ConvTranspose2d(z_dim, h2, 3),
+            _FromPointConvTranspose2d(z_dim, h2, 3),
             nn.ConvTranspose2d(h2, h2, 3),
             nn.ConvTranspose2d(h2, h, 3),
         ]
     elif kernel_size == 5:  # 1 -> 1 -> 3 -> 5 -> 5
         layers = [
-            nn.Conv2d(z_dim, h2, 1),
-            nn.ConvTranspose2d(h2, h2, 3),
+            _ToPointConv2d(z_dim, h2, 1),
+            _FromPointConvTranspose2d(h2, h2, 3),
             nn.ConvTranspose2d(h2, h2, 3),
             nn.ConvTranspose2d(h2, h, 1),
         ]
     else:  # 1 -> 1 -> 3
-        layers = [nn.Conv2d(z_dim, h2, 1), nn.ConvTranspose2d(h2, h, 3)]
+        layers = [_ToPointConv2d(z_dim, h2, 1), _FromPointConvTranspose2d(h2, h, 3)]
     return nn.Sequential(*(m for layer in layers for m in (layer, nn.ELU()))), h
 
 

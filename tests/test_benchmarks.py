@@ -408,3 +408,25 @@ def test_mushroom_forgetting_takes_each_members_own_state(tmp_path, monkeypatch)
             assert all(torch.equal(ours[k], want[k]) for k in ours), (key, mine)
         assert torch.equal(picked.state_dict()["buffer_x"][mine], source["buffer_x"][theirs])
     assert torch.equal(picked.state_dict()["adam_steps"], source["adam_steps"])
+
+
+@pytest.mark.parametrize("kernel_size", [5, 7])
+def test_dwp_step_time_reference_networks_are_plain_convolutions_with_the_same_maps(
+    kernel_size, monkeypatch
+):
+    """The breakdown's reference: the same VAE with its point layers as (transposed)
+    convolutions, and the same outputs."""
+    from pyro_dwp.models.kernel_vae import KernelVAE, _FromPointConvTranspose2d, _ToPointConv2d
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("dwp_step_time")
+    vae = KernelVAE.for_kernel_size(kernel_size)
+    plain = bench._as_convolutions(vae)
+    point = (_ToPointConv2d, _FromPointConvTranspose2d)
+    assert any(isinstance(m, point) for m in vae.modules())
+    assert not any(isinstance(m, point) for m in plain.modules())
+    w, z = torch.randn(6, kernel_size, kernel_size), torch.randn(6, vae.z_dim)
+    for got, want in zip(
+        (*vae.encoder(w), *vae.decoder(z)), (*plain.encoder(w), *plain.decoder(z)), strict=True
+    ):
+        torch.testing.assert_close(got, want)

@@ -7,7 +7,7 @@ import torch
 
 from pyro_dwp.distributions.deep_weight_prior import iwae_log_marginal
 from pyro_dwp.infer import fit_kernel_vae
-from pyro_dwp.models.kernel_vae import KernelVAE
+from pyro_dwp.models.kernel_vae import KernelVAE, _FromPointConvTranspose2d, _ToPointConv2d
 
 
 def _num_params(module: torch.nn.Module) -> int:
@@ -34,6 +34,33 @@ def test_paper_architectures_match_appendix_d_parameter_counts(
     assert (vae.z_dim, vae.hidden) == (z_dim, hidden)
     assert _num_params(vae.encoder) == encoder_params  # Table 1 of the paper
     assert _num_params(vae.decoder) == decoder_params
+
+
+@pytest.mark.parametrize(
+    "layer, plain, shape",
+    [
+        (_ToPointConv2d(6, 5, 3), torch.nn.functional.conv2d, (7, 6, 3, 3)),  # the linear map
+        (_ToPointConv2d(6, 5, 1), torch.nn.functional.conv2d, (7, 6, 1, 1)),
+        (_ToPointConv2d(6, 5, 3), torch.nn.functional.conv2d, (7, 6, 4, 4)),  # a convolution
+        (_FromPointConvTranspose2d(6, 5, 3), torch.nn.functional.conv_transpose2d, (7, 6, 1, 1)),
+        (_FromPointConvTranspose2d(6, 5, 3), torch.nn.functional.conv_transpose2d, (7, 6, 2, 2)),
+    ],
+)
+def test_point_layers_equal_the_convolutions_they_compute(layer, plain, shape):
+    """The encoder's last and the decoder's first layers, computed as matrix products: the
+    values and every gradient of the (transposed) convolution with the same parameters (and
+    its state_dict: the shipped priors, written before, load in test_pretrained.py)."""
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    layer = layer.double()
+    out = layer(x)
+    ref = plain(x, layer.weight, layer.bias)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, layer.weight, layer.bias), g)
+    want = torch.autograd.grad(ref, (x, layer.weight, layer.bias), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5, 7])
