@@ -72,31 +72,39 @@ def _check_kernel_size(kernel_size: int) -> None:
 
 
 class _ToPointConv2d(nn.Conv2d):
-    """An unpadded convolution whose ``k x k`` input is one kernel-sized window: a ``1 x 1``
-    output, computed as the linear map it is, ``(N, C, k, k) -> (N, O, 1, 1)``.
+    """A convolution (stride 1, no padding: the only arguments are the sizes) whose ``k x k``
+    input is one kernel-sized window: a ``1 x 1`` output, computed as the linear map it is,
+    ``(N, C, k, k) -> (N, O, 1, 1)``.
 
     The same parameters (and ``state_dict``) as :class:`torch.nn.Conv2d`; one matrix product
     instead of a convolution over a single position, several times faster on a CPU for the
-    thousands of kernels a deep weight prior encodes each step. Inputs of another size take
-    the convolution.
+    thousands of kernels a deep weight prior encodes each step. Other inputs (another size,
+    unbatched) take the convolution.
     """
 
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)  # stride 1, no padding
+
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2:] != self.weight.shape[-2:]:
+        if x.dim() != 4 or x.shape[-2:] != self.weight.shape[-2:]:
             return super().forward(x)
         return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[..., None, None]
 
 
 class _FromPointConvTranspose2d(nn.ConvTranspose2d):
-    """A transposed convolution of a ``1 x 1`` input: ``(N, C, 1, 1) -> (N, O, k, k)``, computed
-    as the linear map it is (each output pixel a weighted sum of the ``C`` inputs).
+    """A transposed convolution (stride 1, no padding) of a ``1 x 1`` input: ``(N, C, 1, 1) ->
+    (N, O, k, k)``, computed as the linear map it is (each output pixel a weighted sum of the
+    ``C`` inputs).
 
-    The same parameters (and ``state_dict``) as :class:`torch.nn.ConvTranspose2d`; inputs of
-    another size take the transposed convolution.
+    The same parameters (and ``state_dict``) as :class:`torch.nn.ConvTranspose2d`; other inputs
+    (another size, unbatched) take the transposed convolution.
     """
 
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)  # stride 1, no padding
+
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        if x.shape[-2:] != (1, 1):
+        if x.dim() != 4 or x.shape[-2:] != (1, 1):
             return super().forward(x)
         out = (x.flatten(1) @ self.weight.flatten(1)).unflatten(1, self.weight.shape[1:])
         return out if self.bias is None else out + self.bias[:, None, None]

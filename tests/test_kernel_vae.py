@@ -44,6 +44,8 @@ def test_paper_architectures_match_appendix_d_parameter_counts(
         (_ToPointConv2d(6, 5, 3), torch.nn.functional.conv2d, (7, 6, 4, 4)),  # a convolution
         (_FromPointConvTranspose2d(6, 5, 3), torch.nn.functional.conv_transpose2d, (7, 6, 1, 1)),
         (_FromPointConvTranspose2d(6, 5, 3), torch.nn.functional.conv_transpose2d, (7, 6, 2, 2)),
+        (_ToPointConv2d(6, 5, 3), torch.nn.functional.conv2d, (6, 3, 3)),  # unbatched
+        (_FromPointConvTranspose2d(6, 5, 3), torch.nn.functional.conv_transpose2d, (6, 1, 1)),
     ],
 )
 def test_point_layers_equal_the_convolutions_they_compute(layer, plain, shape):
