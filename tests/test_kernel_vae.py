@@ -48,12 +48,22 @@ def test_paper_architectures_match_appendix_d_parameter_counts(
         (_FromPointConvTranspose2d(6, 5, 3), torch.nn.functional.conv_transpose2d, (6, 1, 1)),
     ],
 )
-def test_point_layers_equal_the_convolutions_they_compute(layer, plain, shape):
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",  # the transposed one's output in the channels-last layout
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_point_layers_equal_the_convolutions_they_compute(layer, plain, shape, device):
     """The encoder's last and the decoder's first layers, computed as matrix products: the
     values and every gradient of the (transposed) convolution with the same parameters (and
     its state_dict: the shipped priors, written before, load in test_pretrained.py)."""
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    layer = layer.double()
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    layer = layer.to(device, torch.float64)
     out = layer(x)
     ref = plain(x, layer.weight, layer.bias)
     assert out.shape == ref.shape
