@@ -237,9 +237,10 @@ def _write(result: dict, results: Path) -> None:
         "`python benchmarks/dwp_step_time.py` (median over interleaved rounds; batch, channels "
         "and hardware per row). Target: DWP step <= 1.3x normal step.",
         "",
-        "| device | hardware | batch | channels | DWP step (ms) | normal step (ms) | ratio | "
-        "compiled: DWP (ms) | normal (ms) | ratio | CUDA graph: DWP (ms) | normal (ms) | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| device | date | hardware | batch | channels | DWP step (ms) | normal step (ms) | "
+        "ratio | compiled: DWP (ms) | normal (ms) | ratio | CUDA graph: DWP (ms) | normal (ms) | "
+        "ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs.values():
         ms = r["step_ms"]
@@ -256,7 +257,7 @@ def _write(result: dict, results: Path) -> None:
             else ("CUDA only" if r["device"].startswith("cpu") else "not measured") + " | | "
         )
         lines.append(
-            f"| {r['device']} | {r['hardware']} | {r['batch']} | {r['channels']} | "
+            f"| {r['device']} | {r['date']} | {r['hardware']} | {r['batch']} | {r['channels']} | "
             f"{ms['dwp']:.1f} | {ms['normal']:.1f} | {r['ratio_dwp_to_normal']:.2f} | {compiled} "
             f"| {graphed} |"
         )
