@@ -130,12 +130,12 @@ def _time_networks(
     (:func:`_as_convolutions`)."""
     out: tuple[dict[str, float], dict[str, float]] = ({}, {})
     for layer, k, n in (("conv1", 7, channels[0]), ("conv2", 5, channels[0] * channels[1])):
-        vaes = (KernelVAE.for_kernel_size(k).to(device),)
-        vaes += (_as_convolutions(vaes[0]),)
-        z = torch.randn(n, vaes[0].z_dim, device=device, requires_grad=True)
+        vae = KernelVAE.for_kernel_size(k).to(device)
+        vaes = (vae, _as_convolutions(vae))
+        z = torch.randn(n, vae.z_dim, device=device, requires_grad=True)
         w = torch.randn(n, k, k, device=device, requires_grad=True)
-        for name, inp in (("decoder", z), ("reverse model", w)):
-            nets = [vae.decoder if name == "decoder" else vae.encoder for vae in vaes]
+        for name, part, inp in (("decoder", "decoder", z), ("reverse model", "encoder", w)):
+            nets = [getattr(v, part) for v in vaes]
             times: tuple[list[float], list[float]] = ([], [])
             for _ in range(repeats + 1):
                 for net, record in zip(nets, times, strict=True):

@@ -77,8 +77,9 @@ class _ToPointConv2d(nn.Conv2d):
     ``(N, C, k, k) -> (N, O, 1, 1)``.
 
     The same parameters (and ``state_dict``) as :class:`torch.nn.Conv2d`; one matrix product
-    instead of a convolution over a single position, several times faster on a CPU for the
-    thousands of kernels a deep weight prior encodes each step. Other inputs (another size,
+    instead of a convolution over a single position, faster on a CPU for the thousands of
+    kernels a deep weight prior encodes each step (``benchmarks/dwp_step_time.py`` times the
+    networks beside copies with these layers as convolutions). Other inputs (another size,
     unbatched) take the convolution.
     """
 
@@ -99,8 +100,9 @@ class _FromPointConvTranspose2d(nn.ConvTranspose2d):
     The same parameters (and ``state_dict``) as :class:`torch.nn.ConvTranspose2d`; other inputs
     (another size, unbatched) take the transposed convolution. On a CPU the output comes in the
     channels-last memory layout (its shape is the usual ``(N, O, k, k)``), which the decoder's
-    following convolutions keep: a quarter less time for the 5x5 decoder on 4,096 codes on 2
-    cores (``benchmarks/dwp_step_time.py``); elsewhere in the default layout (not measured).
+    following convolutions keep; with both point layers the 5x5 decoder on 4,096 codes took
+    804 ms against 1,063 as convolutions on 2 cores (``benchmarks/dwp_step_time.py``,
+    2026-12-02). Elsewhere the output keeps the default layout (not measured).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
