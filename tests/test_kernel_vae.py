@@ -51,7 +51,7 @@ def test_paper_architectures_match_appendix_d_parameter_counts(
 @pytest.mark.parametrize(
     "device",
     [
-        "cpu",  # the transposed one's output in the channels-last layout
+        "cpu",
         pytest.param(
             "cuda",
             marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
