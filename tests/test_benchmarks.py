@@ -430,3 +430,25 @@ def test_dwp_step_time_reference_networks_are_plain_convolutions_with_the_same_m
         (*vae.encoder(w), *vae.decoder(z)), (*plain.encoder(w), *plain.decoder(z)), strict=True
     ):
         torch.testing.assert_close(got, want)
+
+
+def test_dwp_step_time_tables_count_the_arithmetic_once_per_setting(tmp_path, monkeypatch):
+    """Two devices measured at one batch and width share one arithmetic row (the count does not
+    depend on the device); each keeps its own timing row."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("dwp_step_time")
+    for device, ms in (("cpu (2 threads)", 100.0), ("cuda", 2.0)):
+        bench._write(
+            {
+                "device": device, "date": "2026-12-02", "hardware": "test", "batch": 4,
+                "channels": [2, 2], "step_ms": {"dwp": 3 * ms, "normal": ms},
+                "ratio_dwp_to_normal": 3.0, "prior_networks_ms": {"conv2 decoder": ms},
+                "gflop_per_step": {"dwp": 6.0, "normal": 2.0}, "flop_ratio_dwp_to_normal": 3.0,
+            },
+            tmp_path,
+        )  # fmt: skip
+    text = (tmp_path / "dwp_step_time.md").read_text()
+    assert text.count("| 4 | [2, 2] | 6.00 | 2.00 | 3.00 |") == 1
+    for device in ("cpu (2 threads)", "cuda"):
+        assert f"| {device} | 2026-12-02 | test |" in text
+    assert set(json.loads((tmp_path / "dwp_step_time.json").read_text())) == {"cpu", "cuda"}
