@@ -331,3 +331,53 @@ def test_scale_rate_factor_reaches_the_scales_only(tmp_path: Path, monkeypatch) 
         for run in ("plain", "scaled")
     ]
     assert curves[0][-1]["kl"] != pytest.approx(curves[1][-1]["kl"], rel=1e-6)
+
+
+def test_local_reparameterisation_option(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--local-reparam``: BBB trains under the local reparameterisation handler (and only
+    then), the run records it and differs from one without it; a baseline method, or a resume
+    with the other setting, is refused."""
+    from pyro_dwp.experiments import mnist
+    from pyro_dwp.infer import LocalReparameterizationMessenger
+
+    seen: list = []
+    real_fit = mnist.fit
+
+    def recorded(*args, **kwargs):
+        seen.append(list(kwargs["handlers"]))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(mnist, "fit", recorded)
+    args = ["mnist", *TINY]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--local-reparam", "--out", str(tmp_path / "lrt")]) == 0
+    assert seen[0] == []
+    assert [type(h) for h in seen[1]] == [LocalReparameterizationMessenger]
+    curves = [
+        json.loads((tmp_path / run / "learning_curves.json").read_text())
+        for run in ("plain", "lrt")
+    ]
+    assert curves[0][-1]["nll"] != pytest.approx(curves[1][-1]["nll"], rel=1e-6)
+    config = json.loads((tmp_path / "lrt" / "config.json").read_text())
+    assert config["local_reparam"] is True
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                *args,
+                "--epochs",
+                "2",
+                "--resume",
+                "--out",
+                str(tmp_path / "plain"),
+                "--local-reparam",
+            ]
+        )
+        == 1
+    )
+    assert "local_reparam" in capsys.readouterr().err
+    assert (
+        main(["mnist", "--method", "sgd", *TINY, "--local-reparam", "--out", str(tmp_path / "s")])
+        == 1
+    )
+    assert "--local-reparam is BBB's" in capsys.readouterr().err
