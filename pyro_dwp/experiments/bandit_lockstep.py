@@ -238,6 +238,7 @@ class LockstepBandit:
             offset = end + out_f
         self.num_weights = offset
         """``W``: the parameters of one network."""
+        self._piece_sizes = [sl.stop - sl.start for layer in self._layers for sl in layer[:2]]
         self._site_names = [n for n, _ in template.named_parameters()]
 
         inits = []
@@ -405,7 +406,7 @@ class LockstepBandit:
             for name, (sl, shape) in zip(self._site_names, shapes, strict=True):
                 out[f"{prefix}.{name}" if prefix else name] = vector[sl].view(shape)
         if self.learn_noise and member < self.num_bbb:
-            out["log_noise"] = self._log_noise(flat)[member].view(())
+            out["log_noise"] = self._split(flat)[3][member].view(())
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -525,9 +526,12 @@ class LockstepBandit:
     def _forward(self, weights: Tensor, x: Tensor) -> Tensor:
         """Networks of flat ``weights (M, W)`` on ``x (M, B, D + 2)``: values ``(M, B)``."""
         m, h = weights.shape[0], x
-        for i, (w_slice, b_slice, out_f, in_f) in enumerate(self._layers):
-            weight = weights[:, w_slice].view(m, out_f, in_f)
-            h = torch.baddbmm(weights[:, b_slice].unsqueeze(1), h, weight.transpose(1, 2))
+        # one split into every layer's weight and bias, not a slice each: autograd joins the
+        # pieces' gradients in one concatenation where each slice would zero-fill an (M, W) one
+        pieces = weights.split(self._piece_sizes, dim=1)
+        for i, (_, _, out_f, in_f) in enumerate(self._layers):
+            weight = pieces[2 * i].view(m, out_f, in_f)
+            h = torch.baddbmm(pieces[2 * i + 1].unsqueeze(1), h, weight.transpose(1, 2))
             if i < len(self._layers) - 1:
                 h = torch.relu(h)
         return h.squeeze(-1)
@@ -544,16 +548,14 @@ class LockstepBandit:
             return values[0] if values else 1.0
         return torch.tensor(values, device=device).view(-1, 1, 1)
 
-    def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``mu (E_bbb, W)``, ``rho (E_bbb, W)`` and the others' weights ``(E - E_bbb, W)``."""
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``mu (E_bbb, W)``, ``rho (E_bbb, W)``, the others' weights ``(E - E_bbb, W)`` and the
+        learnt log noise of each ``bbb`` member, ``(E_bbb,)`` (``(0,)`` without
+        ``learn_noise``): views from one split (its backward one concatenation)."""
         nb, w = self.num_bbb, self.num_weights
-        mu = params[: nb * w].view(nb, w)
-        rho = params[nb * w : 2 * nb * w].view(nb, w)
-        return mu, rho, params[2 * nb * w : len(self.members) * w + nb * w].view(-1, w)
-
-    def _log_noise(self, params: Tensor) -> Tensor:
-        """The learnt log noise of each ``bbb`` member, ``(E_bbb,)`` (``learn_noise`` only)."""
-        return params[(len(self.members) + self.num_bbb) * self.num_weights :]
+        sizes = [nb * w, nb * w, (len(self.members) - nb) * w]
+        mu, rho, theta, log_noise = params.split([*sizes, params.numel() - sum(sizes)])
+        return mu.view(nb, w), rho.view(nb, w), theta.view(-1, w), log_noise
 
     def _losses(
         self, params: Tensor, x: Tensor, y: Tensor, eps: Tensor, scale: Tensor, kl: Tensor
@@ -561,7 +563,7 @@ class LockstepBandit:
         """:meth:`losses` on the minibatch ``x (E, B, D + 2)``, ``y (E, B)``; the data term
         scaled by ``scale``, the KL term by ``kl`` (both ``()``)."""
         nb, p = self.num_bbb, self.num_particles
-        mu, rho, theta = self._split(params)
+        mu, rho, theta, log_noise = self._split(params)
         sigma = nn.functional.softplus(rho)
         w = torch.addcmul(mu.unsqueeze(1), sigma.unsqueeze(1), eps)  # (E_bbb, P, W)
         xb = x[:nb].unsqueeze(1).expand(nb, p, *x.shape[1:]).reshape(nb * p, *x.shape[1:])
@@ -570,7 +572,7 @@ class LockstepBandit:
         out = self._forward(weights, torch.cat([xb, x[nb:]]))
         # bbb: mean over particles of  scale * (-log p(y | w)) + kl * (log q(w) - log p(w))
         if self.learn_noise:
-            log_noise = self._log_noise(params).view(-1, 1, 1)
+            log_noise = log_noise.view(-1, 1, 1)
             noise = log_noise.exp()
         else:
             noise = self._noise
@@ -623,7 +625,7 @@ class LockstepBandit:
         contexts, edible = self._contexts[index], self._edible[index]
         coin = self._coin[self._member_seed]
         # decisions: one posterior draw per bbb member (Thompson sampling), epsilon-greedy else
-        mu, rho, theta = self._split(self.params)
+        mu, rho, theta, _ = self._split(self.params)
         draw = torch.randn(mu.shape, generator=gen, device=self.device)
         weights = torch.cat([torch.addcmul(mu, nn.functional.softplus(rho), draw), theta])
         both = torch.arange(NUM_ACTIONS, device=self.device).expand(num, -1)
