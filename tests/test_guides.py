@@ -13,6 +13,7 @@ from functools import partial
 
 import pyro.poutine as poutine
 import pytest
+import torch
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuide, AutoNormal
 from torch import nn
@@ -54,7 +55,17 @@ class TestTruncatedAlphaNormal(GuideTestCase):
     elbo = TraceMeanField_ELBO
 
 
-_VAE = KernelVAE(5, 2, 4)
+# The module-level networks are drawn from a fixed seed: torch's generator starts from a
+# different seed in every process, and a suite of another draw in each run can pass or fail.
+with torch.random.fork_rng(devices=[]):
+    torch.manual_seed(0)
+    _VAE = KernelVAE(5, 2, 4)
+    _CHAIN = MarkovChainVAE(5, 2, 4, 2)
+    for _transition in [*_CHAIN.transitions, *_CHAIN.reverse]:
+        # the heads start at zero (identity transitions), which would block the gradient to the
+        # layers below them; random heads let the suite check that every parameter is reached
+        nn.init.normal_(_transition.shift.weight, std=0.3)
+        nn.init.normal_(_transition.scale.weight, std=0.3)
 
 
 class TestReverseModelGuide(GuideTestCase):
@@ -67,14 +78,6 @@ class TestReverseModelGuide(GuideTestCase):
     def make_guide(self, model: Callable) -> ReverseModelGuide:
         base = partial(LogVarianceNormal, init_log_variance=-6.0)
         return ReverseModelGuide(model, base, {"0.weight": _VAE.encoder})
-
-
-_CHAIN = MarkovChainVAE(5, 2, 4, 2)
-for _transition in [*_CHAIN.transitions, *_CHAIN.reverse]:
-    # the heads start at zero (identity transitions), which would block the gradient to the
-    # layers below them; random heads let the suite check that every parameter is reached
-    nn.init.normal_(_transition.shift.weight, std=0.3)
-    nn.init.normal_(_transition.scale.weight, std=0.3)
 
 
 class TestReverseChainGuide(GuideTestCase):
