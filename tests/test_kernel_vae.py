@@ -51,7 +51,7 @@ def test_paper_architectures_match_appendix_d_parameter_counts(
 @pytest.mark.parametrize(
     "device",
     [
-        "cpu",
+        "cpu",  # the transposed one's output in the channels-last layout
         pytest.param(
             "cuda",
             marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
@@ -68,6 +68,9 @@ def test_point_layers_equal_the_convolutions_they_compute(layer, plain, shape, d
     ref = plain(x, layer.weight, layer.bias)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref)
+    if device == "cpu" and isinstance(layer, _FromPointConvTranspose2d) and shape[-2:] == (1, 1):
+        batched = len(shape) == 4  # a batch of 1 x 1 maps: the output in channels-last order
+        assert out.is_contiguous(memory_format=torch.channels_last) == batched
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, (x, layer.weight, layer.bias), g)
     want = torch.autograd.grad(ref, (x, layer.weight, layer.bias), g)
