@@ -31,6 +31,7 @@ from pyro_dwp.experiments.classification import (
     not_learning_warnings,
 )
 from pyro_dwp.experiments.dwp_bnn import LOG_UNIFORM_FAMILIES, DWPSetup, make_dwp_cnn_model
+from pyro_dwp.experiments.dwp_source import INITS
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
@@ -68,6 +69,7 @@ _CONFIG_KEYS = (
     "lr",
     "channels",
     "guide_init",
+    "net_init",
     "reverse",
     "init_log_variance",
     "log_uniform_guide",
@@ -81,7 +83,7 @@ _CONFIG_KEYS = (
 # Config keys renamed with their options (old -> new), read from the results of an older run.
 _RENAMED_KEYS = {"init": "guide_init"}
 # Config keys added later, with the value that a run written before them had.
-_ADDED_KEYS = {"prior_scale": "as-trained"}
+_ADDED_KEYS = {"prior_scale": "as-trained", "net_init": "torch"}
 PRIOR_SCALES = ("fan-in", "as-trained")
 """``--prior-scale`` choices (see :func:`load_net_vaes`)."""
 DWP_LAYERS = ("conv1", "conv2")
@@ -153,6 +155,14 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         choices=["module", "dwp"],
         default="module",
         help="guide means' initialisation: the network's own or samples of the deep weight prior",
+    )
+    p.add_argument(
+        "--net-init",
+        choices=list(INITS),
+        default="torch",
+        help="the ConvNet's weights before the guide reads them (the classifier's and, with "
+        "--guide-init module, the guide means' starting values): PyTorch's default (Kaiming "
+        "uniform) or Xavier normal (the DWP authors' source nets'); biases keep PyTorch's",
     )
     p.add_argument("--init-log-variance", type=float, default=-10.0)
     p.add_argument(
@@ -312,7 +322,7 @@ def build_cell(
     """Seed, load the ``N`` training examples of ``seed`` and build the untrained cell.
 
     Reads ``args.data_dir``, ``pixel_scale``, ``channels``, ``device``, ``reverse``, ``guide_init``,
-    ``init_log_variance`` and ``log_uniform_guide``. Clears the Pyro param store.
+    ``net_init``, ``init_log_variance`` and ``log_uniform_guide``. Clears the Pyro param store.
 
     Returns:
         ``(DWPSetup(model, guide, elbo), x, y)``, with ``x`` ``(N, 1, 28, 28)`` and ``y``
@@ -323,7 +333,9 @@ def build_cell(
     x, y = load_mnist(
         "train", args.data_dir, n=n, seed=seed, flatten=False, pixel_scale=args.pixel_scale
     )
-    net = DWPConvNet(tuple(args.channels)).to(args.device)
+    net = DWPConvNet(tuple(args.channels))
+    INITS[args.net_init](net)  # drawn after the seed, before the guide copies the weights
+    net = net.to(args.device)
     setup = make_dwp_cnn_model(
         net,
         prior,

@@ -47,6 +47,7 @@ _CONFIG_KEYS = (
     "lr",
     "channels",
     "guide_init",
+    "net_init",
     "init_log_variance",
     "gap_samples",
     "weight_samples",
