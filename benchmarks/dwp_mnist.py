@@ -43,6 +43,7 @@ from devices import run_processes, visible_gpus
 from pyro_dwp.experiments.classification import EVALUATIONS
 from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.experiments.dwp_pipeline import classify_runs, run_stage
+from pyro_dwp.experiments.dwp_source import INITS
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
 from pyro_dwp.infer.fit import Engine
 from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
@@ -146,6 +147,7 @@ def main(args: argparse.Namespace) -> dict:
         "epochs": args.epochs,
         "evaluation": EVALUATIONS[args.evaluation],
         "dwp_init": args.dwp_init,
+        "net_init": args.net_init or "torch",
         "reverse": args.reverse,
         "prior": str(prior),
         "seconds": seconds,
@@ -209,9 +211,9 @@ def _per_layer(values: list | None, option: str) -> list:
 
 def _classify_options(args: argparse.Namespace) -> list[object]:
     """The ``dwp-classify`` options given on this command line (``--n-test``, ``--test-samples``,
-    ``--channels``, ``--engine``); those left out keep the job's defaults."""
+    ``--channels``, ``--engine``, ``--net-init``); those left out keep the job's defaults."""
     argv: list[object] = []
-    for key in ("n_test", "test_samples", "channels", "engine"):
+    for key in ("n_test", "test_samples", "channels", "engine", "net_init"):
         value = getattr(args, key)
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", *(value if isinstance(value, list) else [value])]
@@ -227,7 +229,8 @@ def _markdown(result: dict, summary: dict) -> str:
         f"- date: {result['date']}; device: {result['gpus']} x {result['device']}; epochs per "
         f"cell: {result['epochs']} (the paper: 10,000 on the small sets); test-time evaluation: "
         f"{result['evaluation']}; DWP means initialised from "
-        f"`{result['dwp_init']}`, the baselines' from the network's initialisation; reverse "
+        f"`{result['dwp_init']}`, the baselines' from the network's initialisation "
+        f"(`{result.get('net_init', 'torch')}`); reverse "
         f"model {result['reverse']}",
         *(f"  - `{c}`" for c in result.get("commands", [])),
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
@@ -324,6 +327,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, nargs=2, default=None, help="dwp-classify --channels")
     p.add_argument(
         "--engine", choices=list(get_args(Engine)), default=None, help="dwp-classify --engine"
+    )
+    p.add_argument(
+        "--net-init",
+        choices=list(INITS),
+        default=None,
+        help="dwp-classify --net-init: every cell's starting weights (default: the job's, torch)",
     )
     p.add_argument(
         "--dwp-init", choices=["module", "dwp"], default="dwp", help="the DWP prior's q means"

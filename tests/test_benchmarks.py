@@ -10,6 +10,7 @@ the scripts' own outputs are checked in detail by ``test_dwp_init_benchmarks.py`
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import runpy
@@ -229,6 +230,27 @@ def test_dwp_mnist_markdown_reads_the_paper_row_from_json():
     summary = {("dwp", 50): {"accuracy": [0.7, 0.0, 1], "nll": [1.0, 0.0, 1]}}
     text = dwp_mnist._markdown(result, summary)
     assert "| dwp | 0.800 |" in text and "nan" not in text.split("## Ours")[0]
+
+
+def test_dwp_mnist_passes_net_init_to_every_cell():
+    """``--net-init xavier`` reaches dwp-classify's command line (parsed by the job's own
+    options) and the table's header; left out, the job's default holds and the header says so,
+    for a grid written before the option too."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_mnist
+
+    from pyro_dwp.experiments import dwp_classify
+
+    job = argparse.ArgumentParser()
+    dwp_classify.add_training_arguments(job)
+    for given, expected in ((["--net-init", "xavier"], "xavier"), ([], "torch")):
+        argv = dwp_mnist._classify_options(dwp_mnist.parse_args(given))
+        assert job.parse_args([str(a) for a in argv]).net_init == expected
+    result = _grid([("dwp", 50, 0, 0.7)])
+    summary = {("dwp", 50): {"accuracy": [0.7, 0.0, 1], "nll": [1.0, 0.0, 1]}}
+    assert "network's initialisation (`torch`)" in dwp_mnist._markdown(result, summary)
+    result["net_init"] = "xavier"
+    assert "network's initialisation (`xavier`)" in dwp_mnist._markdown(result, summary)
 
 
 def _grid(cells: list[tuple[str, int, int, float]], epochs: int = 4000) -> dict:
