@@ -340,6 +340,29 @@ def test_bbb_mnist_bbb_rows_alone_under_a_linear_schedule(tmp_path, monkeypatch,
     assert "decayed linearly to 0 over the --epochs" in table
 
 
+@needs_shared_data("mnist", "notmnist")
+def test_bbb_mnist_keep_best_adds_the_validation_selected_table(
+    tmp_path, monkeypatch, keep_threads
+):
+    """``--keep-best`` reaches every method's run, and the second table prints each row's
+    ``best_valid`` (epoch, validation and test errors) as the runs wrote them."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bbb_mnist")
+    argv = [*TINY["bbb_mnist.py"](tmp_path), "--epochs", "2", "--keep-best"]
+    report = bench.main(bench.build_parser().parse_args(argv))
+    table = (tmp_path / "results" / "bbb_mnist.md").read_text()
+    assert "Selected by validation" in table
+    for row in ("bbb", "sgd", "dropout"):
+        assert json.loads((tmp_path / "runs" / row / "config.json").read_text())["keep_best"]
+        b = report["ours"][row]["best_valid"]
+        assert b["epoch"] in (1, 2)
+        assert (
+            f"| {row} | {b['epoch']} | {100 * b['valid_error']:.2f} "
+            f"| {100 * b['test_error_mean']:.2f} | {100 * b['test_error_ensemble']:.2f} "
+            f"| {b['test_nll_ensemble']:.4f} |"
+        ) in table
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

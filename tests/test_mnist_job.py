@@ -381,3 +381,90 @@ def test_local_reparameterisation_option(tmp_path: Path, monkeypatch, capsys) ->
         == 1
     )
     assert "--local-reparam is BBB's" in capsys.readouterr().err
+
+
+def _scripted_valid_errors(monkeypatch, errors: list[float]) -> None:
+    """The job's per-epoch validation errors replaced, in order, by ``errors`` (the validation
+    pass still runs; the test metrics come from the evaluation's own code)."""
+    from pyro_dwp.experiments import mnist
+
+    queue = list(errors)
+    monkeypatch.setattr(mnist, "error_rate", lambda logits, labels: queue.pop(0))
+
+
+def _best_and_final(out: Path, method: str) -> tuple[dict, dict]:
+    """``best.pt``'s parameters and ``model.pt``'s, as ``{name: tensor}``."""
+    best = torch.load(out / "best.pt", weights_only=False)
+    final = torch.load(out / "model.pt", weights_only=False)
+    if method == "bbb":
+        return best["params"]["params"], final["params"]["params"]
+    return best["state_dict"], final["state_dict"]
+
+
+# the mean (or single) network's metrics: deterministic given the parameters
+_MEAN_METRICS = ("test_error_mean", "test_nll_mean")
+
+
+@pytest.mark.parametrize("method", ["bbb", "sgd"])
+def test_keep_best_evaluates_the_lowest_validation_epoch(method, tmp_path, monkeypatch) -> None:
+    """``--keep-best`` over 3 epochs with validation errors 0.5, 0.2, 0.2: ``best.pt`` holds
+    epoch 2 (the first of a tie) with exactly the parameters a 2-epoch run ends with, and
+    ``best_valid`` evaluates them; a fresh run in the same folder starts its own record."""
+    args = ["mnist", "--method", method, *TINY, "--keep-best"]
+    _scripted_valid_errors(monkeypatch, [0.9, 0.9])
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "two")]) == 0
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    _scripted_valid_errors(monkeypatch, [0.5, 0.2, 0.2])
+    out = tmp_path / "three"
+    assert main([*args, "--epochs", "3", "--out", str(out)]) == 0
+    three = json.loads((out / "metrics.json").read_text())
+    assert three["epochs"] == 3
+    assert {k: three["best_valid"][k] for k in ("epoch", "valid_error")} == {
+        "epoch": 2,
+        "valid_error": 0.2,
+    }
+    best, _ = _best_and_final(out, method)
+    _, two_final = _best_and_final(tmp_path / "two", method)
+    assert best.keys() == two_final.keys()
+    assert all(torch.equal(best[k], two_final[k]) for k in best)
+    for key in _MEAN_METRICS:
+        assert three["best_valid"][key] == pytest.approx(two[key], rel=1e-6), key
+    assert two["best_valid"]["epoch"] == 1  # 0.9 twice: the first epoch
+    _scripted_valid_errors(monkeypatch, [0.7])
+    assert main([*args, "--epochs", "1", "--out", str(out)]) == 0  # no --resume: afresh
+    assert json.loads((out / "metrics.json").read_text())["best_valid"]["epoch"] == 1
+
+
+def test_keep_best_resumes_as_an_uninterrupted_run(tmp_path, monkeypatch, capsys) -> None:
+    """Stopped after its first epoch and resumed, a ``--keep-best`` run keeps the same epoch
+    and parameters as an uninterrupted one; a resume that drops the option is refused."""
+    args = ["mnist", "--method", "sgd", *TINY, "--epochs", "3", "--keep-best"]
+    _scripted_valid_errors(monkeypatch, [0.5, 0.2, 0.3])
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    _scripted_valid_errors(monkeypatch, [0.5, 0.2, 0.3])
+    _stopped_and_resumed(args, tmp_path / "parts", monkeypatch)
+    whole, parts = (
+        json.loads((tmp_path / d / "metrics.json").read_text())["best_valid"]
+        for d in ("whole", "parts")
+    )
+    assert whole["epoch"] == parts["epoch"] == 2
+    assert {k: whole[k] for k in _MEAN_METRICS} == {k: parts[k] for k in _MEAN_METRICS}
+    (a, _), (b, _) = (
+        _best_and_final(tmp_path / "whole", "sgd"),
+        _best_and_final(tmp_path / "parts", "sgd"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    (tmp_path / "parts" / "best.pt").write_bytes(b"not a torch file")
+    assert main([*args, "--epochs", "4", "--out", str(tmp_path / "parts"), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "best.pt is unreadable" in err and "rerun without --resume" in err
+    no_keep = [a for a in args if a != "--keep-best"]
+    assert main([*no_keep, "--out", str(tmp_path / "parts"), "--resume"]) == 1
+    assert "keep_best" in capsys.readouterr().err
+
+
+def test_keep_best_is_refused_with_data_parallel_training(tmp_path, capsys) -> None:
+    argv = ["mnist", "--out", str(tmp_path), *TINY, "--keep-best", "--devices", "2"]
+    assert main(argv) == 1
+    assert "--keep-best" in capsys.readouterr().err

@@ -73,6 +73,8 @@ from pyro_dwp.io import (
     check_device,
     prepare_out,
     progress_bar,
+    read_torch_file,
+    save_checkpoint,
 )
 from pyro_dwp.likelihoods import Categorical
 from pyro_dwp.models import mlp
@@ -90,6 +92,8 @@ __all__ = [
 ]
 
 METHODS = ("bbb", "sgd", "dropout")
+BEST = "best.pt"
+"""``--keep-best``'s file in ``--out``: the lowest-validation-error epoch's parameters."""
 LR_SCHEDULES = ("constant", "linear")
 """``--lr-schedule``: the rate over the epochs, constant or decayed linearly to 0."""
 IN_FEATURES = 28 * 28
@@ -117,9 +121,11 @@ _RUN_KEYS = (
     "input_dropout",
     "n_train",
     "seed",
+    "keep_best",
 )
 # Config keys added after runs were recorded, with the value those runs had.
 _ADDED_KEYS = {
+    "keep_best": False,
     "lr_schedule": "constant",
     "optimizer": "adam",
     "momentum": 0.0,
@@ -209,6 +215,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="test subset size; also subsets the validation set and the notMNIST test letters "
         "(default: all)",
+    )
+    p.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="also keep the parameters of the epoch whose mean network has the lowest validation "
+        "error (the first such epoch) in best.pt, and evaluate them on the test set: "
+        "metrics.json's best_valid (epoch, valid_error and the test metrics); the final "
+        "parameters stay the run's (model.pt and the other metrics); not with --devices > 1",
     )
     p.add_argument(
         "--max-train-minutes",
@@ -354,6 +368,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_resume(out, config, args.resume)
     data = data.to(device)
     max_seconds = None if args.max_train_minutes is None else 60 * args.max_train_minutes
+    if not args.resume:
+        (out / BEST).unlink(missing_ok=True)  # an earlier run's
     pyro.clear_param_store()
     if args.method == "bbb":
         model, guide = build_bbb(config)
@@ -369,6 +385,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         saved = {"config": config, "state_dict": net.state_dict()}
     torch.save(saved, out / "model.pt")
     metrics, probs = evaluate(clf, data.x_test, data.y_test, args.test_samples, data.x_ood)
+    if args.keep_best:  # after the final parameters' evaluation: this replaces them
+        best = _read_best(out / BEST)
+        if args.method == "bbb":
+            set_param_store_state(best["params"], device)
+            clf = bbb_classifier(model, guide)
+        else:
+            net.load_state_dict(best["state_dict"])
+        best_metrics, _ = evaluate(clf, data.x_test, data.y_test, args.test_samples, data.x_ood)
+        metrics["best_valid"] = {
+            "epoch": best["epoch"], "valid_error": best["valid_error"], **best_metrics
+        }  # fmt: skip
     (out / "learning_curves.json").write_text(json.dumps(history, indent=2) + "\n")
     _plot_learning_curves(out / "learning_curves.png", history, args.method)
     ax = plot_reliability_diagram(probs.cpu(), data.y_test.cpu(), ECE_BINS)
@@ -448,6 +475,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-train-minutes must be > 0, got {args.max_train_minutes}")
     check_device(args.device)
     if _distributed(args):
+        if args.keep_best:
+            raise ValueError("--keep-best is not available with data-parallel training")
         if args.method != "bbb" or args.max_train_minutes is not None:
             raise ValueError("data-parallel training needs --method bbb and no time limit")
         if args.lr_schedule != "constant" or args.optimizer != "adam" or args.scale_lr_factor != 1:
@@ -524,12 +553,16 @@ def _train_bbb(
     else:
         optim = JointAdam(args.lr, **rates)
 
+    keep = _BestKeeper(args.out / BEST) if args.keep_best else None
+
     def end_of_epoch(record: dict[str, float]) -> None:
         net = posterior_mean_network(model, guide)
         x_valid = data.x_valid.to(guide.loc(guide.site_names[0]).device)  # a DDP process's GPU
         record["valid_error"] = error_rate(
             network_logits(net, x_valid), data.y_valid.to(x_valid.device)
         )
+        if keep is not None:
+            keep(record, lambda: {"params": pyro.get_param_store().get_state()})
         record["lr"] = args.lr * (optim.current_lr / optim.pt_optim_args["lr"])  # this epoch's
         if optim.lr_lambda is not None:
             optim.step()
@@ -597,6 +630,7 @@ def _train_baseline(
     lr_lambda = _lr_lambda(args)
     schedule = torch.optim.lr_scheduler.LambdaLR(steps.optimizer, lr_lambda or (lambda e: 1.0))
     shuffle = torch.Generator().manual_seed(args.seed)
+    keep = _BestKeeper(args.out / BEST) if args.keep_best else None
     checkpoint = Checkpoint(
         args.out / "checkpoint.pt", device=x.device, generators={"shuffle": shuffle}
     )
@@ -642,6 +676,8 @@ def _train_baseline(
             record["valid_error"] = error_rate(
                 network_logits(net.eval(), data.x_valid), data.y_valid
             )
+            if keep is not None:
+                keep(record, lambda: {"state_dict": net.state_dict()})
             history.append(record)
             bar.set_postfix(
                 nll=f"{nll:.4g}", valid_error=f"{record['valid_error']:.4f}", refresh=False
@@ -657,6 +693,40 @@ def _train_baseline(
         return history
 
     return _train_within(train, args.epochs, args.resume, max_seconds, checkpoint.path)
+
+
+class _BestKeeper:
+    """``--keep-best``: after each epoch, ``keeper(record, state)`` writes ``state()`` (the
+    parameters) with the record's ``epoch`` and ``valid_error`` to ``path`` (atomically) when
+    that error is below every earlier epoch's, the first of equal epochs kept.
+
+    The lowest error so far is read back from ``path`` once, so a resumed run continues the
+    interrupted one's comparison (an epoch replayed after the interruption reproduces its
+    parameters and error exactly, and is not written again).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lowest = math.inf
+        if path.exists():
+            self.lowest = _read_best(path)["valid_error"]
+
+    def __call__(self, record: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
+        if record["valid_error"] < self.lowest:
+            self.lowest = record["valid_error"]
+            save_checkpoint(
+                self.path, {"epoch": record["epoch"], "valid_error": self.lowest, **state()}
+            )
+
+
+def _read_best(path: Path) -> dict[str, Any]:
+    """A ``--keep-best`` file on the CPU: ``epoch``, ``valid_error`` and the parameters.
+
+    Raises:
+        FileNotFoundError, ValueError: If it is missing or unreadable (naming the file).
+    """
+    remedy = "rerun without --resume, which starts the run afresh"
+    return read_torch_file(path, what="--keep-best file", remedy=remedy, weights_only=False)
 
 
 def _lr_lambda(args: argparse.Namespace) -> Callable[[int], float] | None:

@@ -23,7 +23,11 @@ Evaluation on the 10,000 test images, the same code for every method:
 Writes to ``--out``: ``metrics.json``, ``learning_curves.json`` and ``.png`` (per epoch: train
 loss, NLL, KL and validation error of the mean network), ``reliability.png``, ``model.pt`` (the
 config and the fitted Pyro param store, or the baseline's ``state_dict``; reload a BBB run with
-:func:`load_bbb_run`), ``config.json`` and the resumable ``checkpoint.pt``.
+:func:`load_bbb_run`), ``config.json`` and the resumable ``checkpoint.pt``. With
+``--keep-best`` also ``best.pt``: the parameters of the epoch with the lowest validation error
+(the mean network's), evaluated on the test set as ``metrics.json``'s ``best_valid`` (``epoch``,
+``valid_error`` and the metrics above): validation-based epoch selection beside the final
+parameters, which the other metrics and ``model.pt`` keep.
 
 Data-parallel BBB: ``--devices N --strategy ddp`` trains on N processes (GPUs with
 ``--device cuda``, else CPU processes) with :func:`pyro_dwp.infer.distributed.fit_distributed`
