@@ -405,12 +405,14 @@ def _best_and_final(out: Path, method: str) -> tuple[dict, dict]:
 _MEAN_METRICS = ("test_error_mean", "test_nll_mean")
 
 
-@pytest.mark.parametrize("method", ["bbb", "sgd"])
-def test_keep_best_evaluates_the_lowest_validation_epoch(method, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("method, engine", [("bbb", "pyro"), ("bbb", "compiled"), ("sgd", "pyro")])
+def test_keep_best_evaluates_the_lowest_validation_epoch(
+    method, engine, tmp_path, monkeypatch
+) -> None:
     """``--keep-best`` over 3 epochs with validation errors 0.5, 0.2, 0.2: ``best.pt`` holds
     epoch 2 (the first of a tie) with exactly the parameters a 2-epoch run ends with, and
     ``best_valid`` evaluates them; a fresh run in the same folder starts its own record."""
-    args = ["mnist", "--method", method, *TINY, "--keep-best"]
+    args = ["mnist", "--method", method, *TINY, "--keep-best", "--engine", engine]
     _scripted_valid_errors(monkeypatch, [0.9, 0.9])
     assert main([*args, "--epochs", "2", "--out", str(tmp_path / "two")]) == 0
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
