@@ -171,6 +171,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "paper_table1": {k: v[args.hidden] for k, v in PAPER_TABLE1.items() if args.hidden in v},
         "paper_pruning": PAPER_PRUNING,
         "ours": {m: {k: v for k, v in r.items() if k != "config"} for m, r in results.items()},
+        "train_examples": next(iter(results.values()))["config"]["train_size"],
         "test_examples": pruning["test_examples"],
         "pruning": pruning["rows"],
         "seconds": time.perf_counter() - t0,
@@ -303,6 +304,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"- command: `{r['command']}`",
         f"- date: {r['date']}",
         f"- device: {r['device']}",
+        f"- training images: {r.get('train_examples', 50_000):,} (the paper's: 50,000)",
         "- epochs done: " + ", ".join(f"{m} {e}" for m, e in r["epochs"].items()),
         "- training seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in r["train_seconds"].items()),
         f"- all methods: {_optimizer(r)}, the same learning rate ({_schedule(r)}), batch size "

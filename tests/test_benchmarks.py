@@ -352,6 +352,7 @@ def test_bbb_mnist_keep_best_adds_the_validation_selected_table(
     report = bench.main(bench.build_parser().parse_args(argv))
     table = (tmp_path / "results" / "bbb_mnist.md").read_text()
     assert "Selected by validation" in table
+    assert report["train_examples"] == 200 and "- training images: 200 (the paper's" in table
     for row in ("bbb", "sgd", "dropout"):
         assert json.loads((tmp_path / "runs" / row / "config.json").read_text())["keep_best"]
         b = report["ours"][row]["best_valid"]
