@@ -339,7 +339,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "## Pruning the BBB network by signal-to-noise |mu| / sigma",
         "",
         "Paper (H = 1200, test error %, as recalled in PAPERS.md): "
-        + ", ".join(f"{f:.0%} {e:.2f}" for f, e in r["paper_pruning"].items()),
+        + ", ".join(f"{float(f):.0%} {e:.2f}" for f, e in r["paper_pruning"].items()),
         "",
         prune.markdown_table(r["pruning"]),
         "",

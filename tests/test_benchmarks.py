@@ -353,6 +353,8 @@ def test_bbb_mnist_keep_best_adds_the_validation_selected_table(
     table = (tmp_path / "results" / "bbb_mnist.md").read_text()
     assert "Selected by validation" in table
     assert report["train_examples"] == 200 and "- training images: 200 (the paper's" in table
+    saved = json.loads((tmp_path / "results" / "bbb_mnist.json").read_text())
+    assert bench._markdown(saved) == table  # the same table from the saved JSON
     for row in ("bbb", "sgd", "dropout"):
         assert json.loads((tmp_path / "runs" / row / "config.json").read_text())["keep_best"]
         b = report["ours"][row]["best_valid"]
