@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -101,7 +102,8 @@ def _run(args: argparse.Namespace, devices: int) -> dict[str, float]:
     for key in ("n_train", "n_test", "data_dir"):
         if getattr(args, key) is not None:
             argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    subprocess.run([sys.executable, "-m", "pyro_dwp.cli", *argv], check=True)
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}  # the installed pyro_dwp, not the checkout's
+    subprocess.run([sys.executable, "-m", "pyro_dwp.cli", *argv], check=True, env=env)
     metrics = json.loads((out / "metrics.json").read_text())
     curves = json.loads((out / "learning_curves.json").read_text())
     timed = curves[1:] or curves  # the first epoch holds warm-up

@@ -22,6 +22,8 @@ def visible_gpus(device: str) -> int:
 def run_processes(jobs: list[list[object]], workers: int, gpus: int) -> float:
     """Run ``pyro-dwp`` argvs as separate processes, ``workers`` at a time, job ``i`` on GPU
     ``i % gpus`` (``CUDA_VISIBLE_DEVICES``; all devices when ``gpus`` is 0); the wall seconds.
+    The working directory stays off ``sys.path`` (``PYTHONSAFEPATH``): run from a checkout, its
+    ``pyro_dwp/`` lacks ``pyro_dwp.models`` and ``pyro_dwp.guides``, which only an install maps.
 
     Raises:
         RuntimeError: If a process fails (its command and the end of its stderr).
@@ -30,6 +32,7 @@ def run_processes(jobs: list[list[object]], workers: int, gpus: int) -> float:
     def run(i: int) -> None:
         command = [sys.executable, "-m", "pyro_dwp.cli", *map(str, jobs[i])]
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {})}
+        env["PYTHONSAFEPATH"] = "1"  # the installed package, not a checkout's pyro_dwp/ in cwd
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"stage failed: {' '.join(command)}\n{done.stderr[-2000:]}")
