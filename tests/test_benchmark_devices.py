@@ -16,6 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 sys.path.insert(0, str(BENCHMARKS))
 
+import devices  # noqa: E402  (benchmarks/devices.py)
 import mushroom  # noqa: E402  (benchmarks/mushroom.py)
 import mushroom_posterior  # noqa: E402  (benchmarks/mushroom_posterior.py)
 
@@ -95,3 +96,14 @@ def test_mushroom_posterior_refuses_a_checkpoint_of_another_engine(tmp_path):
         mushroom_posterior.main(
             ["--checkpoint", str(tmp_path / "checkpoint.pt"), "--data-dir", str(SHARED_DATA)]
         )
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH needs Python 3.11")
+def test_processes_import_the_installed_package_not_a_checkout_in_cwd(tmp_path, monkeypatch):
+    # A checkout's pyro_dwp/ lacks pyro_dwp.models and pyro_dwp.guides (only an install maps
+    # them); run from its root, `python -m pyro_dwp.cli` must still find the installed package.
+    shadow = tmp_path / "pyro_dwp"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the checkout shadowed the install')\n")
+    monkeypatch.chdir(tmp_path)
+    assert devices.run_processes([["--help"]], workers=1, gpus=0) > 0
