@@ -319,10 +319,12 @@ def test_bbb_mnist_side_by_side_adds_the_gaussian_row_and_widths(
     }
     config = json.loads((tmp_path / "runs" / "bbb_gaussian_h4" / "config.json").read_text())
     assert (config["prior"], config["neg_log_sigma"], config["hidden"]) == ("normal", 0.0, 4)
+    assert config["kl_scheme"] == "blundell" == report["kl_scheme"]  # the paper's, by default
     table = (tmp_path / "results" / "bbb_mnist.md").read_text()
     assert "| BBB, Gaussian prior | 8 | n/a | " in table  # no paper value at 8 or 4 units
     assert "| SGD + dropout | 4 | n/a | " in table
     assert "not run" not in table and "rate (constant)" in table
+    assert "KL weight per minibatch: 2^-i / (1 - 2^-M)" in table
 
 
 @needs_shared_data("mnist", "notmnist")
@@ -330,14 +332,16 @@ def test_bbb_mnist_bbb_rows_alone_under_a_linear_schedule(tmp_path, monkeypatch,
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     bench = importlib.import_module("bbb_mnist")
     argv = [*TINY["bbb_mnist.py"](tmp_path), "--parallel", "--gaussian", "--bbb-only"]
-    report = bench.main(bench.build_parser().parse_args([*argv, "--lr-schedule", "linear"]))
+    argv += ["--lr-schedule", "linear", "--kl-scheme", "uniform"]
+    report = bench.main(bench.build_parser().parse_args(argv))
     assert set(report["ours"]) == {"bbb", "bbb_gaussian"} and report["lr_schedule"] == "linear"
     for row in ("bbb", "bbb_gaussian"):
         config = json.loads((tmp_path / "runs" / row / "config.json").read_text())
-        assert config["lr_schedule"] == "linear"
+        assert (config["lr_schedule"], config["kl_scheme"]) == ("linear", "uniform")
     table = (tmp_path / "results" / "bbb_mnist.md").read_text()
     assert "| SGD (no dropout) | 8 | n/a | not run" in table
     assert "decayed linearly to 0 over the --epochs" in table
+    assert "KL weight per minibatch: 1 / M for each" in table
 
 
 @needs_shared_data("mnist", "notmnist")
@@ -355,6 +359,8 @@ def test_bbb_mnist_keep_best_adds_the_validation_selected_table(
     assert report["train_examples"] == 200 and "- training images: 200 (the paper's" in table
     saved = json.loads((tmp_path / "results" / "bbb_mnist.json").read_text())
     assert bench._markdown(saved) == table  # the same table from the saved JSON
+    del saved["kl_scheme"]  # a report written before --kl-scheme ran the uniform weights
+    assert "- BBB's KL weight per minibatch: 1 / M for each" in bench._markdown(saved)
     for row in ("bbb", "sgd", "dropout"):
         assert json.loads((tmp_path / "runs" / row / "config.json").read_text())["keep_best"]
         b = report["ours"][row]["best_valid"]
