@@ -506,3 +506,32 @@ def test_dwp_step_time_tables_count_the_arithmetic_once_per_setting(tmp_path, mo
     for device in ("cpu (2 threads)", "cuda"):
         assert f"| {device} | 2026-12-02 | test |" in text
     assert set(json.loads((tmp_path / "dwp_step_time.json").read_text())) == {"cpu", "cuda"}
+
+
+@needs_shared_data("mnist", "notmnist")
+def test_bbb_mnist_resume_continues_every_row_as_an_uninterrupted_run(
+    tmp_path, monkeypatch, keep_threads
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bbb_mnist")
+
+    def run(name: str, *extra: str) -> dict:
+        argv = [*TINY["bbb_mnist.py"](tmp_path / name), *extra]
+        return bench.main(bench.build_parser().parse_args(argv))
+
+    run("parts")  # one epoch
+    resumed = run("parts", "--epochs", "2", "--resume")
+    whole = run("whole", "--epochs", "2")
+    assert resumed["epochs"] == whole["epochs"] == {"bbb": 2, "sgd": 2, "dropout": 2}
+    for row in ("bbb", "sgd", "dropout"):
+        curves = [
+            [
+                {k: v for k, v in r.items() if k != "seconds"}
+                for r in json.loads(
+                    (tmp_path / d / "runs" / row / "learning_curves.json").read_text()
+                )
+            ]
+            for d in ("parts", "whole")
+        ]
+        assert curves[0] == curves[1]
+        assert resumed["ours"][row]["test_error_mean"] == whole["ours"][row]["test_error_mean"]
