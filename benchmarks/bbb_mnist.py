@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["uniform", "blundell"],
         default="blundell",
         help="BBB rows: the KL weight of an epoch's i-th minibatch (pyro-dwp mnist --kl-scheme): "
-        "blundell, 2^-i / (1 - 2^-M) (the paper's Section 3.4; under Adam it ends 0.2-0.5 points "
+        "blundell, 2^-i / (1 - 2^-M) (the paper's Section 3.4; under Adam it ended 0.3-0.6 points "
         "lower than uniform, bbb_mnist_kl_scheme.md), or uniform, 1 / M (reports before the "
         "option)",
     )
