@@ -475,45 +475,14 @@ def test_keep_best_is_refused_with_data_parallel_training(tmp_path, capsys) -> N
 def test_bbb_weights_the_kl_per_minibatch_as_the_paper_by_default(tmp_path: Path) -> None:
     """Without ``--kl-scheme`` a BBB run is the run with ``--kl-scheme blundell`` (Sec. 3.4),
     and not the uniform one; its config records the scheme."""
-    curves = {}
-    for name, option in (("default", []), ("blundell", ["--kl-scheme", "blundell"])):
+    curves, schemes = {}, {}
+    for name in ("default", "blundell", "uniform"):
         out = tmp_path / name
-        assert (
-            main(
-                [
-                    "mnist",
-                    "--method",
-                    "bbb",
-                    *TINY,
-                    "--batch-size",
-                    "50",
-                    *option,
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        scheme = [] if name == "default" else ["--kl-scheme", name]
+        argv = ["mnist", "--method", "bbb", *TINY, "--batch-size", "50", *scheme]
+        assert main([*argv, "--out", str(out)]) == 0
         curves[name] = _timeless(json.loads((out / "learning_curves.json").read_text()))
-        assert json.loads((out / "config.json").read_text())["kl_scheme"] == "blundell"
-    out = tmp_path / "uniform"
-    assert (
-        main(
-            [
-                "mnist",
-                "--method",
-                "bbb",
-                *TINY,
-                "--batch-size",
-                "50",
-                "--kl-scheme",
-                "uniform",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    uniform = _timeless(json.loads((out / "learning_curves.json").read_text()))
+        schemes[name] = json.loads((out / "config.json").read_text())["kl_scheme"]
+    assert schemes == {"default": "blundell", "blundell": "blundell", "uniform": "uniform"}
     assert curves["default"] == curves["blundell"]
-    assert uniform[0]["loss"] != pytest.approx(curves["default"][0]["loss"], rel=1e-6)
+    assert curves["uniform"][0]["loss"] != pytest.approx(curves["default"][0]["loss"], rel=1e-6)
