@@ -22,6 +22,7 @@ __all__ = [
     "add_device_argument",
     "add_out_argument",
     "add_resume_argument",
+    "announce_fresh_start",
     "check_device",
     "prepare_out",
     "progress_bar",
@@ -101,6 +102,15 @@ def add_resume_argument(p: argparse.ArgumentParser, length: str = "--epochs") ->
         help=f"continue the run in --out from its checkpoint.pt (settings must match; {length} "
         "may differ); without it the run starts afresh",
     )
+
+
+def announce_fresh_start(resume: bool, *checkpoints: Path) -> None:
+    """Say on stderr, in one line, that ``--resume`` found none of ``checkpoints`` and training
+    starts afresh: a mistyped ``--out`` or a checkpoint that never reached the disk would
+    otherwise begin a new run without a word."""
+    if resume and not any(path.exists() for path in checkpoints):
+        names = " or ".join(str(path) for path in checkpoints)
+        print(f"--resume: no checkpoint at {names}; training starts afresh", file=sys.stderr)
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:

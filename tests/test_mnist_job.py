@@ -112,14 +112,28 @@ def test_mnist_job_trains_bbb_on_the_compiled_engine(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("method", ["bbb", "sgd"])
-def test_mnist_job_resumes(method: str, tmp_path: Path) -> None:
+def test_mnist_job_resumes(method: str, tmp_path: Path, capsys) -> None:
     args = ["mnist", "--method", method, "--out", str(tmp_path), *TINY]
     assert main(args) == 0
     first = json.loads((tmp_path / "learning_curves.json").read_text())
+    capsys.readouterr()
     assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert "training starts afresh" not in capsys.readouterr().err
     curves = json.loads((tmp_path / "learning_curves.json").read_text())
     assert [r["epoch"] for r in curves] == [1, 2] and curves[0] == first[0]
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_mnist_job_resume_without_a_checkpoint_says_it_starts_afresh(
+    tmp_path: Path, capsys
+) -> None:
+    # e.g. a mistyped --out: the run trains from epoch 0, and says so on stderr
+    assert main(["mnist", "--out", str(tmp_path / "new"), *TINY, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"--resume: no checkpoint at {tmp_path / 'new' / 'checkpoint.pt'}" in err
+    assert "training starts afresh" in err
+    curves = json.loads((tmp_path / "new" / "learning_curves.json").read_text())
+    assert [r["epoch"] for r in curves] == [1]
 
 
 def test_mnist_job_refuses_to_resume_other_settings(tmp_path: Path, capsys) -> None:

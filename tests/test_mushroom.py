@@ -276,6 +276,17 @@ def test_an_agent_runs_the_same_alone(tmp_path: Path, data_dir: Path):
     assert alone == {"eps0.05": together["eps0.05"]}
 
 
+def test_resume_without_a_checkpoint_says_it_starts_afresh(tmp_path: Path, data_dir: Path, capsys):
+    assert _job(tmp_path / "fresh", data_dir, "--steps", "20") == 0
+    assert "training starts afresh" not in capsys.readouterr().err
+    assert _job(tmp_path / "new", data_dir, "--steps", "20", "--resume") == 0
+    assert f"--resume: no checkpoint at {tmp_path / 'new' / 'checkpoint.pt'}" in (
+        capsys.readouterr().err
+    )
+    fresh, new = (json.loads((tmp_path / d / "regret.json").read_text()) for d in ("fresh", "new"))
+    assert new["regret"] == fresh["regret"]
+
+
 def test_resume_refuses_other_settings(tmp_path: Path, data_dir: Path, capsys):
     assert _job(tmp_path, data_dir, "--steps", "20") == 0
     assert _job(tmp_path, data_dir, "--steps", "40", "--resume", "--lr", "0.01") == 1

@@ -67,11 +67,17 @@ def test_band_coverage_counts_the_masked_points_inside_the_band():
         band_coverage(lower, upper, truth, torch.zeros_like(inside))
 
 
-def test_regression_job_resumes(tmp_path):
+def test_regression_job_resumes(tmp_path, capsys):
     assert main(["regression", "--out", str(tmp_path), *TINY]) == 0
+    capsys.readouterr()
     # argparse keeps the last --epochs: continue the 3-epoch checkpoint up to 5 epochs
     assert main(["regression", "--out", str(tmp_path), *TINY, "--epochs", "5", "--resume"]) == 0
+    assert "training starts afresh" not in capsys.readouterr().err
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 5
+    # --resume where no run was: it trains from the start, and says so
+    assert main(["regression", "--out", str(tmp_path / "new"), *TINY, "--resume"]) == 0
+    assert "--resume: no checkpoint at" in capsys.readouterr().err
+    assert json.loads((tmp_path / "new" / "metrics.json").read_text())["epochs"] == 3
 
 
 def test_regression_job_bad_input_is_reported(tmp_path, capsys):

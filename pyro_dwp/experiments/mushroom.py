@@ -34,6 +34,7 @@ from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
     add_resume_argument,
+    announce_fresh_start,
     check_device,
     prepare_out,
     progress_bar,
@@ -292,6 +293,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         device=device,
         remedy="run without --resume to start afresh, or use another --out",
     )
+    announce_fresh_start(args.resume, checkpoint.path)
     # the settings as options, so that a refused checkpoint names them: "--lr: 0.001 -> 0.01"
     fingerprint = {f"--{k.replace('_', '-')}": v for k, v in settings.items()}
     if args.engine == "lockstep":

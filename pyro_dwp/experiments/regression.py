@@ -34,6 +34,7 @@ from pyro_dwp.io import (
     add_device_argument,
     add_out_argument,
     add_resume_argument,
+    announce_fresh_start,
     check_device,
     prepare_out,
 )
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = prepare_out(args.out)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
     _check_finished_run(out, settings, args.resume)
+    announce_fresh_start(args.resume, out / "checkpoint.pt")
     pyro.clear_param_store()
     torch.manual_seed(args.seed)
     x, y = make_regression_data(args.n_train, seed=args.seed)
