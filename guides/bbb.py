@@ -114,8 +114,8 @@ class BBBNormal(AutoGuide):
         init_scale: float = 1e-3,
         create_plates: Callable | None = None,
     ) -> None:
-        if not isinstance(init_scale, int | float) or not init_scale > 0:
-            raise ValueError(f"init_scale must be a float > 0, got {init_scale!r}")
+        if not isinstance(init_scale, int | float) or not 0 < init_scale < math.inf:
+            raise ValueError(f"init_scale must be a finite float > 0, got {init_scale!r}")
         self.init_loc_fn = init_loc_fn
         self._init_scale = float(init_scale)
         super().__init__(InitMessenger(init_loc_fn)(model), create_plates=create_plates)

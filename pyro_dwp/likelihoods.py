@@ -27,7 +27,7 @@ class Likelihood(ABC):
     """
 
     def __init__(self, dataset_size: int, *, event_dim: int, site: str = "obs") -> None:
-        if int(dataset_size) <= 0:
+        if int(dataset_size) != dataset_size or int(dataset_size) <= 0:
             raise ValueError(f"dataset_size must be a positive integer, got {dataset_size}")
         self.dataset_size = int(dataset_size)
         self.event_dim = event_dim
@@ -43,15 +43,27 @@ class Likelihood(ABC):
 
         Args:
             out: Network output, ``(*particles, B, *out_shape)``.
-            y: Targets ``(B, *target_shape)`` or ``None`` to sample them.
+            y: Targets ``(B, *target_shape)`` or ``None`` to sample them; ``target_shape`` is
+                the distribution's event shape (``Gaussian``: ``out``'s last dimension,
+                ``Categorical``: none).
 
         Returns:
             The observed or sampled targets.
+
+        Raises:
+            ValueError: If ``y``'s shape is not ``(B, *target_shape)`` (a ``(B,)`` target for a
+                ``(B, 1)`` output would otherwise broadcast against every other example).
         """
         d = self.distribution(out)
         batch = d.batch_shape[-1]
         if y is not None and y.shape[0] != batch:
             raise ValueError(f"got {batch} network outputs but {y.shape[0]} targets")
+        if y is not None and tuple(y.shape) != (batch, *d.event_shape):
+            raise ValueError(
+                f"targets of shape {tuple(y.shape)} for network outputs of shape "
+                f"{tuple(out.shape)}: {type(self).__name__} needs targets of shape "
+                f"{(batch, *d.event_shape)}"
+            )
         size = max(self.dataset_size, batch)
         # The minibatch is already drawn: a given subsample spares the plate a randperm of N.
         with pyro.plate("data", size, subsample=self._positions(batch, out.device), dim=-1):

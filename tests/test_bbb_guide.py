@@ -104,7 +104,7 @@ def test_means_start_at_module_initialisation():
     assert torch.allclose(snr["0.weight"], net[0].weight.detach().abs() / 1e-3, rtol=1e-4)
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, "0.1"])
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf, "0.1"])
 def test_bad_init_scale(bad):
     with pytest.raises(ValueError, match="init_scale"):
         BBBNormal(toy_model, init_scale=bad)

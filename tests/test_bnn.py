@@ -128,6 +128,29 @@ def test_targets_of_wrong_length():
         model(torch.randn(4, 3), torch.randn(3, 1))
 
 
+def test_targets_of_wrong_shape_are_refused_not_broadcast():
+    # A (4,) target against a (4, 1) output would broadcast to a (4, 4) log-likelihood: every
+    # prediction scored against every target.
+    model = BNN(nn.Linear(3, 1), dist.Normal(0.0, 1.0), Gaussian(10, 0.1))
+    x = torch.randn(4, 3)
+    with pytest.raises(
+        ValueError, match=r"targets of shape \(4,\) .* needs targets of shape \(4, 1\)"
+    ):
+        model(x, torch.randn(4))
+    with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
+        model(x, torch.randn(4, 2))
+    classifier = BNN(nn.Linear(3, 5), dist.Normal(0.0, 1.0), Categorical(10))
+    with pytest.raises(ValueError, match=r"Categorical needs targets of shape \(4,\)"):
+        classifier(x, torch.zeros(4, 1, dtype=torch.long))
+    model(x, torch.randn(4, 1))  # the right shapes pass
+    classifier(x, torch.zeros(4, dtype=torch.long))
+
+
+def test_a_fractional_dataset_size_is_refused():
+    with pytest.raises(ValueError, match="positive integer, got 10.7"):
+        Gaussian(10.7, 0.1)
+
+
 def test_selector_matching_no_parameter():
     with pytest.raises(ValueError, match=r"\['conv9.weight'\] match no parameter"):
         BNN(nn.Linear(3, 1), {"conv9.weight": dist.Normal(0.0, 1.0), "*": dist.Normal(0.0, 1.0)})

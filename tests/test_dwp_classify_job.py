@@ -81,6 +81,10 @@ def test_bad_input_is_reported(tmp_path, vae_dir, capsys):
     save_kernel_vae(vae_dir / "vae_conv2.pt", KernelVAE(7, 2, 4))
     assert main(_args(tmp_path / "o", vae_dir)) == 1
     assert "models 7x7 kernels but conv2.weight has 5x5" in capsys.readouterr().err
+    # a cell named twice would be run twice and report a spread of zero
+    for flag, values in (("--seeds", ["0", "0"]), ("--priors", ["normal", "normal"])):
+        assert main(_args(tmp_path / "o", vae_dir, flag, *values)) == 1
+        assert f"{flag} names a value twice" in capsys.readouterr().err
 
 
 @needs_data

@@ -102,6 +102,11 @@ def test_missing_data_is_reported_before_any_training(tmp_path, capsys, monkeypa
 def test_bad_override_is_reported(tmp_path, capsys):
     assert main(["dwp", "--out", str(tmp_path), "--epochs", "0"]) == 1
     assert "--epochs must be >= 1" in capsys.readouterr().err
+    # the prior's overrides with the shipped prior: refused, not ignored
+    assert main(["dwp", "--out", str(tmp_path), "--source-nets", "3", "--prior-epochs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "--source-nets, --prior-epochs shape(s) the trained prior" in err
+    assert "add --train-prior" in err and not (tmp_path / "dwp.json").exists()
 
 
 @needs_data

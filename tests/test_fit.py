@@ -145,6 +145,33 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["params"]["params"].values())
 
 
+@pytest.mark.parametrize("engine", ["pyro", "compiled"])
+def test_parameters_left_non_finite_by_the_last_update_are_not_saved(tmp_path, engine):
+    # One step, one epoch: its loss is computed before its update, so nothing sees that the
+    # rate of 1e39 (inf in float32) sends the parameters to inf or NaN; fit must not return them.
+    model, guide = make()
+    one_step = {**KW, "batch_size": len(X), "engine": engine}
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite after epoch 1.*no checkpoint"):
+        fit(model, guide, X, Y, epochs=1, optim=JointAdam(1e39), **one_step)
+
+
+def test_non_finite_parameters_never_reach_the_checkpoint(tmp_path):
+    # Whatever made them so (here a callback, standing in for an overflowing update), the
+    # checkpoint of epoch 1 stays the last one written.
+    def spoil(record):
+        if record["epoch"] == 2:
+            pyro.get_param_store()["BBBNormal.locs.0.weight"].data[0, 0] = math.inf
+
+    model, guide = make()
+    ck = tmp_path / "ck.pt"
+    message = r"BBBNormal.locs.0.weight \(1 of \d+\) are NaN or infinite after epoch 2.*epoch 1"
+    with pytest.raises(FloatingPointError, match=message):
+        fit(model, guide, X, Y, epochs=3, checkpoint=ck, checkpoint_every=1, callback=spoil, **KW)
+    state = load_checkpoint(ck)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["params"]["params"].values())
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

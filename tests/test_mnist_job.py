@@ -124,6 +124,29 @@ def test_mnist_job_resumes(method: str, tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.parametrize("flag", ["--lr", "--init-scale"])
+def test_an_infinite_rate_or_scale_is_refused_before_training(flag, tmp_path, capsys) -> None:
+    assert main(["mnist", "--out", str(tmp_path), *TINY, flag, "inf"]) == 1
+    assert "--lr and --init-scale must be finite and > 0" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "method,options,named",
+    [
+        ("sgd", ["--particles", "5", "--prior", "normal"], "--prior (bbb's), --particles (bbb's)"),
+        ("sgd", ["--dropout", "0.3"], "--dropout (dropout's)"),
+        ("bbb", ["--input-dropout", "0.2"], "--input-dropout (dropout's)"),
+        ("dropout", ["--kl-scheme", "uniform"], "--kl-scheme (bbb's)"),
+    ],
+)
+def test_options_of_another_method_are_refused_not_ignored(
+    method, options, named, tmp_path, capsys
+) -> None:
+    assert main(["mnist", "--method", method, "--out", str(tmp_path), *TINY, *options]) == 1
+    assert f"--method {method} does not take {named}" in capsys.readouterr().err
+
+
 def test_mnist_job_resume_without_a_checkpoint_says_it_starts_afresh(
     tmp_path: Path, capsys
 ) -> None:
@@ -172,7 +195,21 @@ def test_prune_job_rejects_baselines_and_bad_fractions(tmp_path: Path, capsys) -
     assert main(["prune", "--run", str(tmp_path), "--fractions", "1.0"]) == 1
     assert "[0, 1)" in capsys.readouterr().err
     assert main(["prune", "--run", str(tmp_path / "nothing")]) == 1
-    assert "no model.pt" in capsys.readouterr().err
+    assert "mnist run file" in (err := capsys.readouterr().err) and "not found" in err
+    for name, content in (("truncated", None), ("empty", b""), ("foreign", {"params": 1})):
+        run = tmp_path / name
+        run.mkdir()
+        if content is None:  # the run's own file, cut short
+            data = (tmp_path / "model.pt").read_bytes()
+            (run / "model.pt").write_bytes(data[: len(data) // 2])
+        elif isinstance(content, bytes):
+            (run / "model.pt").write_bytes(content)
+        else:  # another job's torch file
+            torch.save(content, run / "model.pt")
+        assert main(["prune", "--run", str(run)]) == 1
+        err = capsys.readouterr().err
+        assert str(run / "model.pt") in err, name
+        assert "unreadable" in err or "is not the model.pt of a `pyro-dwp mnist` run" in err, name
 
 
 def test_prune_at_zero_reproduces_the_run_from_its_saved_parameters(tmp_path: Path) -> None:
@@ -203,7 +240,7 @@ def test_prune_at_zero_reproduces_the_run_from_its_saved_parameters(tmp_path: Pa
     assert unpruned["test_nll_ensemble"] == pytest.approx(metrics["test_nll_ensemble"], rel=0.02)
 
 
-def test_a_time_limit_trains_in_chunks_past_the_slow_first_epoch(tmp_path, monkeypatch):
+def test_a_time_limit_trains_in_chunks_past_the_slow_first_epoch(tmp_path, monkeypatch, capsys):
     """The first epoch pays the set-up (10 s here, 1 s an epoch after that, 0.5 s per call):
     extrapolating it alone would stop at 10 epochs in 100 s; the chunks reach about 90."""
     from pyro_dwp.experiments import mnist
@@ -221,9 +258,12 @@ def test_a_time_limit_trains_in_chunks_past_the_slow_first_epoch(tmp_path, monke
     history = mnist._train_within(train, 600, False, 100.0, tmp_path / "none.pt")
     assert calls[0] == (1, False) and all(resume for _, resume in calls[1:])
     assert 85 <= len(history) <= 100 and clock[0] <= 100.0 + 1.5
+    stopped = f"--max-train-minutes: stopped after epoch {len(history)} of 600"
+    assert stopped in capsys.readouterr().err  # a short run says so
     calls.clear()
     clock[0] = 0.0
     assert len(mnist._train_within(train, 30, False, 100.0, tmp_path / "none.pt")) == 30
+    assert "stopped after" not in capsys.readouterr().err
 
 
 def _timeless(curves: list[dict]) -> list[dict]:
@@ -475,6 +515,10 @@ def test_keep_best_resumes_as_an_uninterrupted_run(tmp_path, monkeypatch, capsys
     assert main([*args, "--epochs", "4", "--out", str(tmp_path / "parts"), "--resume"]) == 1
     err = capsys.readouterr().err
     assert "best.pt is unreadable" in err and "rerun without --resume" in err
+    (tmp_path / "parts" / "best.pt").unlink()  # lost: the best epoch so far is unknown
+    assert main([*args, "--epochs", "4", "--out", str(tmp_path / "parts"), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "best.pt is missing, so the best epoch before the checkpoint is unknown" in err
     no_keep = [a for a in args if a != "--keep-best"]
     assert main([*no_keep, "--out", str(tmp_path / "parts"), "--resume"]) == 1
     assert "keep_best" in capsys.readouterr().err

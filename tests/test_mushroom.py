@@ -287,6 +287,18 @@ def test_resume_without_a_checkpoint_says_it_starts_afresh(tmp_path: Path, data_
     assert new["regret"] == fresh["regret"]
 
 
+@pytest.mark.parametrize("engine", ["pyro", "lockstep"])
+def test_agents_gone_non_finite_stop_the_run_before_their_checkpoint(
+    tmp_path: Path, data_dir: Path, capsys, engine: str
+):
+    # A rate of 1e30 overflows the greedy agents' networks; their results are never written.
+    argv = ("--steps", "40", "--engine", engine, "--lr", "1e30", "--agents", "greedy", "eps0.05")
+    assert _job(tmp_path, data_dir, *argv) == 1
+    err = capsys.readouterr().err
+    assert "is NaN or infinite at step 20" in err and "no checkpoint was written" in err
+    assert not (tmp_path / "regret.json").exists() and not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_resume_refuses_other_settings(tmp_path: Path, data_dir: Path, capsys):
     assert _job(tmp_path, data_dir, "--steps", "20") == 0
     assert _job(tmp_path, data_dir, "--steps", "40", "--resume", "--lr", "0.01") == 1

@@ -1,5 +1,6 @@
 """JointAdam and JointSGD: the same update as Pyro's per-parameter Adam / SGD, in one optimiser."""
 
+import math
 from functools import partial
 
 import pyro
@@ -61,9 +62,10 @@ def test_state_round_trip():
         torch.testing.assert_close(s["exp_avg_sq"], state[name]["exp_avg_sq"] * 0.999)
 
 
-def test_bad_learning_rate():
-    with pytest.raises(ValueError, match="learning rate"):
-        JointAdam(0.0)
+@pytest.mark.parametrize("lr", [0.0, -1e-3, math.inf, math.nan])
+def test_bad_learning_rate(lr):
+    with pytest.raises(ValueError, match=f"learning rate must be finite and > 0, got {lr}"):
+        JointAdam(lr)
 
 
 def _run_scheduled(optim, epochs=6, steps_per_epoch=3):

@@ -84,6 +84,9 @@ def test_regression_job_bad_input_is_reported(tmp_path, capsys):
     extra = ["--prior", "scale-mixture", "--pi", "1.5"]
     assert main(["regression", "--out", str(tmp_path), *TINY, *extra]) == 1
     assert "pi" in capsys.readouterr().err
+    assert main(["regression", "--out", str(tmp_path), *TINY, "--predictive-samples", "1"]) == 1
+    assert "--predictive-samples must be at least 2, got 1" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoint.pt").exists()  # refused before training
 
 
 def test_unknown_job():

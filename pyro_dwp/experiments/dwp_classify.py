@@ -225,6 +225,10 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{label.replace('_', '-')} must be >= 1")
     if min(args.n_train) < 1 or min(args.channels) < 1 or args.gap_samples < 0:
         raise ValueError("--n-train and --channels must be >= 1, --gap-samples >= 0")
+    for flag in ("priors", "n_train", "seeds"):  # a cell run twice would fake a spread
+        values = getattr(args, flag)
+        if len(set(values)) != len(values):
+            raise ValueError(f"--{flag.replace('_', '-')} names a value twice: {values}")
     if args.pretrained is not None:  # checksums verified here
         args.vae_dir = pretrained_dir(args.pretrained)
     if _needs_vaes(args) and args.vae_dir is None:

@@ -142,6 +142,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     settings = _settings(args)
     shipped = None if args.train_prior else SHIPPED_PRIOR[args.preset]
+    # the overrides that only a trained prior reads: the shipped one refuses, not ignores, them
+    prior_options = [
+        f"--{key.replace('_', '-')}"
+        for key, targets in _OPTIONS.items()
+        if getattr(args, key) is not None and "classify" not in {stage for stage, _ in targets}
+    ]
+    if shipped is not None and prior_options:
+        raise ValueError(
+            f"{', '.join(prior_options)} shape(s) the trained prior, but this run uses the "
+            f"shipped one ({shipped}): add --train-prior, or drop them"
+        )
     out: Path = args.out
     summary_path = out / SUMMARY
     state = _load_state(summary_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -342,15 +343,13 @@ def load_bbb_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[dic
 
     Raises:
         FileNotFoundError: If there is no ``model.pt``.
-        ValueError: If the run is not a BBB run.
+        ValueError: If ``model.pt`` is unreadable or another job's, or the run is not a BBB run.
     """
     path = Path(run_dir) / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no model.pt in {run_dir}: train one with "
-            f"`pyro-dwp mnist --method bbb --out {run_dir}`"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    remedy = f"train one with `pyro-dwp mnist --method bbb --out {run_dir}`"
+    state = read_torch_file(path, what="mnist run file", remedy=remedy, weights_only=False)
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{path} is not the model.pt of a `pyro-dwp mnist` run: {remedy}")
     config = upgrade_config(state["config"])
     if config["method"] != "bbb":
         raise ValueError(f"{run_dir} is a {config['method']!r} run; only BBB runs can be pruned")
@@ -375,7 +374,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = load_data(args.data_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     config = _config(args, train_size=len(data.x_train))
     _check_resume(out, config, args.resume)
-    announce_fresh_start(args.resume, out / "checkpoint.pt", out / "checkpoint.ckpt")
+    checkpoints = (out / "checkpoint.pt", out / "checkpoint.ckpt")
+    announce_fresh_start(args.resume, *checkpoints)
+    resumed = args.resume and any(path.exists() for path in checkpoints)
+    if resumed and args.keep_best and not (out / BEST).exists():
+        raise ValueError(
+            f"--keep-best: {out / BEST} is missing, so the best epoch before the checkpoint is "
+            "unknown: put it back, or rerun without --resume, which starts the run afresh"
+        )
     data = data.to(device)
     max_seconds = None if args.max_train_minutes is None else 60 * args.max_train_minutes
     if not args.resume:
@@ -465,14 +471,17 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     if not 0 < args.pi < 1:
         raise ValueError(f"--pi must be in (0, 1), got {args.pi}")
-    if not args.lr > 0 or not args.init_scale > 0:
-        raise ValueError(f"--lr and --init-scale must be > 0, got {args.lr}, {args.init_scale}")
+    if not 0 < args.lr < math.inf or not 0 < args.init_scale < math.inf:
+        raise ValueError(
+            f"--lr and --init-scale must be finite and > 0, got {args.lr}, {args.init_scale}"
+        )
     if args.optimizer == "adam" and args.momentum != 0:
         raise ValueError(f"--momentum is SGD's (--optimizer sgd); got {args.momentum} with Adam")
     if not 0 <= args.momentum < 1:
         raise ValueError(f"--momentum must be in [0, 1), got {args.momentum}")
     if not args.scale_lr_factor > 0:
         raise ValueError(f"--scale-lr-factor must be > 0, got {args.scale_lr_factor}")
+    _refuse_other_methods_options(args)
     if args.scale_lr_factor != 1 and args.method != "bbb":
         raise ValueError("--scale-lr-factor is BBB's (the posterior scales' rate)")
     if args.local_reparam and args.method != "bbb":
@@ -502,6 +511,32 @@ def _check_args(args: argparse.Namespace) -> None:
                 f"--devices and --strategy need pyro-dwp[distributed] ({_NO_DISTRIBUTED})"
             )
         distributed.check_distributed_args(args.devices, args.num_nodes, args.strategy, args.device)
+
+
+_OPTION_OWNERS = {
+    **dict.fromkeys(
+        ("prior", "pi", "neg_log_sigma1", "neg_log_sigma2", "neg_log_sigma", "kl_scheme")
+        + ("particles", "init_scale"),
+        "bbb",
+    ),
+    **dict.fromkeys(("dropout", "input_dropout"), "dropout"),
+}
+"""Options that only one ``--method`` reads: another method refuses them away from their
+defaults, rather than train without them."""
+
+
+def _refuse_other_methods_options(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` naming the options of :data:`_OPTION_OWNERS` that ``args`` sets
+    (away from the parser's defaults) for a ``--method`` that does not read them."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)  # the defaults, from the one place that states them
+    stray = [
+        f"--{key.replace('_', '-')} ({owner}'s)"
+        for key, owner in _OPTION_OWNERS.items()
+        if owner != args.method and getattr(args, key) != parser.get_default(key)
+    ]
+    if stray:
+        raise ValueError(f"--method {args.method} does not take {', '.join(stray)}")
 
 
 def _distributed(args: argparse.Namespace) -> bool:
@@ -776,6 +811,12 @@ def _train_within(
         t1 = time.perf_counter()
         history = train(done + chunk, True)
         done, chunk_seconds = done + chunk, time.perf_counter() - t1
+    if done < epochs:
+        print(
+            f"--max-train-minutes: stopped after epoch {done} of {epochs} (the next would "
+            "overrun); --resume continues the run",
+            file=sys.stderr,
+        )
     return history
 
 

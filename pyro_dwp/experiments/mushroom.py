@@ -339,11 +339,13 @@ def _run_agents(
         done = step + 1
         if done % args.checkpoint_every == 0 or done == args.steps:
             bar.set_postfix({n: f"{log.total:.0f}" for n, log in logs.items()}, refresh=False)
+            states = {n: a.state_dict() for n, a in agents.items()}
+            _refuse_non_finite(states, done, checkpoint)
             checkpoint.save(
                 done,
                 fingerprint,
                 env=env.state_dict(),
-                agents={n: a.state_dict() for n, a in agents.items()},
+                agents=states,
                 regret={n: log.state_dict() for n, log in logs.items()},
             )
             if _past(deadline):
@@ -431,11 +433,13 @@ def _run_lockstep(
             totals = _member_totals(runner)
             mean = _mean_over_seeds(totals)
             bar.set_postfix({n: f"{r:.0f}" for n, r in mean.items()}, refresh=False)
+            state = runner.state_dict()
+            _refuse_non_finite(state, done, checkpoint)
             checkpoint.save(
                 done,
                 fingerprint,
                 engine="lockstep",
-                runner=runner.state_dict(),
+                runner=state,
                 curves=curves,
                 step_seconds=before + time.perf_counter() - t0,
             )
@@ -458,6 +462,30 @@ def _run_lockstep(
         "step_seconds": before + time.perf_counter() - t0,
     }
     return result
+
+
+def _refuse_non_finite(state: Any, step: int, checkpoint: Checkpoint, where: str = "") -> None:
+    """Raise ``FloatingPointError`` naming the first NaN or infinite tensor in the agents'
+    ``state`` (nested dicts and lists of tensors) before it reaches the checkpoint, whose last
+    good version is kept; ``where`` is the path walked so far."""
+    if isinstance(state, dict):
+        items: Any = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        if isinstance(state, torch.Tensor) and not bool(torch.isfinite(state).all()):
+            kept = (
+                f"the last good checkpoint, {checkpoint.path}, is kept"
+                if checkpoint.path.exists()
+                else "no checkpoint was written"
+            )
+            raise FloatingPointError(
+                f"{where} is NaN or infinite at step {step} (an update overflowed: a learning "
+                f"rate too large?); {kept}"
+            )
+        return
+    for key, value in items:
+        _refuse_non_finite(value, step, checkpoint, f"{where}.{key}" if where else str(key))
 
 
 def _past(deadline: float | None) -> bool:

@@ -424,6 +424,8 @@ class SVITrainer:
                 (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == epochs
             ):
                 self._save()
+        if self.checkpoint is None:
+            self._check_params_finite()
         return self.history
 
     def _epoch(self, epoch: int, check: bool) -> dict[str, float]:
@@ -479,14 +481,34 @@ class SVITrainer:
         ``loss``, and the last good checkpoint, which is kept."""
         if math.isfinite(loss):
             return
-        kept = (
-            f"the last good checkpoint, {self.checkpoint.path} (epoch {self._last_saved}), is kept"
-            if self._last_saved is not None and self.checkpoint is not None
-            else "no checkpoint was written"
-        )
         raise FloatingPointError(
-            f"loss is {loss} at epoch {epoch + 1}, step {step + 1} of {self.num_batches}; {kept}"
+            f"loss is {loss} at epoch {epoch + 1}, step {step + 1} of {self.num_batches}; "
+            f"{self._kept()}"
         )
+
+    def _check_params_finite(self) -> None:
+        """Raise ``FloatingPointError`` naming the parameters that an update left NaN or
+        infinite (a finite loss, then a step too large), before they reach a checkpoint or the
+        caller; the last good checkpoint is kept."""
+        bad = [
+            name
+            for name, value in pyro.get_param_store().items()
+            if not bool(torch.isfinite(value).all())
+        ]
+        if bad:
+            raise FloatingPointError(
+                f"parameter(s) {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                f"({len(bad)} of {len(pyro.get_param_store())}) are NaN or infinite after epoch "
+                f"{self.epoch}, though every loss was finite: an update overflowed (a learning "
+                f"rate too large?); {self._kept()}"
+            )
+
+    def _kept(self) -> str:
+        """Which checkpoint a failure leaves in place, for messages."""
+        if self._last_saved is not None and self.checkpoint is not None:
+            path, epoch = self.checkpoint.path, self._last_saved
+            return f"the last good checkpoint, {path} (epoch {epoch}), is kept"
+        return "no checkpoint was written"
 
     def _compile(self, x: Tensor, y: Tensor, kl_scale: float) -> None:
         """Compile the step on the batch ``(x, y)`` (guide set up), or warn why not."""
@@ -505,6 +527,7 @@ class SVITrainer:
             self._graphed = GraphedSVI(self._compiled)
 
     def _save(self) -> None:
+        self._check_params_finite()
         if self._fingerprint is None:
             self._fingerprint = run_settings(
                 self.model, self.guide, self.x, self.y, **self._options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -74,8 +75,8 @@ class JointOptimizer(PyroOptim):
         lr_factor: Callable[[str], float] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
+        if not 0 < lr < math.inf:
+            raise ValueError(f"learning rate must be finite and > 0, got {lr}")
         super().__init__(torch_optimizer, {"lr": lr, "fused": fused, **kwargs})
         self._optim: torch.optim.Optimizer | None = None
         self._seen: set[Tensor] = set()
