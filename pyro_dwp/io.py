@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "DEVICES",
+    "JOB_FILE",
     "add_device_argument",
     "add_out_argument",
     "add_resume_argument",
@@ -129,26 +130,40 @@ def check_device(device: str) -> None:
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
 
 
-def prepare_out(out: Path, *, flag: str = "--out") -> Path:
-    """Create the output folder ``out`` (with its parents) and check that it can be written to,
-    before any training.
+JOB_FILE = ".pyro-dwp-job"
+"""The file in an output folder that names the job writing there (see :func:`prepare_out`)."""
+
+
+def prepare_out(out: Path, job: str, *, flag: str = "--out") -> Path:
+    """Create the output folder ``out`` (with its parents), check that it can be written to and
+    that no other job's run lives there, before any training; then claim it for ``job``.
 
     Args:
         out: The folder.
+        job: The ``pyro-dwp`` subcommand writing there (e.g. ``"mnist"``), recorded in
+            :data:`JOB_FILE`.
         flag: How the user named it, for messages.
 
     Returns:
         ``out``.
 
     Raises:
-        ValueError: If ``out`` is a file, or cannot be created or written to.
+        ValueError: If ``out`` is a file, cannot be created or written to, or holds a run of
+            another job (whose files this one would overwrite).
     """
     if out.exists() and not out.is_dir():
         raise ValueError(f"{flag} {out} is a file, not a folder: pass a folder path")
+    owner = out / JOB_FILE
+    if owner.is_file() and (other := owner.read_text().strip()) != job:
+        raise ValueError(
+            f"{flag} {out} holds a `pyro-dwp {other}` run, whose files `pyro-dwp {job}` would "
+            f"overwrite: pass another folder"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
+        owner.write_text(job + "\n")
     except OSError as e:
         raise ValueError(
             f"{flag} {out} cannot be written to ({e.strerror or e}): pass a folder you can write"

@@ -147,6 +147,19 @@ def test_options_of_another_method_are_refused_not_ignored(
     assert f"--method {method} does not take {named}" in capsys.readouterr().err
 
 
+def test_a_folder_of_another_jobs_run_is_refused_and_left_as_it_was(tmp_path, capsys) -> None:
+    tiny_regression = ["--n-train", "40", "--hidden", "8", "--epochs", "2", "--batch-size", "20"]
+    argv = ["regression", "--out", str(tmp_path), *tiny_regression, "--no-progress"]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert main(["mnist", "--out", str(tmp_path), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "holds a `pyro-dwp regression` run, whose files `pyro-dwp mnist` would" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert main(["mnist", "--out", str(tmp_path / "mnist"), *TINY]) == 0  # its own folder
+
+
 def test_mnist_job_resume_without_a_checkpoint_says_it_starts_afresh(
     tmp_path: Path, capsys
 ) -> None:

@@ -182,7 +182,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every missing (prior, N, seed) cell, then write the table and the figure."""
     _check_args(args)
-    out: Path = prepare_out(args.out)
+    out: Path = prepare_out(args.out, "dwp-classify")
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
     needs_vaes = _needs_vaes(args)
     if needs_vaes:  # replaced VAE files: other cells

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Estimate the gap at initialisation, then train and estimate it for each reverse model."""
     _check_args(args)
     vaes = load_net_vaes(args)
-    out: Path = prepare_out(args.out)
+    out: Path = prepare_out(args.out, "dwp-gap")
     config = {k: _jsonable(getattr(args, k)) for k in _CONFIG_KEYS}
     results = load_results(out / RESULTS, config, {"config": config, "rows": {}})
     for row in ("init", *REVERSE):

@@ -369,7 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate and write the outputs; return the metrics."""
     t0 = time.perf_counter()
     _check_args(args)
-    out: Path = prepare_out(args.out)
+    out: Path = prepare_out(args.out, "mnist")
     device = torch.device(args.device)
     data = load_data(args.data_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     config = _config(args, train_size=len(data.x_train))

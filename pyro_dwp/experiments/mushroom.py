@@ -281,7 +281,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, flag) is None:
             setattr(args, flag, PRESETS[args.preset][flag])
     _check_args(args)
-    out: Path = prepare_out(args.out)
+    out: Path = prepare_out(args.out, "mushroom")
     # the seeds as settings: --seed alone as before (so older runs resume), else --seeds
     dropped = ("seeds",) if args.seeds is None else ("seed",)
     dropped += tuple(k for k, v in _LATER_OPTIONS.items() if getattr(args, k) == v)

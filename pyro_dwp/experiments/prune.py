@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--fractions must lie in [0, 1), got {bad}")
     check_device(args.device)
     config, model, guide = load_bbb_run(args.run_dir, args.device)
-    out = prepare_out(args.out if args.out is not None else args.run_dir / "prune")
+    out = prepare_out(args.out if args.out is not None else args.run_dir / "prune", "prune")
     data_dir = args.data_dir if args.data_dir is not None else _path_or_none(config["data_dir"])
     n_test = args.n_test if args.n_test is not None else config["n_test"]
     num_samples = args.test_samples if args.test_samples is not None else config["test_samples"]

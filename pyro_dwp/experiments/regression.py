@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_device(args.device)
     if args.predictive_samples < 2:  # before training: the 95% band needs a spread
         raise ValueError(f"--predictive-samples must be at least 2, got {args.predictive_samples}")
-    out: Path = prepare_out(args.out)
+    out: Path = prepare_out(args.out, "regression")
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
     _check_finished_run(out, settings, args.resume)
     announce_fresh_start(args.resume, out / "checkpoint.pt")
