@@ -169,7 +169,7 @@ def main(args: argparse.Namespace) -> dict:
     vaes = load_vaes(args.prior)
     layers = {}
     for layer in args.layers:
-        train, test, _, _ = load_kernel_set(Path(args.kernels) / f"kernels_{layer}.pt")
+        train, test, _, _ = load_kernel_set(Path(args.kernels) / f"kernels_{layer}.pt", layer)
         layers[layer] = compare(vaes[layer], train, test, args)
     settings = (
         "prior",

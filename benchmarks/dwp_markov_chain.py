@@ -153,7 +153,7 @@ def load_kernels(args: argparse.Namespace) -> dict[str, tuple[Tensor, Tensor]]:
     """``{layer: (train (n, k, k), test (m, k, k))}`` from the shipped prior or a dwp-source run."""
     if args.kernels != "shipped":
         folder = Path(args.kernels)
-        sets = {layer: load_kernel_set(folder / f"kernels_{layer}.pt") for layer in LAYERS}
+        sets = {layer: load_kernel_set(folder / f"kernels_{layer}.pt", layer) for layer in LAYERS}
         return {layer: (train, test) for layer, (train, test, _, _) in sets.items()}
     priors = pretrained("notmnist")
     kernels = {}

@@ -60,7 +60,7 @@ PAPER = {
 
 def source_kernels(directory: Path) -> dict[str, Tensor]:
     """The train kernels ``{"conv1": (n, 7, 7), "conv2": (m, 5, 5)}`` of a dwp-source run."""
-    return {layer: load_kernel_set(directory / f"kernels_{layer}.pt")[0] for layer in LAYERS}
+    return {layer: load_kernel_set(directory / f"kernels_{layer}.pt", layer)[0] for layer in LAYERS}
 
 
 def initialise(

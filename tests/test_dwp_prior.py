@@ -135,6 +135,20 @@ def test_7x7_vae_on_5x5_kernels_is_a_clear_error(tmp_path, kernel_dir):
         load_kernel_set(bad)
 
 
+def test_a_kernel_file_of_another_layer_is_refused_naming_both(tmp_path, kernel_dir, capsys):
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    for mine, theirs in (("conv1", "conv2"), ("conv2", "conv1")):  # the two files renamed
+        data = (kernel_dir / f"kernels_{theirs}.pt").read_bytes()
+        (swapped / f"kernels_{mine}.pt").write_bytes(data)
+    argv = ["dwp-prior", "--kernels", str(swapped), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--epochs", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "kernels_conv1.pt holds the kernels of conv2, not of conv1" in err
+    assert not (tmp_path / "out" / "vae_conv1.pt").exists()
+    assert load_kernel_set(swapped / "kernels_conv1.pt")[2] == 5  # unchecked without a layer
+
+
 def test_z_dim_overrides_the_latent_dimension(tmp_path, kernel_dir, capsys):
     out = tmp_path / "prior"
     argv = ["dwp-prior", "--kernels", str(kernel_dir), "--out", str(out), "--epochs", "1"]

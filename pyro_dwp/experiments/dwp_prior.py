@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     floors, components = _check_args(args)
     # Read every kernel set first, so that a missing one fails before any training.
-    sets = {layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt") for layer in args.layers}
+    sets = {
+        layer: load_kernel_set(args.kernels / f"kernels_{layer}.pt", layer) for layer in args.layers
+    }
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     training = {
@@ -296,15 +298,23 @@ def _load_trained(path: Path, kernel_size: int) -> tuple[KernelVAE, dict[str, An
     return vae, meta
 
 
-def load_kernel_set(path: Path) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
+def load_kernel_set(
+    path: Path, layer: str | None = None
+) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
     """Read ``kernels_<layer>.pt`` of ``pyro-dwp dwp-source``.
+
+    Args:
+        path: The file.
+        layer: The layer whose kernels the caller expects (e.g. ``"conv1"``), checked against
+            the one the file records; ``None``: not checked.
 
     Returns:
         Train kernels ``(n, k, k)``, test kernels ``(m, k, k)``, ``k`` and the provenance dict.
 
     Raises:
         FileNotFoundError: If there is no file (the message names the command that makes it).
-        ValueError: If the file is unreadable or not a kernel set of consistent shapes.
+        ValueError: If the file is unreadable, not a kernel set of consistent shapes, or
+            another layer's.
     """
     state = read_torch_file(
         path,
@@ -313,6 +323,11 @@ def load_kernel_set(path: Path) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
     )
     if not isinstance(state, dict) or not {"train", "test", "kernel_size"} <= set(state):
         raise ValueError(f"{path} is not a kernel dataset written by pyro-dwp dwp-source")
+    if layer is not None and state.get("layer", layer) != layer:
+        raise ValueError(
+            f"kernel dataset {path} holds the kernels of {state['layer']}, not of {layer}: "
+            "a renamed or copied file?"
+        )
     k = state["kernel_size"]
     for split in ("train", "test"):
         kernels = state[split]
