@@ -131,6 +131,12 @@ def test_an_infinite_rate_or_scale_is_refused_before_training(flag, tmp_path, ca
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_a_prior_scale_that_is_not_a_number_is_refused_before_any_file(tmp_path, capsys) -> None:
+    assert main(["mnist", "--out", str(tmp_path / "run"), *TINY, "--neg-log-sigma1", "nan"]) == 1
+    assert "--neg-log-sigma1 must be a finite number, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "method,options,named",
     [

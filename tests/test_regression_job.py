@@ -1,6 +1,7 @@
 """The ``pyro-dwp regression`` job end to end with tiny settings."""
 
 import json
+import math
 import re
 
 import arviz as az
@@ -10,7 +11,7 @@ import torch
 import pyro_dwp
 from pyro_dwp.cli import main
 from pyro_dwp.data import true_curve
-from pyro_dwp.experiments.regression import band_coverage
+from pyro_dwp.experiments.regression import band_coverage, sigma_from_neg_log
 
 TINY = [
     "--n-train",
@@ -65,6 +66,21 @@ def test_band_coverage_counts_the_masked_points_inside_the_band():
     assert band_coverage(truth - 1, truth - 0.5, truth, inside) == 0.0  # a band below the curve
     with pytest.raises(ValueError, match="selects no grid point"):
         band_coverage(lower, upper, truth, torch.zeros_like(inside))
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (math.nan, "must be a finite number, got nan"),
+        (-math.inf, "must be a finite number, got -inf"),
+        (-800.0, "overflows"),
+        (800.0, "is 0"),
+    ],
+)
+def test_sigma_from_neg_log_names_the_flag(value, message):
+    with pytest.raises(ValueError, match=f"--neg-log-sigma1.*{message}"):
+        sigma_from_neg_log(value, "--neg-log-sigma1")
+    assert sigma_from_neg_log(6.0, "--neg-log-sigma2") == pytest.approx(math.exp(-6.0))
 
 
 def test_regression_job_resumes(tmp_path, capsys):

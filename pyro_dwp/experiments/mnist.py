@@ -471,6 +471,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     if not 0 < args.pi < 1:
         raise ValueError(f"--pi must be in (0, 1), got {args.pi}")
+    for key in ("neg_log_sigma1", "neg_log_sigma2", "neg_log_sigma"):  # before any file
+        sigma_from_neg_log(getattr(args, key), f"--{key.replace('_', '-')}")
     if not 0 < args.lr < math.inf or not 0 < args.init_scale < math.inf:
         raise ValueError(
             f"--lr and --init-scale must be finite and > 0, got {args.lr}, {args.init_scale}"

@@ -238,8 +238,11 @@ def sigma_from_neg_log(value: float, flag: str) -> float:
     """``sigma = exp(-value)``, checked to be a positive, finite float.
 
     Raises:
-        ValueError: Naming ``flag``, if ``exp(-value)`` overflows or underflows to 0.
+        ValueError: Naming ``flag``, if ``value`` is not finite or ``exp(-value)`` overflows
+            or underflows to 0.
     """
+    if not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number, got {value}")
     try:
         sigma = math.exp(-value)
     except OverflowError:
