@@ -105,13 +105,19 @@ def add_resume_argument(p: argparse.ArgumentParser, length: str = "--epochs") ->
     )
 
 
-def announce_fresh_start(resume: bool, *checkpoints: Path) -> None:
+def announce_fresh_start(resume: bool, *checkpoints: Path) -> bool:
     """Say on stderr, in one line, that ``--resume`` found none of ``checkpoints`` and training
     starts afresh: a mistyped ``--out`` or a checkpoint that never reached the disk would
-    otherwise begin a new run without a word."""
-    if resume and not any(path.exists() for path in checkpoints):
+    otherwise begin a new run without a word.
+
+    Returns:
+        Whether the run resumes (``resume``, and one of ``checkpoints`` exists).
+    """
+    found = any(path.exists() for path in checkpoints)
+    if resume and not found:
         names = " or ".join(str(path) for path in checkpoints)
         print(f"--resume: no checkpoint at {names}; training starts afresh", file=sys.stderr)
+    return resume and found
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:

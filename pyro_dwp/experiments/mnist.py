@@ -374,9 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = load_data(args.data_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     config = _config(args, train_size=len(data.x_train))
     _check_resume(out, config, args.resume)
-    checkpoints = (out / "checkpoint.pt", out / "checkpoint.ckpt")
-    announce_fresh_start(args.resume, *checkpoints)
-    resumed = args.resume and any(path.exists() for path in checkpoints)
+    resumed = announce_fresh_start(args.resume, out / "checkpoint.pt", out / "checkpoint.ckpt")
     if resumed and args.keep_best and not (out / BEST).exists():
         raise ValueError(
             f"--keep-best: {out / BEST} is missing, so the best epoch before the checkpoint is "
