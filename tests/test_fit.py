@@ -117,6 +117,18 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         fit(model, guide, X, Y, epochs=2, checkpoint=ck, resume=True, **KW)
 
 
+def test_resuming_to_fewer_epochs_than_done_warns_and_trains_nothing(tmp_path):
+    model, guide = make()
+    ck = tmp_path / "ck.pt"
+    fit(model, guide, X, Y, epochs=3, checkpoint=ck, **KW)
+    done = params()
+    pyro.clear_param_store()
+    model, guide = make()
+    with pytest.warns(UserWarning, match="already has 3 epochs, more than the 2 asked for"):
+        history = fit(model, guide, X, Y, epochs=2, checkpoint=ck, resume=True, **KW)
+    assert len(history) == 3 and all(params()[k].equal(v) for k, v in done.items())
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     model, guide = make()
     ck = tmp_path / "ck.pt"

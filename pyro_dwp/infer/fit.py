@@ -386,7 +386,9 @@ class SVITrainer:
         return True
 
     def train(self, epochs: int) -> list[dict[str, float]]:
-        """Train up to ``epochs`` epochs in all (none if already there); the history so far.
+        """Train up to ``epochs`` epochs in all (none if already there, with a warning if the
+        run is past them: its history, all of it, is not the ``epochs`` asked for); the history
+        so far.
 
         Raises:
             FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint
@@ -399,6 +401,12 @@ class SVITrainer:
             pyro.set_rng_seed(self.seed)
             self._started = True
         start = self.epoch
+        if start > epochs:
+            warnings.warn(
+                f"the run already has {start} epochs, more than the {epochs} asked for: nothing "
+                f"is trained, and the history holds all {start}",
+                stacklevel=2,
+            )
         if self._announce_resume and self.progress:
             message = f"resumed at epoch {start} of {epochs} from {self.checkpoint.path}"
             tqdm.write(message, file=sys.stderr)
