@@ -276,6 +276,14 @@ def test_an_agent_runs_the_same_alone(tmp_path: Path, data_dir: Path):
     assert alone == {"eps0.05": together["eps0.05"]}
 
 
+def test_resume_to_fewer_steps_than_done_says_so(tmp_path: Path, data_dir: Path, capsys):
+    assert _job(tmp_path, data_dir, "--steps", "40") == 0
+    capsys.readouterr()
+    assert _job(tmp_path, data_dir, "--steps", "20", "--resume") == 0
+    assert "the run already has 40 steps, more than --steps 20" in capsys.readouterr().err
+    assert json.loads((tmp_path / "regret.json").read_text())["steps"] == 40
+
+
 def test_resume_without_a_checkpoint_says_it_starts_afresh(tmp_path: Path, data_dir: Path, capsys):
     assert _job(tmp_path / "fresh", data_dir, "--steps", "20") == 0
     assert "training starts afresh" not in capsys.readouterr().err

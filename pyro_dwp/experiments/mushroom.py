@@ -510,7 +510,13 @@ def _mean_over_seeds(totals: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def _steps(args: argparse.Namespace, start: int, checkpoint: Checkpoint) -> Any:
     """The steps ``start .. --steps - 1`` under a progress bar, saying where a resumed run
-    resumed (``start > 0``)."""
+    resumed (``start > 0``), and that nothing runs if it is past ``--steps``."""
+    if start > args.steps:
+        print(
+            f"--resume: the run already has {start} steps, more than --steps {args.steps}: "
+            "nothing is run, and the results cover all of them",
+            file=sys.stderr,
+        )
     if start and not args.no_progress:
         tqdm.write(
             f"resumed at step {start} of {args.steps} from {checkpoint.path}", file=sys.stderr
