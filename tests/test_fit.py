@@ -11,7 +11,7 @@ from torch import nn
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import CheckpointError, JointAdam, fit, load_checkpoint
+from pyro_dwp.infer import CheckpointError, JointAdam, fit, load_checkpoint, non_finite_paths
 from pyro_dwp.likelihoods import Gaussian
 
 X = torch.linspace(0, 1, 30)[:, None]
@@ -165,6 +165,16 @@ def test_parameters_left_non_finite_by_the_last_update_are_not_saved(tmp_path, e
     one_step = {**KW, "batch_size": len(X), "engine": engine}
     with pytest.raises(FloatingPointError, match=r"NaN or infinite after epoch 1.*no checkpoint"):
         fit(model, guide, X, Y, epochs=1, optim=JointAdam(1e39), **one_step)
+
+
+def test_non_finite_paths_names_every_bad_tensor_in_a_nested_state():
+    state = {
+        "a": {"w": torch.tensor([1.0, math.nan]), "steps": 3, "ok": torch.zeros(2)},
+        "b": [torch.ones(1), (torch.tensor([-math.inf]),)],
+        "rng": torch.zeros(4, dtype=torch.uint8),
+    }
+    assert non_finite_paths(state) == ["a.w", "b.1.0"]
+    assert non_finite_paths({"x": torch.ones(3)}) == []
 
 
 def test_non_finite_parameters_never_reach_the_checkpoint(tmp_path):

@@ -28,7 +28,7 @@ from pyro_dwp.experiments.bandits import (
     agent_seed,
 )
 from pyro_dwp.experiments.regression import sigma_from_neg_log
-from pyro_dwp.infer import Checkpoint, CheckpointError
+from pyro_dwp.infer import Checkpoint, CheckpointError, non_finite_paths
 from pyro_dwp.infer.kl import KLScheme
 from pyro_dwp.io import (
     add_device_argument,
@@ -464,28 +464,20 @@ def _run_lockstep(
     return result
 
 
-def _refuse_non_finite(state: Any, step: int, checkpoint: Checkpoint, where: str = "") -> None:
+def _refuse_non_finite(state: Any, step: int, checkpoint: Checkpoint) -> None:
     """Raise ``FloatingPointError`` naming the first NaN or infinite tensor in the agents'
-    ``state`` (nested dicts and lists of tensors) before it reaches the checkpoint, whose last
-    good version is kept; ``where`` is the path walked so far."""
-    if isinstance(state, dict):
-        items: Any = state.items()
-    elif isinstance(state, list | tuple):
-        items = enumerate(state)
-    else:
-        if isinstance(state, torch.Tensor) and not bool(torch.isfinite(state).all()):
-            kept = (
-                f"the last good checkpoint, {checkpoint.path}, is kept"
-                if checkpoint.path.exists()
-                else "no checkpoint was written"
-            )
-            raise FloatingPointError(
-                f"{where} is NaN or infinite at step {step} (an update overflowed: a learning "
-                f"rate too large?); {kept}"
-            )
-        return
-    for key, value in items:
-        _refuse_non_finite(value, step, checkpoint, f"{where}.{key}" if where else str(key))
+    ``state`` before it reaches the checkpoint, whose last good version is kept."""
+    bad = non_finite_paths(state)
+    if bad:
+        kept = (
+            f"the last good checkpoint, {checkpoint.path}, is kept"
+            if checkpoint.path.exists()
+            else "no checkpoint was written"
+        )
+        raise FloatingPointError(
+            f"{bad[0]} is NaN or infinite at step {step} (an update overflowed: a learning "
+            f"rate too large?); {kept}"
+        )
 
 
 def _past(deadline: float | None) -> bool:

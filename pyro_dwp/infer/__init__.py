@@ -8,7 +8,13 @@ compiled SVI step behind ``fit(..., engine="compiled")``), :mod:`pyro_dwp.infer.
 Markov-chain prior's reparameterisation and bound gap).
 """
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, set_param_store_state
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    non_finite_paths,
+    set_param_store_state,
+)
 from .fit import SVITrainer, fit, save_checkpoint
 from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
@@ -38,6 +44,7 @@ __all__ = [
     "linear_decay",
     "name_rate_factor",
     "load_checkpoint",
+    "non_finite_paths",
     "predict",
     "save_checkpoint",
     "set_param_store_state",

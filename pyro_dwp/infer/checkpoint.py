@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "get_rng_state",
     "load_checkpoint",
+    "non_finite_paths",
     "set_param_store_state",
     "set_rng_state",
 ]
@@ -71,6 +72,24 @@ _REMEDY = "start over with another checkpoint path, or without resume"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def non_finite_paths(state: Any, where: str = "") -> list[str]:
+    """The dotted paths (e.g. ``"greedy.net.0.weight"``) of the tensors holding a NaN or an
+    infinity in ``state``, nested dicts, lists and tuples of tensors (other leaves are skipped),
+    in order; ``where`` prefixes them. A state that should never reach a checkpoint has some."""
+    if isinstance(state, Mapping):
+        items: Any = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        finite = not isinstance(state, torch.Tensor) or bool(torch.isfinite(state).all())
+        return [] if finite else [where]
+    return [
+        path
+        for key, value in items
+        for path in non_finite_paths(value, f"{where}.{key}" if where else str(key))
+    ]
 
 
 def load_checkpoint(path: str | os.PathLike, *, remedy: str = _REMEDY) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
+    non_finite_paths,
     set_param_store_state,
 )
 from .compiled import CompiledSVI, compile_or_warn
@@ -498,11 +499,7 @@ class SVITrainer:
         """Raise ``FloatingPointError`` naming the parameters that an update left NaN or
         infinite (a finite loss, then a step too large), before they reach a checkpoint or the
         caller; the last good checkpoint is kept."""
-        bad = [
-            name
-            for name, value in pyro.get_param_store().items()
-            if not bool(torch.isfinite(value).all())
-        ]
+        bad = non_finite_paths(dict(pyro.get_param_store().items()))
         if bad:
             raise FloatingPointError(
                 f"parameter(s) {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
