@@ -140,6 +140,8 @@ def pyro_dwp_bbb_graphed(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
 
 def pyro_dwp_bbb_inductor(h: int, x: torch.Tensor, y: torch.Tensor) -> Step:
     program = _program(h, x, y, torch_compile=True)
+    if not program.uses_torch_compile:  # not timed under this name: the warning says why
+        raise RuntimeError("torch.compile was not used for the step (see the warning above)")
     return lambda: program.step(x, y)
 
 

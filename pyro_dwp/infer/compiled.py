@@ -52,6 +52,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _GUIDES = (BBBNormal, LogVarianceNormal, TruncatedAlphaNormal)
 _ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
 _CHECK_RTOL = 1e-4  # compiled against Pyro's loss on the first batch, in float32
+_INDUCTOR_GRAD_RTOL = 1e-3  # torch.compile's gradients against the eager pass's, per parameter
 _FUSE_MAX = 1 << 16
 """Largest site (elements) evaluated in a fused run: for small sites the step's cost is the
 number of kernels, for large ones the memory traffic, which the fused run's copies add to (one CPU
@@ -181,10 +182,19 @@ class CompiledSVI:
         ``log q``, the prior's log-density and their gradients) into a few loops. On a CPU that
         work, not Pyro's bookkeeping, sets the step's time. The noise still comes from the eager
         generators (inductor's ``fallback_random``): the same draws, so the same loss to float32
-        rounding. The first call compiles (about 20-30 s on 2 CPU cores). If it fails (e.g. no
-        C++ compiler), a ``UserWarning`` names the error and the pass runs eagerly.
+        rounding. The first call compiles (about 20-30 s on 2 CPU cores) and is checked: the
+        compiled pass's loss and every parameter's gradient must equal the eager pass's on the
+        same draws (:meth:`_inductor_mismatch`; torch 2.11's inductor, for one, returns the
+        right loss with wrong gradients). If compiling fails (e.g. no C++ compiler) or the check
+        does, a ``UserWarning`` names the reason and the pass runs eagerly.
         """
         self._inductor = torch.compile(self._particle_loss, options={"fallback_random": True})
+
+    @property
+    def uses_torch_compile(self) -> bool:
+        """Whether the passes run through ``torch.compile``: after :meth:`use_torch_compile`,
+        until its first call fails or is refused (then they run eagerly)."""
+        return self._inductor is not None
 
     def _pass(self, x: Tensor, y: Tensor, kl_scale: Tensor | float) -> tuple[Tensor, Tensor]:
         """:meth:`_particle_loss`, through ``torch.compile`` after :meth:`use_torch_compile`."""
@@ -195,18 +205,55 @@ class CompiledSVI:
         if self._inductor_ran:
             return self._inductor(x, y, kl_scale)
         try:
-            out = self._inductor(x, y, kl_scale)
+            mismatch = self._inductor_mismatch(x, y, kl_scale)
         except Exception as e:  # noqa: BLE001 (a missing compiler, an unsupported operation)
+            mismatch = f"it failed: {type(e).__name__}: {str(e)[:300]}"
+        if mismatch is not None:
             warnings.warn(
-                f"torch.compile of the compiled step failed, it runs without: "
-                f"{type(e).__name__}: {str(e)[:300]}",
+                f"torch.compile of the compiled step is not used, the step runs without: "
+                f"{mismatch}",
                 UserWarning,
                 stacklevel=4,
             )
             self._inductor = None
             return self._particle_loss(x, y, kl_scale)
         self._inductor_ran = True
-        return out
+        return self._inductor(x, y, kl_scale)
+
+    def _inductor_mismatch(self, x: Tensor, y: Tensor, kl_scale: Tensor) -> str | None:
+        """The first ``torch.compile`` d pass against the eager pass, both on the draws that the
+        pass would make now (the RNG states are left as they were): ``None`` if the losses agree
+        to ``1e-4`` relative and each parameter's gradient to ``1e-3`` of its largest entry,
+        else what differs (in words)."""
+        rng = get_rng_state(x.device)
+        runs = []
+        try:
+            for fn in (self._particle_loss, self._inductor):
+                set_rng_state(rng, x.device)
+                with torch.enable_grad():
+                    loss = fn(x, y, kl_scale)[0]
+                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                runs.append((float(loss.detach()), grads))
+        finally:
+            set_rng_state(rng, x.device)
+        (expected, eager), (got, compiled) = runs
+        if not abs(got - expected) <= _CHECK_RTOL * max(1.0, abs(expected)):
+            return f"its loss {got:.6g} differs from the eager pass's {expected:.6g}"
+        worst, bad = 0.0, 0
+        for a, b in zip(eager, compiled, strict=True):
+            if a is None or b is None:
+                bad += (a is None) != (b is None)
+                continue
+            rel = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-12)
+            worst = max(worst, rel)
+            bad += not rel <= _INDUCTOR_GRAD_RTOL
+        if bad:
+            return (
+                f"the gradients of {bad} of {len(eager)} parameters differ from the eager pass's "
+                f"on the same draws (largest difference {worst:.3g} of the gradient's largest "
+                f"entry; torch {torch.__version__})"
+            )
+        return None
 
     def _particle_loss(
         self, x: Tensor, y: Tensor, kl_scale: Tensor | float
