@@ -194,7 +194,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=LR_SCHEDULES,
         default="constant",
         help="the rate over the --epochs (all methods): constant, or decayed linearly to 0 "
-        "(the last epoch at lr / epochs; not with --devices > 1)",
+        "(the last epoch at lr / epochs; not with --devices > 1). With BBB, Adam and the "
+        "blundell KL weights over 600 epochs, linear gave 1.35%% (4 seeds) against 1.51-1.63%% "
+        "constant: benchmarks/results/bbb_mnist_linear_blundell.md",
     )
     p.add_argument(
         "--particles", type=int, default=1, help="BBB: weight samples (particles) per step"
