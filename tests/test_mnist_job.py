@@ -535,9 +535,13 @@ def test_keep_best_resumes_as_an_uninterrupted_run(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "best.pt is unreadable" in err and "rerun without --resume" in err
     (tmp_path / "parts" / "best.pt").unlink()  # lost: the best epoch so far is unknown
-    assert main([*args, "--epochs", "4", "--out", str(tmp_path / "parts"), "--resume"]) == 1
+    config = (tmp_path / "parts" / "config.json").read_text()
+    again = [*args, "--epochs", "4", "--test-samples", "3", "--out", str(tmp_path / "parts")]
+    assert main([*again, "--resume"]) == 1
     err = capsys.readouterr().err
     assert "best.pt is missing, so the best epoch before the checkpoint is unknown" in err
+    # the refused run leaves the folder's record of its run as it was
+    assert (tmp_path / "parts" / "config.json").read_text() == config
     no_keep = [a for a in args if a != "--keep-best"]
     assert main([*no_keep, "--out", str(tmp_path / "parts"), "--resume"]) == 1
     assert "keep_best" in capsys.readouterr().err

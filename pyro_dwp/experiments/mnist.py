@@ -382,6 +382,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--keep-best: {out / BEST} is missing, so the best epoch before the checkpoint is "
             "unknown: put it back, or rerun without --resume, which starts the run afresh"
         )
+    if not resumed:  # a resumed run's config.json is replaced with its outputs, at the end
+        _write_config(out, config)
     data = data.to(device)
     max_seconds = None if args.max_train_minutes is None else 60 * args.max_train_minutes
     if not args.resume:
@@ -400,6 +402,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         clf = baseline_classifier(net)
         saved = {"config": config, "state_dict": net.state_dict()}
     torch.save(saved, out / "model.pt")
+    _write_config(out, config)
     metrics, probs = evaluate(clf, data.x_test, data.y_test, args.test_samples, data.x_ood)
     if args.keep_best:  # after the final parameters' evaluation: this replaces them
         best = _read_best(out / BEST)
@@ -558,7 +561,7 @@ def _config(args: argparse.Namespace, train_size: int) -> dict[str, Any]:
 
 
 def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> None:
-    """On resume, refuse a run directory trained with other settings; then record ``config``."""
+    """On resume, refuse a run directory trained with other settings (its ``config.json``)."""
     path = out / "config.json"
     if resume and path.is_file():
         old = {**_ADDED_KEYS, **upgrade_config(json.loads(path.read_text()))}
@@ -570,7 +573,11 @@ def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> None:
                 f"--resume: {out} holds a run with other settings (old, new): {changed}; "
                 "use another --out or drop --resume"
             )
-    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_config(out: Path, config: dict[str, Any]) -> None:
+    """Record the run's settings in ``out/config.json``."""
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _train_bbb(
