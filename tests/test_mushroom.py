@@ -19,6 +19,7 @@ from pyro_dwp.cli import main as cli_main
 from pyro_dwp.data import DATA_ENV_VAR
 from pyro_dwp.data.mushroom import (
     MUSHROOM_CONTEXT_DIM,
+    UCI_MUSHROOM_ROWS,
     encode_mushrooms,
     find_mushroom_file,
     load_mushroom,
@@ -265,6 +266,24 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, data_dir: Path, one_
     assert all(ga[k].equal(gb[k]) for k in ga)
     assert (tmp_path / "a" / "regret.png").is_file()
     assert "| bbb |" in (tmp_path / "a" / "regret.md").read_text()
+
+
+def test_a_file_of_other_length_than_the_uci_one_is_named(tmp_path: Path, data_dir: Path, capsys):
+    """A file cut at a line boundary parses; the job says that it is not the UCI file (stderr,
+    ``regret.json``'s ``data_rows``, ``regret.md``), as it does not for the full file."""
+    assert _job(tmp_path / "a", data_dir, "--steps", "100") == 0
+    assert "holds 60 rows, the UCI file 8,124: a cut or another file" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "regret.json").read_text())["data_rows"] == 60
+    assert (
+        "NOT the UCI data: the mushroom file held 60 rows"
+        in (tmp_path / "a" / "regret.md").read_text()
+    )
+    rows = (data_dir / "mushroom" / "agaricus-lepiota.data").read_text().splitlines()
+    full = (rows * 136)[:UCI_MUSHROOM_ROWS]  # as many rows as the UCI file
+    (data_dir / "mushroom" / "agaricus-lepiota.data").write_text("\n".join(full) + "\n")
+    assert _job(tmp_path / "b", data_dir, "--steps", "100") == 0
+    assert "rows, the UCI file" not in capsys.readouterr().err
+    assert "NOT the UCI data" not in (tmp_path / "b" / "regret.md").read_text()
 
 
 def test_an_agent_runs_the_same_alone(tmp_path: Path, data_dir: Path):

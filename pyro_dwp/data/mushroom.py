@@ -31,6 +31,7 @@ __all__ = [
     "MUSHROOM_ATTRIBUTES",
     "MUSHROOM_CONTEXT_DIM",
     "MUSHROOM_FILE",
+    "UCI_MUSHROOM_ROWS",
     "encode_mushrooms",
     "find_mushroom_file",
     "load_mushroom",
@@ -38,6 +39,10 @@ __all__ = [
 
 MUSHROOM_FILE = "agaricus-lepiota.data"
 """The data file's name, in the ``mushroom/`` subfolder of the data directory."""
+
+UCI_MUSHROOM_ROWS = 8124
+"""The rows of the UCI file (4,208 edible, 3,916 poisonous); a file with others is cut or
+another one (the bandit job says so: its regret is then not the paper's)."""
 
 MUSHROOM_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("cap-shape", "bcxfks"),
@@ -161,7 +166,8 @@ def load_mushroom(data_dir: str | os.PathLike[str] | None = None) -> tuple[Tenso
             environment variable ``PYRO_DWP_DATA``.
 
     Returns:
-        ``contexts`` float32 ``(8124, 126)`` and ``edible`` bool ``(8124,)`` (fresh copies).
+        ``contexts`` float32 ``(N, 126)`` and ``edible`` bool ``(N,)`` (fresh copies), ``N`` the
+        file's rows: 8,124 (:data:`UCI_MUSHROOM_ROWS`) for the UCI file.
 
     Raises:
         FileNotFoundError: If the file cannot be found (see :func:`find_mushroom_file`).

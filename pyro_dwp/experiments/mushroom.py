@@ -17,7 +17,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_dwp.data.mushroom import load_mushroom
+from pyro_dwp.data.mushroom import UCI_MUSHROOM_ROWS, find_mushroom_file, load_mushroom
 from pyro_dwp.experiments.bandit_lockstep import LockstepBandit, agent_epsilon
 from pyro_dwp.experiments.bandits import (
     GreedyAgent,
@@ -287,6 +287,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     dropped += tuple(k for k, v in _LATER_OPTIONS.items() if getattr(args, k) == v)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS + dropped}
     contexts, edible = load_mushroom(args.data_dir)
+    if len(edible) != UCI_MUSHROOM_ROWS:  # a cut file parses: only its length tells
+        print(
+            f"note: {find_mushroom_file(args.data_dir)} holds {len(edible):,} rows, the UCI file "
+            f"{UCI_MUSHROOM_ROWS:,}: a cut or another file, so the regret is not comparable "
+            "with the paper's",
+            file=sys.stderr,
+        )
     device = torch.device(args.device)
     checkpoint = Checkpoint(
         out / "checkpoint.pt",
@@ -301,7 +308,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         result = _run_agents(args, contexts, edible, checkpoint, fingerprint, deadline)
     partial = {"target_steps": args.steps, "partial": result["steps"] < args.steps}
-    result = {**result, **partial, "seconds": time.perf_counter() - t0, "settings": settings}
+    result = {**result, **partial, "data_rows": len(edible)}
+    result |= {"seconds": time.perf_counter() - t0, "settings": settings}
     write_json(out / "regret.json", result)
     (out / "regret.md").write_text(_table(result, args.preset))
     _plot(out / "regret.png", result)
@@ -645,6 +653,13 @@ def _table(result: dict[str, Any], preset: str) -> str:
             f"| {name} | {total:,.0f} | {1000 * total / steps:,.0f} | {per_seed}{paper_text} |"
         )
     lines += ["", "A uniformly random agent loses about 4,900 per 1,000 steps."]
+    rows = result.get("data_rows", UCI_MUSHROOM_ROWS)  # runs before the record: the UCI file
+    if rows != UCI_MUSHROOM_ROWS:
+        lines += [
+            "",
+            f"NOT the UCI data: the mushroom file held {rows:,} rows, the UCI file "
+            f"{UCI_MUSHROOM_ROWS:,}.",
+        ]
     if result.get("partial"):
         lines += [
             "",
