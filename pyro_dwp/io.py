@@ -25,6 +25,7 @@ __all__ = [
     "add_resume_argument",
     "announce_fresh_start",
     "check_device",
+    "parse_seed",
     "prepare_out",
     "progress_bar",
     "read_torch_file",
@@ -124,6 +125,22 @@ def add_device_argument(p: argparse.ArgumentParser) -> None:
     """Add ``--device {cpu,cuda}`` (default ``cpu``), the same option in every job; check it
     with :func:`check_device`."""
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to compute")
+
+
+def parse_seed(text: str) -> int:
+    """The ``type`` of every ``--seed`` / ``--seeds`` option: an integer in ``[0, 2**32 - 1]``,
+    the range of ``torch.manual_seed``'s generators and NumPy's; argparse then names the flag.
+
+    Raises:
+        argparse.ArgumentTypeError: For text that is not such an integer.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed is in [0, 2**32 - 1], got {value}")
+    return value
 
 
 def check_device(device: str) -> None:

@@ -56,6 +56,39 @@ def test_renamed_option_parses_under_its_new_name_only(job, new, old, dest, valu
     assert old in capsys.readouterr().err
 
 
+SEED_FLAGS = [
+    ("regression", "--seed"),
+    ("mnist", "--seed"),
+    ("prune", "--seed"),
+    ("dwp-source", "--seed"),
+    ("dwp-prior", "--seed"),
+    ("dwp-classify", "--seeds"),
+    ("dwp-gap", "--seed"),
+    ("dwp", "--seeds"),
+    ("mushroom", "--seed"),
+    ("mushroom", "--seeds"),
+]
+
+
+@pytest.mark.parametrize("job,flag", SEED_FLAGS)
+def test_a_seed_outside_the_generators_range_is_refused_naming_its_flag(job, flag, capsys):
+    """``torch.manual_seed`` and NumPy take seeds in [0, 2**32 - 1]; the jobs check them while
+    parsing, so the error names the flag (it came from torch, without it, at run time)."""
+    parse = build_parser().parse_args
+    required = REQUIRED.get(job, ["--out", "o"])
+    assert getattr(parse([job, *required, flag, str(2**32 - 1)]), flag[2:]) in (
+        2**32 - 1,
+        [2**32 - 1],
+    )
+    for bad, why in (("-1", "in [0, 2**32 - 1], got -1"), ("1.5", "an integer, got '1.5'")):
+        with pytest.raises(SystemExit) as info:
+            parse([job, *required, flag, bad])
+        assert info.value.code == 2
+        assert f"argument {flag}: a seed is {why}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse([job, *required, flag, str(2**32)])
+
+
 @pytest.mark.parametrize("job", list(REQUIRED))
 def test_device_is_cpu_or_cuda_in_every_job(job, capsys):
     assert _parse(job).device == "cpu"

@@ -39,7 +39,14 @@ from pyro_dwp.infer.fingerprint import differences, file_digest
 from pyro_dwp.infer.fit import Engine, fit
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.infer.optim import JointAdam, linear_decay
-from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out, write_json
+from pyro_dwp.io import (
+    add_device_argument,
+    add_out_argument,
+    check_device,
+    parse_seed,
+    prepare_out,
+    write_json,
+)
 from pyro_dwp.models.dwp_cnn import DWPConvNet
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae
 from pyro_dwp.pretrained import PRETRAINED, match_fan_in, pretrained_dir
@@ -109,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="priors of pyro_dwp.experiments.prior_recipes.PRIOR_RECIPES",
     )
     p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data seeds")
+    p.add_argument("--seeds", type=parse_seed, nargs="+", default=[0, 1, 2], help="data seeds")
     add_training_arguments(p)
     p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
     p.add_argument(

@@ -27,7 +27,14 @@ from pyro_dwp.experiments.dwp_classify import (
 )
 from pyro_dwp.guides import ReverseModelGuide
 from pyro_dwp.infer.dwp_gap import dwp_bound_gap
-from pyro_dwp.io import add_device_argument, add_out_argument, check_device, prepare_out, write_json
+from pyro_dwp.io import (
+    add_device_argument,
+    add_out_argument,
+    check_device,
+    parse_seed,
+    prepare_out,
+    write_json,
+)
 from pyro_dwp.models.kernel_vae import KernelVAE
 
 __all__ = ["add_arguments", "run"]
@@ -61,7 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", type=Path, help="folder with mnist/ (else PYRO_DWP_DATA)")
     p.add_argument("--n-train", type=int, default=100, help="training examples N")
-    p.add_argument("--seed", type=int, default=0, help="data, initialisation and estimate seed")
+    p.add_argument(
+        "--seed", type=parse_seed, default=0, help="data, initialisation and estimate seed"
+    )
     add_training_arguments(p)
     add_prior_scale_argument(p)
     p.add_argument(

@@ -20,7 +20,7 @@ from pyro_dwp.data import DATA_ENV_VAR, find_data_dir
 from pyro_dwp.experiments import dwp_classify, dwp_prior, dwp_source
 from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES, prior_names
-from pyro_dwp.io import add_out_argument, write_json
+from pyro_dwp.io import add_out_argument, parse_seed, write_json
 from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
 from pyro_dwp.pretrained import pretrained_dir
 
@@ -126,7 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(16 64); one value or one per layer (default: N(0, I), the paper's)",
     )
     o.add_argument("--n-train", type=int, nargs="+", help="MNIST training set sizes N")
-    o.add_argument("--seeds", type=int, nargs="+", help="data seeds of the classifier")
+    o.add_argument("--seeds", type=parse_seed, nargs="+", help="data seeds of the classifier")
     o.add_argument("--epochs", type=int, help="classifier epochs per (prior, N, seed) cell")
     o.add_argument("--n-test", type=int, help="MNIST test images")
     o.add_argument(

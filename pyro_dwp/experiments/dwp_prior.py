@@ -19,7 +19,7 @@ from torch import Tensor
 from pyro_dwp.data import kernel_smoothness, select_kernels, split_kernels
 from pyro_dwp.infer.code_prior import fit_code_prior
 from pyro_dwp.infer.kernel_vae import fit_kernel_vae
-from pyro_dwp.io import add_device_argument, check_device, read_torch_file
+from pyro_dwp.io import add_device_argument, check_device, parse_seed, read_torch_file
 from pyro_dwp.models.kernel_vae import (
     DecoderMean,
     DecoderScale,
@@ -112,7 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--iwae-samples", type=int, default=100, help="K of the held-out IWAE bound")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
 

@@ -30,7 +30,7 @@ from pyro_dwp.data import (
 )
 from pyro_dwp.infer.checkpoint import Checkpoint
 from pyro_dwp.infer.steps import GradientSteps
-from pyro_dwp.io import add_device_argument, check_device, progress_bar, save_checkpoint
+from pyro_dwp.io import add_device_argument, check_device, parse_seed, progress_bar, save_checkpoint
 from pyro_dwp.models.dwp_cnn import DWPConvNet, conv_layers
 
 __all__ = [
@@ -143,7 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DWP_PIXEL_SCALE,
         help="images are divided by this (default 255, as dwp-classify's MNIST)",
     )
-    p.add_argument("--seed", type=int, default=0, help="net i is seeded with SEED + i")
+    p.add_argument("--seed", type=parse_seed, default=0, help="net i is seeded with SEED + i")
     p.add_argument(
         "--n-train-subset",
         type=int,

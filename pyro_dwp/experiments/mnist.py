@@ -73,6 +73,7 @@ from pyro_dwp.io import (
     add_resume_argument,
     announce_fresh_start,
     check_device,
+    parse_seed,
     prepare_out,
     progress_bar,
     read_torch_file,
@@ -260,7 +261,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="BBB: epochs between checkpoints (and at the end; a 2 x 1200 net's is 57 MB)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -36,6 +36,7 @@ from pyro_dwp.io import (
     add_resume_argument,
     announce_fresh_start,
     check_device,
+    parse_seed,
     prepare_out,
     progress_bar,
     write_json,
@@ -220,10 +221,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "several side by side in one batched network, e.g. --bbb-variant narrow "
         "neg-log-sigma1=3 --bbb-variant slow lr=1e-4",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the stream and the agents")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the stream and the agents")
     p.add_argument(
         "--seeds",
-        type=int,
+        type=parse_seed,
         nargs="+",
         help="several seeds in one run, each agent on each seed's stream (more than one needs "
         "--engine lockstep; replaces --seed); regret.json then holds the mean over the seeds "

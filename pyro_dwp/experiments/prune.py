@@ -20,7 +20,7 @@ from pyro_dwp.data import load_mnist
 from pyro_dwp.experiments.classification import bbb_classifier, evaluate
 from pyro_dwp.experiments.mnist import load_bbb_run
 from pyro_dwp.infer.pruning import posterior_mean_network, pruned_network, snr_masks
-from pyro_dwp.io import add_device_argument, check_device, prepare_out
+from pyro_dwp.io import add_device_argument, check_device, parse_seed, prepare_out
 
 __all__ = ["add_arguments", "run", "markdown_table"]
 
@@ -57,7 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-test", type=int, default=None, help="test subset size (default: the run's)")
     p.add_argument("--data-dir", type=Path, default=None, help="default: the run's")
     add_device_argument(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the ensemble's weight samples")
+    p.add_argument(
+        "--seed", type=parse_seed, default=0, help="seed of the ensemble's weight samples"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

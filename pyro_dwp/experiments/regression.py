@@ -36,6 +36,7 @@ from pyro_dwp.io import (
     add_resume_argument,
     announce_fresh_start,
     check_device,
+    parse_seed,
     prepare_out,
 )
 from pyro_dwp.likelihoods import Gaussian
@@ -102,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--predictive-samples", type=int, default=200, help="posterior predictive samples"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     add_device_argument(p)
     p.add_argument(
         "--engine",
