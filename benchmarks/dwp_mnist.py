@@ -196,6 +196,8 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
         result["seconds"].update({f"{part['date']}: {k}": v for k, v in part["seconds"].items()})
     summary = summarise(result["cells"])
     result["ours"] = {f"{p} N={n}": s for (p, n), s in sorted(summary.items())}
+    # the paper's rows of every registered contender (a part may add one, e.g. its fourth)
+    result["paper"] = {p: dict(r.paper) for p, r in PRIOR_RECIPES.items() if r.paper}
     _write(results_dir, result, summary)
     return result
 

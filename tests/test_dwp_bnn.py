@@ -11,7 +11,7 @@ from torch.distributions import kl_divergence
 from pyro_dwp.distributions.log_uniform import _kl_normal_log_uniform
 from pyro_dwp.experiments.dwp_bnn import make_dwp_cnn_model
 from pyro_dwp.experiments.prior_recipes import prior_names
-from pyro_dwp.guides import LogVarianceNormal, ReverseModelGuide
+from pyro_dwp.guides import LogVarianceNormal, PointMass, ReverseModelGuide
 from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.models.dwp_cnn import DWPConvNet
@@ -30,7 +30,11 @@ def test_one_svi_step_per_prior(prior, init):
     net = DWPConvNet((2, 3))
     model, guide, elbo = make_dwp_cnn_model(net, prior, dataset_size=20, vaes=_vaes(), init=init)
     assert elbo is (TraceMeanField_ELBO if prior == "log-uniform" else Trace_ELBO)
-    expected = {"dwp": ReverseModelGuide, "log-uniform": TruncatedAlphaNormal}
+    expected = {
+        "dwp": ReverseModelGuide,
+        "log-uniform": TruncatedAlphaNormal,
+        "deterministic-l2": PointMass,
+    }
     assert isinstance(guide, expected.get(prior, LogVarianceNormal))
     assert sorted(model.priors) == ["conv1.weight", "conv2.weight"]
     assert model.deterministic == ["conv1.bias", "conv2.bias", "fc.weight", "fc.bias"]
@@ -43,6 +47,8 @@ def test_one_svi_step_per_prior(prior, init):
     if prior == "log-uniform":  # alpha = sigmoid(-2), the authors' initial w_alpha
         alpha = base.alpha("conv2.weight").mean()
         torch.testing.assert_close(alpha, torch.tensor(0.1192), atol=2e-3, rtol=0)
+    elif prior == "deterministic-l2":  # a point: no scale to learn
+        assert not base.scale("conv2.weight").any()
     else:
         torch.testing.assert_close(
             base.log_variance("conv2.weight").mean(), torch.tensor(-10.0), atol=1e-2, rtol=0

@@ -23,6 +23,7 @@ from pyro_dwp.distributions import DeepWeightPrior, LogUniform, MarkovChainPrior
 from pyro_dwp.guides import (
     BBBNormal,
     LogVarianceNormal,
+    PointMass,
     ReverseChainGuide,
     ReverseModelGuide,
     init_to_module,
@@ -47,6 +48,11 @@ class TestLogVarianceNormal(GuideTestCase):
 
     def make_guide(self, model: Callable) -> LogVarianceNormal:
         return LogVarianceNormal(model, init_log_variance=-6.0)
+
+
+class TestPointMass(GuideTestCase):
+    guide_class = PointMass
+    stochastic = False
 
 
 class TestTruncatedAlphaNormal(GuideTestCase):

@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_dwp.bnn import BNN
-from pyro_dwp.guides import LogVarianceNormal
+from pyro_dwp.guides import LogVarianceNormal, PointMass
 from pyro_dwp.infer.local_reparam import LocalReparameterizationMessenger
 from pyro_dwp.likelihoods import Categorical
 
@@ -101,3 +101,19 @@ def test_bnn_conv_layer_uses_lrt_and_prior_term_uses_sampled_weights():
     grad = guide.log_variance("0.weight").grad
     assert grad is not None and grad.abs().sum() > 0
     assert torch.isfinite(loss)
+
+
+def test_a_point_mass_guide_keeps_its_weights_under_a_normal_prior():
+    """A point-mass guide's weights are not Gaussian: the replayed model's standard-normal prior
+    must not lend them its moments (which drew each activation with variance ``x^2 * 1``,
+    measured: a deterministic ConvNet that never learned); the output is the network's own."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    model = BNN(net, {"0.weight": dist.Normal(0.0, 1.0)}, Categorical(8))
+    guide = PointMass(model)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    with LocalReparameterizationMessenger():
+        guide_trace = poutine.trace(guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(model, guide_trace)).get_trace(x, y)
+    w = guide.loc("0.weight")
+    plain = torch.func.functional_call(net, {"0.weight": w}, (x,))
+    torch.testing.assert_close(model_trace.nodes["_RETURN"]["value"], plain)

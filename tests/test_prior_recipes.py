@@ -39,7 +39,18 @@ def _choices(job: str, option: str) -> list[str]:
 
 
 def test_cli_choices_come_from_the_registry():
-    assert _choices("dwp-classify", "--priors") == ["dwp", "normal", "log-uniform"]
+    assert _choices("dwp-classify", "--priors") == [
+        "dwp",
+        "normal",
+        "log-uniform",
+        "deterministic-l2",
+    ]
+    # the paper's three priors by default; its deterministic net when named
+    assert build_parser().parse_args(["dwp-classify", "--out", "o"]).priors == [
+        "dwp",
+        "normal",
+        "log-uniform",
+    ]
     assert _choices("regression", "--prior") == ["normal", "scale-mixture"]
     assert _choices("mnist", "--prior") == ["normal", "scale-mixture"]
     assert set(prior_names("bbb")) & set(prior_names("dwp")) == {"normal"}  # one name for both

@@ -112,8 +112,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--priors",
         nargs="+",
         choices=prior_names("dwp"),
-        default=list(prior_names("dwp")),
-        help="priors of pyro_dwp.experiments.prior_recipes.PRIOR_RECIPES",
+        default=list(prior_names("dwp", defaults_only=True)),
+        help="priors of pyro_dwp.experiments.prior_recipes.PRIOR_RECIPES; deterministic-l2 is "
+        "the paper's fourth row, a deterministic net (maximum a posteriori weights, guide "
+        "PointMass) with the L2 penalty |w|^2 / 2 of the standard-normal prior, which the "
+        "paper starts from samples of the deep weight prior (--guide-init dwp)",
     )
     p.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
     p.add_argument("--seeds", type=parse_seed, nargs="+", default=[0, 1, 2], help="data seeds")

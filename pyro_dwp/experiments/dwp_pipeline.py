@@ -236,7 +236,7 @@ def classify_runs(dwp_init: str = "dwp", reverse: str = "trainable") -> dict[str
     ``"dwp"``: those that do (the deep weight prior), guide means from ``dwp_init`` (``"dwp"``:
     samples of the prior) and its reverse model ``reverse`` (``"trainable"`` or ``"frozen"``).
     """
-    names = prior_names("dwp")
+    names = prior_names("dwp", defaults_only=True)
     baselines = [p for p in names if not PRIOR_RECIPES[p].needs_vae]
     dwp = [p for p in names if PRIOR_RECIPES[p].needs_vae]
     return {

@@ -45,10 +45,11 @@ Experiment = Literal["bbb", "dwp"]
 """``"bbb"``: the Bayes-by-Backprop experiments (``regression``, ``mnist``); ``"dwp"``: the deep
 weight prior's ConvNet (``dwp-classify``, ``dwp-gap``, ``dwp``)."""
 
-GuideFamily = Literal["log-variance", "reverse", "log-uniform"]
+GuideFamily = Literal["log-variance", "reverse", "log-uniform", "point-mass"]
 """The DWP ConvNet's guide for a prior: ``"log-variance"`` (``LogVarianceNormal``, ``mu`` and
 ``log sigma^2``), ``"reverse"`` (that guide plus reverse models over the codes of the deep weight
-prior, ``ReverseModelGuide``), ``"log-uniform"`` (the log-uniform prior's own families)."""
+prior, ``ReverseModelGuide``), ``"log-uniform"`` (the log-uniform prior's own families),
+``"point-mass"`` (``PointMass``: maximum a posteriori weights, a deterministic network)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class PriorRecipe:
             ``"log-variance"`` with ``"reverse"`` cannot share a network).
         needs_vae: Whether ``build`` reads ``settings.vae`` (a kernel VAE per layer).
         paper: Test accuracy by training-set size N in Figure 2 of Atanov et al. (2019).
+        default: Whether the experiments run it when no priors are named (``dwp-classify``'s
+            default ``--priors``, the ``dwp`` pipeline's baselines).
     """
 
     label: str
@@ -93,6 +96,7 @@ class PriorRecipe:
     guide: GuideFamily = "log-variance"
     needs_vae: bool = False
     paper: Mapping[int, float] = field(default_factory=dict)
+    default: bool = True
 
 
 def _deep_weight_prior(settings: PriorSettings) -> Distribution:
@@ -139,6 +143,15 @@ PRIOR_RECIPES: dict[str, PriorRecipe] = {
         guide="log-uniform",
         paper={50: 0.766, 100: 0.839, 200: 0.894, 500: 0.938, 1000: 0.958},
     ),
+    "deterministic-l2": PriorRecipe(
+        label="deterministic + L2",
+        colour="tab:gray",
+        build=_normal,
+        experiments=frozenset({"dwp"}),
+        guide="point-mass",
+        paper={50: 0.751, 100: 0.827, 200: 0.879, 500: 0.926, 1000: 0.954},
+        default=False,
+    ),
     "scale-mixture": PriorRecipe(
         label="scale-mixture",
         colour="tab:orange",
@@ -153,6 +166,11 @@ RENAMED_PRIORS = {"gaussian": "normal"}
 experiments called the normal prior ``gaussian``)."""
 
 
-def prior_names(experiment: Experiment) -> tuple[str, ...]:
-    """The names of the registered priors that ``experiment`` offers, in registry order."""
-    return tuple(name for name, r in PRIOR_RECIPES.items() if experiment in r.experiments)
+def prior_names(experiment: Experiment, *, defaults_only: bool = False) -> tuple[str, ...]:
+    """The names of the registered priors that ``experiment`` offers, in registry order (with
+    ``defaults_only``, those it runs when none are named)."""
+    return tuple(
+        name
+        for name, r in PRIOR_RECIPES.items()
+        if experiment in r.experiments and (r.default or not defaults_only)
+    )

@@ -35,8 +35,10 @@ class LocalReparameterizationMessenger(Messenger):
 
     While the handler is active it records every value that a ``pyro.sample`` site draws from a
     Normal (possibly wrapped in ``Independent``) together with that Normal's ``loc`` and
-    ``scale``; the first record of a tensor wins, so the guide's :math:`q(w)` is kept and a
-    model's prior at the replayed site (also a Normal, e.g. a standard-normal prior) is ignored.
+    ``scale``, and the value of every other latent site as not Gaussian; the first record of a
+    tensor wins, so the guide's :math:`q(w)` is kept and a model's prior at the replayed site
+    (also a Normal, e.g. a standard-normal prior) is ignored, for a point-mass guide
+    (``AutoDelta``, :class:`~pyro_dwp.guides.PointMass`) too, whose weights then stay fixed.
     When ``torch.nn.functional.linear`` or ``conv2d`` (what ``nn.Linear`` and ``nn.Conv2d``
     call) receives a recorded tensor as its ``weight``, the handler returns the locally
     reparameterised output instead; any other call runs unchanged. The weight sample itself is
@@ -58,7 +60,8 @@ class LocalReparameterizationMessenger(Messenger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._records: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        # id -> (weight, loc, scale), or (value, None, None) for a value drawn from no Normal
+        self._records: dict[int, tuple[Tensor, Tensor | None, Tensor | None]] = {}
 
     def __enter__(self) -> LocalReparameterizationMessenger:
         self._records = {}
@@ -75,7 +78,8 @@ class LocalReparameterizationMessenger(Messenger):
         if msg["is_observed"] or not isinstance(value, Tensor) or id(value) in self._records:
             return
         normal = _as_normal(msg["fn"])
-        if normal is None:
+        if normal is None:  # e.g. a point mass: its value must not take a replayed prior's moments
+            self._records[id(value)] = (value, None, None)
             return
         self.record(value, normal.loc.expand(value.shape), normal.scale.expand(value.shape))
 
@@ -88,7 +92,7 @@ class LocalReparameterizationMessenger(Messenger):
 
     def _moments(self, weight: Tensor) -> tuple[Tensor, Tensor] | None:
         record = self._records.get(id(weight))
-        if record is None or record[0] is not weight:
+        if record is None or record[0] is not weight or record[1] is None or record[2] is None:
             return None
         return record[1], record[2]
 
