@@ -221,8 +221,8 @@ class CompiledSVI:
         return self._inductor(x, y, kl_scale)
 
     def _inductor_mismatch(self, x: Tensor, y: Tensor, kl_scale: Tensor) -> str | None:
-        """The first ``torch.compile`` d pass against the eager pass, both on the draws that the
-        pass would make now (the RNG states are left as they were): ``None`` if the losses agree
+        """The first pass through ``torch.compile`` against the eager pass, both on the draws that
+        the pass would make now (the RNG states are left as they were): ``None`` if the losses agree
         to ``1e-4`` relative and each parameter's gradient to ``1e-3`` of its largest entry,
         else what differs (in words)."""
         rng = get_rng_state(x.device)
