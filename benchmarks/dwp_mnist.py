@@ -20,6 +20,9 @@ The shipped prior's recipe (``pyro_dwp/pretrained/notmnist/metadata.json``) with
         --prior-decoder-mean direct polar --prior-augment conv2 \
         --prior-code-prior-components 16 64 --epochs 4000
 
+``--deterministic`` adds the paper's fourth contender, a deterministic net with the L2 penalty
+started from samples of the prior (``dwp-classify --priors deterministic-l2 --guide-init dwp``).
+
 A grid too long for one run goes in parts (other N or seeds, each with its own
 ``--results-dir``); ``--merge PART/dwp_mnist.json ...`` then adds their cells to
 ``--results-dir``'s grid and rewrites its tables and figure (as N = 500 / 1,000 were added)::
@@ -103,24 +106,23 @@ def main(args: argparse.Namespace) -> dict:
         (prior / "prior_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if "classify" not in args.stages:
         return {"seconds": seconds}
+
     # The baselines start from the network's own initialisation, the deep weight prior from
-    # its own samples (``--dwp-init``): two runs of dwp-classify, cells merged.
+    # its own samples (``--dwp-init``): two runs of dwp-classify, cells merged (three with
+    # ``--deterministic``, Figure 2's fourth row: a deterministic net started from DWP samples).
+    def classify(extra: list[object]) -> list[object]:
+        return [
+            "dwp-classify", "--vae-dir", prior, "--epochs", args.epochs,
+            "--evaluation", args.evaluation, *_classify_options(args), *extra, *data, *common,
+        ]  # fmt: skip
+
     runs = {
-        work / f"classify_{run}": [
-            "dwp-classify",
-            "--vae-dir",
-            prior,
-            "--epochs",
-            args.epochs,
-            "--evaluation",
-            args.evaluation,
-            *_classify_options(args),
-            *extra,
-            *data,
-            *common,
-        ]
+        work / f"classify_{run}": classify(extra)
         for run, extra in classify_runs(args.dwp_init, args.reverse).items()
     }
+    if args.deterministic:
+        deterministic = ["--priors", "deterministic-l2", "--guide-init", "dwp"]
+        runs[work / "classify_deterministic"] = classify(deterministic)
     if args.workers == 1:
         grid = ["--n-train", *args.n_train, "--seeds", *args.seeds]
         for out_dir, base in runs.items():
@@ -340,6 +342,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dwp-init", choices=["module", "dwp"], default="dwp", help="the DWP prior's q means"
     )
     p.add_argument("--reverse", choices=["trainable", "frozen"], default="trainable")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="also the paper's fourth row: a deterministic net with the L2 penalty started from "
+        "samples of the prior (dwp-classify --priors deterministic-l2 --guide-init dwp; Pyro's "
+        "engine, which the compiled one falls back to with a warning)",
+    )
     p.add_argument(
         "--workers",
         type=int,

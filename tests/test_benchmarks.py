@@ -217,6 +217,19 @@ def test_dwp_mnist_prior_stage_takes_one_value_per_layer(tmp_path, keep_threads)
         dwp_mnist.main(dwp_mnist.parse_args([*argv[:6], *options(prior_z_dim=(2, 3, 4))]))
 
 
+@needs_shared_data("mnist")
+def test_dwp_mnist_deterministic_adds_the_fourth_row(tmp_path, keep_threads):
+    """``--deterministic``: Figure 2's deterministic net from DWP samples beside the priors, in
+    the grid's json (its key in ``ours``) and table, with the paper's row."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_mnist
+
+    result = dwp_mnist.main(dwp_mnist.parse_args([*_dwp_mnist(tmp_path), "--deterministic"]))
+    assert {"dwp N=10", "normal N=10", "deterministic-l2 N=10"} <= set(result["ours"])
+    table = (tmp_path / "results" / "dwp_mnist.md").read_text()
+    assert table.count("| deterministic + L2 |") == 3  # the paper's row, ours: accuracy, NLL
+
+
 def test_dwp_mnist_markdown_reads_the_paper_row_from_json():
     """The paper's row keyed by strings (as read back from JSON) is printed, not as NaN."""
     sys.path.insert(0, str(BENCHMARKS))
