@@ -346,8 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deterministic",
         action="store_true",
         help="also the paper's fourth row: a deterministic net with the L2 penalty started from "
-        "samples of the prior (dwp-classify --priors deterministic-l2 --guide-init dwp; Pyro's "
-        "engine, which the compiled one falls back to with a warning)",
+        "samples of the prior (dwp-classify --priors deterministic-l2 --guide-init dwp)",
     )
     p.add_argument(
         "--workers",

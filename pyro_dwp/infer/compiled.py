@@ -2,8 +2,8 @@
 
 :func:`compile_svi` traces the guide and the model once with Pyro, checks that it recognises
 every site (the BNN's weight sites and their priors, the deep weight prior's codes, its
-likelihood, the guide's Gaussian family and reverse models, the local reparameterisation) and
-returns a :class:`CompiledSVI` whose step evaluates the same estimator as ``Trace_ELBO`` (or
+likelihood, the guide's family (Gaussian, or a point mass) and reverse models, the local
+reparameterisation) and returns a :class:`CompiledSVI` whose step evaluates the same estimator as ``Trace_ELBO`` (or
 ``TraceMeanField_ELBO``) with the same noise (the same draws from the same generators, in
 Pyro's order), from the same tensors of Pyro's param store, and steps the same optimiser: no
 Pyro messages, traces or replays per step. Anything it does not recognise raises
@@ -36,7 +36,7 @@ from torch.func import functional_call, vmap
 
 from pyro_dwp.bnn import BNN, move_distribution
 from pyro_dwp.distributions import DeepWeightPrior, ScaleMixtureNormal
-from pyro_dwp.guides import BBBNormal, LogVarianceNormal, ReverseModelGuide
+from pyro_dwp.guides import BBBNormal, LogVarianceNormal, PointMass, ReverseModelGuide
 from pyro_dwp.guides.log_variance import TruncatedAlphaNormal
 from pyro_dwp.guides.reverse import latent_site_name
 from pyro_dwp.likelihoods import Categorical, Gaussian
@@ -49,7 +49,7 @@ from .reparam import DeepWeightPriorStrategy
 __all__ = ["CompiledSVI", "NotCompilableError", "compile_or_warn", "compile_svi"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-_GUIDES = (BBBNormal, LogVarianceNormal, TruncatedAlphaNormal)
+_GUIDES = (BBBNormal, LogVarianceNormal, TruncatedAlphaNormal, PointMass)
 _ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
 _CHECK_RTOL = 1e-4  # compiled against Pyro's loss on the first batch, in float32
 _INDUCTOR_GRAD_RTOL = 1e-3  # torch.compile's gradients against the eager pass's, per parameter
@@ -72,16 +72,18 @@ class _WeightSite:
     """One weight site: the guide's ``q(w) = N(loc, scale(loc, raw)^2)`` and the model's prior.
 
     ``loc`` and ``raw`` are the (unconstrained) leaf tensors of Pyro's param store, of the
-    site's shape. ``log_prior`` maps a weight of that shape to its summed prior log-density
-    (``None`` at a deep-weight-prior site, see :class:`_CodeSite`); ``kl``, where set (the
-    registered KL under ``TraceMeanField_ELBO``), maps ``(loc, scale)`` to the summed
-    ``KL(q || p)`` that replaces the Monte Carlo ``log q(w) - log p(w)``.
+    site's shape; a point-mass guide's site (:class:`~pyro_dwp.guides.PointMass`) has no
+    ``raw`` nor ``scale`` (``None``): ``w = loc`` and its term is ``-log p(loc)``.
+    ``log_prior`` maps a weight of that shape to its summed prior log-density (``None`` at a
+    deep-weight-prior site, see :class:`_CodeSite`); ``kl``, where set (the registered KL under
+    ``TraceMeanField_ELBO``), maps ``(loc, scale)`` to the summed ``KL(q || p)`` that replaces
+    the Monte Carlo ``log q(w) - log p(w)``.
     """
 
     name: str
     loc: Tensor
-    raw: Tensor
-    scale: Callable[[Tensor, Tensor], Tensor]
+    raw: Tensor | None
+    scale: Callable[[Tensor, Tensor], Tensor] | None
     log_prior: Callable[[Tensor], Tensor] | None
     kl: Callable[[Tensor, Tensor], Tensor] | None = None
     prior_key: tuple | None = None
@@ -278,6 +280,11 @@ class CompiledSVI:
                 kl = kl + self._fused(group, weights, draws)
                 continue
             site = group[0]
+            if site.scale is None or site.raw is None:  # a point mass: w = loc, no entropy
+                w = site.loc.expand(self._lead + site.loc.shape)
+                kl = kl if site.log_prior is None else kl - site.log_prior(w)
+                weights[site.name] = w
+                continue
             scale = site.scale(site.loc, site.raw)
             shape = self._lead + site.loc.shape
             eps = torch.randn(shape, dtype=site.loc.dtype, device=site.loc.device)
@@ -593,9 +600,11 @@ def compile_svi(
     :class:`~pyro_dwp.distributions.DeepWeightPrior` s rewritten by
     :class:`~pyro_dwp.infer.DeepWeightPriorStrategy`, a ``Categorical`` or ``Gaussian`` (fixed
     or learned noise) likelihood; the guides :class:`~pyro_dwp.guides.BBBNormal`,
-    :class:`~pyro_dwp.guides.LogVarianceNormal` and
-    :class:`~pyro_dwp.guides.log_variance.TruncatedAlphaNormal`, alone or as the base of a
-    :class:`~pyro_dwp.guides.ReverseModelGuide` (trainable or frozen reverse models);
+    :class:`~pyro_dwp.guides.LogVarianceNormal`,
+    :class:`~pyro_dwp.guides.log_variance.TruncatedAlphaNormal` and the point mass
+    :class:`~pyro_dwp.guides.PointMass` (MAP; with the priors that have a log-density here),
+    alone or as the base of a :class:`~pyro_dwp.guides.ReverseModelGuide` (trainable or frozen
+    reverse models);
     ``Trace_ELBO``, or ``TraceMeanField_ELBO`` (without a deep weight prior: the registered KL
     where there is one, e.g. Normal or ``LogUniform`` priors, else the Monte Carlo term), with
     ``num_particles`` in a loop or vectorised (``vectorize_particles``, not with a deep weight
@@ -746,8 +755,9 @@ def _build(
         raise NotCompilableError(f"a deep weight prior without its reparameterisation: {coded}")
     store = pyro.get_param_store()
     locs = {n: base.loc(n).unconstrained() for n in names}
-    raws = {n: base.rho(n) for n in names}
-    guide_params = [store.param_name(t) for n in names for t in (locs[n], raws[n])]
+    point = isinstance(base, PointMass)
+    raws: dict[str, Tensor | None] = {n: None if point else base.rho(n) for n in names}
+    guide_params = [store.param_name(t) for t in [*locs.values(), *raws.values()] if t is not None]
     reverse: dict[str, _Moments] = {}
     if isinstance(guide, ReverseModelGuide):
         reverse = _reverse_models(guide)
@@ -785,20 +795,22 @@ def _build(
         raise NotCompilableError("unsupported plates around the guide's sites (create_plates)")
     fixed = {n: _leaf(n) for n in expected["model param"]}
     log_likelihood = _likelihood(model, model_trace, y, fixed)
-    scale = _guide_scale(base)
+    scale = None if point else _guide_scale(base)
     device = next(iter(locs.values())).device
     site_fns = model.site_distributions()
     sites = []
     for n in base.site_names:  # the guide's order: Pyro's order of the draws
+        raw = raws[n]
         kl = (
             None
-            if elbo is Trace_ELBO
-            else _registered_kl(site_fns[n], locs[n], scale(locs[n], raws[n]))
+            if elbo is Trace_ELBO or scale is None or raw is None
+            else _registered_kl(site_fns[n], locs[n], scale(locs[n], raw))
         )
         log_prior, key = None, None
         if n not in coded and kl is None:
             prior = move_distribution(model.priors[n], device)
             log_prior, key = _log_prior(n, prior), _prior_key(prior)
+        key = None if point else key  # a point mass is not fused: it draws no noise
         sites.append(_WeightSite(n, locs[n], raws[n], scale, log_prior, kl, key))
     code_sites = []
     for n, f in reverse.items():  # the reverse-model guide's order: Pyro's order
