@@ -3,10 +3,10 @@
 :func:`compile_svi` traces the guide and the model once with Pyro, checks that it recognises
 every site (the BNN's weight sites and their priors, the deep weight prior's codes, its
 likelihood, the guide's family (Gaussian, or a point mass) and reverse models, the local
-reparameterisation) and returns a :class:`CompiledSVI` whose step evaluates the same estimator as ``Trace_ELBO`` (or
-``TraceMeanField_ELBO``) with the same noise (the same draws from the same generators, in
-Pyro's order), from the same tensors of Pyro's param store, and steps the same optimiser: no
-Pyro messages, traces or replays per step. Anything it does not recognise raises
+reparameterisation) and returns a :class:`CompiledSVI` whose step evaluates the same estimator
+as ``Trace_ELBO`` (or ``TraceMeanField_ELBO``) with the same noise (the same draws from the same
+generators, in Pyro's order), from the same tensors of Pyro's param store, and steps the same
+optimiser: no Pyro messages, traces or replays per step. Anything it does not recognise raises
 :class:`NotCompilableError` naming the reason, and :func:`~pyro_dwp.infer.fit` then runs Pyro's
 SVI instead.
 """
