@@ -542,21 +542,27 @@ def test_torch_compiled_training_equals_the_compiled_training(one_thread):
         pytest.skip(f"this torch's inductor was refused, the step ran eagerly: {refused[0]}")
 
 
-def test_a_failing_torch_compile_falls_back_to_the_eager_pass(monkeypatch):
+def _with_torch_compile(monkeypatch, fake):
+    """A compiled regression step whose ``torch.compile`` is ``fake(fn, program)`` (returning
+    the pass to run), the eager loss that its next pass gives, and the RNG state for it."""
     model, guide = regression()
     program = compile_svi(model, guide, X[:8], Y[:8], optim=JointAdam(0.01))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fake(fn, program))
+    program.use_torch_compile()
+    rng = torch.get_rng_state()
+    expected = program._particle_loss(X[:8], Y[:8], 1.0)[0]
+    torch.set_rng_state(rng)
+    return program, expected, rng
 
-    def broken(fn, **kwargs):
+
+def test_a_failing_torch_compile_falls_back_to_the_eager_pass(monkeypatch):
+    def broken(fn, program):
         def fail(*args):
             raise RuntimeError("no C++ compiler")
 
         return fail
 
-    monkeypatch.setattr(torch, "compile", broken)
-    program.use_torch_compile()
-    rng = torch.get_rng_state()
-    expected = program._particle_loss(X[:8], Y[:8], 1.0)[0]
-    torch.set_rng_state(rng)
+    program, expected, _ = _with_torch_compile(monkeypatch, broken)
     with pytest.warns(UserWarning, match="step is not used.*it failed: RuntimeError: no C"):
         loss, _ = program.loss(X[:8], Y[:8])
     assert torch.equal(loss, expected)
@@ -565,22 +571,17 @@ def test_a_failing_torch_compile_falls_back_to_the_eager_pass(monkeypatch):
 def test_a_torch_compile_with_wrong_gradients_is_refused(monkeypatch):
     """The right loss with a wrong gradient (what torch 2.11's inductor returns for this pass)
     fails the first call's check: the step runs eagerly, on the draws it would have made."""
-    model, guide = regression()
-    program = compile_svi(model, guide, X[:8], Y[:8], optim=JointAdam(0.01))
-    first = program.params[0]
 
-    def wrong_gradients(fn, **kwargs):
+    def wrong_gradients(fn, program):
+        first = program.params[0]
+
         def run(*args):
             loss, data = fn(*args)
             return loss + (first - first.detach()).sum(), data  # same value, gradient + 1
 
         return run
 
-    monkeypatch.setattr(torch, "compile", wrong_gradients)
-    program.use_torch_compile()
-    rng = torch.get_rng_state()
-    expected = program._particle_loss(X[:8], Y[:8], 1.0)[0]
-    torch.set_rng_state(rng)
+    program, expected, rng = _with_torch_compile(monkeypatch, wrong_gradients)
     with pytest.warns(UserWarning, match=r"the gradients of 1 of \d+ parameters differ"):
         loss, _ = program.loss(X[:8], Y[:8])
     assert torch.equal(loss, expected) and not program.uses_torch_compile
@@ -591,22 +592,16 @@ def test_a_torch_compile_with_wrong_gradients_is_refused(monkeypatch):
 def test_a_torch_compile_that_agrees_is_kept_after_the_check(monkeypatch):
     """A compiled pass that agrees with the eager one passes the check, runs from then on, and
     the check leaves the RNG where the step found it (its first loss is on the same draws)."""
-    model, guide = regression()
-    program = compile_svi(model, guide, X[:8], Y[:8], optim=JointAdam(0.01))
     calls = []
 
-    def same(fn, **kwargs):
+    def same(fn, program):
         def run(*args):
             calls.append(1)
             return fn(*args)
 
         return run
 
-    monkeypatch.setattr(torch, "compile", same)
-    program.use_torch_compile()
-    rng = torch.get_rng_state()
-    expected = program._particle_loss(X[:8], Y[:8], 1.0)[0]
-    torch.set_rng_state(rng)
+    program, expected, _ = _with_torch_compile(monkeypatch, same)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loss, _ = program.loss(X[:8], Y[:8])
