@@ -31,6 +31,13 @@ Example (one GPU, about 8 minutes)::
 With ``--resume`` an invocation continues every row from its checkpoint in ``--runs-dir``
 (the same options otherwise): rows side by side under a time budget reach the 600 epochs over
 several invocations, and the table then reports every row's total epochs.
+
+A table too long for one device call can also run in parts, with the same options: the BBB
+rows (``--bbb-only``, with the pruning) in one, the SGD and dropout rows
+(``--baselines-only``) in another, each with its own ``--results-dir``; ``--merge A.json
+B.json`` then writes the whole table to ``--results-dir``::
+
+    python benchmarks/bbb_mnist.py --merge part_bbb/bbb_mnist.json part_base/bbb_mnist.json
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from pyro_dwp.infer.fit import Engine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EVAL_RESERVE = 0.15
+MNIST_TEST_IMAGES = 10_000
 BBB_SHARE = 0.5
 # Table 1 of Blundell et al. (2015): test error (%) by hidden units, and the pruning table (H=1200).
 PAPER_TABLE1 = {
@@ -113,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
         "of an earlier run)",
     )
     p.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="with --parallel: only the SGD and dropout rows, no pruning (a part of a table run "
+        "in two device calls: --merge joins it to a --bbb-only part)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="no training: one table from these parts' bbb_mnist.json (other rows, the same "
+        "settings), written to --results-dir",
+    )
+    p.add_argument(
         "--extra-hidden",
         type=int,
         nargs="+",
@@ -156,8 +179,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     if args.time_budget_minutes is not None and not args.time_budget_minutes > 0:
         raise ValueError(f"--time-budget-minutes must be > 0, got {args.time_budget_minutes}")
-    if (args.extra_hidden or args.bbb_only) and not args.parallel:
-        raise ValueError("--extra-hidden and --bbb-only need --parallel (rows side by side)")
+    if args.merge:
+        return merge(args.results_dir, args.merge)
+    if (args.extra_hidden or args.bbb_only or args.baselines_only) and not args.parallel:
+        raise ValueError(
+            "--extra-hidden, --bbb-only and --baselines-only need --parallel (rows side by side)"
+        )
+    if args.bbb_only and args.baselines_only:
+        raise ValueError("--bbb-only and --baselines-only exclude each other")
     if any(h < 1 or h == args.hidden for h in args.extra_hidden):
         raise ValueError(
             f"--extra-hidden must be widths >= 1 other than --hidden, got {args.extra_hidden}"
@@ -176,7 +205,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             results[method] = _run_experiment(mnist, _mnist_argv(args, method, epochs, budget))
             if method == "bbb":
                 epochs = min(epochs, results["bbb"]["epochs"])  # the baselines: the same epochs
-    pruning = _run_experiment(prune, _prune_argv(args))
+    pruning = None if args.baselines_only else _run_experiment(prune, _prune_argv(args))
     report = {
         "command": "python benchmarks/bbb_mnist.py " + shlex.join(_argv(args)),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -184,6 +213,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "hidden": args.hidden,
         "hidden_of": {m: r["hidden"] for m, r in results.items()},
         "epochs": {m: r["epochs"] for m, r in results.items()},
+        "seed": args.seed,
         "lr_schedule": args.lr_schedule,
         "kl_scheme": args.kl_scheme,
         "optimizer": {
@@ -197,13 +227,61 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "paper_pruning": PAPER_PRUNING,
         "ours": {m: {k: v for k, v in r.items() if k != "config"} for m, r in results.items()},
         "train_examples": next(iter(results.values()))["config"]["train_size"],
-        "test_examples": pruning["test_examples"],
-        "pruning": pruning["rows"],
+        "test_examples": (
+            pruning["test_examples"]
+            if pruning is not None
+            else next(iter(results.values()))["config"]["n_test"] or MNIST_TEST_IMAGES
+        ),
+        "pruning": None if pruning is None else pruning["rows"],
         "seconds": time.perf_counter() - t0,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "bbb_mnist.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.results_dir / "bbb_mnist.md").write_text(_markdown(report))
+    _write(args.results_dir, report)
+    return report
+
+
+def _write(results_dir: Path, report: dict[str, Any]) -> None:
+    """``bbb_mnist.{json,md}`` in ``results_dir``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "bbb_mnist.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results_dir / "bbb_mnist.md").write_text(_markdown(report))
+
+
+_MERGED_SETTINGS = (
+    "hidden", "seed", "lr_schedule", "kl_scheme", "optimizer", "train_examples", "test_examples",
+)  # fmt: skip
+"""Report keys that the parts of one table must share."""
+
+
+def merge(results_dir: Path, sources: list[Path]) -> dict[str, Any]:
+    """One table from reports of its parts (``bbb_mnist.json`` of runs of other rows, e.g.
+    ``--bbb-only`` and ``--baselines-only``): their rows, epochs and seconds, the pruning of the
+    part that has it, every part's command. Written to ``results_dir`` and returned.
+
+    Raises:
+        SystemExit: If the parts differ in a setting of :data:`_MERGED_SETTINGS`, repeat a row,
+            or none has the pruning table.
+    """
+    parts = [json.loads(Path(p).read_text()) for p in sources]
+    report = {**parts[0], "commands": [], "seconds": 0.0, "pruning": None}
+    for key in ("hidden_of", "epochs", "train_seconds", "ours"):
+        report[key] = {}
+    for path, part in zip(sources, parts, strict=True):
+        for key in _MERGED_SETTINGS:
+            if part.get(key) != parts[0].get(key):
+                raise SystemExit(
+                    f"{path}: {key} {part.get(key)!r}, but {sources[0]}'s is {parts[0].get(key)!r}"
+                )
+        if twice := set(part["ours"]) & set(report["ours"]):
+            raise SystemExit(f"{path}: rows {sorted(twice)} are already in an earlier part")
+        for key in ("hidden_of", "epochs", "train_seconds", "ours"):
+            report[key].update(part[key])
+        report["pruning"] = report["pruning"] or part.get("pruning")
+        report["commands"].append(f"{part['command']} ({part['date']}, {part['device']})")
+        report["seconds"] += part["seconds"]
+    if report["pruning"] is None:
+        raise SystemExit("no part has the pruning table: merge a part with the BBB row")
+    report["command"] = "python benchmarks/bbb_mnist.py --merge " + " ".join(map(str, sources))
+    _write(results_dir, report)
     return report
 
 
@@ -222,7 +300,7 @@ def _run_side_by_side(args: argparse.Namespace, minutes: float | None) -> dict[s
     Raises:
         RuntimeError: If a process fails (its command and the end of its stderr).
     """
-    methods = ["bbb", *(["bbb_gaussian"] if args.gaussian else [])]
+    methods = [] if args.baselines_only else ["bbb", *(["bbb_gaussian"] if args.gaussian else [])]
     methods += [] if args.bbb_only else ["sgd", "dropout"]
     rows = {m: (m, args.hidden) for m in methods}
     rows.update({f"{m}_h{h}": (m, h) for h in args.extra_hidden for m in methods})
@@ -342,6 +420,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"- training images: {r.get('train_examples', 50_000):,} (the paper's: 50,000)",
         "- epochs done: " + ", ".join(f"{m} {e}" for m, e in r["epochs"].items()),
         "- training seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in r["train_seconds"].items()),
+        *(f"  - part: `{c}`" for c in r.get("commands", [])),
         f"- all methods: {_optimizer(r)}, the same learning rate ({_schedule(r)}), batch size "
         "and epochs; the paper trained up to 600 epochs with SGD",
         f"- BBB's KL weight per minibatch: {_kl_scheme(r)}",
@@ -370,17 +449,17 @@ def _markdown(r: dict[str, Any]) -> str:
             elif width == hidden:
                 lines.append(f"{cells} not run | | | | |")
     lines += _best_valid_table(r)
-    lines += [
-        "",
-        "## Pruning the BBB network by signal-to-noise |mu| / sigma",
-        "",
-        "Paper (H = 1200, test error %, as recalled in PAPERS.md): "
-        + ", ".join(f"{float(f):.0%} {e:.2f}" for f, e in r["paper_pruning"].items()),
-        "",
-        prune.markdown_table(r["pruning"]),
-        "",
-    ]
-    return "\n".join(lines)
+    if r["pruning"] is not None:  # a --baselines-only part has no BBB run to prune
+        lines += [
+            "",
+            "## Pruning the BBB network by signal-to-noise |mu| / sigma",
+            "",
+            "Paper (H = 1200, test error %, as recalled in PAPERS.md): "
+            + ", ".join(f"{float(f):.0%} {e:.2f}" for f, e in r["paper_pruning"].items()),
+            "",
+            prune.markdown_table(r["pruning"]),
+        ]
+    return "\n".join([*lines, ""])
 
 
 def _best_valid_table(r: dict[str, Any]) -> list[str]:

@@ -358,6 +358,36 @@ def test_bbb_mnist_bbb_rows_alone_under_a_linear_schedule(tmp_path, monkeypatch,
 
 
 @needs_shared_data("mnist", "notmnist")
+def test_bbb_mnist_in_two_parts_merges_into_one_table(tmp_path, monkeypatch, keep_threads):
+    """``--bbb-only`` and ``--baselines-only`` (two device calls) and ``--merge``: the table of
+    one run of all four rows; parts of other settings, or a row twice, are refused by name."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bbb_mnist")
+    parts = {}
+    for name, flags in (("bbb", ["--bbb-only", "--gaussian"]), ("base", ["--baselines-only"])):
+        argv = [*TINY["bbb_mnist.py"](tmp_path), "--parallel", *flags]
+        argv += options(runs_dir=tmp_path / f"runs_{name}", results_dir=tmp_path / name)
+        parts[name] = bench.main(bench.build_parser().parse_args(argv))
+    assert set(parts["base"]["ours"]) == {"sgd", "dropout"} and parts["base"]["pruning"] is None
+    assert "Pruning" not in (tmp_path / "base" / "bbb_mnist.md").read_text()
+    sources = [tmp_path / "bbb" / "bbb_mnist.json", tmp_path / "base" / "bbb_mnist.json"]
+    merged = bench.merge(tmp_path / "all", sources)
+    assert set(merged["ours"]) == {"bbb", "bbb_gaussian", "sgd", "dropout"}
+    assert merged["pruning"] == parts["bbb"]["pruning"] and len(merged["commands"]) == 2
+    assert merged["epochs"] == {**parts["bbb"]["epochs"], **parts["base"]["epochs"]}
+    table = (tmp_path / "all" / "bbb_mnist.md").read_text()
+    assert "not run" not in table and "Pruning the BBB network" in table
+    with pytest.raises(SystemExit, match=r"rows \['bbb', 'bbb_gaussian'\] are already"):
+        bench.merge(tmp_path / "all", [sources[0], sources[0]])
+    other = json.loads(sources[1].read_text()) | {"lr_schedule": "linear"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="lr_schedule 'linear', but"):
+        bench.merge(tmp_path / "all", [sources[0], tmp_path / "other.json"])
+    with pytest.raises(SystemExit, match="no part has the pruning table"):
+        bench.merge(tmp_path / "all", [sources[1]])
+
+
+@needs_shared_data("mnist", "notmnist")
 def test_bbb_mnist_keep_best_adds_the_validation_selected_table(
     tmp_path, monkeypatch, keep_threads
 ):
