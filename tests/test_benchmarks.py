@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BENCHMARKS, data_args, needs_shared_data, options
+from conftest import BENCHMARKS, SHARED_DATA, data_args, needs_shared_data, options
 
 from pyro_dwp.cli import main as cli_main
+from pyro_dwp.data import load_mnist
+from pyro_dwp.experiments.classification import bbb_classifier
+from pyro_dwp.experiments.mnist import load_bbb_run
 from pyro_dwp.models.kernel_vae import KernelVAE, load_kernel_vae, save_kernel_vae
 
 Argv = Callable[[Path], list[str]]
@@ -64,6 +67,14 @@ def _lockstep_checkpoint(tmp: Path) -> Path:
     return tmp / "run" / "checkpoint.pt"
 
 
+def _bbb_run(tmp: Path) -> Path:
+    """A tiny ``pyro-dwp mnist --method bbb --keep-best`` run (the real data)."""
+    argv = ["mnist", "--method", "bbb", *options(hidden=8, n_train=200, n_test=100, epochs=2)]
+    argv += ["--keep-best", "--no-progress", "--out", str(tmp / "bbb")]
+    assert cli_main([*argv, *data_args()]) == 0
+    return tmp / "bbb"
+
+
 def _dwp_code_prior(tmp: Path) -> list[str]:
     _dwp_markov_chain(tmp)  # random kernel sets in the dwp-source layout
     tiny = options(kernels=tmp, layers=("conv1", "conv2"), components=(3, 5), held_out=4)
@@ -72,6 +83,11 @@ def _dwp_code_prior(tmp: Path) -> list[str]:
 
 
 TINY: dict[str, Argv] = {
+    "bbb_ensemble_size.py": lambda tmp: [
+        *options(run_dirs=_bbb_run(tmp), sizes=(1, 3), draw_seeds=2),
+        *data_args(),
+        *_results(tmp),
+    ],
     "bbb_regression.py": lambda tmp: [
         *options(seeds=0, jobs=1, runs_dir=tmp / "runs"),
         *_results(tmp),
@@ -152,6 +168,7 @@ HELPERS = {"devices.py"}
 """Modules of ``benchmarks/`` that the scripts import; not scripts themselves."""
 
 NEEDS = {
+    "bbb_ensemble_size.py": ("mnist", "notmnist"),
     "bbb_mnist.py": ("mnist", "notmnist"),
     "ddp_scaling.py": ("mnist", "notmnist"),
     "dwp_convergence.py": ("mnist",),
@@ -341,6 +358,28 @@ def test_bbb_mnist_side_by_side_adds_the_gaussian_row_and_widths(
 
 
 @needs_shared_data("mnist", "notmnist")
+@needs_shared_data("mnist", "notmnist")
+def test_bbb_ensemble_size_draws_each_ensemble_under_its_own_seed(tmp_path, monkeypatch):
+    """Both parameter files are read; at each size one entry per draw seed; a one-member
+    ensemble under seed k is the network of one weight draw after ``torch.manual_seed(k)``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bbb_ensemble_size")
+    argv = [*TINY["bbb_ensemble_size.py"](tmp_path)]
+    result = bench.main(bench.build_parser().parse_args(argv))
+    assert set(result["runs"]) == {"bbb/model.pt", "bbb/best.pt"}
+    run = result["runs"]["bbb/model.pt"]
+    assert [len(run["sizes"][s]["error"]) for s in ("1", "3")] == [2, 2]
+
+    config, model, guide = load_bbb_run(tmp_path / "bbb")
+    x, y = load_mnist("test", SHARED_DATA, n=config["n_test"], seed=config["seed"])
+    clf = bbb_classifier(model, guide)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        logits = clf.sample_logits(x, 1)[0]
+        error = float((logits.argmax(-1) != y).float().mean())
+        assert run["sizes"]["1"]["error"][seed] == pytest.approx(error)
+
+
 def test_bbb_mnist_bbb_rows_alone_under_a_linear_schedule(tmp_path, monkeypatch, keep_threads):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     bench = importlib.import_module("bbb_mnist")
