@@ -32,7 +32,12 @@ import pyro
 import torch
 
 from pyro_dwp.data import load_mnist
-from pyro_dwp.experiments.classification import bbb_classifier, evaluate
+from pyro_dwp.experiments.classification import (
+    bbb_classifier,
+    ensemble_log_probs,
+    error_rate,
+    network_logits,
+)
 from pyro_dwp.experiments.mnist import load_bbb_run
 from pyro_dwp.infer.checkpoint import set_param_store_state
 from pyro_dwp.io import read_torch_file
@@ -65,21 +70,33 @@ def evaluate_run(run_dir: Path, params: str, args: argparse.Namespace) -> dict[s
         )
         set_param_store_state(state["params"], args.device)
     n_test = args.n_test if args.n_test is not None else config["n_test"]
-    x, y = load_mnist("test", args.data_dir, n=n_test, seed=config["seed"])
+    data_dir = args.data_dir
+    if data_dir is None and config.get("data_dir"):
+        data_dir = Path(config["data_dir"])
+    x, y = load_mnist("test", data_dir, n=n_test, seed=config["seed"])
     x, y = x.to(args.device), y.to(args.device)
     clf = bbb_classifier(model, guide)
-    out: dict[str, Any] = {"test_examples": len(y), "sizes": {}}
+    mean_logp = network_logits(clf.mean_net, x).log_softmax(-1)
+    out: dict[str, Any] = {
+        "test_examples": len(y),
+        "mean_net": {"error": error_rate(mean_logp, y), "nll": _nll(mean_logp, y)},
+        "sizes": {},
+    }
     for size in args.sizes:
         errors, nlls = [], []
         for seed in range(args.draw_seeds):
             torch.manual_seed(seed)
-            metrics, _ = evaluate(clf, x, y, size)
-            errors.append(metrics["test_error_ensemble"])
-            nlls.append(metrics["test_nll_ensemble"])
+            log_probs = ensemble_log_probs(clf, x, size)
+            errors.append(error_rate(log_probs, y))
+            nlls.append(_nll(log_probs, y))
         out["sizes"][str(size)] = {"error": errors, "nll": nlls}
-    out["mean_net"] = {"error": metrics["test_error_mean"], "nll": metrics["test_nll_mean"]}
     pyro.clear_param_store()
     return out
+
+
+def _nll(log_probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean negative log-probability of the labels ``y (N,)`` under ``log_probs (N, 10)``."""
+    return float(-log_probs.gather(1, y[:, None]).mean())
 
 
 def markdown(result: dict[str, Any]) -> str:
