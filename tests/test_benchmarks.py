@@ -358,7 +358,6 @@ def test_bbb_mnist_side_by_side_adds_the_gaussian_row_and_widths(
 
 
 @needs_shared_data("mnist", "notmnist")
-@needs_shared_data("mnist", "notmnist")
 def test_bbb_ensemble_size_draws_each_ensemble_under_its_own_seed(tmp_path, monkeypatch):
     """Both parameter files are read; at each size one entry per draw seed; a one-member
     ensemble under seed k is the network of one weight draw after ``torch.manual_seed(k)``."""
@@ -380,6 +379,7 @@ def test_bbb_ensemble_size_draws_each_ensemble_under_its_own_seed(tmp_path, monk
         assert run["sizes"]["1"]["error"][seed] == pytest.approx(error)
 
 
+@needs_shared_data("mnist", "notmnist")
 def test_bbb_mnist_bbb_rows_alone_under_a_linear_schedule(tmp_path, monkeypatch, keep_threads):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     bench = importlib.import_module("bbb_mnist")
