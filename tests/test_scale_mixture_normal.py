@@ -156,3 +156,19 @@ def test_log_prob_with_sigma1_below_sigma2_is_exact_in_float32():
     """The issue's reproduction: [-6.1277, -51.6746] before, exact [-6.1121, -51.6121]."""
     got = ScaleMixtureNormal(0.5, math.exp(-6), 1.0).log_prob(torch.tensor([3.0, 10.0]))
     torch.testing.assert_close(got, torch.tensor([-6.1121, -51.6121]), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("pi,s1,s2", PAPER_GRID + [(0.5, math.exp(-2), math.exp(-6))])
+def test_float32_log_prob_in_the_far_tail_is_the_reference_rounded(pi, s1, s2):
+    """Property: on the CPU in float32, where ``softplus`` of the far tail is taken at a floor
+    (away from subnormal arithmetic), log p equals the float64 reference to float32 precision
+    wherever the narrow component's share is below e^-20, down to below e^-1000 (absolute 3e-7:
+    the rounding of the O(1) terms where log p crosses 0, as the last case, sigma1 = e^-2, does);
+    a floor at -12, which adds up to 6e-6, fails."""
+    w64 = torch.linspace(0.0, 12.0 * max(s1, s2), 20_001, dtype=torch.float64)
+    ref = _reference_log_prob(pi, s1, s2, w64)
+    narrow = Normal(0.0, min(s1, s2)).log_prob(w64) + math.log(pi if s1 < s2 else 1 - pi) - ref
+    tail = narrow < -20
+    assert tail.sum() > 10_000 and narrow.min() < -1000
+    got = ScaleMixtureNormal(pi, s1, s2).log_prob(w64.float()).double()
+    torch.testing.assert_close(got[tail], ref[tail], rtol=1e-6, atol=3e-7)
