@@ -13,6 +13,7 @@ from pyro_dwp.cli import main
 from pyro_dwp.data import DATA_ENV_VAR
 from pyro_dwp.experiments import classification
 from pyro_dwp.experiments.mnist import load_bbb_run, training_warnings
+from pyro_dwp.infer.compiled import CompiledSVI
 
 TINY = ["--n-train", "200", "--hidden", "16", "--epochs", "1", "--n-test", "200"]
 TINY += ["--test-samples", "4", "--data-dir", str(SHARED_DATA), "--no-progress"]
@@ -109,6 +110,43 @@ def test_mnist_job_trains_bbb_on_the_compiled_engine(tmp_path: Path) -> None:
     assert main(argv) == 0
     (record,) = json.loads((tmp_path / "learning_curves.json").read_text())
     assert record["loss"] == pytest.approx(record["nll"] + record["kl"])
+
+
+def test_torch_compile_trains_the_same_loss_as_the_eager_compiled_step(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Property: ``--torch-compile`` runs the compiled engine's step through ``torch.compile``
+    (its passes, as fit runs them) on the same draws: the same epoch loss to float32 reduction
+    order (1e-4 relative)."""
+    compiled = []
+    use = CompiledSVI.use_torch_compile
+    monkeypatch.setattr(CompiledSVI, "use_torch_compile", lambda svi: compiled.append(use(svi)))
+    argv = ["mnist", *TINY, "--engine", "compiled", "--epochs", "2"]
+    assert main([*argv, "--out", str(tmp_path / "eager")]) == 0
+    assert compiled == []
+    assert main([*argv, "--torch-compile", "--out", str(tmp_path / "inductor")]) == 0
+    assert compiled
+    eager, fused = (
+        json.loads((tmp_path / run / "learning_curves.json").read_text())
+        for run in ("eager", "inductor")
+    )
+    assert [r["loss"] for r in fused] == pytest.approx([r["loss"] for r in eager], rel=1e-4)
+    config = json.loads((tmp_path / "inductor" / "metrics.json").read_text())["config"]
+    assert config["torch_compile"] is True
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--torch-compile needs --engine compiled, got --engine pyro"),
+        (["--engine", "compiled", "--method", "sgd"], "--method sgd does not take --torch-compile"),
+    ],
+)
+def test_torch_compile_is_refused_off_the_compiled_bbb_step(extra, message, tmp_path, capsys):
+    argv = ["mnist", "--out", str(tmp_path / "run"), *TINY, "--torch-compile", *extra]
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("method", ["bbb", "sgd"])
