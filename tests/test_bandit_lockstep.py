@@ -241,10 +241,41 @@ def test_the_rate_decays_geometrically_over_the_decay_steps(steps, rate, one_thr
         r.update(rows, eps)
     assert not torch.equal(decayed.params, torch.as_tensor(state["params"]))
     torch.testing.assert_close(decayed.params, constant.params, rtol=1e-6, atol=1e-9)
-    with pytest.raises(ValueError, match="lr_final_factor must be > 0 and lr_decay_steps >= 1"):
+    with pytest.raises(ValueError, match="lr_final_factor must be > 0, got 0.0"):
         runner(lr_final_factor=0.0)
-    with pytest.raises(ValueError, match="got 1.0 and 0"):
+    with pytest.raises(ValueError, match="lr_decay_steps must be >= 1, got 0"):
         runner(lr_decay_steps=0)
+
+
+@pytest.mark.parametrize("steps", [0, 2, 6])
+def test_each_agent_decays_its_rate_by_its_own_factor(steps, one_thread):
+    # lr 1e-2 decayed over 4 steps to 0.01 x (bbb), 1 x (bbb:c: constant) and 0.1 x (greedy):
+    # Adam's first update from fresh moments moves every parameter by -rate * g / (|g| + 1e-8),
+    # with its member's rate 1e-2 * factor ** min(t / 4, 1) after t interactions
+    r = runner(
+        agents=("bbb", "bbb:c", "greedy"), seeds=(0,), lr_final_factor=0.01, lr_decay_steps=4,
+        overrides={"bbb:c": {"lr_final_factor": 1.0}, "greedy": {"lr_final_factor": 0.1}},
+    )  # fmt: skip
+    for _ in range(steps):
+        r.step()
+    state = r.state_dict()
+    for key in ("adam_m", "adam_v", "adam_steps"):  # Adam afresh
+        state[key].zero_()
+    r.load_state_dict(state)
+    rows, eps = draws(r)
+    (grad,) = torch.autograd.grad(r.losses(rows, eps).sum(), r.params)
+    before = r.params.detach().clone()
+    r.update(rows, eps)
+    progress = min(steps / 4, 1.0)
+    factors = {"bbb": 0.01, "bbb:c": 1.0, "greedy": 0.1}
+    for member, (agent, _) in enumerate(r.members):
+        rate = 1e-2 * factors[agent] ** progress
+        moved = r.named_parameters(member, r.params.detach() - before)
+        g = r.named_parameters(member, grad)
+        for name, delta in moved.items():
+            expected = -rate * g[name] / (g[name].abs() + 1e-8)
+            # atol: float32's spacing at rho (about -4.6) is 4.8e-7; the rates differ by >= 9e-5
+            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_members_are_independent(one_thread):
@@ -391,6 +422,10 @@ def test_agent_names():
         ({"overrides": {"bbb": {"scale": 0.3}}}, r"agent 'bbb' has no setting \['scale'\]"),
         ({"overrides": {"bbb": {"sigma1": -1}}}, "overrides of agent 'bbb': sigma1 must be > 0"),
         ({"overrides": {"greedy": {"lr": 0}}}, "overrides of agent 'greedy': lr must be > 0"),
+        (
+            {"overrides": {"greedy": {"lr_final_factor": 0}}},
+            "overrides of agent 'greedy': lr_final_factor must be > 0",
+        ),
         ({"capture": True, "device": "cpu"}, "capture: a CUDA graph needs a CUDA device"),
     ],
 )
@@ -420,13 +455,17 @@ def test_bad_inputs_are_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("variant", [False, True], ids=["shared_settings", "variant"])
 def test_the_captured_step_equals_the_eager_step(variant):
-    # with a variant, the prior, noise and learning rates (its scales' at their own rate) are
-    # per-member tensors in the graph
+    # with a variant, the prior, noise, learning rates (its scales' at their own rate) and the
+    # rates' decay factors are per-member tensors in the graph
     agents = ("bbb", "greedy", "eps0.05", *(("bbb:v",) if variant else ()))
-    overrides = {"bbb:v": {**VARIANT, "lr": 0.05, "scale_lr_factor": 0.1}} if variant else {}
+    variant_rates = {"lr": 0.05, "scale_lr_factor": 0.1, "lr_final_factor": 0.1}
+    overrides = {"bbb:v": {**VARIANT, **variant_rates}} if variant else {}
     runs = {}
     for capture in (False, True):
-        r = runner(agents=agents, seeds=(0, 1), device="cuda", capture=capture, overrides=overrides)
+        r = runner(
+            agents=agents, seeds=(0, 1), device="cuda", capture=capture, overrides=overrides,
+            lr_decay_steps=3,
+        )  # fmt: skip
         for _ in range(5):
             r.step()
         runs[capture] = r.state_dict()

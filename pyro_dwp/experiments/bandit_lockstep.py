@@ -88,11 +88,15 @@ def agent_epsilon(name: str) -> float | None:
 
 
 BBB_SETTINGS = (
-    "lr", "pi", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor", "kl_size",
+    "lr", "lr_final_factor", "pi", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor",
+    "kl_size",
 )  # fmt: skip
 """The settings that :class:`LockstepBandit`'s ``overrides`` may give a ``bbb`` agent (numbers,
-``kl_size`` a :data:`~pyro_dwp.experiments.bandits.KLSize`); the other agents take ``lr``
-only."""
+``kl_size`` a :data:`~pyro_dwp.experiments.bandits.KLSize`); the other agents take
+:data:`RATE_SETTINGS` only."""
+
+RATE_SETTINGS = ("lr", "lr_final_factor")
+"""The settings that :class:`LockstepBandit`'s ``overrides`` may give any agent."""
 
 
 class LockstepBandit:
@@ -128,7 +132,8 @@ class LockstepBandit:
         learn_noise: Learn each ``bbb`` member's noise as a point estimate (the reference
             agent's ``noise=None``, ``init_noise=noise``), by the same Adam as the rest.
         overrides: Per agent name, settings of its own in place of the arguments above
-            (:data:`BBB_SETTINGS` for ``bbb`` agents, ``lr`` for the others), e.g.
+            (:data:`BBB_SETTINGS` for ``bbb`` agents, :data:`RATE_SETTINGS` for the others),
+            e.g.
             ``agents=["bbb", "bbb:narrow"], overrides={"bbb:narrow": {"sigma1": 0.05}}``
             screens two priors side by side in one batched network.
         kl_size: ``N`` of ``bbb``'s KL weighting, as the reference agent's: ``"buffer"``
@@ -148,7 +153,8 @@ class LockstepBandit:
             geometrically to ``lr_final_factor`` times its value over the first
             ``lr_decay_steps`` steps, then constant (1: a constant rate, the reference agents'
             behaviour). A rate that falls once the agents have learnt slows their forgetting
-            of what has left the buffer (``benchmarks/results/mushroom_forgetting.md``).
+            of what has left the buffer (``benchmarks/results/mushroom_forgetting.md``). An
+            agent's ``overrides`` may give it a factor of its own.
         lr_decay_steps: The steps of the decay.
     """
 
@@ -190,20 +196,19 @@ class LockstepBandit:
             batch_size=batch_size, num_batches=num_batches, num_particles=num_particles,
             stream_chunk=stream_chunk, lr=lr, pi=pi, sigma1=sigma1, sigma2=sigma2,
             init_scale=init_scale, noise=noise, scale_lr_factor=scale_lr_factor, kl_size=kl_size,
+            lr_final_factor=lr_final_factor,
         )  # fmt: skip
-        if not lr_final_factor > 0 or lr_decay_steps < 1:
-            raise ValueError(
-                f"lr_final_factor must be > 0 and lr_decay_steps >= 1, got {lr_final_factor} "
-                f"and {lr_decay_steps}"
-            )
-        self._lr_log_factor, self._lr_decay_steps = math.log(lr_final_factor), lr_decay_steps
+        if lr_decay_steps < 1:
+            raise ValueError(f"lr_decay_steps must be >= 1, got {lr_decay_steps}")
+        self._lr_decay_steps = lr_decay_steps
         if contexts.dim() != 2 or edible.shape != contexts.shape[:1]:
             raise ValueError(
                 f"contexts must be (N, D) and edible (N,), got {tuple(contexts.shape)} and "
                 f"{tuple(edible.shape)}"
             )
         self.kl_scheme, self.learn_noise = kl_scheme, learn_noise
-        base: dict[str, float | str] = {"lr": lr, "pi": pi, "sigma1": sigma1, "sigma2": sigma2}
+        base: dict[str, float | str] = {"lr": lr, "lr_final_factor": lr_final_factor}
+        base |= {"pi": pi, "sigma1": sigma1, "sigma2": sigma2}
         base |= {"init_scale": init_scale, "noise": noise, "scale_lr_factor": scale_lr_factor}
         base |= {"kl_size": kl_size}
         settings = _agent_settings(agents, overrides or {}, base)
@@ -221,8 +226,9 @@ class LockstepBandit:
         """``(agent, seed)`` of each member, in the order of the member dimensions."""
         self.num_bbb = len(bbb)
         self.settings = {a: settings[a] for a in agents}
-        """Each agent's ``lr`` (and a ``bbb`` agent's prior, initial scale, noise, scales' rate
-        factor and ``kl_size``): the arguments with ``overrides`` applied."""
+        """Each agent's ``lr`` and ``lr_final_factor`` (and a ``bbb`` agent's prior, initial
+        scale, noise, scales' rate factor and ``kl_size``): the arguments with ``overrides``
+        applied."""
         num = len(self.members)
         contexts, edible = contexts.detach().cpu().float(), edible.detach().cpu().bool()
         context_dim = contexts.shape[1]
@@ -259,11 +265,14 @@ class LockstepBandit:
         )  # fmt: skip
         lrs = [settings[a]["lr"] for a, _ in self.members]
         rho_lrs = [settings[a]["lr"] * settings[a]["scale_lr_factor"] for a, _ in bbb]
+        logs = [math.log(settings[a]["lr_final_factor"]) for a, _ in self.members]
         self._lr: float | Tensor = lrs[0]
-        if len(set(lrs + rho_lrs)) > 1:  # per element, in the flat layout: mu, rho, the others
-            per_member = torch.tensor(lrs[: self.num_bbb] + rho_lrs + lrs[self.num_bbb :])
-            noise_lrs = torch.tensor(lrs[: self.num_bbb] if learn_noise else [])
-            self._lr = torch.cat([per_member.repeat_interleave(offset), noise_lrs]).to(device)
+        self._lr_log_factor: float | Tensor = logs[0]
+        if len(set(lrs + rho_lrs)) > 1:
+            self._lr = self._per_element(lrs, rho_lrs, learn_noise, offset).to(device)
+        if len(set(logs)) > 1:
+            bbb_logs = logs[: self.num_bbb]
+            self._lr_log_factor = self._per_element(logs, bbb_logs, learn_noise, offset).to(device)
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -594,11 +603,23 @@ class LockstepBandit:
             (grad,) = torch.autograd.grad(loss, self.params)
         self._adam(grad, rate)
 
+    def _per_element(
+        self, values: list[float], rho_values: list[float], learn_noise: bool, weights: int
+    ) -> Tensor:
+        """Per-member values spread over the flat layout: ``values`` (one per member, in
+        :attr:`members`' order) for ``mu`` and the other members' weights, ``rho_values`` (one
+        per ``bbb`` member) for ``rho``, and ``values`` again for the log noise under
+        ``learn_noise``; ``weights`` is ``W``. Returns ``(numel of params,)``."""
+        nb = self.num_bbb
+        per_member = torch.tensor(values[:nb] + rho_values + values[nb:])
+        noise = torch.tensor(values[:nb] if learn_noise else [])
+        return torch.cat([per_member.repeat_interleave(weights), noise])
+
     def _rate(self) -> float | Tensor:
         """Adam's rate of this step: the rate, or per element the rates, times the decay
         ``lr_final_factor ** min(t / lr_decay_steps, 1)`` after ``t`` interactions (a device
         tensor then, computed once a step)."""
-        if self._lr_log_factor == 0.0:
+        if isinstance(self._lr_log_factor, float) and self._lr_log_factor == 0.0:
             return self._lr
         progress = (self._t / self._lr_decay_steps).clamp(max=1.0)
         return self._lr * torch.exp(self._lr_log_factor * progress)
@@ -704,7 +725,8 @@ def _agent_settings(
 
     Raises:
         ValueError: For an override of an agent not in ``agents``, a setting an agent does not
-            have (:data:`BBB_SETTINGS` for ``bbb`` agents, ``lr`` for the others) or a bad value,
+            have (:data:`BBB_SETTINGS` for ``bbb`` agents, :data:`RATE_SETTINGS` for the others) or
+            a bad value,
             naming them.
     """
     unknown = sorted(set(overrides) - set(agents))
@@ -712,7 +734,7 @@ def _agent_settings(
         raise ValueError(f"overrides: agents {unknown} are not among the agents {list(agents)}")
     out = {}
     for agent in agents:
-        allowed = BBB_SETTINGS if agent_epsilon(agent) is None else ("lr",)
+        allowed = BBB_SETTINGS if agent_epsilon(agent) is None else RATE_SETTINGS
         given = dict(overrides.get(agent, {}))
         extra = sorted(set(given) - set(allowed))
         if extra:
@@ -731,7 +753,7 @@ def _agent_settings(
 def _check_values(**values: Any) -> None:
     """Raise ``ValueError`` naming the first bad value of :data:`BBB_SETTINGS`."""
     check_kl_size(values["kl_size"])
-    for name in ("lr", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor"):
+    for name in (n for n in BBB_SETTINGS if n not in ("pi", "kl_size")):
         if not values[name] > 0:
             raise ValueError(f"{name} must be > 0, got {values[name]}")
     if not 0 < values["pi"] < 1:
