@@ -194,9 +194,28 @@ def test_a_greedy_update_equals_the_greedy_agents_adam_step(lr, agents, one_thre
             torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
 
 
+def assert_adams_first_update(r: LockstepBandit, rate, atol: float = 1e-9) -> None:
+    """From ``r``'s state with Adam's moments reset, one update moves each parameter by Adam's
+    first step in closed form, ``-rate * g / (|g| + 1e-8)``, with ``rate(agent, name)`` the
+    rate of the member's parameter ``name`` (``named_parameters``' names)."""
+    state = r.state_dict()
+    for key in ("adam_m", "adam_v", "adam_steps"):
+        state[key].zero_()
+    r.load_state_dict(state)
+    rows, eps = draws(r)
+    (grad,) = torch.autograd.grad(r.losses(rows, eps).sum(), r.params)
+    before = r.params.detach().clone()
+    r.update(rows, eps)
+    for member, (agent, _) in enumerate(r.members):
+        moved = r.named_parameters(member, r.params.detach() - before)
+        g = r.named_parameters(member, grad)
+        for name, delta in moved.items():
+            expected = -rate(agent, name) * g[name] / (g[name].abs() + 1e-8)
+            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=atol)
+
+
 def test_the_scales_learn_at_their_own_rate(one_thread):
-    # Adam's first update, closed form: each parameter moves by -rate * g / (|g| + 1e-8); a
-    # bbb member's rho at scale_lr_factor * lr (0.5 for bbb, 0.1 for bbb:v), its mu and the
+    # a bbb member's rho at scale_lr_factor * lr (0.5 for bbb, 0.1 for bbb:v), its mu and the
     # greedy member at lr
     r = runner(
         agents=("bbb", "bbb:v", "greedy"), seeds=(0,), scale_lr_factor=0.5,
@@ -204,23 +223,11 @@ def test_the_scales_learn_at_their_own_rate(one_thread):
     )  # fmt: skip
     for _ in range(5):
         r.step()
-    state = r.state_dict()
-    for key in ("adam_m", "adam_v", "adam_steps"):  # Adam afresh
-        state[key].zero_()
-    r.load_state_dict(state)
-    rows, eps = draws(r)
-    (grad,) = torch.autograd.grad(r.losses(rows, eps).sum(), r.params)
-    before = r.params.detach().clone()
-    r.update(rows, eps)
     rates = {("bbb", "loc"): 1e-2, ("bbb", "rho"): 5e-3, ("bbb:v", "loc"): 1e-2}
     rates |= {("bbb:v", "rho"): 1e-3, ("greedy", "weight"): 1e-2}
-    for member, (agent, _) in enumerate(r.members):
-        moved = r.named_parameters(member, r.params.detach() - before)
-        g = r.named_parameters(member, grad)
-        for name, delta in moved.items():
-            kind = name.split(".")[0] if agent.startswith("bbb") else "weight"
-            expected = -rates[agent, kind] * g[name] / (g[name].abs() + 1e-8)
-            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-9)
+    assert_adams_first_update(
+        r, lambda agent, name: rates[agent, name.split(".")[0] if agent != "greedy" else "weight"]
+    )
     with pytest.raises(ValueError, match="scale_lr_factor must be > 0, got 0.0"):
         runner(scale_lr_factor=0.0)
 
@@ -250,32 +257,17 @@ def test_the_rate_decays_geometrically_over_the_decay_steps(steps, rate, one_thr
 @pytest.mark.parametrize("steps", [0, 2, 6])
 def test_each_agent_decays_its_rate_by_its_own_factor(steps, one_thread):
     # lr 1e-2 decayed over 4 steps to 0.01 x (bbb), 1 x (bbb:c: constant) and 0.1 x (greedy):
-    # Adam's first update from fresh moments moves every parameter by -rate * g / (|g| + 1e-8),
-    # with its member's rate 1e-2 * factor ** min(t / 4, 1) after t interactions
+    # after t interactions every parameter of a member moves at 1e-2 * factor ** min(t / 4, 1)
     r = runner(
         agents=("bbb", "bbb:c", "greedy"), seeds=(0,), lr_final_factor=0.01, lr_decay_steps=4,
         overrides={"bbb:c": {"lr_final_factor": 1.0}, "greedy": {"lr_final_factor": 0.1}},
     )  # fmt: skip
     for _ in range(steps):
         r.step()
-    state = r.state_dict()
-    for key in ("adam_m", "adam_v", "adam_steps"):  # Adam afresh
-        state[key].zero_()
-    r.load_state_dict(state)
-    rows, eps = draws(r)
-    (grad,) = torch.autograd.grad(r.losses(rows, eps).sum(), r.params)
-    before = r.params.detach().clone()
-    r.update(rows, eps)
-    progress = min(steps / 4, 1.0)
     factors = {"bbb": 0.01, "bbb:c": 1.0, "greedy": 0.1}
-    for member, (agent, _) in enumerate(r.members):
-        rate = 1e-2 * factors[agent] ** progress
-        moved = r.named_parameters(member, r.params.detach() - before)
-        g = r.named_parameters(member, grad)
-        for name, delta in moved.items():
-            expected = -rate * g[name] / (g[name].abs() + 1e-8)
-            # atol: float32's spacing at rho (about -4.6) is 4.8e-7; the rates differ by >= 9e-5
-            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-6)
+    progress = min(steps / 4, 1.0)
+    # atol: float32's spacing at rho (about -4.6) is 4.8e-7; the rates differ by >= 9e-5
+    assert_adams_first_update(r, lambda agent, _: 1e-2 * factors[agent] ** progress, atol=1e-6)
 
 
 def test_members_are_independent(one_thread):
