@@ -133,8 +133,7 @@ class LockstepBandit:
             agent's ``noise=None``, ``init_noise=noise``), by the same Adam as the rest.
         overrides: Per agent name, settings of its own in place of the arguments above
             (:data:`BBB_SETTINGS` for ``bbb`` agents, :data:`RATE_SETTINGS` for the others),
-            e.g.
-            ``agents=["bbb", "bbb:narrow"], overrides={"bbb:narrow": {"sigma1": 0.05}}``
+            e.g. ``agents=["bbb", "bbb:narrow"], overrides={"bbb:narrow": {"sigma1": 0.05}}``
             screens two priors side by side in one batched network.
         kl_size: ``N`` of ``bbb``'s KL weighting, as the reference agent's: ``"buffer"``
             (the interactions stored), ``"seen"`` (every interaction so far) or
@@ -725,9 +724,8 @@ def _agent_settings(
 
     Raises:
         ValueError: For an override of an agent not in ``agents``, a setting an agent does not
-            have (:data:`BBB_SETTINGS` for ``bbb`` agents, :data:`RATE_SETTINGS` for the others) or
-            a bad value,
-            naming them.
+            have (:data:`BBB_SETTINGS` for ``bbb`` agents, :data:`RATE_SETTINGS` for the
+            others) or a bad value, naming them.
     """
     unknown = sorted(set(overrides) - set(agents))
     if unknown:
