@@ -267,11 +267,11 @@ class LockstepBandit:
         logs = [math.log(settings[a]["lr_final_factor"]) for a, _ in self.members]
         self._lr: float | Tensor = lrs[0]
         self._lr_log_factor: float | Tensor = logs[0]
+        self._decays = any(logs)  # False: every member at a constant rate
         if len(set(lrs + rho_lrs)) > 1:
-            self._lr = self._per_element(lrs, rho_lrs, learn_noise, offset).to(device)
+            self._lr = self._per_element(lrs, rho_lrs).to(device)
         if len(set(logs)) > 1:
-            bbb_logs = logs[: self.num_bbb]
-            self._lr_log_factor = self._per_element(logs, bbb_logs, learn_noise, offset).to(device)
+            self._lr_log_factor = self._per_element(logs, logs[: self.num_bbb]).to(device)
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -602,23 +602,21 @@ class LockstepBandit:
             (grad,) = torch.autograd.grad(loss, self.params)
         self._adam(grad, rate)
 
-    def _per_element(
-        self, values: list[float], rho_values: list[float], learn_noise: bool, weights: int
-    ) -> Tensor:
+    def _per_element(self, values: list[float], rho_values: list[float]) -> Tensor:
         """Per-member values spread over the flat layout: ``values`` (one per member, in
         :attr:`members`' order) for ``mu`` and the other members' weights, ``rho_values`` (one
         per ``bbb`` member) for ``rho``, and ``values`` again for the log noise under
-        ``learn_noise``; ``weights`` is ``W``. Returns ``(numel of params,)``."""
+        ``learn_noise``. Returns ``(numel of params,)``."""
         nb = self.num_bbb
         per_member = torch.tensor(values[:nb] + rho_values + values[nb:])
-        noise = torch.tensor(values[:nb] if learn_noise else [])
-        return torch.cat([per_member.repeat_interleave(weights), noise])
+        noise = torch.tensor(values[:nb] if self.learn_noise else [])
+        return torch.cat([per_member.repeat_interleave(self.num_weights), noise])
 
     def _rate(self) -> float | Tensor:
         """Adam's rate of this step: the rate, or per element the rates, times the decay
         ``lr_final_factor ** min(t / lr_decay_steps, 1)`` after ``t`` interactions (a device
         tensor then, computed once a step)."""
-        if isinstance(self._lr_log_factor, float) and self._lr_log_factor == 0.0:
+        if not self._decays:
             return self._lr
         progress = (self._t / self._lr_decay_steps).clamp(max=1.0)
         return self._lr * torch.exp(self._lr_log_factor * progress)
