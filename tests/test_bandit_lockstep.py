@@ -254,20 +254,25 @@ def test_the_rate_decays_geometrically_over_the_decay_steps(steps, rate, one_thr
         runner(lr_decay_steps=0)
 
 
-@pytest.mark.parametrize("steps", [0, 2, 6])
-def test_each_agent_decays_its_rate_by_its_own_factor(steps, one_thread):
-    # lr 1e-2 decayed over 4 steps to 0.01 x (bbb), 1 x (bbb:c: constant) and 0.1 x (greedy):
-    # after t interactions every parameter of a member moves at 1e-2 * factor ** min(t / 4, 1)
+@pytest.mark.parametrize("steps", [0, 2, 3, 6])
+def test_each_agent_decays_its_rate_by_its_own_factor_and_length(steps, one_thread):
+    # lr 1e-2 decayed to 0.01 x (bbb, over 4 steps; bbb:s over 2; eps0.5 over 6), 1 x (bbb:c:
+    # constant) and 0.1 x (greedy, over 4): after t interactions every parameter of a member
+    # moves at 1e-2 * factor ** min(t / length, 1)
+    overrides = {"bbb:c": {"lr_final_factor": 1.0}, "greedy": {"lr_final_factor": 0.1}}
+    overrides |= {"bbb:s": {"lr_decay_steps": 2}, "eps0.5": {"lr_decay_steps": 6}}
     r = runner(
-        agents=("bbb", "bbb:c", "greedy"), seeds=(0,), lr_final_factor=0.01, lr_decay_steps=4,
-        overrides={"bbb:c": {"lr_final_factor": 1.0}, "greedy": {"lr_final_factor": 0.1}},
+        agents=("bbb", "bbb:c", "bbb:s", "greedy", "eps0.5"), seeds=(0,), lr_final_factor=0.01,
+        lr_decay_steps=4, overrides=overrides,
     )  # fmt: skip
     for _ in range(steps):
         r.step()
-    factors = {"bbb": 0.01, "bbb:c": 1.0, "greedy": 0.1}
-    progress = min(steps / 4, 1.0)
+    factors = {"bbb": 0.01, "bbb:c": 1.0, "bbb:s": 0.01, "greedy": 0.1, "eps0.5": 0.01}
+    lengths = {"bbb": 4, "bbb:c": 4, "bbb:s": 2, "greedy": 4, "eps0.5": 6}
     # atol: float32's spacing at rho (about -4.6) is 4.8e-7; the rates differ by >= 9e-5
-    assert_adams_first_update(r, lambda agent, _: 1e-2 * factors[agent] ** progress, atol=1e-6)
+    assert_adams_first_update(
+        r, lambda agent, _: 1e-2 * factors[agent] ** min(steps / lengths[agent], 1.0), atol=1e-6
+    )
 
 
 def test_members_are_independent(one_thread):
@@ -418,6 +423,10 @@ def test_agent_names():
             {"overrides": {"greedy": {"lr_final_factor": 0}}},
             "overrides of agent 'greedy': lr_final_factor must be > 0",
         ),
+        (
+            {"overrides": {"bbb": {"lr_decay_steps": 0.5}}},
+            "overrides of agent 'bbb': lr_decay_steps must be >= 1, got 0.5",
+        ),
         ({"capture": True, "device": "cpu"}, "capture: a CUDA graph needs a CUDA device"),
     ],
 )
@@ -451,6 +460,7 @@ def test_the_captured_step_equals_the_eager_step(variant):
     # rates' decay factors are per-member tensors in the graph
     agents = ("bbb", "greedy", "eps0.05", *(("bbb:v",) if variant else ()))
     variant_rates = {"lr": 0.05, "scale_lr_factor": 0.1, "lr_final_factor": 0.1}
+    variant_rates |= {"lr_decay_steps": 2}
     overrides = {"bbb:v": {**VARIANT, **variant_rates}} if variant else {}
     runs = {}
     for capture in (False, True):

@@ -578,11 +578,13 @@ def test_the_engines_refuse_each_others_checkpoints(tmp_path: Path, data_dir: Pa
 def test_bbb_variants_become_the_lockstep_engines_overrides():
     specs = [["narrow", "neg-log-sigma1=3", "pi=0.25"], ["slow", "lr=1e-4", "init-scale=0.001"]]
     specs += [["seen", "kl-size=seen", "scale-lr-factor=0.1"], ["late", "lr-final-factor=0.03"]]
+    specs += [["short", "lr-decay-steps=5000"]]
     assert bbb_variants(specs) == {
         "bbb:narrow": {"sigma1": math.exp(-3), "pi": 0.25},
         "bbb:slow": {"lr": 1e-4, "init_scale": 0.001},
         "bbb:seen": {"kl_size": "seen", "scale_lr_factor": 0.1},
         "bbb:late": {"lr_final_factor": 0.03},
+        "bbb:short": {"lr_decay_steps": 5000.0},
     }
     assert bbb_variants([["plain"]]) == {"bbb:plain": {}}
 
@@ -594,7 +596,7 @@ def test_bbb_variants_become_the_lockstep_engines_overrides():
         ([["a"], ["a", "pi=0.3"]], "each needs a label of its own first"),
         (
             [["a", "sigma1=0.3"]],
-            "'sigma1=0.3' is not KEY=VALUE with KEY one of lr, lr-final-factor, pi",
+            "'sigma1=0.3' is not KEY=VALUE with KEY one of lr, lr-final-factor, lr-decay-steps, pi",
         ),
         ([["a", "noise"]], "'noise' is not KEY=VALUE"),
         ([["a", "noise=big"]], "noise must be a number, got 'big'"),

@@ -88,14 +88,14 @@ def agent_epsilon(name: str) -> float | None:
 
 
 BBB_SETTINGS = (
-    "lr", "lr_final_factor", "pi", "sigma1", "sigma2", "init_scale", "noise", "scale_lr_factor",
-    "kl_size",
+    "lr", "lr_final_factor", "lr_decay_steps", "pi", "sigma1", "sigma2", "init_scale", "noise",
+    "scale_lr_factor", "kl_size",
 )  # fmt: skip
 """The settings that :class:`LockstepBandit`'s ``overrides`` may give a ``bbb`` agent (numbers,
 ``kl_size`` a :data:`~pyro_dwp.experiments.bandits.KLSize`); the other agents take
 :data:`RATE_SETTINGS` only."""
 
-RATE_SETTINGS = ("lr", "lr_final_factor")
+RATE_SETTINGS = ("lr", "lr_final_factor", "lr_decay_steps")
 """The settings that :class:`LockstepBandit`'s ``overrides`` may give any agent."""
 
 
@@ -154,7 +154,8 @@ class LockstepBandit:
             behaviour). A rate that falls once the agents have learnt slows their forgetting
             of what has left the buffer (``benchmarks/results/mushroom_forgetting.md``). An
             agent's ``overrides`` may give it a factor of its own.
-        lr_decay_steps: The steps of the decay.
+        lr_decay_steps: The steps of the decay; an agent's ``overrides`` may give it a length
+            of its own (a number >= 1).
     """
 
     def __init__(
@@ -195,11 +196,8 @@ class LockstepBandit:
             batch_size=batch_size, num_batches=num_batches, num_particles=num_particles,
             stream_chunk=stream_chunk, lr=lr, pi=pi, sigma1=sigma1, sigma2=sigma2,
             init_scale=init_scale, noise=noise, scale_lr_factor=scale_lr_factor, kl_size=kl_size,
-            lr_final_factor=lr_final_factor,
+            lr_final_factor=lr_final_factor, lr_decay_steps=lr_decay_steps,
         )  # fmt: skip
-        if lr_decay_steps < 1:
-            raise ValueError(f"lr_decay_steps must be >= 1, got {lr_decay_steps}")
-        self._lr_decay_steps = lr_decay_steps
         if contexts.dim() != 2 or edible.shape != contexts.shape[:1]:
             raise ValueError(
                 f"contexts must be (N, D) and edible (N,), got {tuple(contexts.shape)} and "
@@ -207,6 +205,7 @@ class LockstepBandit:
             )
         self.kl_scheme, self.learn_noise = kl_scheme, learn_noise
         base: dict[str, float | str] = {"lr": lr, "lr_final_factor": lr_final_factor}
+        base |= {"lr_decay_steps": lr_decay_steps}
         base |= {"pi": pi, "sigma1": sigma1, "sigma2": sigma2}
         base |= {"init_scale": init_scale, "noise": noise, "scale_lr_factor": scale_lr_factor}
         base |= {"kl_size": kl_size}
@@ -225,7 +224,8 @@ class LockstepBandit:
         """``(agent, seed)`` of each member, in the order of the member dimensions."""
         self.num_bbb = len(bbb)
         self.settings = {a: settings[a] for a in agents}
-        """Each agent's ``lr`` and ``lr_final_factor`` (and a ``bbb`` agent's prior, initial
+        """Each agent's ``lr``, ``lr_final_factor`` and ``lr_decay_steps`` (and a ``bbb`` agent's
+        prior, initial
         scale, noise, scales' rate factor and ``kl_size``): the arguments with ``overrides``
         applied."""
         num = len(self.members)
@@ -265,13 +265,17 @@ class LockstepBandit:
         lrs = [settings[a]["lr"] for a, _ in self.members]
         rho_lrs = [settings[a]["lr"] * settings[a]["scale_lr_factor"] for a, _ in bbb]
         logs = [math.log(settings[a]["lr_final_factor"]) for a, _ in self.members]
+        lengths = [float(settings[a]["lr_decay_steps"]) for a, _ in self.members]
         self._lr: float | Tensor = lrs[0]
         self._lr_log_factor: float | Tensor = logs[0]
+        self._lr_decay_steps: float | Tensor = lengths[0]
         self._decays = any(logs)  # False: every member at a constant rate
         if len(set(lrs + rho_lrs)) > 1:
             self._lr = self._per_element(lrs, rho_lrs).to(device)
         if len(set(logs)) > 1:
             self._lr_log_factor = self._per_element(logs, logs[: self.num_bbb]).to(device)
+        if len(set(lengths)) > 1:
+            self._lr_decay_steps = self._per_element(lengths, lengths[: self.num_bbb]).to(device)
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -749,9 +753,11 @@ def _agent_settings(
 def _check_values(**values: Any) -> None:
     """Raise ``ValueError`` naming the first bad value of :data:`BBB_SETTINGS`."""
     check_kl_size(values["kl_size"])
-    for name in (n for n in BBB_SETTINGS if n not in ("pi", "kl_size")):
+    for name in (n for n in BBB_SETTINGS if n not in ("pi", "kl_size", "lr_decay_steps")):
         if not values[name] > 0:
             raise ValueError(f"{name} must be > 0, got {values[name]}")
+    if not values["lr_decay_steps"] >= 1:
+        raise ValueError(f"lr_decay_steps must be >= 1, got {values['lr_decay_steps']}")
     if not 0 < values["pi"] < 1:
         raise ValueError(f"pi must be in (0, 1), got {values['pi']}")
 

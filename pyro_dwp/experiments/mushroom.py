@@ -84,8 +84,8 @@ def parse_agent(name: str) -> str:
 
 
 _VARIANT_KEYS = (
-    "lr", "lr-final-factor", "pi", "neg-log-sigma1", "neg-log-sigma2", "init-scale", "noise",
-    "scale-lr-factor", "kl-size",
+    "lr", "lr-final-factor", "lr-decay-steps", "pi", "neg-log-sigma1", "neg-log-sigma2",
+    "init-scale", "noise", "scale-lr-factor", "kl-size",
 )  # fmt: skip
 
 
