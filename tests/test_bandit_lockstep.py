@@ -457,7 +457,7 @@ def test_bad_inputs_are_refused():
 @pytest.mark.parametrize("variant", [False, True], ids=["shared_settings", "variant"])
 def test_the_captured_step_equals_the_eager_step(variant):
     # with a variant, the prior, noise, learning rates (its scales' at their own rate) and the
-    # rates' decay factors are per-member tensors in the graph
+    # rates' decay factors and lengths are per-member tensors in the graph
     agents = ("bbb", "greedy", "eps0.05", *(("bbb:v",) if variant else ()))
     variant_rates = {"lr": 0.05, "scale_lr_factor": 0.1, "lr_final_factor": 0.1}
     variant_rates |= {"lr_decay_steps": 2}

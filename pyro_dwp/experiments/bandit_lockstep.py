@@ -225,9 +225,8 @@ class LockstepBandit:
         self.num_bbb = len(bbb)
         self.settings = {a: settings[a] for a in agents}
         """Each agent's ``lr``, ``lr_final_factor`` and ``lr_decay_steps`` (and a ``bbb`` agent's
-        prior, initial
-        scale, noise, scales' rate factor and ``kl_size``): the arguments with ``overrides``
-        applied."""
+        prior, initial scale, noise, scales' rate factor and ``kl_size``): the arguments with
+        ``overrides`` applied."""
         num = len(self.members)
         contexts, edible = contexts.detach().cpu().float(), edible.detach().cpu().bool()
         context_dim = contexts.shape[1]
