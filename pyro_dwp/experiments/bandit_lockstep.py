@@ -265,16 +265,10 @@ class LockstepBandit:
         rho_lrs = [settings[a]["lr"] * settings[a]["scale_lr_factor"] for a, _ in bbb]
         logs = [math.log(settings[a]["lr_final_factor"]) for a, _ in self.members]
         lengths = [float(settings[a]["lr_decay_steps"]) for a, _ in self.members]
-        self._lr: float | Tensor = lrs[0]
-        self._lr_log_factor: float | Tensor = logs[0]
-        self._lr_decay_steps: float | Tensor = lengths[0]
+        self._lr = self._per_element(lrs, rho_lrs)
+        self._lr_log_factor = self._per_element(logs)
+        self._lr_decay_steps = self._per_element(lengths)
         self._decays = any(logs)  # False: every member at a constant rate
-        if len(set(lrs + rho_lrs)) > 1:
-            self._lr = self._per_element(lrs, rho_lrs).to(device)
-        if len(set(logs)) > 1:
-            self._lr_log_factor = self._per_element(logs, logs[: self.num_bbb]).to(device)
-        if len(set(lengths)) > 1:
-            self._lr_decay_steps = self._per_element(lengths, lengths[: self.num_bbb]).to(device)
         self.params = flat.to(device).requires_grad_()
         """The flat parameter vector (see the class docstring); a leaf updated in place."""
         self._adam_m = torch.zeros_like(self.params, requires_grad=False)
@@ -605,15 +599,22 @@ class LockstepBandit:
             (grad,) = torch.autograd.grad(loss, self.params)
         self._adam(grad, rate)
 
-    def _per_element(self, values: list[float], rho_values: list[float]) -> Tensor:
+    def _per_element(
+        self, values: list[float], rho_values: list[float] | None = None
+    ) -> float | Tensor:
         """Per-member values spread over the flat layout: ``values`` (one per member, in
         :attr:`members`' order) for ``mu`` and the other members' weights, ``rho_values`` (one
-        per ``bbb`` member) for ``rho``, and ``values`` again for the log noise under
-        ``learn_noise``. Returns ``(numel of params,)``."""
+        per ``bbb`` member; default: the ``bbb`` members' ``values``) for ``rho``, and
+        ``values`` again for the log noise under ``learn_noise``. Returns the one number where
+        every element shares it, else a device tensor ``(numel of params,)``."""
         nb = self.num_bbb
+        rho_values = values[:nb] if rho_values is None else rho_values
+        if len(set(values + rho_values)) == 1:
+            return values[0]
         per_member = torch.tensor(values[:nb] + rho_values + values[nb:])
         noise = torch.tensor(values[:nb] if self.learn_noise else [])
-        return torch.cat([per_member.repeat_interleave(self.num_weights), noise])
+        spread = torch.cat([per_member.repeat_interleave(self.num_weights), noise])
+        return spread.to(self.device)
 
     def _rate(self) -> float | Tensor:
         """Adam's rate of this step: the rate, or per element the rates, times the decay
