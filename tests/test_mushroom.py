@@ -6,6 +6,7 @@ repository) and are skipped if it is absent; the others use hand-made rows.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ from pyro_dwp.data.mushroom import (
     find_mushroom_file,
     load_mushroom,
 )
+from pyro_dwp.experiments import mushroom
 from pyro_dwp.experiments.bandits import (
     EAT,
     PASS,
@@ -476,6 +478,45 @@ def test_the_scale_lr_factor_is_a_setting_only_when_not_the_default(
     assert "--scale-lr-factor must be > 0, got 0.0" in capsys.readouterr().err
 
 
+def test_the_tuned_preset_runs_as_its_flags_spelled_out(tmp_path: Path, data_dir: Path):
+    spelled = ("--engine", "lockstep", "--kl-size", "capacity", "--lr-final-factor", "0.01")
+    spelled += ("--lr-decay-steps", "3000", "--scale-lr-factor", "0.1")
+    short = ("--steps", "20", "--agents", "bbb", "greedy")
+    assert _job(tmp_path / "a", data_dir, "--preset", "tuned", *short) == 0
+    assert _job(tmp_path / "b", data_dir, "--preset", "paper", *spelled, *short) == 0
+    a = json.loads((tmp_path / "a" / "regret.json").read_text())
+    b = json.loads((tmp_path / "b" / "regret.json").read_text())
+    assert a["curves"] == b["curves"] and a["regret"] == b["regret"]
+    assert a["settings"] == {**b["settings"], "preset": "tuned"}
+    assert a["settings"]["kl_size"] == "capacity" and a["settings"]["lr_decay_steps"] == 3000
+
+
+def test_a_preset_fills_only_the_options_left_unset():
+    parser = argparse.ArgumentParser()
+    mushroom.add_arguments(parser)
+    quick = parser.parse_args(["--out", "x"])
+    mushroom.apply_preset(quick)
+    assert (quick.steps, quick.num_batches, quick.engine, quick.kl_size) == (
+        2000, 4, "compiled", "buffer"
+    )  # fmt: skip
+    assert (quick.lr_final_factor, quick.lr_decay_steps, quick.scale_lr_factor) == (1, 10_000, 1)
+    tuned = parser.parse_args(["--out", "x", "--preset", "tuned", "--lr-decay-steps", "500"])
+    mushroom.apply_preset(tuned)
+    assert (tuned.steps, tuned.num_batches, tuned.engine, tuned.kl_size) == (
+        50_000, 64, "lockstep", "capacity"
+    )  # fmt: skip
+    assert (tuned.lr_final_factor, tuned.lr_decay_steps, tuned.scale_lr_factor) == (0.01, 500, 0.1)
+
+
+def test_the_tuned_preset_under_another_engine_names_the_preset(
+    tmp_path: Path, data_dir: Path, capsys
+):
+    assert _job(tmp_path, data_dir, "--preset", "tuned", "--engine", "compiled") == 1
+    err = capsys.readouterr().err
+    assert "--lr-final-factor 0.01 (--preset tuned) needs --engine lockstep" in err
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
 @pytest.mark.parametrize("engine", ["pyro", "compiled"])
 def test_the_bbb_agents_scales_learn_at_their_own_rate(engine, one_thread):
     # Adam's first update moves a parameter by its rate times g / (|g| + 1e-8): by about the
@@ -539,7 +580,7 @@ def test_the_lockstep_job_runs_several_seeds_in_one_process(tmp_path: Path, data
     [
         (("--seeds", "0", "1"), "--seeds with several seeds needs --engine lockstep"),
         (("--seeds", "2", "2", "--engine", "lockstep"), "--seeds names a seed twice"),
-        (("--lr-final-factor", "0.1"), "--lr-final-factor needs --engine lockstep"),
+        (("--lr-final-factor", "0.1"), "--lr-final-factor 0.1 needs --engine lockstep"),
         (("--engine", "lockstep", "--lr-final-factor", "0"), "--lr-final-factor must be > 0"),
         (("--engine", "lockstep", "--lr-decay-steps", "0"), "--lr-decay-steps must be >= 1"),
     ],

@@ -42,13 +42,41 @@ from pyro_dwp.io import (
     write_json,
 )
 
-__all__ = ["PAPER_REGRET", "PRESETS", "add_arguments", "run", "parse_agent"]
+__all__ = [
+    "PAPER_REGRET",
+    "PRESETS",
+    "add_arguments",
+    "apply_preset",
+    "parse_agent",
+    "preset_value",
+    "run",
+]
 
-PRESETS: dict[str, dict[str, int]] = {
+_PAPER = {"steps": 50_000, "num_batches": 64}
+PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"steps": 2000, "num_batches": 4},
-    "paper": {"steps": 50_000, "num_batches": 64},
+    "paper": _PAPER,
+    "tuned": {
+        **_PAPER,
+        "engine": "lockstep",
+        "kl_size": "capacity",
+        "lr_final_factor": 0.01,
+        "lr_decay_steps": 3000,
+        "scale_lr_factor": 0.1,
+    },
 }
-"""Option values of each preset."""
+"""Option values of each preset: ``quick`` for a CPU, ``paper`` the paper's protocol, ``tuned`` the
+paper's protocol with the lowest BBB regret measured (``benchmarks/results/mushroom.md``: 4,851
+at 50,000 steps, seeds 0-3): the KL weighted as for a full buffer from the first step, every
+agent's rate decayed to 1e-5 over 3,000 steps, BBB's scales at a tenth of that rate."""
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "engine": "compiled",
+    "kl_size": "buffer",
+    "lr_final_factor": 1.0,
+    "lr_decay_steps": 10_000,
+    "scale_lr_factor": 1.0,
+}
+"""The values of the options a preset may set, where the preset does not."""
 PAPER_REGRET = {"bbb": 5_700, "greedy": 8_000, "eps0.01": 18_000, "eps0.05": 38_000}
 """Cumulative regret at 50,000 steps read off the paper's Figure 5 (approximate)."""
 _RECORD_EVERY = 100
@@ -156,7 +184,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=["bbb", "greedy", "eps0.01", "eps0.05"],
         help="bbb (Thompson sampling), greedy, eps<E> (epsilon-greedy)",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="quick: 2,000 steps of 4 minibatches (a CPU); paper: 50,000 steps of 64 (a GPU); "
+        "tuned: paper with --engine lockstep --kl-size capacity --lr-final-factor 0.01 "
+        "--lr-decay-steps 3000 --scale-lr-factor 0.1, the lowest BBB regret measured "
+        "(default: quick)",
+    )
     o = p.add_argument_group("overrides of the preset (default: the preset's value)")
     o.add_argument("--steps", type=int, help="bandit steps (quick 2,000; paper 50,000)")
     o.add_argument("--num-batches", type=int, help="minibatches per step (quick 4; paper 64)")
@@ -167,20 +203,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr-final-factor",
         type=float,
-        default=1.0,
         help="lockstep: every agent's rate decays geometrically to this factor of --lr over the "
-        "first --lr-decay-steps steps, then stays (default: 1, a constant rate)",
+        "first --lr-decay-steps steps, then stays (default: the preset's, else 1, a constant "
+        "rate)",
     )
     p.add_argument(
-        "--lr-decay-steps", type=int, default=10_000, help="steps of the --lr-final-factor decay"
+        "--lr-decay-steps",
+        type=int,
+        help="steps of the --lr-final-factor decay (default: the preset's, else 10,000)",
     )
     p.add_argument(
         "--scale-lr-factor",
         type=float,
-        default=1.0,
         help="BBB: the posterior scales (rho) learn at this factor times --lr, the means at --lr "
         "(Adam moves each parameter by about its rate per update, whatever its gradient: a "
-        "factor below 1 slows the scales' drift towards the prior)",
+        "factor below 1 slows the scales' drift towards the prior) (default: the preset's, "
+        "else 1)",
     )
     p.add_argument("--particles", type=int, default=2, help="BBB weight samples per SVI step")
     p.add_argument("--pi", type=float, default=0.5, help="scale-mixture weight pi")
@@ -191,11 +229,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kl-size",
         choices=get_args(KLSize),
-        default="buffer",
         help="BBB: the dataset size N that weights the KL: the interactions in the buffer (at "
         "most --buffer-size), every interaction seen so far (the buffer standing for all of "
         "them), or --buffer-size from the first step on (a step's minibatches standing for a "
-        "full buffer however few interactions it holds yet) (default: buffer)",
+        "full buffer however few interactions it holds yet) (default: the preset's, else "
+        "buffer)",
     )
     p.add_argument(
         "--kl-scheme",
@@ -235,13 +273,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
         choices=["pyro", "compiled", "lockstep"],
-        default="compiled",
         help="pyro: one agent object each, the BBB agent's SVI steps by Pyro's SVI; compiled: "
         "the same steps compiled to plain PyTorch (pyro_dwp.infer.compiled; equal to float "
         "rounding, and a third faster on a CPU; a run resumes under either of the two); "
         "lockstep: every agent and seed as one batched network, a step captured as a CUDA graph "
         "on --device cuda (pyro_dwp.experiments.bandit_lockstep: the same losses and updates, "
-        "its own random draws; its checkpoints resume under lockstep only) (default: compiled)",
+        "its own random draws; its checkpoints resume under lockstep only) (default: the "
+        "preset's, else compiled)",
     )
     p.add_argument(
         "--threads",
@@ -278,9 +316,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     # stop at the first checkpoint past this (--max-minutes)
     deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes
     check_device(args.device)
-    for flag in ("steps", "num_batches"):
-        if getattr(args, flag) is None:
-            setattr(args, flag, PRESETS[args.preset][flag])
+    apply_preset(args)
     _check_args(args)
     out: Path = prepare_out(args.out, "mushroom")
     # the seeds as settings: --seed alone as before (so older runs resume), else --seeds
@@ -531,6 +567,20 @@ def _steps(args: argparse.Namespace, start: int, checkpoint: Checkpoint) -> Any:
     )
 
 
+def preset_value(preset: str, flag: str) -> Any:
+    """The value of option ``flag`` (``"engine"``, ``"steps"``, ...) under ``preset``: the
+    preset's (:data:`PRESETS`), else the option's own default."""
+    return PRESETS[preset].get(flag, _OPTION_DEFAULTS.get(flag))
+
+
+def apply_preset(args: argparse.Namespace) -> None:
+    """Fill the options left unset (``None``) with their values under ``args.preset``, in
+    place."""
+    for flag in ("steps", "num_batches", *_OPTION_DEFAULTS):
+        if getattr(args, flag) is None:
+            setattr(args, flag, preset_value(args.preset, flag))
+
+
 def _check_args(args: argparse.Namespace) -> None:
     for flag in ("steps", "num_batches", "batch_size", "buffer_size", "particles"):
         value = getattr(args, flag)
@@ -557,7 +607,11 @@ def _check_args(args: argparse.Namespace) -> None:
                 "run one seed at a time (--seed) under it"
             )
     if args.lr_final_factor != 1 and args.engine != "lockstep":
-        raise ValueError(f"--lr-final-factor needs --engine lockstep, got --engine {args.engine}")
+        origin = f" (--preset {args.preset})" if "lr_final_factor" in PRESETS[args.preset] else ""
+        raise ValueError(
+            f"--lr-final-factor {args.lr_final_factor}{origin} needs --engine lockstep, got "
+            f"--engine {args.engine}"
+        )
     if args.lr_decay_steps < 1:
         raise ValueError(f"--lr-decay-steps must be >= 1, got {args.lr_decay_steps}")
     for flag in ("lr", "init_scale", "noise", "scale_lr_factor", "lr_final_factor"):

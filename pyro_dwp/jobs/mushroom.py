@@ -6,8 +6,10 @@ online from the last ``--buffer-size`` interactions with ``--num-batches`` minib
 ``--batch-size`` per step: ``bbb`` (Bayes by Backprop, Thompson sampling), ``greedy`` and ``eps<E>``
 (epsilon-greedy, e.g. ``eps0.05``).
 
-Presets: ``quick`` (the default: 2,000 steps of 4 minibatches, for a CPU) and ``paper`` (50,000
-steps of 64 minibatches, for a GPU); ``--steps`` and ``--num-batches`` override them.
+Presets: ``quick`` (the default: 2,000 steps of 4 minibatches, for a CPU), ``paper`` (50,000
+steps of 64 minibatches, for a GPU) and ``tuned`` (``paper`` with the lowest BBB regret measured:
+``--engine lockstep --kl-size capacity --lr-final-factor 0.01 --lr-decay-steps 3000
+--scale-lr-factor 0.1``); a flag given overrides its preset's value.
 
 Writes to ``--out``: ``regret.json`` (settings, steps done and, per agent, the cumulative regret
 every 100 steps and at the end), ``regret.md`` (the table at the last step, beside the paper's
