@@ -118,9 +118,10 @@ _VARIANT_KEYS = (
 
 
 _LATER_OPTIONS: dict[str, Any] = {
-    "kl_size": "buffer", "kl_scheme": "uniform", "bbb_variant": None, "scale_lr_factor": 1.0,
-    "lr_final_factor": 1.0, "lr_decay_steps": 10_000,
-}  # fmt: skip
+    "kl_scheme": "uniform",
+    "bbb_variant": None,
+    **{k: v for k, v in _OPTION_DEFAULTS.items() if k != "engine"},
+}
 """Options added after the job's first runs, with their defaults: a setting only when not at
 the default, so that runs from before an option resume under it."""
 
