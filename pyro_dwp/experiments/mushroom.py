@@ -189,10 +189,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset",
         choices=sorted(PRESETS),
         default="quick",
-        help="quick: 2,000 steps of 4 minibatches (a CPU); paper: 50,000 steps of 64 (a GPU); "
-        "tuned: paper with --engine lockstep --kl-size capacity --lr-final-factor 0.01 "
-        "--lr-decay-steps 3000 --scale-lr-factor 0.1, the lowest BBB regret measured "
-        "(default: quick)",
+        help="; ".join(f"{name}: {_as_flags(values)}" for name, values in PRESETS.items())
+        + " (quick for a CPU, paper the paper's protocol for a GPU, tuned the lowest BBB regret "
+        "measured) (default: quick)",
     )
     o = p.add_argument_group("overrides of the preset (default: the preset's value)")
     o.add_argument("--steps", type=int, help="bandit steps (quick 2,000; paper 50,000)")
@@ -568,6 +567,11 @@ def _steps(args: argparse.Namespace, start: int, checkpoint: Checkpoint) -> Any:
     )
 
 
+def _as_flags(values: dict[str, Any]) -> str:
+    """``{"num_batches": 64}`` as ``--num-batches 64``."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+
+
 def preset_value(preset: str, flag: str) -> Any:
     """The value of option ``flag`` (``"engine"``, ``"steps"``, ...) under ``preset``: the
     preset's (:data:`PRESETS`), else the option's own default."""
@@ -608,7 +612,8 @@ def _check_args(args: argparse.Namespace) -> None:
                 "run one seed at a time (--seed) under it"
             )
     if args.lr_final_factor != 1 and args.engine != "lockstep":
-        origin = f" (--preset {args.preset})" if "lr_final_factor" in PRESETS[args.preset] else ""
+        from_preset = PRESETS[args.preset].get("lr_final_factor") == args.lr_final_factor
+        origin = f" (--preset {args.preset})" if from_preset else ""
         raise ValueError(
             f"--lr-final-factor {args.lr_final_factor}{origin} needs --engine lockstep, got "
             f"--engine {args.engine}"
