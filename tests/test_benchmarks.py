@@ -36,16 +36,35 @@ def _results(tmp: Path) -> list[str]:
     return options(results_dir=tmp / "results")
 
 
+def _untrained_prior(tmp: Path) -> Path:
+    """A folder ``tmp/prior`` with untrained kernel VAEs of both layers."""
+    prior = tmp / "prior"
+    prior.mkdir(parents=True)
+    save_kernel_vae(prior / "vae_conv1.pt", KernelVAE(7, 2, 4))
+    save_kernel_vae(prior / "vae_conv2.pt", KernelVAE(5, 2, 4))
+    return prior
+
+
 def _dwp_mnist(tmp: Path) -> list[str]:
     """The classifier stage only, on untrained kernel VAEs (the source nets and the VAEs are
     the ``dwp-source`` / ``dwp-prior`` jobs, tested on their own)."""
-    prior = tmp / "prior"
-    prior.mkdir()
-    save_kernel_vae(prior / "vae_conv1.pt", KernelVAE(7, 2, 4))
-    save_kernel_vae(prior / "vae_conv2.pt", KernelVAE(5, 2, 4))
+    prior = _untrained_prior(tmp)
     tiny = options(stages="classify", prior_dir=prior, epochs=1, n_train=10, seeds=0, n_test=50)
     tiny += options(test_samples=2, channels=(2, 3))
     return [*tiny, "--device", "cpu", "--work-dir", str(tmp / "work"), *data_args(), *_results(tmp)]
+
+
+def _dwp_prior_screen(tmp: Path, seeds: str = "0", grid_epochs: int = 1) -> list[str]:
+    """Untrained kernel VAEs on N = 10 cells, paired with a made-up grid whose accuracies are
+    0.5 + seed / 10 (DWP), 0.4 (normal), 0.3 (log-uniform)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    grid = tmp / "grid.json"
+    rows = [("dwp", 0.5), ("normal", 0.4), ("log-uniform", 0.3)]
+    cells = [(p, 10, s, a + s / 10 * (p == "dwp")) for p, a in rows for s in range(3)]
+    grid.write_text(json.dumps(_grid(cells, epochs=grid_epochs)))
+    tiny = options(prior=f"tiny={_untrained_prior(tmp)}", cells=f"10:{seeds}", epochs=1)
+    tiny += options(n_test=50, channels=(2, 3), grid=grid, work_dir=tmp / "work", device="cpu")
+    return [*tiny, *data_args(), *_results(tmp)]
 
 
 def _dwp_markov_chain(tmp: Path) -> list[str]:
@@ -114,6 +133,7 @@ TINY: dict[str, Argv] = {
     "dwp_code_prior.py": _dwp_code_prior,
     "dwp_markov_chain.py": _dwp_markov_chain,
     "dwp_mnist.py": _dwp_mnist,
+    "dwp_prior_screen.py": _dwp_prior_screen,
     "dwp_prior_pull.py": lambda tmp: [
         *options(prior="shipped=pretrained:notmnist", kernels=4, steps=2, every=1, threads=1),
         *_results(tmp),
@@ -174,6 +194,7 @@ NEEDS = {
     "dwp_convergence.py": ("mnist",),
     "dwp_markov_chain.py": ("mnist",),
     "dwp_mnist.py": ("mnist",),
+    "dwp_prior_screen.py": ("mnist",),
     "dwp_quick_preset.py": ("mnist",),
     "dwp_random_features.py": ("mnist",),
     "mushroom.py": ("mushroom",),
@@ -318,6 +339,39 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
     other.write_text(json.dumps(_grid([("dwp", 100, 0, 0.8)], epochs=10_000)))
     with pytest.raises(SystemExit, match="epochs 10000, but the grid's is 4000"):
         dwp_mnist.merge(tmp_path, [other])
+
+
+@needs_shared_data("mnist")
+def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads):
+    """Each candidate cell is set beside the grid's cell of the same N and seed: the paired
+    difference and its standard error from the per-seed differences; ``--collect-only`` reads the
+    same cells back and lists those not run; a grid of other epochs is refused before any cell
+    runs."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_prior_screen
+
+    result = dwp_prior_screen.main(dwp_prior_screen.parse_args(_dwp_prior_screen(tmp_path, "0,2")))
+    (row,) = result["summary"]
+    assert row["seeds"] == [0, 2] and row["grid_dwp"] == pytest.approx([0.5, 0.7])
+    assert row["grid_normal"] == [0.4, 0.4] and row["grid_log_uniform"] == [0.3, 0.3]
+    d = [100 * (a - g) for a, g in zip(row["accuracy"], row["grid_dwp"], strict=True)]
+    assert row["minus_grid_dwp"] == pytest.approx((d[0] + d[1]) / 2)
+    assert row["se"] == pytest.approx(abs(d[0] - d[1]) / 2)  # stdev of two / sqrt(2)
+    again = dwp_prior_screen.parse_args(
+        [*_dwp_prior_screen(tmp_path / "b", "0,2"), "--collect-only"]
+    )
+    again.work_dir, again.grid = tmp_path / "work", tmp_path / "grid.json"
+    assert dwp_prior_screen.main(again)["cells"] == result["cells"]
+    missing = dwp_prior_screen.parse_args(
+        [*_dwp_prior_screen(tmp_path / "c", "1"), "--collect-only"]
+    )
+    assert dwp_prior_screen.main(missing)["missing"] == [{"variant": "tiny", "n": 10, "seed": 1}]
+    other = dwp_prior_screen.parse_args(_dwp_prior_screen(tmp_path / "d", "0", grid_epochs=4000))
+    with pytest.raises(ValueError, match="the grid's epochs are 4000, these cells' 1"):
+        dwp_prior_screen.main(other)
+    assert not (tmp_path / "d" / "work").exists()
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        dwp_prior_screen.paired([0.5], [0.5, 0.6])
 
 
 def test_code_prior_mixture_density_against_torch_distributions():

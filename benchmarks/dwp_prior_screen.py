@@ -1,0 +1,221 @@
+"""Screen candidate deep weight priors on chosen cells of the MNIST grid, paired with the grid.
+
+Each ``--prior NAME=DIR`` (a folder with ``vae_conv1.pt`` and ``vae_conv2.pt``: a ``dwp-prior``
+output, or one layer's new VAE beside the shipped prior's other) runs as the grid runs the deep
+weight prior (``dwp-classify --priors dwp --guide-init dwp --reverse trainable --epochs E``, the
+test-time ensemble of ``--evaluation``) on the ``(N, seed)`` cells of ``--cells``, one process
+per cell, ``--workers`` at a time, in ``--work-dir/NAME_nN_sS`` (resumable: a rerun keeps the
+finished cells and trains an interrupted one on from its checkpoint). Each candidate's accuracy
+is then set beside the grid's cells of the same N and seeds (``--grid``: the shipped prior's
+DWP and both baselines): per seed, the mean, and the paired difference to the grid's DWP with
+its standard error. A grid of another protocol (epochs, evaluation) is refused: the pairing
+would compare two protocols. Writes ``--results-dir/NAME.json`` and ``NAME.md``::
+
+    python benchmarks/dwp_prior_screen.py --prior z2=runs/v_z2 --cells 1000:6,8,9 200:0,1 \\
+        --engine compiled --device cuda --workers 20 --name dwp_conv1_screen
+
+``--collect-only`` runs nothing and summarises the cells found in ``--work-dir`` (cells run by
+hand with the command above, each ``--out`` named ``NAME_nN_sS``); a cell not there is listed
+as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import get_args
+
+import torch
+from devices import run_processes, visible_gpus
+
+from pyro_dwp.experiments.classification import EVALUATIONS
+from pyro_dwp.experiments.dwp_classify import RESULTS
+from pyro_dwp.infer.fit import Engine
+
+__all__ = ["main", "paired", "parse_args"]
+
+RESULTS_DIR = Path(__file__).parent / "results"
+BASELINES = ("dwp", "normal", "log-uniform")  # the grid's rows set beside each candidate
+
+
+def _prior(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"--prior takes NAME=DIR, got {text!r}")
+    return name, Path(folder)
+
+
+def _cells(text: str) -> tuple[int, list[int]]:
+    n, sep, seeds = text.partition(":")
+    try:
+        return int(n), [int(s) for s in seeds.split(",")] if sep else []
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cells takes N:S,S,..., got {text!r}") from None
+
+
+def _cell_dir(work: Path, name: str, n: int, seed: int) -> Path:
+    return work / f"{name}_n{n}_s{seed}"
+
+
+def paired(candidate: list[float], reference: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error of ``candidate - reference`` per seed, in points (x 100); the
+    error is ``None`` for one seed."""
+    if len(candidate) != len(reference) or not candidate:
+        raise ValueError(f"paired needs equal, non-empty lists: {candidate}, {reference}")
+    d = [100 * (a - b) for a, b in zip(candidate, reference, strict=True)]
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+    return statistics.fmean(d), se
+
+
+def _argv(args: argparse.Namespace, folder: object, n: object, seed: object, out: object) -> list:
+    """The ``dwp-classify`` command line of one cell (placeholders give the recorded template)."""
+    argv: list[object] = ["dwp-classify", "--vae-dir", folder, "--priors", "dwp"]
+    argv += ["--guide-init", "dwp", "--reverse", "trainable", "--n-train", n, "--seeds", seed]
+    argv += ["--epochs", args.epochs, "--evaluation", args.evaluation, "--engine", args.engine]
+    if args.n_test is not None:
+        argv += ["--n-test", args.n_test]
+    if args.channels is not None:
+        argv += ["--channels", *args.channels]
+    if args.data_dir is not None:
+        argv += ["--data-dir", args.data_dir]
+    return [*argv, "--device", args.device, "--out", out, "--no-progress"]
+
+
+def _commands(args: argparse.Namespace) -> list[tuple[str, int, int, list[object]]]:
+    """``[(name, N, seed, dwp-classify argv)]`` of every cell."""
+    return [
+        (name, n, seed, _argv(args, folder, n, seed, _cell_dir(args.work_dir, name, n, seed)))
+        for name, folder in args.prior
+        for n, seeds in args.cells
+        for seed in seeds
+    ]
+
+
+def _grid(path: Path, epochs: int, evaluation: str) -> dict[tuple[str, int, int], float]:
+    """``{(prior, N, seed): accuracy}`` of the grid's json; refused if its protocol differs."""
+    grid = json.loads(path.read_text())
+    if grid.get("epochs") != epochs:
+        raise ValueError(
+            f"{path}: the grid's epochs are {grid.get('epochs')}, these cells' {epochs}"
+        )
+    if evaluation != "lrt":  # the grid's evaluation is recorded in words; lrt is its only one
+        raise ValueError(f"the grid is evaluated with lrt; --evaluation {evaluation} is another")
+    return {(c["prior"], c["n"], c["seed"]): c["accuracy"] for c in grid["cells"]}
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Run (unless ``--collect-only``) and summarise the cells; return (and write) the result."""
+    grid = _grid(args.grid, args.epochs, args.evaluation)  # before any cell runs
+    jobs = _commands(args)
+    seconds = None
+    if not args.collect_only:
+        seconds = run_processes([j[3] for j in jobs], args.workers, visible_gpus(args.device))
+    cells, missing = [], []
+    for name, n, seed, _ in jobs:
+        path = _cell_dir(args.work_dir, name, n, seed) / RESULTS
+        if not path.exists():
+            missing.append({"variant": name, "n": n, "seed": seed})
+            continue
+        (cell,) = [c for c in json.loads(path.read_text())["cells"] if c["prior"] == "dwp"]
+        cells.append({**cell, "variant": name})
+    summary = []
+    for name, _ in args.prior:
+        for n, _ in args.cells:
+            mine = sorted(
+                (c for c in cells if c["variant"] == name and c["n"] == n), key=lambda c: c["seed"]
+            )
+            seeds = [c["seed"] for c in mine if all((p, n, c["seed"]) in grid for p in BASELINES)]
+            if not seeds:
+                continue
+            accuracy = [c["accuracy"] for c in mine if c["seed"] in seeds]
+            row = {"variant": name, "n": n, "seeds": seeds, "accuracy": accuracy}
+            row["mean"] = statistics.fmean(accuracy)
+            for p in BASELINES:
+                row[f"grid_{p.replace('-', '_')}"] = [grid[(p, n, s)] for s in seeds]
+            row["minus_grid_dwp"], row["se"] = paired(accuracy, row["grid_dwp"])
+            row["minus_grid_normal"], _ = paired(accuracy, row["grid_normal"])
+            summary.append(row)
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "device": args.device_text
+        or (torch.cuda.get_device_name() if args.device == "cuda" else "cpu"),
+        "command": args.command_text
+        or "pyro-dwp " + " ".join(map(str, _argv(args, "DIR", "N", "S", "WORK/NAME_nN_sS"))),
+        "epochs": args.epochs,
+        "evaluation": args.evaluation,
+        "grid": str(args.grid),
+        "variants": {name: str(folder) for name, folder in args.prior},
+        "notes": args.note,
+        "seconds": seconds,
+        "summary": summary,
+        "missing": missing,
+        "cells": cells,
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results_dir / f"{args.name}.md").write_text(_markdown(result))
+    print((args.results_dir / f"{args.name}.md").read_text())
+    return result
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        f"# Candidate deep weight priors on cells of the MNIST grid ({result['date']}, "
+        f"{result['device']})",
+        "",
+        f"- command per cell: `{result['command']}`",
+        f"- epochs {result['epochs']}, test-time evaluation {result['evaluation']}; paired with "
+        f"the cells of the same N and seed in `{result['grid']}` (same protocol)",
+        *(f"- `{k}`: {v}" for k, v in result["variants"].items()),
+        *(f"- {note}" for note in result["notes"]),
+        "",
+        "| N | variant | seeds | per seed | mean | minus grid DWP, points (SE) | grid DWP | grid "
+        "normal | minus grid normal, points |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(result["summary"], key=lambda r: (r["n"], r["variant"])):
+        se = "" if r["se"] is None else f" ({r['se']:.2f})"
+        lines.append(
+            f"| {r['n']} | {r['variant']} | {','.join(map(str, r['seeds']))} | "
+            f"{' '.join(f'{a:.4f}' for a in r['accuracy'])} | {r['mean']:.4f} | "
+            f"{r['minus_grid_dwp']:+.2f}{se} | {statistics.fmean(r['grid_dwp']):.4f} | "
+            f"{statistics.fmean(r['grid_normal']):.4f} | {r['minus_grid_normal']:+.2f} |"
+        )
+    if result["missing"]:
+        gone = ", ".join(f"{m['variant']} N={m['n']} seed {m['seed']}" for m in result["missing"])
+        lines += ["", f"Not finished (no result): {gone}."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--prior", type=_prior, nargs="+", required=True, metavar="NAME=DIR")
+    p.add_argument("--cells", type=_cells, nargs="+", required=True, metavar="N:S,S")
+    p.add_argument("--epochs", type=int, default=4000, help="per cell (the grid's)")
+    p.add_argument("--evaluation", choices=list(EVALUATIONS), default="lrt")
+    p.add_argument("--engine", choices=list(get_args(Engine)), default="pyro")
+    p.add_argument("--n-test", type=int, default=None, help="dwp-classify --n-test (all)")
+    p.add_argument("--channels", type=int, nargs=2, default=None, help="dwp-classify --channels")
+    p.add_argument("--grid", type=Path, default=RESULTS_DIR / "dwp_mnist.json")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    p.add_argument("--workers", type=int, default=1, help="cells run side by side")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/dwp_prior_screen"))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--collect-only", action="store_true", help="summarise what --work-dir holds")
+    p.add_argument("--command-text", default=None, help="the command to record (collect-only)")
+    p.add_argument("--device-text", default=None, help="the device to record (collect-only)")
+    p.add_argument("--note", action="append", default=[], help="a line for the table's header")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--name", default="dwp_prior_screen", help="output file stem")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.workers < 1 or any(not seeds for _, seeds in args.cells):
+        p.error("--epochs and --workers must be >= 1, and every --cells entry needs seeds")
+    return args
+
+
+if __name__ == "__main__":
+    main(parse_args())
