@@ -8,15 +8,23 @@ per cell, ``--workers`` at a time, in ``--work-dir/NAME_nN_sS`` (resumable: a re
 finished cells and trains an interrupted one on from its checkpoint). Each candidate's accuracy
 is then set beside the grid's cells of the same N and seeds (``--grid``: the shipped prior's
 DWP and both baselines): per seed, the mean, and the paired difference to the grid's DWP with
-its standard error. A grid of another protocol (epochs, evaluation) is refused: the pairing
-would compare two protocols. Writes ``--results-dir/NAME.json`` and ``NAME.md``::
+its standard error. A grid of another protocol (epochs, evaluation, channels, test set) is
+refused: the pairing would compare two protocols. Writes ``--results-dir/STEM.{json,md}``
+(``--name STEM``)::
 
     python benchmarks/dwp_prior_screen.py --prior z2=runs/v_z2 --cells 1000:6,8,9 200:0,1 \\
         --engine compiled --device cuda --workers 20 --name dwp_conv1_screen
 
-``--collect-only`` runs nothing and summarises the cells found in ``--work-dir`` (cells run by
-hand with the command above, each ``--out`` named ``NAME_nN_sS``); a cell not there is listed
-as missing.
+``--grid none --reference NAME`` pairs the variants with the cells of ``NAME`` of this run
+instead (for another protocol than the grid's: other epochs, ``--channels``, ``--n-test``)::
+
+    python benchmarks/dwp_prior_screen.py --prior shipped=pyro_dwp/pretrained/notmnist \\
+        z2=DIR --reference shipped --grid none --cells 100:0,1,2 --epochs 500 --channels 32 16 \\
+        --n-test 2000 --device cpu --workers 2
+
+``--collect-only`` runs nothing and summarises the cells found in ``--work-dir``: in
+``NAME_nN_sS`` (a cell run by hand with the command above) or else in ``NAME`` (one
+``dwp-classify`` run of a variant's cells); a cell in neither is listed as missing.
 """
 
 from __future__ import annotations
@@ -95,50 +103,88 @@ def _commands(args: argparse.Namespace) -> list[tuple[str, int, int, list[object
     ]
 
 
-def _grid(path: Path, epochs: int, evaluation: str) -> dict[tuple[str, int, int], float]:
-    """``{(prior, N, seed): accuracy}`` of the grid's json; refused if its protocol differs."""
-    grid = json.loads(path.read_text())
-    if grid.get("epochs") != epochs:
+def _grid(args: argparse.Namespace) -> dict | None:
+    """The grid's json (``None`` without one); refused if its protocol is not these cells'."""
+    if args.grid is None:
+        return None
+    grid = json.loads(args.grid.read_text())
+    if grid.get("epochs") != args.epochs:
         raise ValueError(
-            f"{path}: the grid's epochs are {grid.get('epochs')}, these cells' {epochs}"
+            f"{args.grid}: the grid's epochs are {grid.get('epochs')}, these cells' {args.epochs}"
         )
-    if evaluation != "lrt":  # the grid's evaluation is recorded in words; lrt is its only one
-        raise ValueError(f"the grid is evaluated with lrt; --evaluation {evaluation} is another")
-    return {(c["prior"], c["n"], c["seed"]): c["accuracy"] for c in grid["cells"]}
+    for key in ("channels", "n_test"):  # absent from the grid's json: the job's default
+        if getattr(args, key) != grid.get(key):
+            raise ValueError(
+                f"{args.grid}: the grid's {key} is {grid.get(key)}, these cells' "
+                f"{getattr(args, key)}; give --grid none (and --reference) for another protocol"
+            )
+    if args.evaluation != "lrt":  # the grid's evaluation is recorded in words; lrt is its only
+        raise ValueError(f"the grid is evaluated with lrt; --evaluation {args.evaluation} is not")
+    return grid
+
+
+def _find_cell(work: Path, name: str, n: int, seed: int) -> dict | None:
+    """The DWP cell of ``(N, seed)`` from ``WORK/NAME_nN_sS`` (one process per cell) or else
+    ``WORK/NAME`` (one ``dwp-classify`` run of several cells); ``None`` if neither has it."""
+    for folder in (_cell_dir(work, name, n, seed), work / name):
+        path = folder / RESULTS
+        if path.exists():
+            for cell in json.loads(path.read_text())["cells"]:
+                if (cell["prior"], cell["n"], cell["seed"]) == ("dwp", n, seed):
+                    return cell
+    return None
+
+
+def _summary_row(
+    name: str, n: int, cells: list[dict], grid: dict | None, reference: str | None
+) -> dict | None:
+    """One variant at one N: its seeds that the grid (all of :data:`BASELINES`) and the
+    reference variant also have, and the paired differences; ``None`` if no seed is left."""
+    own = {c["seed"]: c["accuracy"] for c in cells if (c["variant"], c["n"]) == (name, n)}
+    ref = {c["seed"]: c["accuracy"] for c in cells if (c["variant"], c["n"]) == (reference, n)}
+    table = {} if grid is None else {(c["prior"], c["n"], c["seed"]): c for c in grid["cells"]}
+    seeds = sorted(
+        s
+        for s in own
+        if (grid is None or all((p, n, s) in table for p in BASELINES))
+        and (reference is None or s in ref)
+    )
+    if not seeds:
+        return None
+    accuracy = [own[s] for s in seeds]
+    row: dict = {"variant": name, "n": n, "seeds": seeds, "accuracy": accuracy}
+    row["mean"] = statistics.fmean(accuracy)
+    if grid is not None:
+        for p in BASELINES:
+            row[f"grid_{p.replace('-', '_')}"] = [table[(p, n, s)]["accuracy"] for s in seeds]
+        row["minus_grid_dwp"], row["se"] = paired(accuracy, row["grid_dwp"])
+        row["minus_grid_normal"], _ = paired(accuracy, row["grid_normal"])
+        row["paper_dwp"] = grid.get("paper", {}).get("dwp", {}).get(str(n))
+    if reference is not None and name != reference:
+        row["reference"] = [ref[s] for s in seeds]
+        row["minus_reference"], row["reference_se"] = paired(accuracy, row["reference"])
+    return row
 
 
 def main(args: argparse.Namespace) -> dict:
     """Run (unless ``--collect-only``) and summarise the cells; return (and write) the result."""
-    grid = _grid(args.grid, args.epochs, args.evaluation)  # before any cell runs
+    grid = _grid(args)  # before any cell runs
     jobs = _commands(args)
     seconds = None
     if not args.collect_only:
         seconds = run_processes([j[3] for j in jobs], args.workers, visible_gpus(args.device))
     cells, missing = [], []
     for name, n, seed, _ in jobs:
-        path = _cell_dir(args.work_dir, name, n, seed) / RESULTS
-        if not path.exists():
+        cell = _find_cell(args.work_dir, name, n, seed)
+        if cell is None:
             missing.append({"variant": name, "n": n, "seed": seed})
-            continue
-        (cell,) = [c for c in json.loads(path.read_text())["cells"] if c["prior"] == "dwp"]
-        cells.append({**cell, "variant": name})
-    summary = []
-    for name, _ in args.prior:
-        for n, _ in args.cells:
-            mine = sorted(
-                (c for c in cells if c["variant"] == name and c["n"] == n), key=lambda c: c["seed"]
-            )
-            seeds = [c["seed"] for c in mine if all((p, n, c["seed"]) in grid for p in BASELINES)]
-            if not seeds:
-                continue
-            accuracy = [c["accuracy"] for c in mine if c["seed"] in seeds]
-            row = {"variant": name, "n": n, "seeds": seeds, "accuracy": accuracy}
-            row["mean"] = statistics.fmean(accuracy)
-            for p in BASELINES:
-                row[f"grid_{p.replace('-', '_')}"] = [grid[(p, n, s)] for s in seeds]
-            row["minus_grid_dwp"], row["se"] = paired(accuracy, row["grid_dwp"])
-            row["minus_grid_normal"], _ = paired(accuracy, row["grid_normal"])
-            summary.append(row)
+        else:
+            cells.append({**cell, "variant": name})
+    rows = (
+        _summary_row(name, n, cells, grid, args.reference)
+        for name, _ in args.prior
+        for n, _ in args.cells
+    )
     result = {
         "date": datetime.date.today().isoformat(),
         "device": args.device_text
@@ -147,11 +193,12 @@ def main(args: argparse.Namespace) -> dict:
         or "pyro-dwp " + " ".join(map(str, _argv(args, "DIR", "N", "S", "WORK/NAME_nN_sS"))),
         "epochs": args.epochs,
         "evaluation": args.evaluation,
-        "grid": str(args.grid),
+        "grid": None if args.grid is None else str(args.grid),
+        "reference": args.reference,
         "variants": {name: str(folder) for name, folder in args.prior},
         "notes": args.note,
         "seconds": seconds,
-        "summary": summary,
+        "summary": [row for row in rows if row is not None],
         "missing": missing,
         "cells": cells,
     }
@@ -162,29 +209,49 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
+def _points(mean: float, se: float | None) -> str:
+    return f"{mean:+.2f}" + ("" if se is None else f" ({se:.2f})")
+
+
 def _markdown(result: dict) -> str:
+    grid, reference = result["grid"], result["reference"]
+    paired_with = [f"the cells of the same N and seed in `{grid}` (same protocol)"] if grid else []
+    if reference:
+        paired_with.append(f"the cells of `{reference}` of the same N and seed (this run)")
+    header = ["N", "variant", "seeds", "per seed", "mean"]
+    if grid:
+        header += ["minus grid DWP, points (SE)", "grid DWP", "grid normal"]
+        header += ["minus grid normal, points", "paper DWP"]
+    if reference:
+        header.append(f"minus {reference}, points (SE)")
     lines = [
         f"# Candidate deep weight priors on cells of the MNIST grid ({result['date']}, "
         f"{result['device']})",
         "",
         f"- command per cell: `{result['command']}`",
         f"- epochs {result['epochs']}, test-time evaluation {result['evaluation']}; paired with "
-        f"the cells of the same N and seed in `{result['grid']}` (same protocol)",
+        + (" and ".join(paired_with) or "nothing"),
         *(f"- `{k}`: {v}" for k, v in result["variants"].items()),
         *(f"- {note}" for note in result["notes"]),
         "",
-        "| N | variant | seeds | per seed | mean | minus grid DWP, points (SE) | grid DWP | grid "
-        "normal | minus grid normal, points |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for r in sorted(result["summary"], key=lambda r: (r["n"], r["variant"])):
-        se = "" if r["se"] is None else f" ({r['se']:.2f})"
-        lines.append(
-            f"| {r['n']} | {r['variant']} | {','.join(map(str, r['seeds']))} | "
-            f"{' '.join(f'{a:.4f}' for a in r['accuracy'])} | {r['mean']:.4f} | "
-            f"{r['minus_grid_dwp']:+.2f}{se} | {statistics.fmean(r['grid_dwp']):.4f} | "
-            f"{statistics.fmean(r['grid_normal']):.4f} | {r['minus_grid_normal']:+.2f} |"
-        )
+        cols = [str(r["n"]), r["variant"], ",".join(map(str, r["seeds"]))]
+        cols += [" ".join(f"{a:.4f}" for a in r["accuracy"]), f"{r['mean']:.4f}"]
+        if grid:
+            paper = r["paper_dwp"]
+            cols += [
+                _points(r["minus_grid_dwp"], r["se"]),
+                f"{statistics.fmean(r['grid_dwp']):.4f}",
+            ]
+            cols += [f"{statistics.fmean(r['grid_normal']):.4f}", f"{r['minus_grid_normal']:+.2f}"]
+            cols.append("" if paper is None else f"{paper:.3f}")
+        if reference:
+            has = "minus_reference" in r
+            cols.append(_points(r["minus_reference"], r["reference_se"]) if has else "")
+        lines.append("| " + " | ".join(cols) + " |")
     if result["missing"]:
         gone = ", ".join(f"{m['variant']} N={m['n']} seed {m['seed']}" for m in result["missing"])
         lines += ["", f"Not finished (no result): {gone}."]
@@ -200,7 +267,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", choices=list(get_args(Engine)), default="pyro")
     p.add_argument("--n-test", type=int, default=None, help="dwp-classify --n-test (all)")
     p.add_argument("--channels", type=int, nargs=2, default=None, help="dwp-classify --channels")
-    p.add_argument("--grid", type=Path, default=RESULTS_DIR / "dwp_mnist.json")
+    p.add_argument(
+        "--grid",
+        type=lambda t: None if t == "none" else Path(t),
+        default=RESULTS_DIR / "dwp_mnist.json",
+        help="the grid to pair with (none: no pairing with a grid)",
+    )
+    p.add_argument("--reference", default=None, help="a --prior NAME to pair the others with")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     p.add_argument("--workers", type=int, default=1, help="cells run side by side")
     p.add_argument("--work-dir", type=Path, default=Path("runs/dwp_prior_screen"))
@@ -214,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs < 1 or args.workers < 1 or any(not seeds for _, seeds in args.cells):
         p.error("--epochs and --workers must be >= 1, and every --cells entry needs seeds")
+    names = [name for name, _ in args.prior]
+    if len(set(names)) != len(names) or args.reference not in (None, *names):
+        p.error(f"--prior names must differ and --reference be one of them: {names}")
     return args
 
 

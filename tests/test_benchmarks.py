@@ -61,7 +61,9 @@ def _dwp_prior_screen(tmp: Path, seeds: str = "0", grid_epochs: int = 1) -> list
     grid = tmp / "grid.json"
     rows = [("dwp", 0.5), ("normal", 0.4), ("log-uniform", 0.3)]
     cells = [(p, 10, s, a + s / 10 * (p == "dwp")) for p, a in rows for s in range(3)]
-    grid.write_text(json.dumps(_grid(cells, epochs=grid_epochs)))
+    grid.write_text(
+        json.dumps({**_grid(cells, epochs=grid_epochs), "channels": [2, 3], "n_test": 50})
+    )
     tiny = options(prior=f"tiny={_untrained_prior(tmp)}", cells=f"10:{seeds}", epochs=1)
     tiny += options(n_test=50, channels=(2, 3), grid=grid, work_dir=tmp / "work", device="cpu")
     return [*tiny, *data_args(), *_results(tmp)]
@@ -362,6 +364,19 @@ def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads):
     )
     again.work_dir, again.grid = tmp_path / "work", tmp_path / "grid.json"
     assert dwp_prior_screen.main(again)["cells"] == result["cells"]
+    # The same cells as one run's results in WORK/one, paired with the per-cell folders of tiny.
+    one = tmp_path / "work" / "one"
+    one.mkdir()
+    (one / "dwp_classify.json").write_text(json.dumps({"cells": result["cells"]}))
+    argv = ["--prior", "tiny=x", "one=x", "--reference", "tiny", "--grid", "none"]
+    ref = dwp_prior_screen.parse_args(
+        [*argv, "--cells", "10:0,2", "--epochs", "1", "--device", "cpu"]
+    )
+    ref.work_dir, ref.results_dir, ref.collect_only = tmp_path / "work", tmp_path / "r", True
+    by_variant = {r["variant"]: r for r in dwp_prior_screen.main(ref)["summary"]}
+    assert by_variant["one"]["accuracy"] == row["accuracy"]
+    assert (by_variant["one"]["minus_reference"], by_variant["one"]["reference_se"]) == (0, 0)
+    assert "minus_reference" not in by_variant["tiny"] and "grid_dwp" not in by_variant["tiny"]
     missing = dwp_prior_screen.parse_args(
         [*_dwp_prior_screen(tmp_path / "c", "1"), "--collect-only"]
     )
