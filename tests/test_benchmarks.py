@@ -347,8 +347,9 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
 def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads):
     """Each candidate cell is set beside the grid's cell of the same N and seed: the paired
     difference and its standard error from the per-seed differences; ``--collect-only`` reads the
-    same cells back and lists those not run; a grid of other epochs is refused before any cell
-    runs."""
+    same cells back (from per-cell folders or one run's folder) and lists those not run;
+    ``--reference`` pairs with a variant of the same run instead; a grid of other epochs or
+    channels is refused before any cell runs."""
     sys.path.insert(0, str(BENCHMARKS))
     import dwp_prior_screen
 
@@ -383,6 +384,9 @@ def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads):
     assert dwp_prior_screen.main(missing)["missing"] == [{"variant": "tiny", "n": 10, "seed": 1}]
     other = dwp_prior_screen.parse_args(_dwp_prior_screen(tmp_path / "d", "0", grid_epochs=4000))
     with pytest.raises(ValueError, match="the grid's epochs are 4000, these cells' 1"):
+        dwp_prior_screen.main(other)
+    other.grid, other.channels = tmp_path / "grid.json", [4, 5]
+    with pytest.raises(ValueError, match=r"the grid's channels is \[2, 3\], these cells' \[4, 5\]"):
         dwp_prior_screen.main(other)
     assert not (tmp_path / "d" / "work").exists()
     with pytest.raises(ValueError, match="equal, non-empty"):
