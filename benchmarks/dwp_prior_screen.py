@@ -193,7 +193,7 @@ def main(args: argparse.Namespace) -> dict:
         or "pyro-dwp " + " ".join(map(str, _argv(args, "DIR", "N", "S", "WORK/NAME_nN_sS"))),
         "epochs": args.epochs,
         "evaluation": args.evaluation,
-        "grid": None if args.grid is None else str(args.grid),
+        "grid": None if args.grid is None else _shown(args.grid),
         "reference": args.reference,
         "variants": {name: str(folder) for name, folder in args.prior},
         "notes": args.note,
@@ -207,6 +207,13 @@ def main(args: argparse.Namespace) -> dict:
     (args.results_dir / f"{args.name}.md").write_text(_markdown(result))
     print((args.results_dir / f"{args.name}.md").read_text())
     return result
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as the results files name files)."""
+    root = Path(__file__).resolve().parents[1]
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def _points(mean: float, se: float | None) -> str:
