@@ -172,6 +172,14 @@ def main(args: argparse.Namespace) -> dict:
     jobs = _commands(args)
     seconds = None
     if not args.collect_only:
+        for name, folder in args.prior:
+            for layer in ("conv1", "conv2"):
+                if not (folder / f"vae_{layer}.pt").exists():
+                    raise FileNotFoundError(
+                        f"--prior {name}: {folder / f'vae_{layer}.pt'} not found; a prior is a "
+                        "folder with vae_conv1.pt and vae_conv2.pt (copy the other layer's VAE "
+                        "from pyro_dwp/pretrained/notmnist when only one is new)"
+                    )
         seconds = run_processes([j[3] for j in jobs], args.workers, visible_gpus(args.device))
     cells, missing = [], []
     for name, n, seed, _ in jobs:
@@ -294,6 +302,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs < 1 or args.workers < 1 or any(not seeds for _, seeds in args.cells):
         p.error("--epochs and --workers must be >= 1, and every --cells entry needs seeds")
+    sizes = [n for n, _ in args.cells]
+    if len(set(sizes)) != len(sizes):
+        p.error(f"--cells names an N twice: {sizes}; give each N once with all its seeds")
     names = [name for name, _ in args.prior]
     if len(set(names)) != len(names) or args.reference not in (None, *names):
         p.error(f"--prior names must differ and --reference be one of them: {names}")

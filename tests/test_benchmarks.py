@@ -344,12 +344,13 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
 
 
 @needs_shared_data("mnist")
-def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads):
+def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads, capsys):
     """Each candidate cell is set beside the grid's cell of the same N and seed: the paired
     difference and its standard error from the per-seed differences; ``--collect-only`` reads the
     same cells back (from per-cell folders or one run's folder) and lists those not run;
     ``--reference`` pairs with a variant of the same run instead; a grid of other epochs or
-    channels is refused before any cell runs."""
+    channels and a prior folder without both VAEs are refused before any cell runs, an N named
+    twice by the parser."""
     sys.path.insert(0, str(BENCHMARKS))
     import dwp_prior_screen
 
@@ -391,6 +392,12 @@ def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads):
     assert not (tmp_path / "d" / "work").exists()
     with pytest.raises(ValueError, match="equal, non-empty"):
         dwp_prior_screen.paired([0.5], [0.5, 0.6])
+    ref.collect_only, ref.prior = False, [("tiny", tmp_path / "work")]
+    with pytest.raises(FileNotFoundError, match=r"--prior tiny: .*vae_conv1.pt not found"):
+        dwp_prior_screen.main(ref)
+    with pytest.raises(SystemExit):
+        dwp_prior_screen.parse_args([*argv, "--cells", "10:0", "10:1"])
+    assert "--cells names an N twice: [10, 10]" in capsys.readouterr().err
 
 
 def test_code_prior_mixture_density_against_torch_distributions():
