@@ -136,17 +136,22 @@ def _find_cell(work: Path, name: str, n: int, seed: int) -> dict | None:
 
 
 def _summary_row(
-    name: str, n: int, cells: list[dict], grid: dict | None, reference: str | None
+    name: str,
+    n: int,
+    cells: list[dict],
+    grid: dict[tuple[str, int, int], float] | None,
+    paper: dict[str, float],
+    reference: str | None,
 ) -> dict | None:
-    """One variant at one N: its seeds that the grid (all of :data:`BASELINES`) and the
-    reference variant also have, and the paired differences; ``None`` if no seed is left."""
+    """One variant at one N: its seeds that the grid (accuracy by ``(prior, N, seed)``, all of
+    :data:`BASELINES`) and the reference variant also have, the paired differences and the
+    paper's DWP (``paper``, by N as a string); ``None`` if no seed is left."""
     own = {c["seed"]: c["accuracy"] for c in cells if (c["variant"], c["n"]) == (name, n)}
     ref = {c["seed"]: c["accuracy"] for c in cells if (c["variant"], c["n"]) == (reference, n)}
-    table = {} if grid is None else {(c["prior"], c["n"], c["seed"]): c for c in grid["cells"]}
     seeds = sorted(
         s
         for s in own
-        if (grid is None or all((p, n, s) in table for p in BASELINES))
+        if (grid is None or all((p, n, s) in grid for p in BASELINES))
         and (reference is None or s in ref)
     )
     if not seeds:
@@ -156,10 +161,10 @@ def _summary_row(
     row["mean"] = statistics.fmean(accuracy)
     if grid is not None:
         for p in BASELINES:
-            row[f"grid_{p.replace('-', '_')}"] = [table[(p, n, s)]["accuracy"] for s in seeds]
+            row[f"grid_{p.replace('-', '_')}"] = [grid[(p, n, s)] for s in seeds]
         row["minus_grid_dwp"], row["se"] = paired(accuracy, row["grid_dwp"])
         row["minus_grid_normal"], _ = paired(accuracy, row["grid_normal"])
-        row["paper_dwp"] = grid.get("paper", {}).get("dwp", {}).get(str(n))
+        row["paper_dwp"] = paper.get(str(n))
     if reference is not None and name != reference:
         row["reference"] = [ref[s] for s in seeds]
         row["minus_reference"], row["reference_se"] = paired(accuracy, row["reference"])
@@ -188,8 +193,12 @@ def main(args: argparse.Namespace) -> dict:
             missing.append({"variant": name, "n": n, "seed": seed})
         else:
             cells.append({**cell, "variant": name})
+    paper = {} if grid is None else grid.get("paper", {}).get("dwp", {})
+    accuracy = None
+    if grid is not None:
+        accuracy = {(c["prior"], c["n"], c["seed"]): c["accuracy"] for c in grid["cells"]}
     rows = (
-        _summary_row(name, n, cells, grid, args.reference)
+        _summary_row(name, n, cells, accuracy, paper, args.reference)
         for name, _ in args.prior
         for n, _ in args.cells
     )
