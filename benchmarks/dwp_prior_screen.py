@@ -5,7 +5,9 @@ output, or one layer's new VAE beside the shipped prior's other) runs as the gri
 weight prior (``dwp-classify --priors dwp --guide-init dwp --reverse trainable --epochs E``, the
 test-time ensemble of ``--evaluation``) on the ``(N, seed)`` cells of ``--cells``, one process
 per cell, ``--workers`` at a time, in ``--work-dir/NAME_nN_sS`` (resumable: a rerun keeps the
-finished cells and trains an interrupted one on from its checkpoint). Each candidate's accuracy
+finished cells and trains an interrupted one on from its checkpoint; ``--time-limit S`` stops
+the running cells after S seconds at an epoch's end, checkpoint written, and summarises what
+finished, for a machine lent for a limited time). Each candidate's accuracy
 is then set beside the grid's cells of the same N and seeds (``--grid``: the shipped prior's
 DWP and both baselines): per seed, the mean, and the paired difference to the grid's DWP with
 its standard error. A grid of another protocol (epochs, evaluation, channels, test set) is
@@ -185,7 +187,9 @@ def main(args: argparse.Namespace) -> dict:
                         "folder with vae_conv1.pt and vae_conv2.pt (copy the other layer's VAE "
                         "from pyro_dwp/pretrained/notmnist when only one is new)"
                     )
-        seconds = run_processes([j[3] for j in jobs], args.workers, visible_gpus(args.device))
+        seconds = run_processes(
+            [j[3] for j in jobs], args.workers, visible_gpus(args.device), args.time_limit
+        )
     cells, missing = [], []
     for name, n, seed, _ in jobs:
         cell = _find_cell(args.work_dir, name, n, seed)
@@ -205,7 +209,11 @@ def main(args: argparse.Namespace) -> dict:
     result = {
         "date": datetime.date.today().isoformat(),
         "device": args.device_text
-        or (torch.cuda.get_device_name() if args.device == "cuda" else "cpu"),
+        or (
+            torch.cuda.get_device_name()
+            if args.device == "cuda" and torch.cuda.is_available()
+            else args.device
+        ),  # collect-only on another machine: --device-text names it
         "command": args.command_text
         or "pyro-dwp " + " ".join(map(str, _argv(args, "DIR", "N", "S", "WORK/NAME_nN_sS"))),
         "epochs": args.epochs,
@@ -300,6 +308,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference", default=None, help="a --prior NAME to pair the others with")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     p.add_argument("--workers", type=int, default=1, help="cells run side by side")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="then stop the running cells at an epoch's end (checkpoint written), start no more "
+        "and summarise what finished; a rerun resumes the rest",
+    )
     p.add_argument("--work-dir", type=Path, default=Path("runs/dwp_prior_screen"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--collect-only", action="store_true", help="summarise what --work-dir holds")
@@ -311,6 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs < 1 or args.workers < 1 or any(not seeds for _, seeds in args.cells):
         p.error("--epochs and --workers must be >= 1, and every --cells entry needs seeds")
+    if args.time_limit is not None and not args.time_limit > 0:
+        p.error(f"--time-limit must be > 0 seconds, got {args.time_limit}")
     sizes = [n for n, _ in args.cells]
     if len(set(sizes)) != len(sizes):
         p.error(f"--cells names an N twice: {sizes}; give each N once with all its seeds")

@@ -8,6 +8,7 @@ import json
 import re
 import sys
 
+from pyro_dwp.infer.interrupt import TrainingInterrupted
 from pyro_dwp.version import __version__
 
 __all__ = ["main"]
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
         print(f"pyro-dwp {args.job}: error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:  # the same command resumes from the checkpoint it names
+        print(f"pyro-dwp {args.job}: stopped: {e}", file=sys.stderr)
+        return e.exit_code
     print(json.dumps(result, indent=2))
     return 0
 

@@ -107,3 +107,24 @@ def test_processes_import_the_installed_package_not_a_checkout_in_cwd(tmp_path, 
     (shadow / "__init__.py").write_text("raise ImportError('the checkout shadowed the install')\n")
     monkeypatch.chdir(tmp_path)
     assert devices.run_processes([["--help"]], workers=1, gpus=0) > 0
+
+
+@needs_shared_data("mnist")
+@pytest.mark.slow
+def test_a_time_limit_stops_running_cells_at_an_epoch_end_and_skips_the_rest(tmp_path, vae_dir):
+    """Two long cells, one worker, 20 s: the first is stopped by SIGTERM after a whole epoch,
+    its checkpoint written (exit 143 is not a failure), the second is never started."""
+    from pyro_dwp.infer import load_checkpoint
+
+    def cell(out):
+        return ["dwp-classify", "--out", out, "--vae-dir", vae_dir, "--data-dir", SHARED_DATA,
+                "--n-train", "20", "--seeds", "0", "--epochs", "100000", "--n-test", "200",
+                "--channels", "2", "3", "--priors", "normal", "--no-progress"]  # fmt: skip
+
+    seconds = devices.run_processes(
+        [cell(tmp_path / "a"), cell(tmp_path / "b")], workers=1, gpus=0, time_limit=20
+    )
+    assert 20 <= seconds < 60
+    (checkpoint,) = (tmp_path / "a" / "cells").glob("normal_*.pt")
+    assert 0 < load_checkpoint(checkpoint)["epoch"] < 100000
+    assert not (tmp_path / "b").exists()

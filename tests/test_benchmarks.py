@@ -350,7 +350,7 @@ def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads, 
     same cells back (from per-cell folders or one run's folder) and lists those not run;
     ``--reference`` pairs with a variant of the same run instead; a grid of other epochs or
     channels and a prior folder without both VAEs are refused before any cell runs, an N named
-    twice by the parser."""
+    twice and a time limit of 0 by the parser."""
     sys.path.insert(0, str(BENCHMARKS))
     import dwp_prior_screen
 
@@ -398,6 +398,9 @@ def test_dwp_prior_screen_pairs_each_seed_with_the_grid(tmp_path, keep_threads, 
     with pytest.raises(SystemExit):
         dwp_prior_screen.parse_args([*argv, "--cells", "10:0", "10:1"])
     assert "--cells names an N twice: [10, 10]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dwp_prior_screen.parse_args([*argv, "--cells", "10:0", "--time-limit", "0"])
+    assert "--time-limit must be > 0 seconds, got 0.0" in capsys.readouterr().err
 
 
 def test_code_prior_mixture_density_against_torch_distributions():

@@ -1,6 +1,8 @@
 """Training loop: resume equals an uninterrupted run, checkpoint errors, NaN losses."""
 
 import math
+import os
+import signal
 
 import pyro
 import pyro.distributions as dist
@@ -11,7 +13,15 @@ from torch import nn
 from pyro_dwp.bnn import BNN
 from pyro_dwp.distributions import ScaleMixtureNormal
 from pyro_dwp.guides import BBBNormal
-from pyro_dwp.infer import CheckpointError, JointAdam, fit, load_checkpoint, non_finite_paths
+from pyro_dwp.infer import (
+    CheckpointError,
+    JointAdam,
+    TrainingInterrupted,
+    fit,
+    load_checkpoint,
+    non_finite_paths,
+)
+from pyro_dwp.infer.interrupt import DeferredSignals
 from pyro_dwp.likelihoods import Gaussian
 
 X = torch.linspace(0, 1, 30)[:, None]
@@ -77,6 +87,58 @@ def test_resume_with_a_learning_rate_schedule_equals_an_uninterrupted_run(tmp_pa
     for k in expected:
         assert torch.equal(expected[k], got[k]), k
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_at_the_epoch_end_and_the_resume_equals_an_uninterrupted_run(
+    tmp_path, signum
+):
+    """SIGTERM / SIGINT arriving in the third epoch of 5: that epoch is finished, the
+    checkpoint written at epoch 3 (not a multiple of ``checkpoint_every``), ``TrainingInterrupted``
+    names it, the handlers in place before are back; the resume gives the uninterrupted run."""
+    model, guide = make()
+    full = fit(model, guide, X, Y, epochs=5, **KW)
+    expected = params()
+
+    def send(record):
+        if record["epoch"] == 3:  # epochs count from 1
+            os.kill(os.getpid(), signum)  # delivered before the callback returns
+
+    pyro.clear_param_store()
+    model, guide = make()
+    ck = tmp_path / "ck.pt"
+    before = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted, match=f"{signum.name}: .*after epoch 3 of 5") as e:
+        fit(model, guide, X, Y, epochs=5, checkpoint=ck, checkpoint_every=4, callback=send, **KW)
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.exit_code == 128 + signum
+    assert (e.value.epoch, e.value.path) == (3, ck)
+    assert signal.getsignal(signum) is before
+    assert load_checkpoint(ck)["epoch"] == 3
+    pyro.clear_param_store()
+    model, guide = make(seed=123)
+    resumed = fit(model, guide, X, Y, epochs=5, checkpoint=ck, resume=True, **KW)
+    got = params()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def test_a_second_signal_acts_at_once_and_without_a_checkpoint_nothing_is_deferred():
+    """Inside ``DeferredSignals`` the first SIGINT is recorded, the second is Python's
+    ``KeyboardInterrupt``; a fit without a checkpoint leaves SIGINT to Python."""
+    with pytest.raises(KeyboardInterrupt) as e, DeferredSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received is signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)
+    assert not isinstance(e.value, TrainingInterrupted)
+    model, guide = make()
+
+    def send(record):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as e:
+        fit(model, guide, X, Y, epochs=3, callback=send, **KW)
+    assert not isinstance(e.value, TrainingInterrupted)
 
 
 def test_history_terms_add_up():

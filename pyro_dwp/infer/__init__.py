@@ -16,6 +16,7 @@ from .checkpoint import (
     set_param_store_state,
 )
 from .fit import SVITrainer, fit, save_checkpoint
+from .interrupt import TrainingInterrupted
 from .kernel_vae import dihedral_augment, fit_kernel_vae
 from .kl import KLScaleMessenger, kl_weights
 from .local_reparam import LocalReparameterizationMessenger
@@ -35,6 +36,7 @@ __all__ = [
     "KLScaleMessenger",
     "LocalReparameterizationMessenger",
     "SVITrainer",
+    "TrainingInterrupted",
     "dihedral_augment",
     "fit",
     "fit_kernel_vae",

@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any, Literal
 
 import pyro
@@ -37,6 +37,7 @@ from .checkpoint import (
 from .compiled import CompiledSVI, compile_or_warn
 from .fingerprint import describe, tensor_digest
 from .graphs import GraphedSVI, graphable_reason
+from .interrupt import DeferredSignals, TrainingInterrupted
 from .kl import KLScaleMessenger, KLScheme, kl_weights
 from .optim import JointAdam
 
@@ -45,6 +46,7 @@ __all__ = [
     "CheckpointError",
     "Engine",
     "SVITrainer",
+    "TrainingInterrupted",
     "fit",
     "load_checkpoint",
     "run_settings",
@@ -193,6 +195,9 @@ def fit(
         kl_scheme: ``"uniform"`` or ``"blundell"`` minibatch KL weights.
         device: ``"cpu"`` or ``"cuda"``; model, guide and data are moved there.
         checkpoint: File to write (atomically) every ``checkpoint_every`` epochs and at the end.
+            With one, SIGINT (Ctrl-C) or SIGTERM stops training at the end of the epoch under
+            way, writes the checkpoint there and raises :class:`TrainingInterrupted` (a second
+            signal acts at once: :mod:`pyro_dwp.infer.interrupt`).
         checkpoint_every: Epochs between checkpoints.
         resume: Continue from ``checkpoint`` if it exists, and if it was written with the same
             settings: everything :func:`run_settings` records (model, prior, guide, parameter
@@ -233,6 +238,8 @@ def fit(
             ``y`` (naming the first example that has one).
         FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint on
             disk is the last good state and is left untouched.
+        TrainingInterrupted: on SIGINT or SIGTERM with a ``checkpoint``, after the epoch under
+            way, its checkpoint written (resume goes on from it as if never stopped).
     """
     _check_fit_args(x, y, epochs, batch_size, num_particles, checkpoint_every, resume, checkpoint)
     trainer = SVITrainer(
@@ -395,6 +402,8 @@ class SVITrainer:
         Raises:
             FloatingPointError: on a NaN or infinite loss, naming the step; the last checkpoint
                 on disk is the last good state and is left untouched.
+            TrainingInterrupted: on SIGINT or SIGTERM with a checkpoint, after the epoch under
+                way, the checkpoint written there.
         """
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -420,20 +429,28 @@ class SVITrainer:
             initial=start,
             total=epochs,
         )
-        for epoch in bar:
-            record = self._epoch(epoch, check=first_check and epoch == start)
-            bar.set_postfix(  # shown at the bar's next refresh (see progress_bar)
-                loss=f"{record['loss']:.4g}",
-                nll=f"{record['nll']:.4g}",
-                kl=f"{record['kl']:.4g}",
-                refresh=False,
-            )
-            if self.callback is not None:
-                self.callback(record)
-            if self.checkpoint is not None and (
-                (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == epochs
-            ):
-                self._save()
+        # with a checkpoint, SIGINT / SIGTERM stop at the epoch's end, the checkpoint written
+        with DeferredSignals() if self.checkpoint is not None else nullcontext() as stop:
+            for epoch in bar:
+                record = self._epoch(epoch, check=first_check and epoch == start)
+                bar.set_postfix(  # shown at the bar's next refresh (see progress_bar)
+                    loss=f"{record['loss']:.4g}",
+                    nll=f"{record['nll']:.4g}",
+                    kl=f"{record['kl']:.4g}",
+                    refresh=False,
+                )
+                if self.callback is not None:
+                    self.callback(record)
+                stopped = stop is not None and stop.received is not None
+                if self.checkpoint is not None and (
+                    stopped or (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == epochs
+                ):
+                    self._save()
+                if stopped:
+                    bar.close()
+                    raise TrainingInterrupted(
+                        stop.received, self.epoch, epochs, self.checkpoint.path
+                    )
         if self.checkpoint is None:
             self._check_params_finite()
         return self.history
