@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
         print(f"pyro-dwp {args.job}: error: {e}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as e:  # the same command resumes from the checkpoint it names
-        print(f"pyro-dwp {args.job}: stopped: {e}", file=sys.stderr)
+    except TrainingInterrupted as e:
+        again = "the same command with --resume" if hasattr(args, "resume") else "the same command"
+        print(f"pyro-dwp {args.job}: stopped: {e}; {again} goes on from it", file=sys.stderr)
         return e.exit_code
     print(json.dumps(result, indent=2))
     return 0

@@ -177,8 +177,9 @@ def test_a_sigterm_stops_the_job_and_the_same_command_resumes_it(
     err = capsys.readouterr().err
     (checkpoint,) = (out / "cells").glob("normal_*.pt")
     assert (
-        f"stopped: SIGTERM: training stopped after epoch 2 of 3; the checkpoint {checkpoint}" in err
-    )
+        f"stopped: SIGTERM: training stopped after epoch 2 of 3, the checkpoint {checkpoint} "
+        "written there; the same command goes on from it"
+    ) in err
     assert not (out / "dwp_classify.json").exists()
     assert main(_args(out, vae_dir, *args)) == 0
     resumed = json.loads((out / "dwp_classify.json").read_text())["cells"]

@@ -36,8 +36,8 @@ class TrainingInterrupted(KeyboardInterrupt):
     ) -> None:
         self.signum, self.epoch, self.epochs, self.path = signum, epoch, epochs, path
         super().__init__(
-            f"{signum.name}: training stopped after epoch {epoch} of {epochs}; the checkpoint "
-            f"{path} holds that epoch: run again with resume to go on from it"
+            f"{signum.name}: training stopped after epoch {epoch} of {epochs}, the checkpoint "
+            f"{path} written there"
         )
 
     @property
