@@ -7,11 +7,15 @@
   fails it (CI must not pass by skipping the real-data tests).
 - Command lines: :func:`options` turns keywords into ``--option value`` lists, :func:`data_args`
   the data folder's options.
+- Interrupts: :func:`signal_after_epoch` sends a signal from inside a fit, at an epoch's end.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyro
@@ -66,6 +70,25 @@ def options(**values: object) -> list[str]:
         elif value is not None and value is not False:
             argv += [flag, str(value)]
     return argv
+
+
+@contextmanager
+def signal_after_epoch(signum: signal.Signals, epoch: int) -> Iterator[None]:
+    """Inside it every ``SVITrainer`` sends its own process ``signum`` at the end of epoch
+    ``epoch`` (0-based), as Ctrl-C or ``timeout`` would during the next one."""
+    from pyro_dwp.infer.fit import SVITrainer
+
+    one_epoch = SVITrainer._epoch
+
+    def signalled(self: SVITrainer, e: int, check: bool) -> dict[str, float]:
+        record = one_epoch(self, e, check)
+        if e == epoch:
+            os.kill(os.getpid(), signum)
+        return record
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(SVITrainer, "_epoch", signalled)
+        yield
 
 
 def data_args() -> list[str]:

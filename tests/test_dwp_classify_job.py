@@ -3,12 +3,11 @@
 import argparse
 import json
 import math
-import os
 import signal
 
 import pyro
 import pytest
-from conftest import SHARED_DATA, needs_shared_data
+from conftest import SHARED_DATA, needs_shared_data, signal_after_epoch
 
 from pyro_dwp.cli import main
 from pyro_dwp.experiments import classification, dwp_classify
@@ -150,29 +149,17 @@ def test_cell_checkpoint_of_other_epochs_or_lr_is_refused(
 
 @needs_data
 def test_a_sigterm_stops_the_job_and_the_same_command_resumes_it(
-    tmp_path, vae_dir, capsys, monkeypatch, one_thread
+    tmp_path, vae_dir, capsys, one_thread
 ):
     """SIGTERM in the second of 3 epochs (``timeout``, a lent machine's limit): the command
     exits with 143 naming the cell's checkpoint, written after that epoch; the same command
     then finishes the cell with the uninterrupted run's accuracy and NLL."""
-    from pyro_dwp.infer.fit import SVITrainer
-
     args = ["--priors", "normal", "--epochs", "3"]
     assert main(_args(tmp_path / "whole", vae_dir, *args)) == 0
     whole = json.loads((tmp_path / "whole" / "dwp_classify.json").read_text())["cells"]
-
-    epoch = SVITrainer._epoch
-
-    def signalled(self, e, check):
-        record = epoch(self, e, check)
-        if e == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return record
-
     out = tmp_path / "out"
     capsys.readouterr()
-    with monkeypatch.context() as m:
-        m.setattr(SVITrainer, "_epoch", signalled)
+    with signal_after_epoch(signal.SIGTERM, 1):
         assert main(_args(out, vae_dir, *args)) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     (checkpoint,) = (out / "cells").glob("normal_*.pt")

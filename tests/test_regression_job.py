@@ -2,13 +2,13 @@
 
 import json
 import math
-import os
 import re
 import signal
 
 import arviz as az
 import pytest
 import torch
+from conftest import signal_after_epoch
 
 import pyro_dwp
 from pyro_dwp.cli import main
@@ -98,25 +98,14 @@ def test_regression_job_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "new" / "metrics.json").read_text())["epochs"] == 3
 
 
-def test_ctrl_c_stops_the_job_after_an_epoch_and_resume_finishes_it(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_stops_the_job_after_an_epoch_and_resume_finishes_it(tmp_path, capsys):
     """SIGINT in the second of 3 epochs: exit 130, the message says to rerun with ``--resume``;
     that rerun's metrics equal the uninterrupted run's."""
-    from pyro_dwp.infer.fit import SVITrainer
-
     assert main(["regression", "--out", str(tmp_path / "whole"), *TINY]) == 0
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
-    epoch = SVITrainer._epoch
-
-    def signalled(self, e, check):
-        record = epoch(self, e, check)
-        if e == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return record
-
     args = ["regression", "--out", str(tmp_path / "run"), *TINY]
     capsys.readouterr()
-    with monkeypatch.context() as m:
-        m.setattr(SVITrainer, "_epoch", signalled)
+    with signal_after_epoch(signal.SIGINT, 1):
         assert main(args) == 128 + signal.SIGINT
     err = capsys.readouterr().err
     assert "stopped: SIGINT: training stopped after epoch 2 of 3" in err
