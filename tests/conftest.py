@@ -75,7 +75,7 @@ def options(**values: object) -> list[str]:
 @contextmanager
 def signal_after_epoch(signum: signal.Signals, epoch: int) -> Iterator[None]:
     """Inside it every ``SVITrainer`` sends its own process ``signum`` at the end of epoch
-    ``epoch`` (0-based), as Ctrl-C or ``timeout`` would during the next one."""
+    ``epoch`` (0-based): a Ctrl-C or ``timeout`` arriving during that epoch."""
     from pyro_dwp.infer.fit import SVITrainer
 
     one_epoch = SVITrainer._epoch
