@@ -215,6 +215,14 @@ def test_dwp_prior_fits_a_code_prior_and_refits_one_from_trained_vaes(tmp_path, 
     refit, meta = load_kernel_vae(second / "vae_conv2.pt")
     assert refit.code_prior.components == 2
     assert meta["training"]["epochs"] == 2 and meta["training"]["from_vaes"] == str(first)
+    # the report names the trained VAE's options per layer, and at the top only those that
+    # applied (not the defaults of --steps, --decoder-scale... that trained nothing)
+    report = json.loads((second / "prior_report.json").read_text())
+    assert report["layers"]["conv2"]["training"] == meta["training"]
+    assert report["layers"]["conv2"]["training"]["steps"] is None
+    assert set(report["training"]) == {
+        "min_norm", "valid_fraction", "code_prior_components", "from_vaes", "seed"
+    }  # fmt: skip
     for (name, p), q in zip(vae.named_parameters(), refit.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 

@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     layers = {
         layer: _fit_layer(args, layer, kernel_set, training) for layer, kernel_set in sets.items()
     }
+    if args.from_vaes is not None:  # no training ran: keep the options that applied
+        training = {k: training[k] for k in _FROM_VAES_OPTIONS}
     report = {
         "layers": layers,
         "recon_over_std": {layer: e["recon_over_std"] for layer, e in layers.items()},
@@ -153,6 +155,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     (out / "prior_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+_FROM_VAES_OPTIONS = ("min_norm", "valid_fraction", "code_prior_components", "from_vaes", "seed")
+"""The options of a ``--from-vaes`` run (the kernels' split, the code prior); the others (steps,
+decoder, learning rate...) are the trained VAE's own, in each layer's ``training`` entry."""
 
 
 def _check_args(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, int] | None]:
@@ -271,6 +278,7 @@ def _fit_layer(
         "final_train_elbo": history["train_elbo"][-1],
         **bounds,
         "iwae_samples": args.iwae_samples,
+        "training": training,
         **files,
     }
 
