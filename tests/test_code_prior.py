@@ -225,6 +225,11 @@ def test_dwp_prior_fits_a_code_prior_and_refits_one_from_trained_vaes(tmp_path, 
     }  # fmt: skip
     for (name, p), q in zip(vae.named_parameters(), refit.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+    # the same command again writes the same report (the evaluation's draws are seeded too)
+    again = tmp_path / "again"
+    argv = ["dwp-prior", *common, "--out", str(again), "--from-vaes", str(first)]
+    assert main([*argv, "--code-prior-components", "2"]) == 0
+    assert json.loads((again / "prior_report.json").read_text())["layers"] == report["layers"]
 
 
 def test_dwp_prior_code_prior_options_are_checked(tmp_path, kernel_dir, capsys):  # noqa: F811

@@ -217,8 +217,8 @@ def _fit_layer(
     )
     if valid is not None and len(valid) == 0:  # too few kernels to hold any out
         train, valid = kernels, None
+    torch.manual_seed(args.seed)  # the evaluation's draws too: one command, one report
     if args.from_vaes is None:
-        torch.manual_seed(args.seed)
         vae = KernelVAE.for_kernel_size(
             kernel_size, args.z_dim, args.decoder_scale, args.decoder_mean
         ).to(args.device)
