@@ -34,6 +34,9 @@ _EVAL_BATCH = 128  # kernels per evaluation batch
 _ELBO_SAMPLES = 10  # reconstruction samples per kernel in the held-out ELBO
 _PLOT_KERNELS = 64  # kernels per panel of the sample plots (an 8 x 8 grid)
 _SMOOTHNESS_SAMPLES = 10_000  # prior samples in the smoothness statistic
+_FROM_VAES_OPTIONS = ("min_norm", "valid_fraction", "code_prior_components", "from_vaes", "seed")
+"""The options of a ``--from-vaes`` run (the kernels' split, the code prior); the others (steps,
+decoder, learning rate...) are the trained VAE's own, in each layer's ``training`` entry."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,11 +158,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     (out / "prior_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-_FROM_VAES_OPTIONS = ("min_norm", "valid_fraction", "code_prior_components", "from_vaes", "seed")
-"""The options of a ``--from-vaes`` run (the kernels' split, the code prior); the others (steps,
-decoder, learning rate...) are the trained VAE's own, in each layer's ``training`` entry."""
 
 
 def _check_args(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, int] | None]:
