@@ -215,7 +215,9 @@ def main(args: argparse.Namespace) -> dict:
             else args.device
         ),  # collect-only on another machine: --device-text names it
         "command": args.command_text
-        or "pyro-dwp " + " ".join(map(str, _argv(args, "DIR", "N", "S", "WORK/NAME_nN_sS"))),
+        or "pyro-dwp "
+        + " ".join(map(str, _argv(args, "DIR", "N", "S", "WORK/NAME_nN_sS")))
+        + " (one process per cell)",
         "epochs": args.epochs,
         "evaluation": args.evaluation,
         "grid": None if args.grid is None else _shown(args.grid),
@@ -260,7 +262,7 @@ def _markdown(result: dict) -> str:
         f"# Candidate deep weight priors on cells of the MNIST grid ({result['date']}, "
         f"{result['device']})",
         "",
-        f"- command per cell: `{result['command']}`",
+        f"- command: `{result['command']}`",
         f"- epochs {result['epochs']}, test-time evaluation {result['evaluation']}; paired with "
         + (" and ".join(paired_with) or "nothing"),
         *(f"- `{k}`: {v}" for k, v in result["variants"].items()),
