@@ -20,6 +20,14 @@ The shipped prior's recipe (``pyro_dwp/pretrained/notmnist/metadata.json``) with
         --prior-decoder-mean direct polar --prior-augment conv2 \
         --prior-code-prior-components 16 64 --epochs 4000
 
+``--split paper`` trains every cell on the DWP authors' own training subsets (scikit-learn's
+stratified split of the 60,000 training images, ``random_state`` = the seed) instead of our
+class-balanced draws from the first 50,000 (``results/dwp_mnist_paper_splits.md``)::
+
+    python benchmarks/dwp_mnist.py --device cuda --stages classify --split paper \
+        --prior-dir pyro_dwp/pretrained/notmnist --epochs 4000 --evaluation lrt \
+        --n-train 50 100 200 500 --seeds 0 1 2 3 4 5 6 7 8 9 --workers 30 --engine compiled
+
 ``--deterministic`` adds the paper's fourth contender, a deterministic net with the L2 penalty
 started from samples of the prior (``dwp-classify --priors deterministic-l2 --guide-init dwp``).
 
@@ -44,7 +52,13 @@ import torch
 from devices import run_processes, visible_gpus
 
 from pyro_dwp.experiments.classification import EVALUATIONS
-from pyro_dwp.experiments.dwp_classify import RESULTS, plot_figure2, summarise, summary_table
+from pyro_dwp.experiments.dwp_classify import (
+    RESULTS,
+    SPLITS,
+    plot_figure2,
+    summarise,
+    summary_table,
+)
 from pyro_dwp.experiments.dwp_pipeline import classify_runs, run_stage
 from pyro_dwp.experiments.dwp_source import INITS
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
@@ -52,6 +66,12 @@ from pyro_dwp.infer.fit import Engine
 from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
 
 __all__ = ["main"]
+
+SPLIT_TEXT = {
+    "balanced": "N / 10 of each digit from the first 50,000 training images, our seeded draw",
+    "paper": "the DWP authors' data splits: scikit-learn's stratified train_test_split of the "
+    "60,000 training images, random_state = the seed",
+}
 
 
 def _stage(argv: list[object]) -> float:
@@ -150,6 +170,7 @@ def main(args: argparse.Namespace) -> dict:
         "evaluation": EVALUATIONS[args.evaluation],
         "dwp_init": args.dwp_init,
         "net_init": args.net_init or "torch",
+        "split": args.split or "balanced",
         "reverse": args.reverse,
         "prior": str(prior),
         "seconds": seconds,
@@ -171,13 +192,13 @@ def _write(out: Path, result: dict, summary: dict) -> None:
 
 def merge(results_dir: Path, sources: list[Path]) -> dict:
     """Add the cells of other runs' ``dwp_mnist.json`` (``sources``: other N or seeds, the
-    same epochs and evaluation) to ``results_dir``'s and rewrite its json, md and figure.
+    same epochs, evaluation and split) to ``results_dir``'s and rewrite its json, md and figure.
 
     A grid too long for one device call runs in parts; the merged file keeps every part's
     command under ``commands`` and its seconds under ``seconds``.
 
     Raises:
-        SystemExit: if a source was trained with other epochs or evaluation, or repeats a
+        SystemExit: if a source was trained with other epochs, evaluation or split, or repeats a
             (prior, N, seed) cell.
     """
     result = json.loads((results_dir / "dwp_mnist.json").read_text())
@@ -185,9 +206,10 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
     seen = {(c["prior"], c["n"], c["seed"]) for c in result["cells"]}
     for path in sources:
         part = json.loads(Path(path).read_text())
-        for key in ("epochs", "evaluation"):
-            if part[key] != result[key]:
-                raise SystemExit(f"{path}: {key} {part[key]!r}, but the grid's is {result[key]!r}")
+        for key, default in (("epochs", None), ("evaluation", None), ("split", "balanced")):
+            mine, theirs = result.get(key, default), part.get(key, default)
+            if theirs != mine:
+                raise SystemExit(f"{path}: {key} {theirs!r}, but the grid's is {mine!r}")
         for c in part["cells"]:
             cell = (c["prior"], c["n"], c["seed"])
             if cell in seen:
@@ -215,9 +237,10 @@ def _per_layer(values: list | None, option: str) -> list:
 
 def _classify_options(args: argparse.Namespace) -> list[object]:
     """The ``dwp-classify`` options given on this command line (``--n-test``, ``--test-samples``,
-    ``--channels``, ``--engine``, ``--net-init``); those left out keep the job's defaults."""
+    ``--channels``, ``--engine``, ``--net-init``, ``--split``); those left out keep the job's
+    defaults."""
     argv: list[object] = []
-    for key in ("n_test", "test_samples", "channels", "engine", "net_init"):
+    for key in ("n_test", "test_samples", "channels", "engine", "net_init", "split"):
         value = getattr(args, key)
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", *(value if isinstance(value, list) else [value])]
@@ -235,7 +258,8 @@ def _markdown(result: dict, summary: dict) -> str:
         f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation "
         f"(`{result.get('net_init', 'torch')}`); reverse "
-        f"model {result['reverse']}",
+        f"model {result['reverse']}; training examples: `--split "
+        f"{result.get('split', 'balanced')}` ({SPLIT_TEXT[result.get('split', 'balanced')]})",
         *(f"  - `{c}`" for c in result.get("commands", [])),
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
         "",
@@ -337,6 +361,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(INITS),
         default=None,
         help="dwp-classify --net-init: every cell's starting weights (default: the job's, torch)",
+    )
+    p.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        default=None,
+        help="dwp-classify --split: the N training examples of a seed (default: the job's, "
+        "balanced; paper: the DWP authors' data splits)",
     )
     p.add_argument(
         "--dwp-init", choices=["module", "dwp"], default="dwp", help="the DWP prior's q means"

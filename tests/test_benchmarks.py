@@ -341,6 +341,11 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
     other.write_text(json.dumps(_grid([("dwp", 100, 0, 0.8)], epochs=10_000)))
     with pytest.raises(SystemExit, match="epochs 10000, but the grid's is 4000"):
         dwp_mnist.merge(tmp_path, [other])
+    paper = _grid([("dwp", 100, 0, 0.8)])
+    paper["split"] = "paper"  # the grid, written before --split, is on the balanced subsets
+    other.write_text(json.dumps(paper))
+    with pytest.raises(SystemExit, match="split 'paper', but the grid's is 'balanced'"):
+        dwp_mnist.merge(tmp_path, [other])
 
 
 @needs_shared_data("mnist")

@@ -290,6 +290,19 @@ def test_argument_errors(tiny_data_dir: Path, tmp_path: Path) -> None:
         load_mnist("valid", tiny_data_dir, cache_dir=cache)
     with pytest.raises(ValueError, match="name must be one of"):
         find_data_dir("cifar", tiny_data_dir)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"subset must be one of \('balanced', 'stratified'\)"):
+        load_mnist("train+valid", tiny_data_dir, n=10, subset="sklearn", cache_dir=cache)  # type: ignore[arg-type]
+
+
+def test_train_plus_valid_is_the_whole_training_file(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """``"train+valid"`` is every training image (no 10,000 held back), in file order; its
+    stratified subset keeps the pool's class proportions."""
+    x, y = load_mnist("train+valid", tiny_data_dir, cache_dir=tmp_path / "cache")
+    assert x.shape == (30, 784) and y.tolist() == [i % 10 for i in range(30)]
+    _, y_sub = load_mnist(
+        "train+valid", tiny_data_dir, n=20, seed=1, subset="stratified", cache_dir=tmp_path / "c"
+    )
+    assert torch.bincount(y_sub, minlength=10).tolist() == [2] * 10
 
 
 # --- regression curve -----------------------------------------------------------------------

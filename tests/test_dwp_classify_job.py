@@ -7,9 +7,11 @@ import signal
 
 import pyro
 import pytest
+import torch
 from conftest import SHARED_DATA, needs_shared_data, signal_after_epoch
 
 from pyro_dwp.cli import main
+from pyro_dwp.data import load_mnist
 from pyro_dwp.experiments import classification, dwp_classify
 from pyro_dwp.models.kernel_vae import KernelVAE, save_kernel_vae
 
@@ -259,3 +261,33 @@ def test_results_from_before_net_init_resume_only_as_torch(tmp_path):
     assert dwp_classify.load_results(path, config, {})["config"] == config
     with pytest.raises(ValueError, match="net_init: 'torch' -> 'xavier'"):
         dwp_classify.load_results(path, {**config, "net_init": "xavier"}, {})
+
+
+def test_results_from_before_split_resume_only_as_balanced(tmp_path):
+    """A results file written before ``--split`` existed was trained on the balanced subsets;
+    ``--split paper`` is another protocol and does not resume it."""
+    path = tmp_path / "dwp_classify.json"
+    path.write_text(json.dumps({"config": {"epochs": 1}, "cells": []}))
+    config = {"epochs": 1, "split": "balanced"}
+    assert dwp_classify.load_results(path, config, {})["config"] == config
+    with pytest.raises(ValueError, match="split: 'balanced' -> 'paper'"):
+        dwp_classify.load_results(path, {**config, "split": "paper"}, {})
+
+
+@needs_data
+def test_split_paper_trains_on_the_authors_subset():
+    """``--split paper``: the cell's N examples are scikit-learn's stratified split of the 60,000
+    training images (``random_state`` = the seed), pixels / 255, in dataset order."""
+    p = argparse.ArgumentParser()
+    dwp_classify.add_training_arguments(p)
+    args = p.parse_args(["--channels", "4", "8", "--split", "paper"])
+    args.data_dir, args.device, args.reverse, args.log_uniform_guide = (
+        SHARED_DATA, "cpu", "frozen", "additive",
+    )  # fmt: skip
+    _, x, y = dwp_classify.build_cell(args, "normal", 50, 3, None)
+    expected_x, expected_y = load_mnist(
+        "train+valid", SHARED_DATA, n=50, seed=3, subset="stratified", flatten=False,
+        pixel_scale=255.0,
+    )  # fmt: skip
+    assert torch.equal(x, expected_x) and torch.equal(y, expected_y)
+    assert p.parse_args([]).split == "balanced"

@@ -6,6 +6,7 @@ from pyro_dwp.data.images import (
     CACHE_ENV_VAR,
     DATA_ENV_VAR,
     DWP_PIXEL_SCALE,
+    SUBSETS,
     find_data_dir,
     load_mnist,
     load_notmnist,
@@ -20,6 +21,7 @@ from pyro_dwp.data.kernels import (
 )
 from pyro_dwp.data.mushroom import MUSHROOM_CONTEXT_DIM, load_mushroom
 from pyro_dwp.data.regression import curve, make_regression_data, noise_in_y, true_curve
+from pyro_dwp.data.splits import stratified_subset
 
 __all__ = [
     "BBB_PIXEL_SCALE",
@@ -27,6 +29,7 @@ __all__ = [
     "DATA_ENV_VAR",
     "DWP_PIXEL_SCALE",
     "MUSHROOM_CONTEXT_DIM",
+    "SUBSETS",
     "curve",
     "find_data_dir",
     "kernel_similarity",
@@ -40,5 +43,6 @@ __all__ = [
     "random_affine",
     "select_kernels",
     "split_kernels",
+    "stratified_subset",
     "true_curve",
 ]

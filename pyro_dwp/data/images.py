@@ -35,11 +35,15 @@ from torch import Tensor
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from pyro_dwp.data.splits import stratified_subset
+
 __all__ = [
     "BBB_PIXEL_SCALE",
     "CACHE_ENV_VAR",
     "DATA_ENV_VAR",
     "DWP_PIXEL_SCALE",
+    "SUBSETS",
+    "Subset",
     "find_data_dir",
     "load_mnist",
     "load_notmnist",
@@ -66,6 +70,10 @@ BBB_PIXEL_SCALE = 126.0
 DWP_PIXEL_SCALE = 255.0
 """Pixels are divided by this in the DWP authors' code (source and target nets): ``[0, 1]``."""
 _NUM_CLASSES = 10
+Subset = Literal["balanced", "stratified"]
+SUBSETS: tuple[Subset, ...] = ("balanced", "stratified")
+"""How :func:`load_mnist` draws ``n`` examples: ``"balanced"`` (ours) or ``"stratified"``
+(scikit-learn's stratified split, the DWP authors')."""
 _IMAGE_SHAPE = (28, 28)
 _CHUNK_BYTES = 1 << 20
 # What torchvision's IDX reader raises on a file of the wrong magic number, type or length.
@@ -133,11 +141,12 @@ def find_data_dir(name: Literal["mnist", "notmnist"], data_dir: _PathLike | None
 
 
 def load_mnist(
-    split: Literal["train", "valid", "test"],
+    split: Literal["train", "valid", "train+valid", "test"],
     data_dir: _PathLike | None = None,
     *,
     n: int | None = None,
     seed: int = 0,
+    subset: Subset = "balanced",
     flatten: bool = True,
     cache_dir: _PathLike | None = None,
     pixel_scale: float = BBB_PIXEL_SCALE,
@@ -145,16 +154,21 @@ def load_mnist(
     """Load a split of MNIST, pixels divided by ``pixel_scale`` (Blundell et al. (2015): 126).
 
     The splits are those of the paper: ``"train"`` is the first 50,000 images of the official
-    training set, ``"valid"`` its last 10,000, ``"test"`` the official 10,000 test images.
+    training set, ``"valid"`` its last 10,000, ``"test"`` the official 10,000 test images;
+    ``"train+valid"`` is the whole official training set (60,000 images), the pool of the DWP
+    authors' training subsets.
 
     Args:
-        split: ``"train"``, ``"valid"`` or ``"test"``.
+        split: ``"train"``, ``"valid"``, ``"train+valid"`` or ``"test"``.
         data_dir: Directory containing ``mnist/`` (see the module docstring); if ``None``, the
             environment variable ``PYRO_DWP_DATA``, else torchvision's download.
         n: If given, return a random subset of ``n`` examples of the split, in dataset order.
-            When ``n`` is divisible by 10 the subset is class-balanced (``n / 10`` examples per
-            digit); otherwise it is a uniform random subset.
+            With ``subset="balanced"``, when ``n`` is divisible by 10 the subset is
+            class-balanced (``n / 10`` examples per digit), otherwise a uniform random subset;
+            with ``subset="stratified"`` it is scikit-learn's stratified split of random state
+            ``seed`` (:func:`~pyro_dwp.data.splits.stratified_subset`, the DWP authors').
         seed: Seed of the subset; the same ``seed`` and ``n`` always give the same subset.
+        subset: How ``n`` examples are drawn (above); ignored without ``n``.
         flatten: Return images of shape ``(N, 784)`` if true, else ``(N, 1, 28, 28)``.
         cache_dir: Directory for the decompressed files; default ``PYRO_DWP_CACHE`` or
             ``~/.cache/pyro_dwp``.
@@ -166,13 +180,13 @@ def load_mnist(
         labels, int64 in ``0..9``, shape ``(N,)``.
 
     Raises:
-        ValueError: On an unknown split, an ``n`` out of range, or a corrupt data file (the
-            message names the file).
+        ValueError: On an unknown split or subset, an ``n`` out of range, or a corrupt data file
+            (the message names the file).
         FileNotFoundError: If the files cannot be found (nor downloaded).
     """
-    _check_split(split, ("train", "valid", "test"))
+    _check_split(split, ("train", "valid", "train+valid", "test"))
     images, labels = _raw_split("mnist", split != "test", data_dir, cache_dir)
-    if split != "test":
+    if split in ("train", "valid"):
         if len(labels) <= _MNIST_VALID_SIZE:
             raise ValueError(
                 f"the MNIST training file holds {len(labels)} images, too few to set the last "
@@ -181,7 +195,9 @@ def load_mnist(
         n_train = len(labels) - _MNIST_VALID_SIZE
         part = slice(0, n_train) if split == "train" else slice(n_train, None)
         images, labels = images[part], labels[part]
-    return _prepare(images, labels, n=n, seed=seed, flatten=flatten, pixel_scale=pixel_scale)
+    return _prepare(
+        images, labels, n=n, seed=seed, subset=subset, flatten=flatten, pixel_scale=pixel_scale
+    )
 
 
 def load_notmnist(
@@ -222,7 +238,9 @@ def load_notmnist(
     """
     _check_split(split, ("train", "test"))
     images, labels = _raw_split("notmnist", split == "train", data_dir, cache_dir)
-    return _prepare(images, labels, n=n, seed=seed, flatten=flatten, pixel_scale=pixel_scale)
+    return _prepare(
+        images, labels, n=n, seed=seed, subset="balanced", flatten=flatten, pixel_scale=pixel_scale
+    )
 
 
 def _check_split(split: str, allowed: tuple[str, ...]) -> None:
@@ -375,15 +393,27 @@ def _decompress(src: Path, dest: Path) -> None:
 
 
 def _prepare(
-    images: Tensor, labels: Tensor, *, n: int | None, seed: int, flatten: bool, pixel_scale: float
+    images: Tensor,
+    labels: Tensor,
+    *,
+    n: int | None,
+    seed: int,
+    subset: Subset,
+    flatten: bool,
+    pixel_scale: float,
 ) -> tuple[Tensor, Tensor]:
     """Subset, scale and shape ``(N, 28, 28)`` uint8 images and ``(N,)`` labels (new tensors)."""
     if not pixel_scale > 0:
         raise ValueError(f"pixel_scale must be > 0, got {pixel_scale}")
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     if n is None:
         labels = labels.clone()
     else:
-        index = _subset_indices(labels, n, seed)
+        if subset == "stratified":
+            index = torch.from_numpy(stratified_subset(labels, n, seed)).sort().values
+        else:
+            index = _subset_indices(labels, n, seed)
         images, labels = images[index], labels[index]
     x = images.to(torch.float32).div_(pixel_scale)
     return (x.reshape(len(x), -1) if flatten else x.unsqueeze(1)), labels

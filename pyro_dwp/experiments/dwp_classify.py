@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import pyro
 import torch
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from pyro_dwp.bnn import BNN
 from pyro_dwp.data import DWP_PIXEL_SCALE, kernel_similarity, load_mnist
+from pyro_dwp.data.images import Subset
 from pyro_dwp.experiments.classification import (
     EVALUATIONS,
     ensemble_log_probs,
@@ -86,13 +87,22 @@ _CONFIG_KEYS = (
     "vae_dir",
     "prior_scale",
     "dwp_layers",
+    "split",
 )
 # Config keys renamed with their options (old -> new), read from the results of an older run.
 _RENAMED_KEYS = {"init": "guide_init"}
 # Config keys added later, with the value that a run written before them had.
-_ADDED_KEYS = {"prior_scale": "as-trained", "net_init": "torch"}
+_ADDED_KEYS = {"prior_scale": "as-trained", "net_init": "torch", "split": "balanced"}
 PRIOR_SCALES = ("fan-in", "as-trained")
 """``--prior-scale`` choices (see :func:`load_net_vaes`)."""
+SPLITS: dict[str, tuple[Literal["train", "train+valid"], Subset]] = {
+    "balanced": ("train", "balanced"),
+    "paper": ("train+valid", "stratified"),
+}
+"""``--split`` choices: the :func:`~pyro_dwp.data.load_mnist` split and subset of the N
+training examples. ``balanced``: N / 10 of each digit from the first 50,000 training images, by
+our seeded draw; ``paper``: the DWP authors' subsets, scikit-learn's stratified split of the
+60,000 training images with ``random_state`` = the data seed (their ``--data_split_seed``)."""
 DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
@@ -157,6 +167,14 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a cell's network, guide and training, read by :func:`build_cell` and
     :func:`train_cell` (shared with ``pyro-dwp dwp-gap``)."""
     p.add_argument("--epochs", type=int, default=1000, help="the paper trains 10,000")
+    p.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        default="balanced",
+        help="the N training examples of a seed: balanced (default), N / 10 of each digit from "
+        "the first 50,000 training images; paper, the DWP authors' data splits (scikit-learn's "
+        "stratified train_test_split of the 60,000 training images, random_state = the seed)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="capped at N")
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
     p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
@@ -335,8 +353,9 @@ def build_cell(
 ) -> tuple[DWPSetup, Tensor, Tensor]:
     """Seed, load the ``N`` training examples of ``seed`` and build the untrained cell.
 
-    Reads ``args.data_dir``, ``pixel_scale``, ``channels``, ``device``, ``reverse``, ``guide_init``,
-    ``net_init``, ``init_log_variance`` and ``log_uniform_guide``. Clears the Pyro param store.
+    Reads ``args.data_dir``, ``split``, ``pixel_scale``, ``channels``, ``device``, ``reverse``,
+    ``guide_init``, ``net_init``, ``init_log_variance`` and ``log_uniform_guide``. Clears the
+    Pyro param store.
 
     Returns:
         ``(DWPSetup(model, guide, elbo), x, y)``, with ``x`` ``(N, 1, 28, 28)`` and ``y``
@@ -344,8 +363,15 @@ def build_cell(
     """
     pyro.clear_param_store()
     torch.manual_seed(seed)
+    split, subset = SPLITS[args.split]
     x, y = load_mnist(
-        "train", args.data_dir, n=n, seed=seed, flatten=False, pixel_scale=args.pixel_scale
+        split,
+        args.data_dir,
+        n=n,
+        seed=seed,
+        subset=subset,
+        flatten=False,
+        pixel_scale=args.pixel_scale,
     )
     net = DWPConvNet(tuple(args.channels))
     INITS[args.net_init](net)  # drawn after the seed, before the guide copies the weights
