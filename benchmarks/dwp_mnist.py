@@ -190,15 +190,29 @@ def _write(out: Path, result: dict, summary: dict) -> None:
     plot_figure2(out / "dwp_mnist_figure2.png", summary)
 
 
+# The keys of a results file that every part of a merged grid must share, with the value that a
+# file written before the key existed had (None: the key was always written).
+_PROTOCOL_KEYS = (
+    ("epochs", None),
+    ("evaluation", None),
+    ("split", "balanced"),
+    ("net_init", "torch"),
+    ("dwp_init", None),
+    ("reverse", None),
+)
+
+
 def merge(results_dir: Path, sources: list[Path]) -> dict:
     """Add the cells of other runs' ``dwp_mnist.json`` (``sources``: other N or seeds, the
-    same epochs, evaluation and split) to ``results_dir``'s and rewrite its json, md and figure.
+    same protocol: :data:`_PROTOCOL_KEYS`) to ``results_dir``'s and rewrite its json, md and
+    figure.
 
     A grid too long for one device call runs in parts; the merged file keeps every part's
     command under ``commands`` and its seconds under ``seconds``.
 
     Raises:
-        SystemExit: if a source was trained with other epochs, evaluation or split, or repeats a
+        SystemExit: if a source was trained under another protocol (epochs, evaluation, split,
+            the network's or the DWP means' initialisation, the reverse model), or repeats a
             (prior, N, seed) cell.
     """
     result = json.loads((results_dir / "dwp_mnist.json").read_text())
@@ -206,7 +220,7 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
     seen = {(c["prior"], c["n"], c["seed"]) for c in result["cells"]}
     for path in sources:
         part = json.loads(Path(path).read_text())
-        for key, default in (("epochs", None), ("evaluation", None), ("split", "balanced")):
+        for key, default in _PROTOCOL_KEYS:
             mine, theirs = result.get(key, default), part.get(key, default)
             if theirs != mine:
                 raise SystemExit(f"{path}: {key} {theirs!r}, but the grid's is {mine!r}")

@@ -346,6 +346,15 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
     other.write_text(json.dumps(paper))
     with pytest.raises(SystemExit, match="split 'paper', but the grid's is 'balanced'"):
         dwp_mnist.merge(tmp_path, [other])
+    for key, value, grid_value in (
+        ("net_init", "xavier", "torch"),
+        ("reverse", "frozen", "trainable"),
+    ):
+        changed = _grid([("dwp", 100, 0, 0.8)])
+        changed[key] = value  # the grid has no net_init: written before the option, PyTorch's init
+        other.write_text(json.dumps(changed))
+        with pytest.raises(SystemExit, match=f"{key} '{value}', but the grid's is '{grid_value}'"):
+            dwp_mnist.merge(tmp_path, [other])
 
 
 @needs_shared_data("mnist")
