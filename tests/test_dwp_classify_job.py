@@ -253,25 +253,18 @@ def test_net_init_sets_the_starting_weights(net_init):
             assert float(w.detach().abs().max()) <= 1 / math.sqrt(fan_in)  # uniform's bound
 
 
-def test_results_from_before_net_init_resume_only_as_torch(tmp_path):
-    """A results file written before ``--net-init`` existed was trained with PyTorch's init."""
+@pytest.mark.parametrize(
+    ("key", "before", "other"), [("net_init", "torch", "xavier"), ("split", "balanced", "paper")]
+)
+def test_results_from_before_an_option_resume_only_as_its_old_value(tmp_path, key, before, other):
+    """A results file written before ``--net-init`` / ``--split`` existed was trained with
+    PyTorch's init / on the balanced subsets: it resumes under that value, not another."""
     path = tmp_path / "dwp_classify.json"
     path.write_text(json.dumps({"config": {"epochs": 1}, "cells": []}))
-    config = {"epochs": 1, "net_init": "torch"}
+    config = {"epochs": 1, key: before}
     assert dwp_classify.load_results(path, config, {})["config"] == config
-    with pytest.raises(ValueError, match="net_init: 'torch' -> 'xavier'"):
-        dwp_classify.load_results(path, {**config, "net_init": "xavier"}, {})
-
-
-def test_results_from_before_split_resume_only_as_balanced(tmp_path):
-    """A results file written before ``--split`` existed was trained on the balanced subsets;
-    ``--split paper`` is another protocol and does not resume it."""
-    path = tmp_path / "dwp_classify.json"
-    path.write_text(json.dumps({"config": {"epochs": 1}, "cells": []}))
-    config = {"epochs": 1, "split": "balanced"}
-    assert dwp_classify.load_results(path, config, {})["config"] == config
-    with pytest.raises(ValueError, match="split: 'balanced' -> 'paper'"):
-        dwp_classify.load_results(path, {**config, "split": "paper"}, {})
+    with pytest.raises(ValueError, match=f"{key}: '{before}' -> '{other}'"):
+        dwp_classify.load_results(path, {**config, key: other}, {})
 
 
 @needs_data
