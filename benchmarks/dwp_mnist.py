@@ -64,6 +64,7 @@ from pyro_dwp.experiments.dwp_source import INITS
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
 from pyro_dwp.infer.fit import Engine
 from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
+from pyro_dwp.pretrained import LAYERS, sha256
 
 __all__ = ["main"]
 
@@ -173,6 +174,7 @@ def main(args: argparse.Namespace) -> dict:
         "split": args.split or "balanced",
         "reverse": args.reverse,
         "prior": str(prior),
+        "prior_sha256": _prior_sha256(prior),
         "seconds": seconds,
         "paper": {p: dict(r.paper) for p, r in PRIOR_RECIPES.items() if r.paper},
         "ours": {f"{p} N={n}": s for (p, n), s in sorted(summary.items())},
@@ -188,6 +190,12 @@ def _write(out: Path, result: dict, summary: dict) -> None:
     (out / "dwp_mnist.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "dwp_mnist.md").write_text(_markdown(result, summary))
     plot_figure2(out / "dwp_mnist_figure2.png", summary)
+
+
+def _prior_sha256(prior: Path) -> dict[str, str]:
+    """SHA-256 of the prior folder's kernel VAE files, by file name (those that exist)."""
+    files = (prior / f"vae_{layer}.pt" for layer in LAYERS)
+    return {f.name: sha256(f) for f in files if f.exists()}
 
 
 # The keys of a results file that every part of a merged grid must share, with the value that a
@@ -212,8 +220,9 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
 
     Raises:
         SystemExit: if a source was trained under another protocol (epochs, evaluation, split,
-            the network's or the DWP means' initialisation, the reverse model), or repeats a
-            (prior, N, seed) cell.
+            the network's or the DWP means' initialisation, the reverse model) or with another
+            prior (its VAE files' SHA-256, where both files record them), or repeats a (prior,
+            N, seed) cell.
     """
     result = json.loads((results_dir / "dwp_mnist.json").read_text())
     result.setdefault("commands", [result["command"]])
@@ -224,6 +233,10 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
             mine, theirs = result.get(key, default), part.get(key, default)
             if theirs != mine:
                 raise SystemExit(f"{path}: {key} {theirs!r}, but the grid's is {mine!r}")
+        # the prior's files (recorded since 2026-12-04; a file written before is not compared)
+        mine, theirs = result.get("prior_sha256"), part.get("prior_sha256")
+        if mine is not None and theirs is not None and mine != theirs:
+            raise SystemExit(f"{path}: trained with another prior (the VAE files' SHA-256 differ)")
         for c in part["cells"]:
             cell = (c["prior"], c["n"], c["seed"])
             if cell in seen:

@@ -11,6 +11,7 @@ the scripts' own outputs are checked in detail by ``test_dwp_init_benchmarks.py`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import runpy
@@ -266,6 +267,11 @@ def test_dwp_mnist_deterministic_adds_the_fourth_row(tmp_path, keep_threads):
 
     result = dwp_mnist.main(dwp_mnist.parse_args([*_dwp_mnist(tmp_path), "--deterministic"]))
     assert {"dwp N=10", "normal N=10", "deterministic-l2 N=10"} <= set(result["ours"])
+    prior = tmp_path / "prior"  # the grid records which prior it ran, by its files' SHA-256
+    assert result["prior_sha256"] == {
+        name: hashlib.sha256((prior / name).read_bytes()).hexdigest()
+        for name in ("vae_conv1.pt", "vae_conv2.pt")
+    }
     table = (tmp_path / "results" / "dwp_mnist.md").read_text()
     assert table.count("| deterministic + L2 |") == 3  # the paper's row, ours: accuracy, NLL
 
@@ -355,6 +361,18 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
         other.write_text(json.dumps(changed))
         with pytest.raises(SystemExit, match=f"{key} '{value}', but the grid's is '{grid_value}'"):
             dwp_mnist.merge(tmp_path, [other])
+    # the prior's files: compared where both record them
+    grid = json.loads((tmp_path / "dwp_mnist.json").read_text())
+    grid["prior_sha256"] = {"vae_conv1.pt": "a", "vae_conv2.pt": "b"}
+    (tmp_path / "dwp_mnist.json").write_text(json.dumps(grid))
+    changed = _grid([("dwp", 100, 0, 0.8)])
+    changed["prior_sha256"] = {"vae_conv1.pt": "c", "vae_conv2.pt": "b"}
+    other.write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match="trained with another prior"):
+        dwp_mnist.merge(tmp_path, [other])
+    del changed["prior_sha256"]  # written before the key: not compared
+    other.write_text(json.dumps(changed))
+    assert dwp_mnist.merge(tmp_path, [other])["prior_sha256"]["vae_conv1.pt"] == "a"
 
 
 @needs_shared_data("mnist")
