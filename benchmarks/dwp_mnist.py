@@ -54,6 +54,7 @@ from devices import run_processes, visible_gpus
 from pyro_dwp.experiments.classification import EVALUATIONS
 from pyro_dwp.experiments.dwp_classify import (
     RESULTS,
+    SPLIT_TEXT,
     SPLITS,
     plot_figure2,
     summarise,
@@ -67,12 +68,6 @@ from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
 from pyro_dwp.pretrained import LAYERS, sha256
 
 __all__ = ["main"]
-
-SPLIT_TEXT = {
-    "balanced": "N / 10 of each digit from the first 50,000 training images, our seeded draw",
-    "paper": "the DWP authors' data splits: scikit-learn's stratified train_test_split of the "
-    "60,000 training images, random_state = the seed",
-}
 
 
 def _stage(argv: list[object]) -> float:
@@ -276,6 +271,7 @@ def _classify_options(args: argparse.Namespace) -> list[object]:
 
 def _markdown(result: dict, summary: dict) -> str:
     sizes = sorted({n for _, n in summary})
+    split = result.get("split", "balanced")  # a grid written before --split: balanced
     lines = [
         "# Deep Weight Prior, MNIST with N training examples (Atanov et al. 2019, Figure 2)",
         "",
@@ -285,8 +281,7 @@ def _markdown(result: dict, summary: dict) -> str:
         f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation "
         f"(`{result.get('net_init', 'torch')}`); reverse "
-        f"model {result['reverse']}; training examples: `--split "
-        f"{result.get('split', 'balanced')}` ({SPLIT_TEXT[result.get('split', 'balanced')]})",
+        f"model {result['reverse']}; training examples: `--split {split}` ({SPLIT_TEXT[split]})",
         *(f"  - `{c}`" for c in result.get("commands", [])),
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
         "",

@@ -40,7 +40,7 @@ def stratified_subset(labels: Tensor, n: int, seed: int) -> np.ndarray:
 
     Raises:
         ValueError: If ``n`` is out of range, ``seed`` is negative, or a class has fewer than
-            two examples (scikit-learn's conditions, in its words).
+            two examples (scikit-learn's conditions).
     """
     y = labels.detach().cpu().numpy()
     if y.ndim != 1:

@@ -100,9 +100,13 @@ SPLITS: dict[str, tuple[Literal["train", "train+valid"], Subset]] = {
     "paper": ("train+valid", "stratified"),
 }
 """``--split`` choices: the :func:`~pyro_dwp.data.load_mnist` split and subset of the N
-training examples. ``balanced``: N / 10 of each digit from the first 50,000 training images, by
-our seeded draw; ``paper``: the DWP authors' subsets, scikit-learn's stratified split of the
-60,000 training images with ``random_state`` = the data seed (their ``--data_split_seed``)."""
+training examples (described in :data:`SPLIT_TEXT`)."""
+SPLIT_TEXT = {
+    "balanced": "N / 10 of each digit from the first 50,000 training images, our seeded draw",
+    "paper": "the DWP authors' data splits: scikit-learn's stratified train_test_split of the "
+    "60,000 training images, random_state = the seed (their --data_split_seed)",
+}
+"""What each ``--split`` trains on, for help texts and results headers."""
 DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
@@ -171,9 +175,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         "--split",
         choices=list(SPLITS),
         default="balanced",
-        help="the N training examples of a seed: balanced (default), N / 10 of each digit from "
-        "the first 50,000 training images; paper, the DWP authors' data splits (scikit-learn's "
-        "stratified train_test_split of the 60,000 training images, random_state = the seed)",
+        help="the N training examples of a seed: "
+        + "; ".join(f"{name}, {text}" for name, text in SPLIT_TEXT.items())
+        + " (default: balanced)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="capped at N")
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
