@@ -53,6 +53,7 @@ from devices import run_processes, visible_gpus
 
 from pyro_dwp.experiments.classification import EVALUATIONS
 from pyro_dwp.experiments.dwp_classify import (
+    DEFAULT_LR,
     RESULTS,
     SPLIT_TEXT,
     SPLITS,
@@ -166,6 +167,7 @@ def main(args: argparse.Namespace) -> dict:
         "evaluation": EVALUATIONS[args.evaluation],
         "dwp_init": args.dwp_init,
         "net_init": args.net_init or "torch",
+        "lr": args.lr or DEFAULT_LR,
         "split": args.split or "balanced",
         "reverse": args.reverse,
         "prior": str(prior),
@@ -200,6 +202,7 @@ _PROTOCOL_KEYS = (
     ("evaluation", None),
     ("split", "balanced"),
     ("net_init", "torch"),
+    ("lr", DEFAULT_LR),
     ("dwp_init", None),
     ("reverse", None),
 )
@@ -259,10 +262,10 @@ def _per_layer(values: list | None, option: str) -> list:
 
 def _classify_options(args: argparse.Namespace) -> list[object]:
     """The ``dwp-classify`` options given on this command line (``--n-test``, ``--test-samples``,
-    ``--channels``, ``--engine``, ``--net-init``, ``--split``); those left out keep the job's
-    defaults."""
+    ``--channels``, ``--lr``, ``--engine``, ``--net-init``, ``--split``); those left out keep the
+    job's defaults."""
     argv: list[object] = []
-    for key in ("n_test", "test_samples", "channels", "engine", "net_init", "split"):
+    for key in ("n_test", "test_samples", "channels", "lr", "engine", "net_init", "split"):
         value = getattr(args, key)
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", *(value if isinstance(value, list) else [value])]
@@ -280,7 +283,8 @@ def _markdown(result: dict, summary: dict) -> str:
         f"cell: {result['epochs']} (the paper: 10,000 on the small sets); test-time evaluation: "
         f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation "
-        f"(`{result.get('net_init', 'torch')}`); reverse "
+        f"(`{result.get('net_init', 'torch')}`); initial learning rate "
+        f"{result.get('lr', DEFAULT_LR):g}; reverse "
         f"model {result['reverse']}; training examples: `--split {split}` ({SPLIT_TEXT[split]})",
         *(f"  - `{c}`" for c in result.get("commands", [])),
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
@@ -375,6 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=None, help="dwp-classify --n-test (all)")
     p.add_argument("--test-samples", type=int, default=None, help="dwp-classify --test-samples")
     p.add_argument("--channels", type=int, nargs=2, default=None, help="dwp-classify --channels")
+    p.add_argument("--lr", type=float, default=None, help="dwp-classify --lr (default: its 1e-3)")
     p.add_argument(
         "--engine", choices=list(get_args(Engine)), default=None, help="dwp-classify --engine"
     )

@@ -291,8 +291,8 @@ def test_dwp_mnist_markdown_reads_the_paper_row_from_json():
     assert "| dwp | 0.800 |" in text and "nan" not in text.split("## Ours")[0]
 
 
-def test_dwp_mnist_passes_net_init_to_every_cell():
-    """``--net-init xavier`` reaches dwp-classify's command line (parsed by the job's own
+def test_dwp_mnist_passes_net_init_and_lr_to_every_cell():
+    """``--net-init xavier`` and ``--lr`` reach dwp-classify's command line (parsed by the job's own
     options) and the table's header; left out, the job's default holds and the header says so,
     for a grid written before the option too."""
     sys.path.insert(0, str(BENCHMARKS))
@@ -302,14 +302,19 @@ def test_dwp_mnist_passes_net_init_to_every_cell():
 
     job = argparse.ArgumentParser()
     dwp_classify.add_training_arguments(job)
-    for given, expected in ((["--net-init", "xavier"], "xavier"), ([], "torch")):
+    for given, expected in (
+        (["--net-init", "xavier", "--lr", "0.002"], ("xavier", 0.002)),
+        ([], ("torch", 0.001)),
+    ):
         argv = dwp_mnist._classify_options(dwp_mnist.parse_args(given))
-        assert job.parse_args([str(a) for a in argv]).net_init == expected
+        parsed = job.parse_args([str(a) for a in argv])
+        assert (parsed.net_init, parsed.lr) == expected
     result = _grid([("dwp", 50, 0, 0.7)])
     summary = {("dwp", 50): {"accuracy": [0.7, 0.0, 1], "nll": [1.0, 0.0, 1]}}
     assert "network's initialisation (`torch`)" in dwp_mnist._markdown(result, summary)
     result["net_init"] = "xavier"
     assert "network's initialisation (`xavier`)" in dwp_mnist._markdown(result, summary)
+    assert "initial learning rate 0.001;" in dwp_mnist._markdown(result, summary)
 
 
 def _grid(cells: list[tuple[str, int, int, float]], epochs: int = 4000) -> dict:
@@ -354,12 +359,13 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
         dwp_mnist.merge(tmp_path, [other])
     for key, value, grid_value in (
         ("net_init", "xavier", "torch"),
+        ("lr", 0.002, 0.001),
         ("reverse", "frozen", "trainable"),
     ):
         changed = _grid([("dwp", 100, 0, 0.8)])
-        changed[key] = value  # the grid has no net_init: written before the option, PyTorch's init
+        changed[key] = value  # the grid has no net_init / lr: written before the options
         other.write_text(json.dumps(changed))
-        with pytest.raises(SystemExit, match=f"{key} '{value}', but the grid's is '{grid_value}'"):
+        with pytest.raises(SystemExit, match=f"{key} {value!r}, but the grid's is {grid_value!r}"):
             dwp_mnist.merge(tmp_path, [other])
     # the prior's files: compared where both record them
     grid = json.loads((tmp_path / "dwp_mnist.json").read_text())

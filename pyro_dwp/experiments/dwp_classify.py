@@ -107,6 +107,8 @@ SPLIT_TEXT = {
     "60,000 training images, random_state = the seed (their --data_split_seed)",
 }
 """What each ``--split`` trains on, for help texts and results headers."""
+DEFAULT_LR = 1e-3
+"""``--lr``'s default, the DWP authors' initial Adam rate (``train-bnn.py --lr``)."""
 DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
@@ -180,7 +182,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         + " (default: balanced)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="capped at N")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam rate, decayed to 0")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="initial Adam rate, decayed to 0")
     p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
     p.add_argument(
         "--guide-init",
