@@ -168,6 +168,7 @@ def main(args: argparse.Namespace) -> dict:
         "dwp_init": args.dwp_init,
         "net_init": args.net_init or "torch",
         "lr": args.lr or DEFAULT_LR,
+        "kl_weight": args.kl_weight or 1.0,
         "split": args.split or "balanced",
         "reverse": args.reverse,
         "prior": str(prior),
@@ -203,6 +204,7 @@ _PROTOCOL_KEYS = (
     ("split", "balanced"),
     ("net_init", "torch"),
     ("lr", DEFAULT_LR),
+    ("kl_weight", 1.0),
     ("dwp_init", None),
     ("reverse", None),
 )
@@ -218,7 +220,8 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
 
     Raises:
         SystemExit: if a source was trained under another protocol (epochs, evaluation, split,
-            the network's or the DWP means' initialisation, the reverse model) or with another
+            learning rate, KL weight, the network's or the DWP means' initialisation, the
+            reverse model) or with another
             prior (its VAE files' SHA-256, where both files record them), or repeats a (prior,
             N, seed) cell.
     """
@@ -262,10 +265,11 @@ def _per_layer(values: list | None, option: str) -> list:
 
 def _classify_options(args: argparse.Namespace) -> list[object]:
     """The ``dwp-classify`` options given on this command line (``--n-test``, ``--test-samples``,
-    ``--channels``, ``--lr``, ``--engine``, ``--net-init``, ``--split``); those left out keep the
-    job's defaults."""
+    ``--channels``, ``--lr``, ``--kl-weight``, ``--engine``, ``--net-init``, ``--split``); those
+    left out keep the job's defaults."""
     argv: list[object] = []
-    for key in ("n_test", "test_samples", "channels", "lr", "engine", "net_init", "split"):
+    keys = ("n_test", "test_samples", "channels", "lr", "kl_weight", "engine", "net_init", "split")
+    for key in keys:
         value = getattr(args, key)
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", *(value if isinstance(value, list) else [value])]
@@ -284,7 +288,7 @@ def _markdown(result: dict, summary: dict) -> str:
         f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation "
         f"(`{result.get('net_init', 'torch')}`); initial learning rate "
-        f"{result.get('lr', DEFAULT_LR):g}; reverse "
+        f"{result.get('lr', DEFAULT_LR):g}; KL weight {result.get('kl_weight', 1.0):g}; reverse "
         f"model {result['reverse']}; training examples: `--split {split}` ({SPLIT_TEXT[split]})",
         *(f"  - `{c}`" for c in result.get("commands", [])),
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",
@@ -380,6 +384,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-samples", type=int, default=None, help="dwp-classify --test-samples")
     p.add_argument("--channels", type=int, nargs=2, default=None, help="dwp-classify --channels")
     p.add_argument("--lr", type=float, default=None, help="dwp-classify --lr (default: its 1e-3)")
+    p.add_argument(
+        "--kl-weight", type=float, default=None, help="dwp-classify --kl-weight (default: its 1)"
+    )
     p.add_argument(
         "--engine", choices=list(get_args(Engine)), default=None, help="dwp-classify --engine"
     )

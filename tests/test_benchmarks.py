@@ -291,10 +291,10 @@ def test_dwp_mnist_markdown_reads_the_paper_row_from_json():
     assert "| dwp | 0.800 |" in text and "nan" not in text.split("## Ours")[0]
 
 
-def test_dwp_mnist_passes_net_init_and_lr_to_every_cell():
-    """``--net-init xavier`` and ``--lr`` reach dwp-classify's command line (parsed by the job's own
-    options) and the table's header; left out, the job's default holds and the header says so,
-    for a grid written before the option too."""
+def test_dwp_mnist_passes_net_init_lr_and_kl_weight_to_every_cell():
+    """``--net-init xavier``, ``--lr`` and ``--kl-weight`` reach dwp-classify's command line
+    (parsed by the job's own options) and the table's header; left out, the job's defaults hold
+    and the header says so, for a grid written before the options too."""
     sys.path.insert(0, str(BENCHMARKS))
     import dwp_mnist
 
@@ -303,18 +303,18 @@ def test_dwp_mnist_passes_net_init_and_lr_to_every_cell():
     job = argparse.ArgumentParser()
     dwp_classify.add_training_arguments(job)
     for given, expected in (
-        (["--net-init", "xavier", "--lr", "0.002"], ("xavier", 0.002)),
-        ([], ("torch", 0.001)),
+        (["--net-init", "xavier", "--lr", "0.002", "--kl-weight", "0.5"], ("xavier", 0.002, 0.5)),
+        ([], ("torch", 0.001, 1.0)),
     ):
         argv = dwp_mnist._classify_options(dwp_mnist.parse_args(given))
         parsed = job.parse_args([str(a) for a in argv])
-        assert (parsed.net_init, parsed.lr) == expected
+        assert (parsed.net_init, parsed.lr, parsed.kl_weight) == expected
     result = _grid([("dwp", 50, 0, 0.7)])
     summary = {("dwp", 50): {"accuracy": [0.7, 0.0, 1], "nll": [1.0, 0.0, 1]}}
     assert "network's initialisation (`torch`)" in dwp_mnist._markdown(result, summary)
     result["net_init"] = "xavier"
     assert "network's initialisation (`xavier`)" in dwp_mnist._markdown(result, summary)
-    assert "initial learning rate 0.001;" in dwp_mnist._markdown(result, summary)
+    assert "initial learning rate 0.001; KL weight 1;" in dwp_mnist._markdown(result, summary)
 
 
 def _grid(cells: list[tuple[str, int, int, float]], epochs: int = 4000) -> dict:
@@ -363,7 +363,7 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
         ("reverse", "frozen", "trainable"),
     ):
         changed = _grid([("dwp", 100, 0, 0.8)])
-        changed[key] = value  # the grid has no net_init / lr: written before the options
+        changed[key] = value  # the grid has no net_init / lr / kl_weight: older
         other.write_text(json.dumps(changed))
         with pytest.raises(SystemExit, match=f"{key} {value!r}, but the grid's is {grid_value!r}"):
             dwp_mnist.merge(tmp_path, [other])

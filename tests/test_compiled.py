@@ -258,14 +258,18 @@ def assert_same_params(a, b, atol=1e-5):
         torch.testing.assert_close(a[k], b[k], rtol=0.0, atol=atol, msg=k)
 
 
+@pytest.mark.parametrize("kl_weight", [1.0, 0.3])
 @pytest.mark.parametrize("local_reparam", [False, True], ids=["weights", "local_reparam"])
-def test_fit_compiled_equals_fit_pyro(local_reparam):
+def test_fit_compiled_equals_fit_pyro(local_reparam, kl_weight):
+    """The same parameters and records from both engines, a tempered KL term (kl_weight) too."""
     runs = {}
     for engine in ("pyro", "compiled"):
         pyro.clear_param_store()
         model, guide = regression()
         handlers = [LocalReparameterizationMessenger()] if local_reparam else []
-        trainer = SVITrainer(model, guide, X, Y, engine=engine, handlers=handlers, **KW)
+        trainer = SVITrainer(
+            model, guide, X, Y, engine=engine, handlers=handlers, kl_weight=kl_weight, **KW
+        )
         history = trainer.train(3)
         assert trainer.running_engine == engine
         runs[engine] = params(), history

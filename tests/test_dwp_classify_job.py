@@ -254,17 +254,42 @@ def test_net_init_sets_the_starting_weights(net_init):
 
 
 @pytest.mark.parametrize(
-    ("key", "before", "other"), [("net_init", "torch", "xavier"), ("split", "balanced", "paper")]
+    ("key", "before", "other"),
+    [("net_init", "torch", "xavier"), ("split", "balanced", "paper"), ("kl_weight", 1.0, 0.5)],
 )
 def test_results_from_before_an_option_resume_only_as_its_old_value(tmp_path, key, before, other):
-    """A results file written before ``--net-init`` / ``--split`` existed was trained with
-    PyTorch's init / on the balanced subsets: it resumes under that value, not another."""
+    """A results file written before ``--net-init`` / ``--split`` / ``--kl-weight`` existed was
+    trained with PyTorch's init / on the balanced subsets / the ELBO: it resumes under that
+    value, not another."""
     path = tmp_path / "dwp_classify.json"
     path.write_text(json.dumps({"config": {"epochs": 1}, "cells": []}))
     config = {"epochs": 1, key: before}
     assert dwp_classify.load_results(path, config, {})["config"] == config
-    with pytest.raises(ValueError, match=f"{key}: '{before}' -> '{other}'"):
+    with pytest.raises(ValueError, match=f"{key}: {before!r} -> {other!r}"):
         dwp_classify.load_results(path, {**config, key: other}, {})
+
+
+@needs_data
+def test_kl_weight_scales_the_kl_term_of_a_cell(vae_dir):
+    """``--kl-weight 0.5``: the first step (the same draws, before any update) has the same data
+    term as the ELBO's and half its KL term, for the deep weight prior and a closed-form one."""
+    p = argparse.ArgumentParser()
+    dwp_classify.add_training_arguments(p)
+    records, vaes = {}, dwp_classify.load_vaes(vae_dir, "cpu")
+    for weight in ("1", "0.5"):
+        args = p.parse_args(["--channels", "4", "8", "--epochs", "1", "--kl-weight", weight])
+        args.data_dir, args.device, args.reverse, args.log_uniform_guide = (
+            SHARED_DATA, "cpu", "frozen", "additive",
+        )  # fmt: skip
+        args.no_progress = True
+        for prior in ("normal", "dwp"):
+            pyro.clear_param_store()
+            setup, x, y = dwp_classify.build_cell(args, prior, 20, 0, vaes)
+            (records[prior, weight],) = dwp_classify.train_cell(args, setup, x, y, 0, None)
+    for prior in ("normal", "dwp"):
+        full, half = records[prior, "1"], records[prior, "0.5"]
+        assert half["nll"] == pytest.approx(full["nll"], rel=1e-6), prior
+        assert half["kl"] == pytest.approx(0.5 * full["kl"], rel=1e-5), prior
 
 
 @needs_data

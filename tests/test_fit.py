@@ -263,6 +263,10 @@ def test_non_finite_parameters_never_reach_the_checkpoint(tmp_path):
         (dict(epochs=1, batch_size=0), "batch_size"),
         (dict(epochs=1, batch_size=4, num_particles=0), "num_particles"),
         (dict(epochs=1, batch_size=4, resume=True), "checkpoint path"),
+        *(
+            (dict(epochs=1, batch_size=4, kl_weight=bad), f"kl_weight .* got {bad!r}")
+            for bad in (0.0, -1.0, math.nan, math.inf, "1", True)
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -326,6 +330,7 @@ def _make_with(hidden=8, prior=None, init_scale=0.01):
         (dict(init_scale=0.02), r"guide\._init_scale: 0\.01 -> 0\.02"),
         (dict(lr=0.02), r"optim\.args\.lr: 0\.01 -> 0\.02"),
         (dict(num_particles=2), r"num_particles: 1 -> 2"),
+        (dict(kl_weight=0.5), r"kl_weight"),
         (dict(y=Y + 1), r"data: '\w+' -> '\w+'"),
     ],
 )
@@ -334,7 +339,7 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path, change, mat
     fit(*_make_with(), X, Y, epochs=1, checkpoint=ck, **KW)
     build = {k: v for k, v in change.items() if k in ("hidden", "prior", "init_scale")}
     y = change.get("y", Y)
-    kw = {**KW, **{k: v for k, v in change.items() if k in ("lr", "num_particles")}}
+    kw = {**KW, **{k: v for k, v in change.items() if k in ("lr", "num_particles", "kl_weight")}}
     pyro.clear_param_store()
     with pytest.raises(CheckpointError, match=f"other settings.*{match}"):
         fit(*_make_with(**build), X, y, epochs=2, checkpoint=ck, resume=True, **kw)

@@ -75,6 +75,7 @@ _CONFIG_KEYS = (
     "epochs",
     "batch_size",
     "lr",
+    "kl_weight",
     "channels",
     "guide_init",
     "net_init",
@@ -92,7 +93,12 @@ _CONFIG_KEYS = (
 # Config keys renamed with their options (old -> new), read from the results of an older run.
 _RENAMED_KEYS = {"init": "guide_init"}
 # Config keys added later, with the value that a run written before them had.
-_ADDED_KEYS = {"prior_scale": "as-trained", "net_init": "torch", "split": "balanced"}
+_ADDED_KEYS = {
+    "prior_scale": "as-trained",
+    "net_init": "torch",
+    "split": "balanced",
+    "kl_weight": 1.0,
+}
 PRIOR_SCALES = ("fan-in", "as-trained")
 """``--prior-scale`` choices (see :func:`load_net_vaes`)."""
 SPLITS: dict[str, tuple[Literal["train", "train+valid"], Subset]] = {
@@ -183,6 +189,13 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=256, help="capped at N")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="initial Adam rate, decayed to 0")
+    p.add_argument(
+        "--kl-weight",
+        type=float,
+        default=1.0,
+        help="factor of the KL term on every step: 1 (default) is the ELBO, the paper's loss; "
+        "another value trains the tempered objective (fit's kl_weight), for diagnostics",
+    )
     p.add_argument("--channels", type=int, nargs=2, default=[32, 128], metavar=("C1", "C2"))
     p.add_argument(
         "--guide-init",
@@ -405,7 +418,7 @@ def train_cell(
 ) -> list[dict[str, float]]:
     """Fit a cell of :func:`build_cell`: Adam, the rate decayed linearly to 0 over the epochs.
 
-    Reads ``args.epochs``, ``lr``, ``batch_size``, ``device``, ``engine`` and
+    Reads ``args.epochs``, ``lr``, ``kl_weight``, ``batch_size``, ``device``, ``engine`` and
     ``no_progress``. With a ``checkpoint`` the fit resumes from it if it exists.
 
     Returns:
@@ -424,6 +437,7 @@ def train_cell(
         optim=optim,
         elbo=setup.elbo,
         kl_scheme="uniform",
+        kl_weight=args.kl_weight,
         device=args.device,
         checkpoint=checkpoint,
         checkpoint_every=max(1, epochs // 10),

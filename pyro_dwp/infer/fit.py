@@ -156,6 +156,7 @@ def fit(
     num_particles: int = 1,
     vectorize_particles: bool = False,
     kl_scheme: KLScheme = "uniform",
+    kl_weight: float = 1.0,
     device: str | torch.device = "cpu",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
@@ -172,8 +173,8 @@ def fit(
 
     Each epoch shuffles the data (a seeded generator) into ``M = ceil(N / batch_size)``
     minibatches. The data term is scaled by ``N / B`` by the model's subsampled plate; the KL
-    term (every latent site, in model and guide) by ``M * pi_i`` from :func:`kl_weights`, through
-    :class:`~pyro_dwp.infer.KLScaleMessenger`, an effect handler.
+    term (every latent site, in model and guide) by ``kl_weight * M * pi_i`` from
+    :func:`kl_weights`, through :class:`~pyro_dwp.infer.KLScaleMessenger`, an effect handler.
 
     Args:
         model: ``model(x_batch, y_batch)``, e.g. a :class:`~pyro_dwp.bnn.BNN`.
@@ -193,6 +194,10 @@ def fit(
         num_particles: Monte Carlo samples of the weights per step.
         vectorize_particles: Draw the particles in one vectorised pass.
         kl_scheme: ``"uniform"`` or ``"blundell"`` minibatch KL weights.
+        kl_weight: A constant factor of the KL term on every step (positive, finite): 1 (the
+            default) optimises the ELBO; another value the tempered objective
+            ``nll + kl_weight * KL``, whose optimum over all ``q`` is proportional to
+            ``p(w) p(D | w)^(1 / kl_weight)`` (a cold posterior for ``kl_weight < 1``).
         device: ``"cpu"`` or ``"cuda"``; model, guide and data are moved there.
         checkpoint: File to write (atomically) every ``checkpoint_every`` epochs and at the end.
             With one, SIGINT (Ctrl-C) or SIGTERM stops training at the end of the epoch under
@@ -229,7 +234,9 @@ def fit(
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (-ELBO), ``nll`` (data term), ``kl``
-        (KL term, ``loss = nll + kl``), ``seconds``; averaged over the epoch's steps.
+        (KL term, ``loss = nll + kl``), ``seconds``; averaged over the epoch's steps. With a
+        ``kl_weight`` other than 1, ``kl`` is ``kl_weight`` times the KL term and ``loss`` the
+        tempered objective.
 
     Raises:
         CheckpointError: on resume, if the checkpoint is unreadable or was written with other
@@ -245,7 +252,7 @@ def fit(
     trainer = SVITrainer(
         model, guide, x, y, batch_size=batch_size, lr=lr, optim=optim, elbo=elbo,
         num_particles=num_particles, vectorize_particles=vectorize_particles,
-        kl_scheme=kl_scheme, device=device, checkpoint=checkpoint,
+        kl_scheme=kl_scheme, kl_weight=kl_weight, device=device, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, seed=seed, progress=progress, callback=callback,
         handlers=handlers, engine=engine, cuda_graphs=cuda_graphs, torch_compile=torch_compile,
     )  # fmt: skip
@@ -279,6 +286,7 @@ class SVITrainer:
         num_particles: int = 1,
         vectorize_particles: bool = False,
         kl_scheme: KLScheme = "uniform",
+        kl_weight: float = 1.0,
         device: str | torch.device = "cpu",
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
@@ -305,7 +313,11 @@ class SVITrainer:
         self.callback, self.handlers = callback, list(handlers)
         self.checkpoint_every = checkpoint_every
         self.num_batches = math.ceil(self.x.shape[0] / batch_size)
-        self._scales = (kl_weights(self.num_batches, kl_scheme) * self.num_batches).tolist()
+        number = isinstance(kl_weight, (int, float)) and not isinstance(kl_weight, bool)
+        if not (number and math.isfinite(kl_weight) and kl_weight > 0):
+            raise ValueError(f"kl_weight must be a positive finite number, got {kl_weight!r}")
+        scales = kl_weights(self.num_batches, kl_scheme) * (self.num_batches * kl_weight)
+        self._scales = scales.tolist()
         self.optim = optim if optim is not None else JointAdam(lr)
         self._kl_scale, self._data_term = KLScaleMessenger(), _DataTermMessenger()
         loss = elbo(
@@ -334,6 +346,8 @@ class SVITrainer:
         self._options = {
             "batch_size": batch_size,
             "kl_scheme": kl_scheme,
+            # only where it is not 1, so that checkpoints written before the option still resume
+            **({} if kl_weight == 1 else {"kl_weight": kl_weight}),
             "seed": seed,
             "num_particles": num_particles,
             "vectorize_particles": vectorize_particles,
