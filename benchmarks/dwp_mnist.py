@@ -221,9 +221,8 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
     Raises:
         SystemExit: if a source was trained under another protocol (epochs, evaluation, split,
             learning rate, KL weight, the network's or the DWP means' initialisation, the
-            reverse model) or with another
-            prior (its VAE files' SHA-256, where both files record them), or repeats a (prior,
-            N, seed) cell.
+            reverse model) or with another prior (its VAE files' SHA-256, where both files
+            record them), or repeats a (prior, N, seed) cell.
     """
     result = json.loads((results_dir / "dwp_mnist.json").read_text())
     result.setdefault("commands", [result["command"]])
