@@ -278,11 +278,12 @@ def _classify_options(args: argparse.Namespace) -> list[object]:
 def _markdown(result: dict, summary: dict) -> str:
     sizes = sorted({n for _, n in summary})
     split = result.get("split", "balanced")  # a grid written before --split: balanced
+    gpus, device = result["gpus"], result["device"]
     lines = [
         "# Deep Weight Prior, MNIST with N training examples (Atanov et al. 2019, Figure 2)",
         "",
         f"- command: `{result['command']}`",
-        f"- date: {result['date']}; device: {result['gpus']} x {result['device']}; epochs per "
+        f"- date: {result['date']}; device: {f'{gpus} x {device}' if gpus else device}; epochs per "
         f"cell: {result['epochs']} (the paper: 10,000 on the small sets); test-time evaluation: "
         f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation "

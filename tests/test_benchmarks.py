@@ -312,6 +312,7 @@ def test_dwp_mnist_passes_net_init_lr_and_kl_weight_to_every_cell():
     result = _grid([("dwp", 50, 0, 0.7)])
     summary = {("dwp", 50): {"accuracy": [0.7, 0.0, 1], "nll": [1.0, 0.0, 1]}}
     assert "network's initialisation (`torch`)" in dwp_mnist._markdown(result, summary)
+    assert "; device: cpu; " in dwp_mnist._markdown(result, summary)  # no "0 x cpu"
     result["net_init"] = "xavier"
     assert "network's initialisation (`xavier`)" in dwp_mnist._markdown(result, summary)
     assert "initial learning rate 0.001; KL weight 1;" in dwp_mnist._markdown(result, summary)
