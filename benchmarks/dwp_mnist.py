@@ -53,6 +53,7 @@ from devices import run_processes, visible_gpus
 
 from pyro_dwp.experiments.classification import EVALUATIONS
 from pyro_dwp.experiments.dwp_classify import (
+    DEFAULT_KL_WEIGHT,
     DEFAULT_LR,
     RESULTS,
     SPLIT_TEXT,
@@ -168,7 +169,7 @@ def main(args: argparse.Namespace) -> dict:
         "dwp_init": args.dwp_init,
         "net_init": args.net_init or "torch",
         "lr": args.lr or DEFAULT_LR,
-        "kl_weight": args.kl_weight or 1.0,
+        "kl_weight": args.kl_weight or DEFAULT_KL_WEIGHT,
         "split": args.split or "balanced",
         "reverse": args.reverse,
         "prior": str(prior),
@@ -204,7 +205,7 @@ _PROTOCOL_KEYS = (
     ("split", "balanced"),
     ("net_init", "torch"),
     ("lr", DEFAULT_LR),
-    ("kl_weight", 1.0),
+    ("kl_weight", DEFAULT_KL_WEIGHT),
     ("dwp_init", None),
     ("reverse", None),
 )
@@ -288,7 +289,8 @@ def _markdown(result: dict, summary: dict) -> str:
         f"{result['evaluation']}; DWP means initialised from "
         f"`{result['dwp_init']}`, the baselines' from the network's initialisation "
         f"(`{result.get('net_init', 'torch')}`); initial learning rate "
-        f"{result.get('lr', DEFAULT_LR):g}; KL weight {result.get('kl_weight', 1.0):g}; reverse "
+        f"{result.get('lr', DEFAULT_LR):g}; KL weight "
+        f"{result.get('kl_weight', DEFAULT_KL_WEIGHT):g}; reverse "
         f"model {result['reverse']}; training examples: `--split {split}` ({SPLIT_TEXT[split]})",
         *(f"  - `{c}`" for c in result.get("commands", [])),
         f"- stage seconds: {json.dumps({k: round(v) for k, v in result['seconds'].items()})}",

@@ -68,6 +68,10 @@ __all__ = [
 ]
 
 RESULTS, TABLE, FIGURE = "dwp_classify.json", "dwp_classify.md", "figure2.png"
+DEFAULT_LR = 1e-3
+"""``--lr``'s default, the DWP authors' initial Adam rate (``train-bnn.py --lr``)."""
+DEFAULT_KL_WEIGHT = 1.0
+"""``--kl-weight``'s default: the KL term at full weight, the ELBO (the paper's loss)."""
 # Settings that must match for a rerun to reuse finished cells.
 _CONFIG_KEYS = (
     "evaluation",
@@ -97,7 +101,7 @@ _ADDED_KEYS = {
     "prior_scale": "as-trained",
     "net_init": "torch",
     "split": "balanced",
-    "kl_weight": 1.0,
+    "kl_weight": DEFAULT_KL_WEIGHT,
 }
 PRIOR_SCALES = ("fan-in", "as-trained")
 """``--prior-scale`` choices (see :func:`load_net_vaes`)."""
@@ -113,8 +117,6 @@ SPLIT_TEXT = {
     "60,000 training images, random_state = the seed (their --data_split_seed)",
 }
 """What each ``--split`` trains on, for help texts and results headers."""
-DEFAULT_LR = 1e-3
-"""``--lr``'s default, the DWP authors' initial Adam rate (``train-bnn.py --lr``)."""
 DWP_LAYERS = ("conv1", "conv2")
 """The Bayesian layers of the ConvNet, the choices of ``--dwp-layers``."""
 
@@ -192,7 +194,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kl-weight",
         type=float,
-        default=1.0,
+        default=DEFAULT_KL_WEIGHT,
         help="factor of the KL term on every step: 1 (default) is the ELBO, the paper's loss; "
         "another value trains the tempered objective (fit's kl_weight), for diagnostics",
     )
