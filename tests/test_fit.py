@@ -123,6 +123,17 @@ def test_a_signal_stops_at_the_epoch_end_and_the_resume_equals_an_uninterrupted_
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """SIGINT as Python sets it up in a foreground process (``KeyboardInterrupt``) for the test's
+    duration: a process started in the background by a shell inherits SIGINT ignored, and
+    Python then leaves it ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_a_second_signal_acts_at_once_and_without_a_checkpoint_nothing_is_deferred():
     """Inside ``DeferredSignals`` the first SIGINT is recorded, the second is Python's
     ``KeyboardInterrupt``; a fit without a checkpoint leaves SIGINT to Python."""
