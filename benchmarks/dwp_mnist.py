@@ -69,7 +69,7 @@ from pyro_dwp.infer.fit import Engine
 from pyro_dwp.models.kernel_vae import DecoderMean, DecoderScale
 from pyro_dwp.pretrained import LAYERS, sha256
 
-__all__ = ["main"]
+__all__ = ["PROTOCOL_KEYS", "check_protocol", "main", "merge"]
 
 
 def _stage(argv: list[object]) -> float:
@@ -199,7 +199,7 @@ def _prior_sha256(prior: Path) -> dict[str, str]:
 
 # The keys of a results file that every part of a merged grid must share, with the value that a
 # file written before the key existed had (None: the key was always written).
-_PROTOCOL_KEYS = (
+PROTOCOL_KEYS = (
     ("epochs", None),
     ("evaluation", None),
     ("split", "balanced"),
@@ -211,9 +211,27 @@ _PROTOCOL_KEYS = (
 )
 
 
+def check_protocol(grid: dict, part: dict, path: object, varied: str | None = None) -> None:
+    """Refuse ``part`` (the results file at ``path``) unless it was trained under ``grid``'s
+    protocol (every key of :data:`PROTOCOL_KEYS` but ``varied``) with the same prior (its VAE
+    files' SHA-256, where both files record them).
+
+    Raises:
+        SystemExit: naming the first key that differs, or the prior.
+    """
+    for key, default in PROTOCOL_KEYS:
+        mine, theirs = grid.get(key, default), part.get(key, default)
+        if key != varied and theirs != mine:
+            raise SystemExit(f"{path}: {key} {theirs!r}, but the grid's is {mine!r}")
+    # the prior's files (recorded since 2026-12-04; a file written before is not compared)
+    mine, theirs = grid.get("prior_sha256"), part.get("prior_sha256")
+    if mine is not None and theirs is not None and mine != theirs:
+        raise SystemExit(f"{path}: trained with another prior (the VAE files' SHA-256 differ)")
+
+
 def merge(results_dir: Path, sources: list[Path]) -> dict:
     """Add the cells of other runs' ``dwp_mnist.json`` (``sources``: other N or seeds, the
-    same protocol: :data:`_PROTOCOL_KEYS`) to ``results_dir``'s and rewrite its json, md and
+    same protocol: :func:`check_protocol`) to ``results_dir``'s and rewrite its json, md and
     figure.
 
     A grid too long for one device call runs in parts; the merged file keeps every part's
@@ -230,14 +248,7 @@ def merge(results_dir: Path, sources: list[Path]) -> dict:
     seen = {(c["prior"], c["n"], c["seed"]) for c in result["cells"]}
     for path in sources:
         part = json.loads(Path(path).read_text())
-        for key, default in _PROTOCOL_KEYS:
-            mine, theirs = result.get(key, default), part.get(key, default)
-            if theirs != mine:
-                raise SystemExit(f"{path}: {key} {theirs!r}, but the grid's is {mine!r}")
-        # the prior's files (recorded since 2026-12-04; a file written before is not compared)
-        mine, theirs = result.get("prior_sha256"), part.get("prior_sha256")
-        if mine is not None and theirs is not None and mine != theirs:
-            raise SystemExit(f"{path}: trained with another prior (the VAE files' SHA-256 differ)")
+        check_protocol(result, part, path)
         for c in part["cells"]:
             cell = (c["prior"], c["n"], c["seed"])
             if cell in seen:

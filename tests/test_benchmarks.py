@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import runpy
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,17 @@ def _dwp_mnist(tmp: Path) -> list[str]:
     tiny = options(stages="classify", prior_dir=prior, epochs=1, n_train=10, seeds=0, n_test=50)
     tiny += options(test_samples=2, channels=(2, 3))
     return [*tiny, "--device", "cpu", "--work-dir", str(tmp / "work"), *data_args(), *_results(tmp)]
+
+
+def _dwp_settings(tmp: Path) -> list[str]:
+    """A made-up reference grid (lr 1e-3) and one run at lr 5e-4, one cell each."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "reference.json").write_text(json.dumps(_grid([("dwp", 50, 0, 0.8)])))
+    run = _grid([("dwp", 50, 0, 0.82)])
+    run["lr"] = 5e-4
+    (tmp / "run.json").write_text(json.dumps(run))
+    argv = options(reference=tmp / "reference.json", runs=tmp / "run.json", key="lr", name="s")
+    return [*argv, *_results(tmp)]
 
 
 def _dwp_prior_screen(tmp: Path, seeds: str = "0", grid_epochs: int = 1) -> list[str]:
@@ -137,6 +149,7 @@ TINY: dict[str, Argv] = {
     "dwp_markov_chain.py": _dwp_markov_chain,
     "dwp_mnist.py": _dwp_mnist,
     "dwp_prior_screen.py": _dwp_prior_screen,
+    "dwp_settings.py": _dwp_settings,
     "dwp_prior_pull.py": lambda tmp: [
         *options(prior="shipped=pretrained:notmnist", kernels=4, steps=2, every=1, threads=1),
         *_results(tmp),
@@ -380,6 +393,51 @@ def test_dwp_mnist_merge_adds_cells_and_refuses_a_mismatch(tmp_path):
     del changed["prior_sha256"]  # written before the key: not compared
     other.write_text(json.dumps(changed))
     assert dwp_mnist.merge(tmp_path, [other])["prior_sha256"]["vae_conv1.pt"] == "a"
+
+
+def test_dwp_settings_pairs_every_prior_by_seed_and_refuses_another_protocol(tmp_path):
+    """``dwp_settings.sweep``: per (value, N, prior) the mean over the run's seeds, the paired
+    difference to the reference on the same seeds (points, standard error as
+    ``stdev / sqrt(n)``), the seeds higher; the reference's row on the runs' seeds only; a run
+    under another protocol, with the reference's value, a cell twice or none shared: refused."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import dwp_settings
+
+    ref = _grid([(p, 200, s, a) for p, a0 in (("dwp", 0.90), ("normal", 0.87)) for s, a in
+                 enumerate((a0, a0 + 0.01, a0 - 0.01, a0 + 0.02))])  # fmt: skip
+    low = _grid([("dwp", 200, 0, 0.91), ("dwp", 200, 1, 0.91), ("normal", 200, 0, 0.86)])
+    low["lr"] = 5e-4
+    more = _grid([("dwp", 200, 2, 0.92), ("dwp", 200, 9, 0.5)])  # seed 9: not in the reference
+    more["lr"] = 5e-4
+    rows = dwp_settings.sweep(ref, [("low", low), ("more", more)], "lr")
+    by = {(r["value"], r["prior"]): r for r in rows}
+    dwp = by[5e-4, "dwp"]
+    assert dwp["seeds"] == [0, 1, 2]
+    assert dwp["accuracy"] == pytest.approx([0.9133333, 0.0057735, 3])
+    differences = [1.0, 0.0, 3.0]  # points: .91 - .90, .91 - .91, .92 - .89
+    assert dwp["minus_reference"] == pytest.approx(sum(differences) / 3)
+    assert dwp["se"] == pytest.approx(statistics.stdev(differences) / 3**0.5)
+    assert dwp["higher"] == 2 and dwp["reference_accuracy"] == pytest.approx(0.90)
+    assert by[5e-4, "normal"]["se"] is None and by[5e-4, "normal"]["higher"] == 0
+    # the reference's own rows: the seeds the runs have (0-2 for dwp and normal), not seed 3
+    assert by[1e-3, "dwp"]["seeds"] == [0, 1, 2] and by[1e-3, "normal"]["seeds"] == [0, 1, 2]
+    assert by[1e-3, "dwp"]["minus_reference"] == 0.0
+    assert [r["value"] for r in rows] == [5e-4, 5e-4, 1e-3, 1e-3]
+
+    other = dict(low, epochs=10_000)
+    with pytest.raises(SystemExit, match="other: epochs 10000, but the grid's is 4000"):
+        dwp_settings.sweep(ref, [("other", other)], "lr")
+    with pytest.raises(SystemExit, match="same: lr 0.001 is the reference's own"):
+        dwp_settings.sweep(ref, [("same", dict(low, lr=1e-3))], "lr")
+    with pytest.raises(SystemExit, match=r"again: cell \(prior, N, seed\) \('dwp', 200, 0\)"):
+        dwp_settings.sweep(ref, [("low", low), ("again", low)], "lr")
+    with pytest.raises(SystemExit, match="apart: no .* cell that the reference also has"):
+        dwp_settings.sweep(ref, [("apart", dict(low, cells=more["cells"][1:]))], "lr")
+    with pytest.raises(SystemExit, match="--key 'seed' is not a protocol key"):
+        dwp_settings.sweep(ref, [("low", low)], "seed")
+    changed = dict(low, prior_sha256={"vae_conv1.pt": "a"})
+    with pytest.raises(SystemExit, match="trained with another prior"):
+        dwp_settings.sweep(dict(ref, prior_sha256={"vae_conv1.pt": "b"}), [("p", changed)], "lr")
 
 
 @needs_shared_data("mnist")
