@@ -82,12 +82,13 @@ def sweep(reference: dict, runs: list[tuple[object, dict]], key: str) -> list[di
         if not cells:
             raise SystemExit(f"{path}: no (prior, N, seed) cell that the reference also has")
         same = by_value.setdefault(value, {})
-        for cell in cells.keys() & same.keys():
+        if clash := sorted(cells.keys() & same.keys()):
+            cell = clash[0]
             raise SystemExit(f"{path}: cell (prior, N, seed) {cell} is already given for {value!r}")
         same.update(cells)
     # the reference's own row: its cells at the (N, seed) that some run has, so that every
     # row of one N is a mean over the same seeds where the runs share them
-    shared = {(n, s) for v, cells in by_value.items() if cells is not base for _, n, s in cells}
+    shared = {(n, s) for cells in by_value.values() if cells is not base for _, n, s in cells}
     by_value[_value(reference, key)] = {k: c for k, c in base.items() if k[1:] in shared}
     rows = []
     for value, cells in sorted(by_value.items(), key=lambda item: _order(item[0])):
