@@ -27,6 +27,7 @@ from pathlib import Path
 from dwp_mnist import PROTOCOL_KEYS, check_protocol
 from dwp_prior_screen import paired
 
+from pyro_dwp.experiments.dwp_classify import summarise
 from pyro_dwp.experiments.prior_recipes import PRIOR_RECIPES
 
 __all__ = ["main", "parse_args", "sweep"]
@@ -92,15 +93,16 @@ def sweep(reference: dict, runs: list[tuple[object, dict]], key: str) -> list[di
     by_value[_value(reference, key)] = {k: c for k, c in base.items() if k[1:] in shared}
     rows = []
     for value, cells in sorted(by_value.items(), key=lambda item: _order(item[0])):
-        for n, prior in sorted({(n, p) for p, n, _ in cells}, key=_prior_order):
+        summary = summarise(list(cells.values()))
+        for prior, n in sorted(summary, key=lambda k: (k[1], list(PRIOR_RECIPES).index(k[0]))):
             seeds = sorted(s for p, m, s in cells if (p, m) == (prior, n))
             accuracy = [cells[prior, n, s]["accuracy"] for s in seeds]
             ref = [base[prior, n, s]["accuracy"] for s in seeds]
             difference, se = paired(accuracy, ref)
             rows.append({
                 "value": value, "n": n, "prior": prior, "seeds": seeds,
-                "accuracy": _stats(accuracy),
-                "nll": _stats([cells[prior, n, s]["nll"] for s in seeds]),
+                "accuracy": list(summary[prior, n]["accuracy"]),
+                "nll": list(summary[prior, n]["nll"]),
                 "reference_accuracy": statistics.fmean(ref),
                 "minus_reference": difference, "se": se,
                 "higher": sum(a > b for a, b in zip(accuracy, ref, strict=True)),
@@ -111,17 +113,6 @@ def sweep(reference: dict, runs: list[tuple[object, dict]], key: str) -> list[di
 def _order(value: object) -> tuple:
     """Numbers before text, each in its natural order."""
     return (0, value, "") if isinstance(value, int | float) else (1, 0, str(value))
-
-
-def _prior_order(item: tuple[int, str]) -> tuple[int, int]:
-    n, prior = item
-    return n, list(PRIOR_RECIPES).index(prior) if prior in PRIOR_RECIPES else len(PRIOR_RECIPES)
-
-
-def _stats(values: list[float]) -> list[float]:
-    """``[mean, std, count]`` (std 0 for one value)."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return [statistics.fmean(values), std, len(values)]
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -201,9 +192,8 @@ def _plot(path: Path, result: dict) -> None:
     axes = fig.subplots(1, len(sizes), squeeze=False)[0]
     for ax, n in zip(axes, sizes, strict=True):
         rows = [r for r in result["rows"] if r["n"] == n]
-        for prior in sorted({r["prior"] for r in rows}, key=lambda p: _prior_order((n, p))):
-            recipe = PRIOR_RECIPES.get(prior)
-            colour = recipe.colour if recipe else None
+        for prior in [p for p in PRIOR_RECIPES if p in {r["prior"] for r in rows}]:
+            colour = PRIOR_RECIPES[prior].colour
             mine = [r for r in rows if r["prior"] == prior]
             mine.sort(key=lambda r: _order(r["value"]))
             xs = [r["value"] if numeric else values.index(r["value"]) for r in mine]
